@@ -1,0 +1,51 @@
+# Two commands for a fresh machine: `make repro` (set up + run the pipeline) and
+# `make test` (set up + run the tests). Set-up is `uv sync --frozen` from uv.lock; if uv is
+# missing it is installed (pinned) into .uv/ with the system Python's pip.
+#
+#   make repro GPU=1      # tensorflow[and-cuda] instead of tensorflow-cpu
+#   make ui               # MLflow UI on http://127.0.0.1:5000 against ./mlruns
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
+TF_EXTRA := $(if $(GPU),gpu,cpu)
+RUN := $(UV) run --frozen --extra $(TF_EXTRA)
+UI_PORT ?= 5000
+PYTEST_ARGS ?=
+
+.PHONY: setup repro test lint ui screenshot benchmarks clean
+
+$(CURDIR)/.uv/bin/uv:
+	$(PYTHON) -m venv $(CURDIR)/.uv
+	$(CURDIR)/.uv/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.synced-$(TF_EXTRA): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --extra $(TF_EXTRA)
+	rm -f .venv/.synced-*
+	touch $@
+
+setup: .venv/.synced-$(TF_EXTRA)
+
+repro: setup
+	$(RUN) dvc repro
+
+test: setup
+	$(RUN) pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+ui: setup
+	$(RUN) python -m reprotrain ui --port $(UI_PORT)
+
+screenshot: setup
+	bash scripts/ui_screenshot.sh
+
+benchmarks: setup
+	$(RUN) python benchmarks/input_pipeline.py
+	$(RUN) python benchmarks/training.py
+
+clean:
+	rm -rf .venv .uv .pytest_cache .ruff_cache

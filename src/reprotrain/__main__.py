@@ -1,0 +1,42 @@
+"""``python -m reprotrain COMMAND ...``: predict, reproduce, ui.
+
+Each command lives in its own module with a ``main(argv) -> int``; this file only dispatches,
+so ``python -m reprotrain predict`` does not pay for importing MLflow's server code, etc.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from reprotrain.cli import run_main
+
+COMMANDS = {
+    "predict": ("reprotrain.predict", "classify image files/folders with a .keras or models:/ URI"),
+    "reproduce": ("reprotrain.reproduce", "rebuild an MLflow run's inputs and rerun the pipeline"),
+    "ui": ("reprotrain.ui", "start the MLflow UI on 127.0.0.1 against the project store"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: python -m reprotrain COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch to ``reprotrain.<command>.main(rest)``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(_usage() + "\n")
+        sys.exit(0 if argv else 2)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        sys.stderr.write(f"error: unknown command {name!r}\n{_usage()}\n")
+        sys.exit(2)
+    module = importlib.import_module(COMMANDS[name][0])
+    run_main(lambda: module.main(rest))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The project's fixed file layout, relative to the project root (where ``dvc.yaml`` is).
+
+One module so that ``dvc.yaml``, the stages and the tests agree on every path; ``dvc.yaml``
+repeats these strings because DVC cannot import Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")  # fetch: snapshot of data.source (DVC-tracked)
+PREPARED_DIR = Path("data/prepared")  # prepare: TFRecord shards + metadata (DVC-tracked)
+PREPARE_RUN = Path("data/prepare.run.json")  # MLflow run sidecar of prepare (git-tracked)
+
+MODELS_DIR = Path("models")
+HEAD_MODEL = MODELS_DIR / "head.keras"
+HEAD_HISTORY = MODELS_DIR / "head.history.json"
+HEAD_RUN = MODELS_DIR / "head.run.json"
+FINETUNED_MODEL = MODELS_DIR / "finetuned.keras"
+FINETUNED_HISTORY = MODELS_DIR / "finetuned.history.json"
+FINETUNED_RUN = MODELS_DIR / "finetuned.run.json"
+TENSORBOARD_DIR = MODELS_DIR / "tensorboard"  # one sub-folder per stage
+
+METRICS_DIR = Path("metrics")  # small JSON read by `dvc metrics` (git-tracked)
+PLOTS_DIR = Path("plots")  # CSV/JSON for `dvc plots` + PNG images for people
+EVALUATE_RUN = METRICS_DIR / "evaluate.run.json"
+
+#: BackupAndRestore state: outside every DVC output, because DVC deletes a stage's outputs
+#: before running it and a killed run must find its backup on the next `dvc repro`.
+CHECKPOINTS_DIR = Path(".reprotrain/checkpoints")
+
+
+def split_files(prepared_dir: Path, split: str) -> list[Path]:
+    """The TFRecord shards of one split, in shard order."""
+    return sorted(Path(prepared_dir).glob(f"{split}-*-of-*.tfrecord"))
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The directory holding ``dvc.yaml``, searching upwards from ``start`` (default: cwd)."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").is_file():
+            return candidate
+    return here

@@ -1,0 +1,193 @@
+"""Shared fixtures: tiny generated images, offline assets, throw-away project copies.
+
+Offline assets (real ImageNet weights, the hymenoptera photos) come from
+``$REPROTRAIN_ASSETS`` (set by ``.ci/run``) or ``../shared/assets`` next to the repo: the
+way a CI restores a cache. Without them, Keras downloads the weights and the data comes
+from its public URL, as on a user's machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def _assets() -> Path | None:
+    env = os.environ.get("REPROTRAIN_ASSETS")
+    candidates = [Path(env)] if env else [REPO.parent / "shared" / "assets"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    return None
+
+
+ASSETS = _assets()
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path | None:
+    """The offline asset cache, or None on a machine that downloads instead."""
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def keras_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable KERAS_HOME whose models/ holds the cached ImageNet weights (symlinks)."""
+    home = tmp_path_factory.mktemp("keras_home")
+    (home / "models").mkdir()
+    if ASSETS is not None:
+        for f in (ASSETS / "keras" / "models").glob("*.h5"):
+            (home / "models" / f.name).symlink_to(f)
+    return home
+
+
+@pytest.fixture(scope="session")
+def hymenoptera(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the hymenoptera dataset (train/ val/ with ants/ bees/)."""
+    if ASSETS is None:
+        pytest.fail("offline assets not found: set REPROTRAIN_ASSETS to the assets folder")
+    dst = tmp_path_factory.mktemp("data") / "hymenoptera_data"
+    shutil.copytree(ASSETS / "datasets" / "hymenoptera_data", dst)
+    return dst
+
+
+def write_image(path: Path, seed: int, size: int = 32, mode: str = "RGB", fmt: str | None = None) -> Path:
+    """Write a small image whose content depends on ``seed`` (distinct seeds → distinct files)."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, "RGB").convert(mode).save(path, format=fmt)
+    return path
+
+
+def make_class_tree(
+    root: Path,
+    classes: Mapping[str, int] | None = None,
+    size: int = 32,
+    seed: int = 0,
+    splits: Mapping[str, Mapping[str, int]] | None = None,
+) -> Path:
+    """Folder-per-class images (or ``splits``: {"train": {"a": 5}, "val": {...}}).
+
+    Classes differ by colour so that a tiny model can actually learn them.
+    """
+    layout = {"": classes or {"cats": 12, "dogs": 12}} if splits is None else dict(splits)
+    counter = seed * 100_000
+    for split, cls_counts in layout.items():
+        for ci, (name, n) in enumerate(cls_counts.items()):
+            for i in range(n):
+                counter += 1
+                rng = np.random.default_rng(counter)
+                base = np.zeros((size, size, 3), dtype=np.int16)
+                base[..., ci % 3] = 200
+                noise = rng.integers(-40, 40, size=(size, size, 3))
+                arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+                out = root / split / name / f"img_{counter:06d}.jpg" if split else root / name / f"img_{counter:06d}.jpg"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(out, quality=95)
+    return root
+
+
+@pytest.fixture
+def class_tree(tmp_path: Path) -> Path:
+    """24 tiny JPEGs in cats/ and dogs/."""
+    return make_class_tree(tmp_path / "images")
+
+
+#: Params for pipeline runs that must finish in seconds on 2 CPU cores.
+TINY_PARAMS: dict[str, Any] = {
+    "model": {"alpha": 0.35, "image_size": 32, "weights": "none"},
+    "prepare": {"shard_size": 16, "max_side": 64},
+    "pipeline": {"shuffle_buffer": 64},
+    "train_head": {"epochs": 2, "batch_size": 8},
+    "finetune": {"epochs": 1, "batch_size": 8, "unfreeze_top": 10},
+    "evaluate": {"batch_size": 16, "min_accuracy": 0.0, "worst_examples": 4},
+}
+
+
+def deep_update(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_update(out.get(k, {}), v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".gitignore", "scripts")
+
+
+def subprocess_env(keras_home: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment for real `dvc`/`python` subprocesses: the venv first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.setdefault("GIT_AUTHOR_NAME", "reprotrain-tests")
+    env.setdefault("GIT_AUTHOR_EMAIL", "tests@reprotrain.invalid")
+    env.setdefault("GIT_COMMITTER_NAME", "reprotrain-tests")
+    env.setdefault("GIT_COMMITTER_EMAIL", "tests@reprotrain.invalid")
+    if keras_home is not None:
+        env["KERAS_HOME"] = str(keras_home)
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: Mapping[str, str] | None = None, check: bool = True,
+        timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run a real subprocess; on failure show its output in the assertion message."""
+    proc = subprocess.run(cmd, cwd=cwd, env=dict(env or subprocess_env()), text=True,
+                          capture_output=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
+            f"\n--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def make_project(dest: Path, params: Mapping[str, Any] | None = None, git: bool = True) -> Path:
+    """Copy the project's pipeline files into ``dest`` (a git + DVC repo), with params merged.
+
+    Stages still import ``reprotrain`` from the installed (editable) package; the copied
+    ``src/`` is there because ``dvc.yaml`` lists its files as dependencies.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    merged = deep_update(base, params or {})
+    (dest / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    if git:
+        env = subprocess_env()
+        run(["git", "init", "-q", "-b", "main"], dest, env)
+        run(["git", "add", "-A"], dest, env)
+        run(["git", "commit", "-q", "-m", "project"], dest, env)
+    return dest
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Iterator[Path]:
+    """A project copy on 24 tiny generated images, untrained MobileNetV2 0.35 at 32×32."""
+    data = make_class_tree(tmp_path / "images", {"cats": 16, "dogs": 16})
+    proj = make_project(tmp_path / "proj", deep_update(TINY_PARAMS, {"data": {"source": str(data), "sha256": None}}))
+    yield proj
