@@ -68,7 +68,9 @@ def hymenoptera(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dst
 
 
-def write_image(path: Path, seed: int, size: int = 32, mode: str = "RGB", fmt: str | None = None) -> Path:
+def write_image(
+    path: Path, seed: int, size: int = 32, mode: str = "RGB", fmt: str | None = None
+) -> Path:
     """Write a small image whose content depends on ``seed`` (distinct seeds → distinct files)."""
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
@@ -92,14 +94,18 @@ def make_class_tree(
     counter = seed * 100_000
     for split, cls_counts in layout.items():
         for ci, (name, n) in enumerate(cls_counts.items()):
-            for i in range(n):
+            for _ in range(n):
                 counter += 1
                 rng = np.random.default_rng(counter)
                 base = np.zeros((size, size, 3), dtype=np.int16)
                 base[..., ci % 3] = 200
                 noise = rng.integers(-40, 40, size=(size, size, 3))
                 arr = np.clip(base + noise, 0, 255).astype(np.uint8)
-                out = root / split / name / f"img_{counter:06d}.jpg" if split else root / name / f"img_{counter:06d}.jpg"
+                out = (
+                    root / split / name / f"img_{counter:06d}.jpg"
+                    if split
+                    else root / name / f"img_{counter:06d}.jpg"
+                )
                 out.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(arr).save(out, quality=95)
     return root
@@ -125,7 +131,11 @@ TINY_PARAMS: dict[str, Any] = {
 def deep_update(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = deep_update(out.get(k, {}), v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            deep_update(out.get(k, {}), v)
+            if isinstance(v, Mapping) and isinstance(out.get(k), dict)
+            else v
+        )
     return out
 
 
@@ -147,11 +157,22 @@ def subprocess_env(keras_home: Path | None = None, **extra: str) -> dict[str, st
     return env
 
 
-def run(cmd: list[str], cwd: Path, env: Mapping[str, str] | None = None, check: bool = True,
-        timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str],
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess[str]:
     """Run a real subprocess; on failure show its output in the assertion message."""
-    proc = subprocess.run(cmd, cwd=cwd, env=dict(env or subprocess_env()), text=True,
-                          capture_output=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=dict(env or subprocess_env()),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
@@ -189,5 +210,7 @@ def make_project(dest: Path, params: Mapping[str, Any] | None = None, git: bool 
 def tiny_project(tmp_path: Path) -> Iterator[Path]:
     """A project copy on 24 tiny generated images, untrained MobileNetV2 0.35 at 32×32."""
     data = make_class_tree(tmp_path / "images", {"cats": 16, "dogs": 16})
-    proj = make_project(tmp_path / "proj", deep_update(TINY_PARAMS, {"data": {"source": str(data), "sha256": None}}))
+    proj = make_project(
+        tmp_path / "proj", deep_update(TINY_PARAMS, {"data": {"source": str(data), "sha256": None}})
+    )
     yield proj

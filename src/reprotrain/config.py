@@ -28,7 +28,7 @@ HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 HYMENOPTERA_DIGEST = "b0e3506710bc375be5996e1c9b29818c80cdfc19bcc324e560091da6690149ec"
 
 
-def _f(default: Any, help: str, **rules: Any) -> Any:  # noqa: A002 - mirrors argparse
+def _f(default: Any, help: str, **rules: Any) -> Any:
     """A dataclass field with a help text and validation rules in its metadata."""
     if isinstance(default, dict | list):
         return field(default_factory=lambda: default.copy(), metadata={"help": help, **rules})
@@ -106,12 +106,19 @@ class RuntimeConfig:
 class PrepareConfig:
     """Splitting and TFRecord writing."""
 
-    val_fraction: float = _f(0.2, "val share when the source has no val split", gt=0.0, lt=1.0)
+    val_fraction: float = _f(
+        0.15, "val share of all images when the source has no splits", gt=0.0, lt=1.0
+    )
     test_fraction: float = _f(
-        0.4, "test share carved out of val (or of everything) when no test split", gt=0.0, lt=1.0
+        0.15, "test share of all images when the source has no splits", gt=0.0, lt=1.0
+    )
+    test_from_val: float = _f(
+        0.5, "share of a given val split moved to test when there is no test split", gt=0.0, lt=1.0
     )
     shard_size: int = _f(128, "examples per TFRecord shard", min=1)
-    max_side: int | None = _f(320, "downscale stored images so the longer side ≤ this (null: keep)", min=32)
+    max_side: int | None = _f(
+        320, "downscale stored images so the longer side ≤ this (null: keep)", min=32
+    )
     jpeg_quality: int = _f(95, "JPEG quality of re-encoded images", min=50, max=100)
 
 
@@ -127,7 +134,9 @@ class TrainConfig:
         "none", "'none', 'balanced', or a map {class_name: weight}"
     )
     augment: bool = _f(False, "apply random augmentation to training batches")
-    early_stopping_patience: int = _f(3, "epochs without val_loss improvement before stopping", min=1)
+    early_stopping_patience: int = _f(
+        3, "epochs without val_loss improvement before stopping", min=1
+    )
     reduce_lr_patience: int = _f(2, "epochs without improvement before halving the LR", min=1)
     loop: Literal["fit", "custom"] = _f("fit", "'fit' or a custom GradientTape loop")
     clip_norm: float | None = _f(None, "clip gradients by global norm (custom loop)", gt=0.0)
