@@ -1,0 +1,385 @@
+"""Snapshot ``data.source`` (URL, folder, archive or CSV manifest) into ``data/raw``.
+
+Why a snapshot: the source lives outside the repo, where DVC cannot see it change; copying
+it into a DVC-tracked folder gives every later stage a content hash (recorded in
+``dvc.lock``) and makes a run reproducible after the source moved or changed. Unchanged
+files are not copied again, downloads are cached, and the source is never modified.
+
+``data/raw`` afterwards holds either the image tree (class folders, or ``train/ val/
+[test/]`` with class folders) or, for a CSV source, ``manifest.csv`` plus the files it lists.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reprotrain.errors import DataError
+from reprotrain.progress import Progress
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming an offline copy (folder or archive) of a URL source.
+MIRROR_ENV = "REPROTRAIN_DATA_MIRROR"
+#: Columns a CSV manifest may have (``split`` optional).
+MANIFEST_COLUMNS = ("path", "label", "split")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What was snapshotted, for the stage's summary line."""
+
+    kind: str  # url | directory | archive | csv
+    origin: str  # where the bytes actually came from (URL, mirror, path)
+    files: int
+    copied: int
+    removed: int
+    digest: str
+
+
+def source_kind(source: str) -> str:
+    """``url``, ``csv``, ``archive`` or ``directory`` (by form; existence is checked later)."""
+    lowered = source.lower()
+    if lowered.startswith(("http://", "https://")):
+        return "url"
+    if lowered.endswith(".csv"):
+        return "csv"
+    if lowered.endswith(ARCHIVE_SUFFIXES):
+        return "archive"
+    return "directory"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (streamed: images can be large)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_files(root: Path) -> list[Path]:
+    """Every regular file under ``root`` as sorted relative paths (hidden files skipped).
+
+    Hidden files (``.DS_Store``, ``._foo.jpg`` AppleDouble files) are OS litter, not data.
+    """
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith("."):
+                out.append((Path(dirpath) / name).relative_to(root))
+    return sorted(out, key=lambda p: p.as_posix())
+
+
+def tree_digest(root: Path) -> str:
+    """SHA-256 over ``"<sha256>  <relative path>\\n"`` lines sorted by path.
+
+    The same format as ``sha256sum`` output (relative to the dataset root), so a published
+    checksum list can be compared by eye; independent of mtimes and archive packing.
+    """
+    h = hashlib.sha256()
+    for rel in list_files(root):
+        h.update(f"{file_sha256(root / rel)}  {rel.as_posix()}\n".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def resolve_origin(source: str, mirror: str | None, cache_dir: Path) -> tuple[str, Path]:
+    """The local path (folder, archive or CSV) holding ``source``'s bytes, and its kind.
+
+    A URL source is served, in order, from ``$REPROTRAIN_DATA_MIRROR``, ``data.mirror``, the
+    download cache, or the network; offline without a mirror is a clear error.
+    """
+    kind = source_kind(source)
+    if kind != "url":
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"data.source = {source!r}: no such file or directory "
+                f"(relative paths are resolved from the project root, {Path.cwd()})"
+            )
+        if kind == "directory" and not path.is_dir():
+            raise DataError(
+                f"data.source = {source!r} is a file but not a .csv manifest or an archive "
+                f"({', '.join(ARCHIVE_SUFFIXES)})"
+            )
+        return kind, path.resolve()
+    mirror = os.environ.get(MIRROR_ENV) or mirror
+    if mirror:
+        path = Path(mirror).expanduser()
+        if not path.exists():
+            where = f"${MIRROR_ENV}" if os.environ.get(MIRROR_ENV) else "data.mirror"
+            raise DataError(f"{where} = {mirror!r}: no such file or directory")
+        log.info("using the offline mirror %s for %s", path, source)
+        return ("directory" if path.is_dir() else "archive"), path.resolve()
+    return "archive", download(source, cache_dir)
+
+
+def download(url: str, cache_dir: Path) -> Path:
+    """Download ``url`` once into ``cache_dir`` (atomically); later calls reuse the file."""
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "download"
+    target = cache_dir / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    if target.is_file():
+        log.info("using cached download %s", target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".part")
+    log.info("downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, tmp.open("wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            progress = Progress(total, "download", unit="B")
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                out.write(chunk)
+                progress.update(len(chunk))
+            progress.close()
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise DataError(
+            f"cannot download {url} ({reason}). Offline? Set {MIRROR_ENV} (or data.mirror in "
+            "params.yaml) to a local copy of the dataset: its folder or its archive"
+        ) from None
+    tmp.replace(target)
+    return target
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/reprotrain`` (``~/.cache/reprotrain``): downloads survive clean clones."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "reprotrain" / "downloads"
+
+
+# --------------------------------------------------------------------------- extracting
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Extract a zip/tar safely into ``dest``; return the dataset root inside it.
+
+    Members that would escape ``dest`` (``../``, absolute paths, links) are refused: an
+    archive from the internet must not write outside the folder it was given. A single
+    top-level folder (``hymenoptera_data/``) is taken as the root.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.infolist():
+                    _check_member(member.filename, archive)
+                zf.extractall(dest)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                tf.extractall(dest, filter="data")
+        else:
+            raise DataError(f"{archive}: not a zip or tar archive")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"{archive}: cannot extract the archive ({exc})") from None
+    entries = [p for p in dest.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return dest
+
+
+def _check_member(name: str, archive: Path) -> None:
+    parts = Path(name).parts
+    if name.startswith(("/", "\\")) or ".." in parts:
+        raise DataError(f"{archive}: refusing unsafe member path {name!r}")
+
+
+# --------------------------------------------------------------------------- syncing
+
+
+def sync_tree(src: Path, dst: Path, files: Iterable[Path] | None = None) -> tuple[int, int]:
+    """Make ``dst`` an exact copy of ``src`` (or of ``files`` in it); return (copied, removed).
+
+    Files whose size and mtime match are skipped (``shutil.copy2`` keeps mtimes), so a
+    re-snapshot of an unchanged 10 GB folder costs a directory walk, not a copy.
+    """
+    wanted = list(files) if files is not None else list_files(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    progress = Progress(len(wanted), "snapshot")
+    for rel in wanted:
+        s, d = src / rel, dst / rel
+        st = s.stat()
+        if not (
+            d.is_file()
+            and (d.stat().st_size, int(d.stat().st_mtime)) == (st.st_size, int(st.st_mtime))
+        ):
+            d.parent.mkdir(parents=True, exist_ok=True)
+            if d.is_symlink() or d.exists():
+                d.unlink()
+            shutil.copy2(s, d)
+            d.chmod(0o644)
+            copied += 1
+        progress.update(1)
+    progress.close()
+    keep = {p.as_posix() for p in wanted}
+    removed = 0
+    for rel in list_files(dst):
+        if rel.as_posix() not in keep:
+            (dst / rel).unlink()
+            removed += 1
+    _remove_empty_dirs(dst)
+    return copied, removed
+
+
+def check_no_empty_dirs(root: Path) -> None:
+    """An empty folder is most likely a class whose images were not copied yet.
+
+    A snapshot cannot keep it (DVC does not track empty folders), so it would vanish
+    silently; say so instead.
+    """
+    has_files: dict[Path, bool] = {}
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        path = Path(dirpath)
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        has_files[path] = any(not f.startswith(".") for f in filenames) or any(
+            has_files.get(path / d, False) for d in dirnames if not d.startswith(".")
+        )
+    empty = sorted(p for p, ok in has_files.items() if not ok and p != root)
+    if empty:
+        rel = empty[0].relative_to(root).as_posix()
+        raise DataError(
+            f"folder {rel}/ in the data source is empty (a class without images?): "
+            "add images or remove the folder"
+        )
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        p = Path(dirpath)
+        if p != root and not any(p.iterdir()):
+            p.rmdir()
+
+
+def snapshot_manifest(csv_path: Path, dst: Path) -> tuple[int, int]:
+    """Copy a CSV manifest's files into ``dst`` and write ``dst/manifest.csv`` pointing at them.
+
+    Files are stored under ``files/<path relative to the CSV's folder>`` (or
+    ``files/external/<hash>/<name>`` for paths outside it). Rows whose file is missing are
+    kept with their original path, so prepare quarantines them with a reason instead of the
+    row vanishing here.
+    """
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: cannot read the CSV manifest ({exc})") from None
+    columns = [c.strip() for c in df.columns]
+    df.columns = columns
+    unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing or unknown:
+        problems = []
+        if missing:
+            problems.append(f"missing column(s) {', '.join(missing)}")
+        if unknown:
+            problems.append(f"unknown column(s) {', '.join(unknown)}")
+        raise DataError(
+            f"{csv_path}: {'; '.join(problems)}. Expected a header line "
+            "'path,label' or 'path,label,split' (split: train, val or test)"
+        )
+    base = csv_path.parent.resolve()
+    staging = tempfile.mkdtemp(prefix="manifest-", dir=dst.parent)
+    stage_root = Path(staging)
+    rows, links = [], []
+    try:
+        for i, row in enumerate(df.to_dict("records"), start=2):
+            raw = row["path"].strip()
+            if not raw:
+                raise DataError(f"{csv_path}: line {i}: empty path")
+            src = (base / raw).resolve()
+            try:
+                rel = Path("files") / src.relative_to(base)
+            except ValueError:
+                tag = hashlib.sha256(str(src).encode()).hexdigest()[:12]
+                rel = Path("files") / "external" / tag / src.name
+            if src.is_file():
+                links.append((src, rel))
+                stored = rel.as_posix()
+            else:
+                stored = f"missing:{raw}"
+            rows.append({"path": stored, **{k: row[k].strip() for k in columns if k != "path"}})
+        # Mirror the referenced files into a temporary tree, then sync it (with mtimes)
+        # into dst, so re-fetching an unchanged manifest copies nothing.
+        for src, rel in links:
+            (stage_root / rel).parent.mkdir(parents=True, exist_ok=True)
+            if not (stage_root / rel).exists():
+                os.symlink(src, stage_root / rel)
+        with (stage_root / "manifest.csv").open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=[c for c in MANIFEST_COLUMNS if c in columns])
+            writer.writeheader()
+            writer.writerows(rows)
+        return sync_tree(stage_root, dst, files=_resolved_files(stage_root))
+    finally:
+        shutil.rmtree(stage_root, ignore_errors=True)
+
+
+def _resolved_files(root: Path) -> list[Path]:
+    out = []
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            out.append((Path(dirpath) / name).relative_to(root))
+    return sorted(out, key=lambda p: p.as_posix())
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def fetch(
+    source: str,
+    dst: Path,
+    *,
+    mirror: str | None = None,
+    sha256: str | None = None,
+    cache_dir: Path | None = None,
+) -> FetchResult:
+    """Snapshot ``source`` into ``dst`` and check ``sha256`` for URL sources.
+
+    The digest is checked only for URL sources (a download can be truncated or replaced);
+    a local folder is whatever the user put there.
+    """
+    kind = source_kind(source)
+    origin_kind, origin = resolve_origin(source, mirror, cache_dir or default_cache_dir())
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fetch-", dir=dst.parent) as tmp:
+        if origin_kind == "archive":
+            log.info("extracting %s", origin)
+            root = extract_archive(origin, Path(tmp) / "x")
+        else:
+            root = origin
+        if kind == "url" and sha256:
+            digest = tree_digest(root)
+            if digest != sha256:
+                raise DataError(
+                    f"{origin}: content digest {digest} does not match data.sha256 = {sha256} "
+                    "(a truncated or different download?). Delete the cached file and retry, "
+                    "or set data.sha256: null if you changed data.source on purpose"
+                )
+        if origin_kind == "csv":
+            copied, removed = snapshot_manifest(origin, dst)
+        else:
+            check_no_empty_dirs(root)
+            copied, removed = sync_tree(root, dst)
+    files = len(list_files(dst))
+    if files == 0:
+        raise DataError(f"data.source = {source!r}: no files found in {origin}")
+    return FetchResult(kind, str(origin), files, copied, removed, tree_digest(dst))

@@ -1,0 +1,157 @@
+"""Each kind of data.source (folder, split folders, archive, URL + mirror, CSV) → data/raw."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from reprotrain.config import HYMENOPTERA_DIGEST
+from reprotrain.data.fetch import MIRROR_ENV, fetch, source_kind, tree_digest
+from reprotrain.data.sources import scan
+from reprotrain.errors import DataError
+from tests.conftest import make_class_tree, make_project, run, subprocess_env
+
+OFFLINE_URL = "http://127.0.0.1:9/dataset.zip"  # nothing listens on the discard port
+
+
+def test_source_kinds() -> None:
+    assert source_kind("https://x.org/a.zip") == "url"
+    assert source_kind("/data/labels.CSV") == "csv"
+    assert source_kind("images.tar.gz") == "archive"
+    assert source_kind("images/") == "directory"
+
+
+def test_class_folders_snapshot_is_exact_incremental_and_read_only(tmp_path: Path) -> None:
+    src = make_class_tree(tmp_path / "src", {"cats": 3, "dogs": 2})
+    before = tree_digest(src)
+    raw = tmp_path / "raw"
+    first = fetch(str(src), raw)
+    assert (first.kind, first.files, first.copied, first.removed) == ("directory", 5, 5, 0)
+    assert first.digest == before == tree_digest(src)  # same bytes, source untouched
+    again = fetch(str(src), raw)
+    assert (again.copied, again.removed) == (0, 0)  # unchanged files are not copied again
+    victim = sorted((src / "dogs").iterdir())[0]
+    victim.unlink()
+    shrunk = fetch(str(src), raw)
+    assert (shrunk.files, shrunk.removed) == (4, 1)
+    assert not (raw / "dogs" / victim.name).exists()
+    layout, candidates, problems = scan(raw)
+    assert layout == "classes" and len(candidates) == 4 and not problems
+    assert {c.label for c in candidates} == {"cats", "dogs"}
+
+
+def test_split_folders_are_detected(hymenoptera: Path, tmp_path: Path) -> None:
+    result = fetch(str(hymenoptera), tmp_path / "raw")
+    assert result.files == 398 and result.digest == HYMENOPTERA_DIGEST
+    layout, candidates, _ = scan(tmp_path / "raw")
+    assert layout == "splits"
+    assert {c.split for c in candidates} == {"train", "val"}
+    assert any(c.path == "train/ants/ant photos.jpg" for c in candidates)  # space in name
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar.gz"])
+def test_archive_with_a_single_top_folder(tmp_path: Path, fmt: str) -> None:
+    tree = make_class_tree(tmp_path / "pets" / "dataset", {"cats": 2, "dogs": 2})
+    archive = shutil.make_archive(
+        str(tmp_path / "pets"),
+        "zip" if fmt == "zip" else "gztar",
+        root_dir=tree.parent,
+        base_dir="dataset",
+    )
+    result = fetch(archive, tmp_path / "raw")
+    assert result.kind == "archive" and result.files == 4
+    assert result.digest == tree_digest(tree)
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["cats", "dogs"]
+
+
+def test_unsafe_archive_member_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("../escape.jpg", b"x")
+    with pytest.raises(DataError, match="unsafe member path"):
+        fetch(str(bad), tmp_path / "raw")
+    assert not (tmp_path / "escape.jpg").exists()
+
+
+def test_corrupt_archive_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "data.tar"
+    bad.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(DataError, match="not a zip or tar archive"):
+        fetch(str(bad), tmp_path / "raw")
+
+
+def test_url_source_uses_the_mirror_and_checks_the_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = make_class_tree(tmp_path / "mirror", {"a": 2, "b": 2})
+    with tarfile.open(tmp_path / "mirror.tar", "w") as tf:
+        tf.add(tree, arcname="data")
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "mirror.tar"))
+    good = fetch(OFFLINE_URL, tmp_path / "raw", sha256=tree_digest(tree))
+    assert good.kind == "url" and good.files == 4
+    with pytest.raises(DataError, match=r"does not match data\.sha256"):
+        fetch(OFFLINE_URL, tmp_path / "raw2", sha256="0" * 64)
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=f"\\${MIRROR_ENV} = .*no such file"):
+        fetch(OFFLINE_URL, tmp_path / "raw3")
+
+
+def test_offline_url_without_mirror_says_what_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    with pytest.raises(DataError) as err:
+        fetch(OFFLINE_URL, tmp_path / "raw", cache_dir=tmp_path / "cache")
+    assert f"cannot download {OFFLINE_URL}" in str(err.value)
+    assert MIRROR_ENV in str(err.value) and "data.mirror" in str(err.value)
+    assert not list((tmp_path / "cache").rglob("*.part"))  # no half-written download left
+
+
+def test_csv_manifest_relative_paths_missing_files_and_splits(tmp_path: Path) -> None:
+    tree = make_class_tree(tmp_path / "photos", {"cats": 2, "dogs": 2})
+    files = sorted(tree.rglob("*.jpg"))
+    outside = make_class_tree(tmp_path / "elsewhere", {"x": 1})
+    lines = ["path,label,split"]
+    lines += [f"photos/{f.relative_to(tree).as_posix()},{f.parent.name},train" for f in files]
+    lines += [f"{next(outside.rglob('*.jpg'))},cats,", "photos/cats/gone.jpg,cats,test"]
+    (tmp_path / "meta").mkdir()
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    result = fetch(str(manifest), tmp_path / "raw")
+    assert result.kind == "csv" and result.files == 6  # 5 images + manifest.csv
+    layout, candidates, problems = scan(tmp_path / "raw")
+    assert layout == "manifest" and len(candidates) == 5
+    assert [p.path for p in problems] == ["photos/cats/gone.jpg"]
+    assert "does not exist" in problems[0].reason
+    assert sum(c.split == "train" for c in candidates) == 4
+    assert all((tmp_path / "raw" / c.path).is_file() for c in candidates)
+
+
+def test_csv_manifest_with_unknown_or_missing_columns(tmp_path: Path) -> None:
+    bad = tmp_path / "m.csv"
+    bad.write_text("file,label,weight\na.jpg,cats,1\n")
+    with pytest.raises(DataError) as err:
+        fetch(str(bad), tmp_path / "raw")
+    assert "missing column(s) path" in str(err.value)
+    assert "unknown column(s) file, weight" in str(err.value)
+
+
+def test_missing_directory_source(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file or directory"):
+        fetch(str(tmp_path / "nope"), tmp_path / "raw")
+
+
+def test_fetch_stage_prints_one_line_error_offline(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "proj", {"data": {"source": OFFLINE_URL}}, git=False)
+    env = subprocess_env(XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop(MIRROR_ENV, None)
+    proc = run([sys.executable, "stages/fetch.py"], proj, env, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"error: cannot download {OFFLINE_URL}" in proc.stderr
+    assert MIRROR_ENV in proc.stderr

@@ -1,0 +1,194 @@
+"""prepare: quarantine, duplicates, deterministic and growth-stable stratified splits,
+TFRecord round trip, metadata files, and the errors for unusable datasets."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reprotrain.config import PrepareConfig
+from reprotrain.data import schema
+from reprotrain.data.fetch import fetch, tree_digest
+from reprotrain.data.prepare import prepare
+from reprotrain.errors import DataError
+from reprotrain.paths import split_files
+from tests.conftest import make_class_tree, write_image
+
+CFG = PrepareConfig(shard_size=16, max_side=64)
+
+
+def _manifest(prepared: Path) -> dict[str, dict[str, str]]:
+    with (prepared / "manifest.csv").open() as f:
+        return {row["path"]: row for row in csv.DictReader(f)}
+
+
+def _quarantine(prepared: Path) -> dict[str, str]:
+    with (prepared / "quarantine.csv").open() as f:
+        return {row["path"]: row["reason"] for row in csv.DictReader(f)}
+
+
+def _prepare(src: Path, tmp: Path, name: str = "out", seed: int = 42, cfg: PrepareConfig = CFG):
+    raw = tmp / f"{name}-raw"
+    fetch(str(src), raw)
+    return prepare(raw, tmp / name, cfg, seed), tmp / name
+
+
+def test_mess_is_quarantined_or_normalised_and_everything_is_counted(tmp_path: Path) -> None:
+    src = make_class_tree(tmp_path / "src", {"cats": 30, "dogs": 30})
+    good = (src / "cats" / sorted(p.name for p in (src / "cats").iterdir())[0]).read_bytes()
+    (src / "cats" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (src / "cats" / "empty.jpg").write_bytes(b"")
+    (src / "dogs" / "error-page.jpg").write_text("<html>Access denied</html>")
+    (src / "stray.jpg").write_bytes(good)  # at the root: no class folder
+    write_image(src / "dogs" / "cmyk.jpg", 1, mode="CMYK", fmt="JPEG")
+    write_image(src / "dogs" / "rgba.png", 2, mode="RGBA")
+    wide = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
+    Image.fromarray(wide).save(src / "cats" / "deep.png")
+    write_image(src / "cats" / "anim.gif", 3, mode="P", fmt="GIF")
+    before = tree_digest(src)
+
+    _summary, out = _prepare(src, tmp_path)
+    stats = json.loads((out / "stats.json").read_text())
+    quarantine = _quarantine(out)
+    assert quarantine["cats/truncated.jpg"].startswith("corrupt or truncated image")
+    assert quarantine["cats/empty.jpg"] == "empty file (0 bytes)"
+    assert quarantine["dogs/error-page.jpg"].startswith("not an image")
+    assert quarantine["stray.jpg"].startswith("file outside a class folder")
+    manifest = _manifest(out)
+    for normalised in ("dogs/cmyk.jpg", "dogs/rgba.png", "cats/deep.png", "cats/anim.gif"):
+        assert normalised in manifest
+    assert stats["files_seen"] == 60 + 8
+    assert stats["images"] + stats["quarantined"] == stats["files_seen"]
+    assert stats["quarantined"] == 4 and stats["quarantine_reasons"]["empty file"] == 1
+    assert sum(v["total"] for v in stats["splits"].values()) == stats["images"] == 64
+    assert json.loads((out / "labels.json").read_text()) == ["cats", "dogs"]
+    assert tree_digest(src) == before  # the source is never modified
+
+
+def test_duplicates_never_cross_splits_and_conflicting_labels_are_quarantined(
+    tmp_path: Path,
+) -> None:
+    src = make_class_tree(
+        tmp_path / "src",
+        splits={"train": {"ants": 12, "bees": 12}, "val": {"ants": 8, "bees": 8},
+                "test": {"ants": 4, "bees": 4}},
+    )  # fmt: skip
+    train_ant = sorted((src / "train" / "ants").iterdir())[0]
+    shutil.copy(train_ant, src / "test" / "ants" / "leaked.jpg")  # same content in test
+    shutil.copy(train_ant, src / "train" / "ants" / "copy.jpg")  # and twice in train
+    bee = sorted((src / "train" / "bees").iterdir())[0]
+    shutil.copy(bee, src / "val" / "ants" / "mislabelled.jpg")  # same bytes, other class
+
+    summary, out = _prepare(src, tmp_path)
+    quarantine, manifest = _quarantine(out), _manifest(out)
+    kept = "train/ants/copy.jpg"  # first copy in (train, val, test, path) order
+    assert manifest[kept]["split"] == "train"
+    assert quarantine["test/ants/leaked.jpg"] == f"duplicate of {kept}"
+    assert quarantine[f"train/ants/{train_ant.name}"] == f"duplicate of {kept}"
+    assert "labelled ants and bees" in quarantine["val/ants/mislabelled.jpg"]
+    assert f"train/bees/{bee.name}" not in manifest  # ambiguous: both copies quarantined
+    assert summary.duplicates == 4
+    hashes = [row["sha256"] for row in manifest.values()]
+    assert len(hashes) == len(set(hashes))
+
+
+def test_splits_are_stratified_deterministic_and_byte_identical(tmp_path: Path) -> None:
+    src = make_class_tree(tmp_path / "src", {"a": 40, "b": 40, "c": 40})
+    s1, out1 = _prepare(src, tmp_path, "one")
+    _s2, out2 = _prepare(src, tmp_path, "two")
+    for name in ["manifest.csv", "stats.json", *(p.name for p in out1.glob("*.tfrecord"))]:
+        assert (out1 / name).read_bytes() == (out2 / name).read_bytes(), name
+    for split in ("train", "val", "test"):
+        assert all(n > 0 for n in s1.counts[split].values())  # every class in every split
+    train_share = [s1.counts["train"][c] / 40 for c in "abc"]
+    assert all(0.55 <= s <= 0.85 for s in train_share), train_share
+    s3, _ = _prepare(src, tmp_path, "three", seed=7)
+    assert s3.counts != s1.counts or _manifest(tmp_path / "three") != _manifest(out1)
+
+
+def test_adding_images_never_moves_an_existing_one(tmp_path: Path) -> None:
+    src = make_class_tree(tmp_path / "src", {"a": 30, "b": 30})
+    _, out1 = _prepare(src, tmp_path, "before")
+    make_class_tree(src, {"a": 25, "b": 25}, seed=9)  # new files, new content
+    _, out2 = _prepare(src, tmp_path, "after")
+    before, after = _manifest(out1), _manifest(out2)
+    assert len(after) == len(before) + 50
+    moved = [p for p, row in before.items() if after[p]["split"] != row["split"]]
+    assert moved == []
+
+
+def test_given_val_without_test_is_carved_stratified(hymenoptera: Path, tmp_path: Path) -> None:
+    _summary, out = _prepare(hymenoptera, tmp_path, cfg=PrepareConfig(shard_size=128, max_side=96))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["images"] == 398 and stats["quarantined"] == 0
+    manifest = _manifest(out)
+    assert all(r["split"] == "train" for p, r in manifest.items() if p.startswith("train/"))
+    val_rows = [r for p, r in manifest.items() if p.startswith("val/")]
+    test_share = sum(r["split"] == "test" for r in val_rows) / len(val_rows)
+    assert 0.35 < test_share < 0.65
+    assert manifest["train/ants/imageNotFound.gif"]["split"] == "train"  # GIF normalised
+    assert stats["shards"] == {"train": 2, "val": 1, "test": 1}
+
+
+def test_tfrecord_round_trip(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    src = make_class_tree(tmp_path / "src", {"cats": 20, "dogs": 20}, size=48)
+    _, out = _prepare(src, tmp_path)
+    manifest = _manifest(out)
+    seen = {}
+    for split in ("train", "val", "test"):
+        for shard in split_files(out, split):
+            for raw in tf.data.TFRecordDataset(str(shard)):
+                ex = tf.io.parse_single_example(raw, schema.feature_spec())
+                path = ex[schema.SOURCE_PATH].numpy().decode()
+                seen[path] = split
+                row = manifest[path]
+                assert ex[schema.LABEL_NAME].numpy().decode() == row["label"]
+                assert int(ex[schema.LABEL]) == int(row["label_index"])
+                assert ex[schema.SHA256].numpy().decode() == row["sha256"]
+                img = Image.open(io.BytesIO(ex[schema.IMAGE].numpy()))
+                assert (img.height, img.width) == (int(ex[schema.HEIGHT]), int(ex[schema.WIDTH]))
+                assert img.size == (48, 48) and img.mode == "RGB"
+                original = np.asarray(Image.open(src / path), dtype=int)
+                assert np.abs(np.asarray(img, dtype=int) - original).mean() < 4  # q95 JPEG
+    assert seen == {p: r["split"] for p, r in manifest.items()}
+
+
+def test_max_side_downscales_stored_images(tmp_path: Path) -> None:
+    src = make_class_tree(tmp_path / "src", {"cats": 20, "dogs": 20}, size=100)
+    _, out = _prepare(src, tmp_path)
+    assert {(r["height"], r["width"]) for r in _manifest(out).values()} == {("64", "64")}
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda src: (src / "birds").mkdir(), "folder birds/ in the data source is empty"),
+        (
+            lambda src: [p.write_bytes(b"") for p in (src / "dogs").iterdir()],
+            "class dogs has no usable images",
+        ),
+        (lambda src: shutil.rmtree(src / "dogs"), "only one class (cats)"),
+    ],
+    ids=["empty-folder", "all-quarantined", "one-class"],
+)
+def test_unusable_datasets_are_clear_errors(tmp_path: Path, setup, message: str) -> None:
+    src = make_class_tree(tmp_path / "src", {"cats": 20, "dogs": 20})
+    setup(src)
+    with pytest.raises(DataError) as err:
+        _prepare(src, tmp_path)
+    assert message in str(err.value)
+
+
+def test_a_split_without_a_class_is_a_clear_error(tmp_path: Path) -> None:
+    src = make_class_tree(tmp_path / "src", {"cats": 20, "dogs": 2})
+    with pytest.raises(DataError, match=r"split has no images of class dogs \(2 usable"):
+        _prepare(src, tmp_path)
