@@ -1,0 +1,295 @@
+"""``python -m reprotrain predict MODEL PATH...``: classify image files and folders.
+
+MODEL is a ``.keras`` file or a registry URI (``models:/NAME@champion``,
+``models:/NAME/3``), resolved to a local file by ``reprotrain.tracking.resolve_model``.
+Folders are walked recursively in sorted order; files without an image extension inside
+folders are skipped (and said so), while a file named explicitly is always tried.
+
+Why errors are per file: one corrupt upload must not hide the predictions for the other
+999 images. Every file that cannot be read or decoded appears in the output with an
+``error`` and on stderr, and the exit code says whether anything failed:
+0 all predicted, 1 some input failed (or there was none), 2 usage or model error.
+
+Images go through tf.data with the training pipeline's own ``decode_and_resize`` (same
+resize, same antialiasing as the test split saw). A file TensorFlow cannot decode is
+dropped by ``ignore_errors`` and found again by its index, so it is reported, never lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reprotrain import paths
+from reprotrain.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+#: Extensions picked up when walking a folder (formats ``tf.io.decode_image`` reads).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"})
+#: Exit codes.
+EXIT_OK, EXIT_FAILED_INPUT, EXIT_USAGE = 0, 1, 2
+REGISTRY_PREFIXES = ("models:/", "runs:/")
+
+
+@dataclass
+class Inputs:
+    """What the PATH arguments expand to: files to try (in order), and the rest."""
+
+    files: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def collect_inputs(args: Sequence[str | Path]) -> Inputs:
+    """Expand files and folders (recursively, sorted); duplicates are kept once."""
+    out = Inputs()
+    seen: set[str] = set()
+
+    def add(path: Path) -> None:
+        key = str(path)
+        if key not in seen:
+            seen.add(key)
+            out.files.append(key)
+
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            for f in sorted(x for x in p.rglob("*") if x.is_file()):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    add(f)
+                else:
+                    out.skipped.append(str(f))
+        elif p.is_file():
+            add(p)
+        else:
+            out.missing.append(str(p))
+    return out
+
+
+def resolve_model(spec: str, root: Path | None = None) -> Path:
+    """A local ``.keras`` path for a file path or a registry URI."""
+    if spec.startswith(REGISTRY_PREFIXES):
+        from reprotrain import tracking  # MLflow only when a registry URI is given
+
+        return Path(tracking.resolve_model(spec, root=root or Path.cwd()))
+    path = Path(spec)
+    if not path.is_file():
+        raise ModelError(
+            f"model not found: {spec} (give a .keras file, or models:/NAME@alias or "
+            "models:/NAME/VERSION from the MLflow registry)"
+        )
+    return path
+
+
+def _read_labels(path: Path) -> list[str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read class names: {exc}") from None
+    if not isinstance(data, list) or not data:
+        raise ModelError(f"{path}: expected a JSON list of class names")
+    return [str(x) for x in data]
+
+
+def resolve_labels(
+    explicit: Path | None,
+    model_path: Path,
+    num_classes: int,
+    registered: Sequence[str] | None = None,
+) -> list[str]:
+    """Class names for the model's outputs.
+
+    ``--labels`` wins; then the names registered with a ``models:/`` version; then
+    ``labels.json`` next to the model file; then the project's ``data/prepared/labels.json``
+    (a list whose length does not match the model is not used). Without any: the class
+    indices, with a warning.
+    """
+    if registered is not None and explicit is None:
+        if len(registered) == num_classes:
+            return list(registered)
+        logger.warning("the registered labels list %d classes, the model %d: not using them",
+                       len(registered), num_classes)  # fmt: skip
+    if explicit is not None:
+        labels = _read_labels(explicit)
+        if len(labels) != num_classes:
+            raise ModelError(
+                f"{explicit} lists {len(labels)} classes but the model predicts "
+                f"{num_classes}: pass the labels.json of the data the model was trained on"
+            )
+        return labels
+    for candidate in (model_path.parent / "labels.json", paths.PREPARED_DIR / "labels.json"):
+        if candidate.is_file():
+            labels = _read_labels(candidate)
+            if len(labels) == num_classes:
+                logger.info("class names from %s", candidate)
+                return labels
+            logger.warning(
+                "%s has %d classes, the model %d: not using it", candidate, len(labels),
+                num_classes,
+            )  # fmt: skip
+    logger.warning("no labels.json found for the model: reporting class indices (use --labels)")
+    return [str(i) for i in range(num_classes)]
+
+
+_TF_NOISE = re.compile(r"\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$", re.DOTALL)
+
+
+def _clean_tf_error(exc: Exception) -> str:
+    """TensorFlow's error text without the op/device decoration around the reason."""
+    message = getattr(exc, "message", None) or str(exc)
+    return _TF_NOISE.sub("", message).strip() or type(exc).__name__
+
+
+def decode_error(path: str, image_size: int) -> str | None:
+    """Why ``path`` cannot be read and decoded (None if it can): run the same ops eagerly."""
+    import tensorflow as tf
+
+    from reprotrain.data.pipeline import decode_and_resize
+
+    try:
+        decode_and_resize(tf.io.read_file(path), image_size)
+    except (tf.errors.OpError, ValueError) as exc:
+        return _clean_tf_error(exc)
+    return None
+
+
+def predict_files(
+    model: Any, files: Sequence[str], labels: Sequence[str], *, batch_size: int, top_k: int
+) -> list[dict[str, Any]]:
+    """One result per file, in order: ``{path, label, confidence, top_k, error}``."""
+    import numpy as np
+    import tensorflow as tf
+
+    from reprotrain.data.pipeline import decode_and_resize
+    from reprotrain.evaluation import model_image_size, to_probabilities
+
+    size = model_image_size(model)
+    k = max(1, min(top_k, len(labels)))
+    results: dict[int, dict[str, Any]] = {}
+    if files:
+        ds = tf.data.Dataset.from_tensor_slices(
+            (tf.range(len(files), dtype=tf.int64), tf.constant(list(files)))
+        )
+        ds = ds.map(
+            lambda i, p: (i, decode_and_resize(tf.io.read_file(p), size)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        ds = ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        for index, images in ds:
+            probs = to_probabilities(model(images, training=False))
+            for i, p in zip(index.numpy().tolist(), probs, strict=True):
+                order = np.argsort(-p, kind="stable")[:k]
+                results[i] = {
+                    "path": files[i],
+                    "label": labels[int(order[0])],
+                    "confidence": round(float(p[order[0]]), 6),
+                    "top_k": [
+                        {"label": labels[int(c)], "probability": round(float(p[c]), 6)}
+                        for c in order
+                    ],
+                    "error": None,
+                }
+    out = []
+    for i, path in enumerate(files):
+        if i not in results:
+            reason = decode_error(path, size) or "could not be decoded"
+            results[i] = {"path": path, "error": reason}
+        out.append(results[i])
+    return out
+
+
+def format_json(results: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(list(results), indent=2) + "\n"
+
+
+def format_csv(results: Sequence[dict[str, Any]], top_k: int) -> str:
+    """``path,label,confidence,label_1,prob_1,...,label_K,prob_K,error``."""
+    buf = io.StringIO()
+    header = ["path", "label", "confidence"]
+    for r in range(1, top_k + 1):
+        header += [f"label_{r}", f"prob_{r}"]
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*header, "error"])
+    for res in results:
+        row = [res["path"], res.get("label", ""), res.get("confidence", "")]
+        ranked = res.get("top_k") or []
+        for r in range(top_k):
+            row += [ranked[r]["label"], ranked[r]["probability"]] if r < len(ranked) else ["", ""]
+        writer.writerow([*row, res.get("error") or ""])
+    return buf.getvalue()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reprotrain predict",
+        description="Classify image files and folders with a trained reprotrain model.",
+        epilog="exit codes: 0 all predicted, 1 some input failed, 2 usage or model error",
+    )
+    parser.add_argument("model", help=".keras file, or models:/NAME@alias, models:/NAME/VERSION")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument("--top-k", type=_positive, default=3, help="classes per image (3)")
+    parser.add_argument("--format", choices=("json", "csv"), default="json", help="output")
+    parser.add_argument("--batch-size", type=_positive, default=32, help="images per batch")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="labels.json of the training data (default: next to the model, else "
+        "data/prepared/labels.json)",
+    )
+    return parser
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be ≥ 1")
+    return n
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Predict and write results to stdout; returns the exit code (see module doc)."""
+    args = build_parser().parse_args(argv)
+    from reprotrain.evaluation import load_model  # TensorFlow: only once the args are valid
+
+    model_path = resolve_model(args.model)
+    model = load_model(model_path)
+    registered = None
+    if args.model.startswith("models:/") and args.labels is None:
+        from reprotrain import tracking
+
+        registered = tracking.resolve_labels(args.model, root=Path.cwd())
+    labels = resolve_labels(args.labels, model_path, int(model.output_shape[-1]), registered)
+    inputs = collect_inputs(args.paths)
+    for path in inputs.skipped:
+        logger.warning("skipped %s: not an image file extension (%s)", path,
+                       ", ".join(sorted(IMAGE_EXTENSIONS)))  # fmt: skip
+    results = predict_files(
+        model, inputs.files, labels, batch_size=args.batch_size, top_k=args.top_k
+    )
+    results += [{"path": p, "error": "no such file or directory"} for p in inputs.missing]
+    failed = [r for r in results if r.get("error")]
+    for r in failed:
+        logger.error("%s: %s", r["path"], r["error"])
+    k = max(1, min(args.top_k, len(labels)))
+    sys.stdout.write(format_json(results) if args.format == "json" else format_csv(results, k))
+    sys.stdout.flush()
+    if not results:
+        logger.error("no image files found in %s", ", ".join(map(str, args.paths)))
+        return EXIT_FAILED_INPUT
+    logger.info("predicted %d file(s), %d failed", len(results) - len(failed), len(failed))
+    return EXIT_FAILED_INPUT if failed else EXIT_OK

@@ -1,0 +1,46 @@
+"""A training process for the kill-and-resume test (run as ``python -m``).
+
+argv: CHECKPOINT_DIR OUT_JSON [SLOW_SECONDS]. Each finished epoch is appended to
+OUT_JSON.epochs; with SLOW_SECONDS the end of the second epoch waits that long (after its history
+record, before its backup), so the test can kill the process there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from reprotrain import runtime, training
+from reprotrain.config import RuntimeConfig, TrainHeadConfig
+from reprotrain.models import transfer
+from tests.models.tiny import tiny_arrays, tiny_dataset, tiny_model_cfg
+
+
+def main() -> None:
+    ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
+    slow = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    info = runtime.configure(RuntimeConfig(), seed=5)
+    model = transfer.build_model(tiny_model_cfg(), 2, 0.2)
+    x, y = tiny_arrays(16)
+    cfg = TrainHeadConfig(epochs=4, batch_size=8, feature_cache="off", early_stopping_patience=9)
+    seen: list[int] = []
+
+    def hook(epoch: int, metrics: dict[str, float]) -> None:
+        seen.append(epoch)
+        out.with_suffix(".epochs").write_text(json.dumps(seen))
+        if epoch >= 1:
+            time.sleep(slow)
+
+    result = training.train(
+        model, tiny_dataset(x, y), tiny_dataset(x, y), cfg, info,
+        checkpoint_dir=ckpt, epoch_hook=hook, resume_key="same-inputs",
+    )  # fmt: skip
+    out.write_text(
+        json.dumps({"seen": seen, "summary": result.summary(), "history": result.history})
+    )
+
+
+if __name__ == "__main__":
+    main()

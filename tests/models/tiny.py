@@ -1,0 +1,51 @@
+"""Tiny, learnable training inputs shared by the model/training tests.
+
+Why real weights even in unit tests: a randomly initialised MobileNetV2 in inference mode
+outputs ~1e-12 features at 32×32 (nothing to learn from, gradients vanish), so the tests
+load the real ImageNet 0.35 weights (the 2 MB file) by path into a 32×32 model: fast, and
+the base computes real features whose gradients actually move the unfrozen layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from reprotrain.config import ModelConfig
+from reprotrain.models.transfer import imagenet_weights_filename
+from tests.conftest import ASSETS
+
+SIZE = 32
+ALPHA = 0.35
+
+
+def tiny_weights() -> Path:
+    """The 0.35/224 no-top weights: from the offline assets, else downloaded by Keras."""
+    name = imagenet_weights_filename(ALPHA, 224)
+    if ASSETS is not None and (ASSETS / "keras" / "models" / name).is_file():
+        return ASSETS / "keras" / "models" / name
+    import keras
+
+    url = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + name
+    return Path(keras.utils.get_file(name, url, cache_subdir="models"))
+
+
+def tiny_model_cfg(weights: str | None = None) -> ModelConfig:
+    return ModelConfig(alpha=ALPHA, image_size=SIZE, weights=weights or str(tiny_weights()))
+
+
+def tiny_arrays(n: int = 24, num_classes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Raw 0–255 images whose class is their dominant colour, and int32 labels."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % num_classes).astype(np.int32)
+    x = rng.integers(0, 60, size=(n, SIZE, SIZE, 3)).astype(np.float32)
+    for c in range(num_classes):
+        x[y == c, :, :, c % 3] += 180
+    return x, y
+
+
+def tiny_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = 8):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)

@@ -1,0 +1,94 @@
+"""Runtime knobs: the pure decisions, configure() on this CPU, and MirroredStrategy over two
+logical CPU devices in a real subprocess (device layout must be set before TF starts)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import keras
+import pytest
+
+from reprotrain import runtime
+from reprotrain.config import RuntimeConfig
+from reprotrain.errors import ConfigError
+from tests.conftest import REPO, run, subprocess_env
+
+
+def test_resolve_mixed_precision() -> None:
+    assert runtime.resolve_mixed_precision("auto", gpus=0) == "float32"
+    assert runtime.resolve_mixed_precision("auto", gpus=1) == "mixed_float16"
+    assert runtime.resolve_mixed_precision("on", gpus=0) == "mixed_float16"
+    assert runtime.resolve_mixed_precision("off", gpus=4) == "float32"
+    with pytest.raises(ConfigError):
+        runtime.resolve_mixed_precision("fp8", gpus=1)
+
+
+def test_resolve_distribute() -> None:
+    assert runtime.resolve_distribute("auto", gpus=0) == "none"
+    assert runtime.resolve_distribute("auto", gpus=1) == "none"
+    assert runtime.resolve_distribute("auto", gpus=2) == "mirrored"
+    assert runtime.resolve_distribute("none", gpus=8) == "none"
+    assert runtime.resolve_distribute("mirrored", gpus=0, cpus=2) == "mirrored"
+    with pytest.raises(ConfigError):
+        runtime.resolve_distribute("tpu", gpus=0)
+
+
+def test_configure_on_cpu_and_environment_info() -> None:
+    info = runtime.configure(RuntimeConfig(), seed=3)
+    assert info.mixed_precision == "float32" == keras.mixed_precision.global_policy().name
+    assert info.distribute == "none" and info.replicas == 1
+    env = runtime.environment_info(info)
+    for key in ("python", "tensorflow", "keras", "mlflow", "dvc", "devices", "cuda", "cudnn",
+                "mixed_precision", "seed", "deterministic"):  # fmt: skip
+        assert isinstance(env[key], str) and env[key], key
+    assert env["seed"] == "3" and env["deterministic"] == "true"
+    assert env["mlflow"][0].isdigit() and env["dvc"][0].isdigit()
+    assert "CPU" in env["devices"]
+
+
+MIRRORED = textwrap.dedent(
+    """
+    import json, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import dataclasses, tempfile
+    from pathlib import Path
+    from reprotrain import runtime, training
+    from reprotrain.config import RuntimeConfig, TrainHeadConfig
+    from reprotrain.errors import ConfigError
+    from reprotrain.models import transfer
+    from tests.models.tiny import tiny_arrays, tiny_dataset, tiny_model_cfg
+    info = runtime.configure(RuntimeConfig(distribute="mirrored"), seed=1)
+    with info.strategy.scope():
+        model = transfer.build_model(tiny_model_cfg(), 2, 0.2)
+    x, y = tiny_arrays(16)
+    cfg = TrainHeadConfig(epochs=1, batch_size=8, feature_cache="off")
+    tmp = Path(tempfile.mkdtemp())
+    r = training.train(model, tiny_dataset(x, y), tiny_dataset(x, y), cfg, info,
+                       checkpoint_dir=tmp / "c")
+    try:
+        training.train(model, tiny_dataset(x, y), tiny_dataset(x, y),
+                       dataclasses.replace(cfg, loop="custom"), info, checkpoint_dir=tmp / "d")
+        custom = "ran"
+    except ConfigError as exc:
+        custom = str(exc)
+    cpus = len(tf.config.list_logical_devices("CPU"))
+    auto = runtime.resolve_distribute("auto", gpus=0, cpus=cpus)
+    print(json.dumps({"replicas": info.replicas, "distribute": info.distribute,
+                      "strategy": type(info.strategy).__name__, "devices": info.devices,
+                      "epochs": r.history["epoch"], "custom": custom, "auto": auto}))
+    """
+)
+
+
+def test_mirrored_strategy_over_two_logical_cpus() -> None:
+    proc = run([sys.executable, "-c", MIRRORED], REPO, subprocess_env(), timeout=300)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["strategy"] == "MirroredStrategy"
+    assert out["replicas"] == 2 and len(out["devices"]) == 2
+    assert out["epochs"] == [1]
+    assert "loop = custom runs on one device" in out["custom"]
+    assert out["auto"] == "none"  # auto mirrors only across GPUs

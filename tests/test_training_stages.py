@@ -1,0 +1,67 @@
+"""The train_head and finetune stages through real `dvc repro` on a tiny project: outputs,
+the logged trainable set, MLflow lineage, and that a finetune.* change reruns only finetune."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import keras
+import yaml
+
+from reprotrain.models import transfer
+from tests.conftest import run, subprocess_env
+
+
+def test_stages_outputs_trainable_set_and_param_scoping(tiny_project: Path) -> None:
+    proj, env = tiny_project, subprocess_env()
+    proc = run(["dvc", "repro", "finetune"], proj, env, timeout=600)
+    assert "Running stage 'finetune'" in proc.stdout
+
+    for name in ("head", "finetuned"):
+        assert (proj / "models" / f"{name}.keras").is_file()
+        history = json.loads((proj / "models" / f"{name}.history.json").read_text())
+        assert history["epoch"][0] == 1 and "val_accuracy" in history
+        run_id = json.loads((proj / "models" / f"{name}.run.json").read_text())["run_id"]
+        assert run_id
+    assert list((proj / "models" / "tensorboard" / "finetune" / "validation").iterdir())
+    assert not (proj / ".reprotrain" / "checkpoints" / "finetune").exists()
+
+    # TINY_PARAMS unfreeze the top 10 base layers: of those only three have weights and are
+    # not BatchNormalization.
+    expected = ["block_16_depthwise", "block_16_project", "Conv_1"]
+    metrics = json.loads((proj / "metrics" / "finetune.json").read_text())
+    model = keras.saving.load_model(proj / "models" / "finetuned.keras", compile=False)
+    summary = transfer.trainable_summary(model)
+    assert summary["trainable_base_layers"] == expected
+    assert metrics["trainable_base_layer_count"] == 3
+    assert metrics["trainable_params"] == summary["trainable_params"]
+    head_metrics = json.loads((proj / "metrics" / "train_head.json").read_text())
+    assert head_metrics["trainable_base_layer_count"] == 0
+    assert head_metrics["feature_cache"] is True
+
+    run_id = json.loads((proj / "models" / "finetuned.run.json").read_text())["run_id"]
+    con = sqlite3.connect(proj / "mlruns" / "mlflow.db")
+    try:
+        tags = dict(con.execute("select key, value from tags where run_uuid=?", (run_id,)))
+        steps = con.execute(
+            "select count(*) from metrics where run_uuid=? and key='val_accuracy'", (run_id,)
+        ).fetchone()[0]
+    finally:
+        con.close()
+    assert tags["reprotrain.trainable_layers"] == ",".join(expected)
+    assert tags["reprotrain.trainable_layer_count"] == "3"
+    assert tags["reprotrain.trainable_params"] == str(summary["trainable_params"])
+    assert steps == len(
+        json.loads((proj / "models" / "finetuned.history.json").read_text())["epoch"]
+    )
+
+    # A finetune.* change invalidates finetune only (not prepare, not train_head).
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["finetune"]["learning_rate"] = 2e-5
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(run(["dvc", "status", "--json"], proj, env).stdout)
+    changed = set(status)
+    assert "dvc.yaml:finetune" in changed or "finetune" in changed, status
+    assert not changed & {"prepare", "train_head", "dvc.yaml:prepare", "dvc.yaml:train_head"}
