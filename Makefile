@@ -3,6 +3,7 @@
 # missing it is installed (pinned) into .uv/ with the system Python's pip.
 #
 #   make repro GPU=1      # tensorflow[and-cuda] instead of tensorflow-cpu
+#   make setup EXTRAS=s3  # also the DVC S3 remote plugin (dvc-s3)
 #   make ui               # MLflow UI on http://127.0.0.1:5000 against ./mlruns
 
 SHELL := /bin/bash
@@ -10,7 +11,10 @@ PYTHON ?= python3
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 TF_EXTRA := $(if $(GPU),gpu,cpu)
-RUN := $(UV) run --frozen --extra $(TF_EXTRA)
+EXTRAS ?=
+EXTRA_FLAGS := --extra $(TF_EXTRA) $(foreach e,$(EXTRAS),--extra $(e))
+STAMP := .venv/.synced-$(TF_EXTRA)$(foreach e,$(EXTRAS),-$(e))
+RUN := $(UV) run --frozen $(EXTRA_FLAGS)
 UI_PORT ?= 5000
 PYTEST_ARGS ?=
 
@@ -20,12 +24,12 @@ $(CURDIR)/.uv/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.uv
 	$(CURDIR)/.uv/bin/pip install --quiet "uv==$(UV_VERSION)"
 
-.venv/.synced-$(TF_EXTRA): uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --extra $(TF_EXTRA)
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen $(EXTRA_FLAGS)
 	rm -f .venv/.synced-*
 	touch $@
 
-setup: .venv/.synced-$(TF_EXTRA)
+setup: $(STAMP)
 
 repro: setup
 	$(RUN) dvc repro

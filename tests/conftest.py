@@ -139,7 +139,16 @@ def deep_update(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".gitignore", "scripts")
+PROJECT_FILES = (
+    "dvc.yaml",
+    "params.yaml",
+    "stages",
+    "src",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".gitignore",
+    "scripts",
+)
 
 
 def subprocess_env(keras_home: Path | None = None, **extra: str) -> dict[str, str]:

@@ -55,8 +55,10 @@ def sum_counts(stats: dict) -> int:
     splits = stats.get("splits") or stats.get("counts") or {}
     total = 0
     for value in splits.values():
-        total += value["total"] if isinstance(value, dict) and "total" in value else (
-            sum(value.values()) if isinstance(value, dict) else int(value)
+        total += (
+            value["total"]
+            if isinstance(value, dict) and "total" in value
+            else (sum(value.values()) if isinstance(value, dict) else int(value))
         )
     return total
 

@@ -1,0 +1,110 @@
+"""The scheduled-retraining workflow is checked by real offline linters, not by eye.
+
+``check-jsonschema`` validates it against GitHub's workflow schema (a typo in a key would
+otherwise only show up when the schedule fires), ``zizmor`` audits it for the usual Actions
+security mistakes (unpinned actions, credentials left in the checkout, template injection,
+over-broad permissions), and a few assertions pin the contract the README promises.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, run, subprocess_env
+
+WORKFLOW = REPO / ".github" / "workflows" / "retrain.yml"
+SCRIPT = REPO / "scripts" / "retrain.sh"
+BIN = Path(sys.executable).parent
+
+
+def _workflow() -> dict[str, Any]:
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    # YAML 1.1 reads the bare key `on` as the boolean True.
+    doc["on"] = doc.pop(True, doc.get("on"))
+    return doc
+
+
+def _steps() -> list[dict[str, Any]]:
+    return [s for job in _workflow()["jobs"].values() for s in job["steps"]]
+
+
+def test_workflow_matches_github_schema() -> None:
+    proc = run(
+        [
+            str(BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            str(WORKFLOW),
+        ],
+        REPO,
+    )
+    assert "ok" in proc.stdout
+
+
+@pytest.mark.parametrize("persona", ["regular", "pedantic"])
+def test_zizmor_finds_nothing(persona: str) -> None:
+    """No findings, not even pedantic ones, and no `# zizmor: ignore` comment to get there."""
+    env = subprocess_env(ZIZMOR_OFFLINE="true", NO_COLOR="1")
+    proc = run(
+        [str(BIN / "zizmor"), "--offline", "--no-config", f"--persona={persona}", str(WORKFLOW)],
+        REPO,
+        env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "zizmor: ignore" not in WORKFLOW.read_text()
+
+
+def test_triggers_permissions_concurrency_timeout() -> None:
+    doc = _workflow()
+    assert doc["on"]["schedule"][0]["cron"]
+    assert "workflow_dispatch" in doc["on"]
+    assert doc["permissions"] == {}, "workflow-level token must have no permissions"
+    assert doc["concurrency"]["group"] and doc["concurrency"]["cancel-in-progress"] is False
+    for job in doc["jobs"].values():
+        assert 0 < job["timeout-minutes"] <= 360
+        assert set(job["permissions"]) <= {"contents", "pull-requests"}
+
+
+def test_actions_pinned_and_checkout_without_credentials() -> None:
+    uses = [s for s in _steps() if "uses" in s]
+    assert uses
+    for step in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
+    checkout = [s for s in uses if s["uses"].startswith("actions/checkout@")]
+    assert checkout and all(s["with"]["persist-credentials"] is False for s in checkout)
+
+
+def test_secrets_only_through_env_and_work_in_the_script() -> None:
+    """No `${{ }}` in any `run:` (template injection); the script does the work."""
+    runs = [s["run"] for s in _steps() if "run" in s]
+    assert all("${{" not in r for r in runs), runs
+    assert any(r.strip() == "make setup" for r in runs)
+    script_steps = [s for s in _steps() if "scripts/retrain.sh" in s.get("run", "")]
+    retrain, open_pr = script_steps
+    assert "MLFLOW_TRACKING_URI" in retrain["env"]
+    assert "GH_TOKEN" not in retrain["env"], "training code must not see the write token"
+    assert open_pr["run"].rstrip().endswith("scripts/retrain.sh open-pr")
+    assert open_pr["if"] == f"steps.{retrain['id']}.outputs.outcome == 'promoted'"
+    assert "GH_TOKEN" in open_pr["env"]
+    text = WORKFLOW.read_text()
+    for match in re.finditer(r"\$\{\{\s*secrets\.(\w+)", text):
+        line = text[: match.start()].rsplit("\n", 1)[-1]
+        assert re.fullmatch(r"\s+\w+: ", line), f"secret {match.group(1)} outside an env mapping"
+
+
+def test_script_is_executable_bash() -> None:
+    assert os.access(SCRIPT, os.X_OK)
+    assert SCRIPT.read_text().startswith("#!/usr/bin/env bash\n")
+    run(["bash", "-n", str(SCRIPT)], REPO)
+    # shellcheck is not part of the locked environment; use it where a machine has it.
+    if shutil.which("shellcheck"):
+        run(["shellcheck", str(SCRIPT)], REPO)

@@ -1,0 +1,138 @@
+"""`python -m reprotrain ui` starts a real MLflow server on 127.0.0.1 against the project
+store; its REST API shows one pipeline row per execution with the stage runs under it.
+(The screenshot of the same page in headless Chromium: scripts/ui_screenshot.sh.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from reprotrain import paths, tracking, ui
+from tests.conftest import REPO, run, subprocess_env
+from tests.test_tracking import simulate, write_lock, write_manifest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api(base: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        base + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture
+def store_with_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two executions: prepare → train_head → finetune, then a finetune param change."""
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", tracking.ENV_REPRODUCES):
+        monkeypatch.delenv(var, raising=False)
+    root = tmp_path / "proj"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(REPO / name, root / name)
+    env = subprocess_env()
+    run(["git", "init", "-q", "-b", "main"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "init"], root, env)
+    write_lock(root)
+    write_manifest(root)
+    monkeypatch.chdir(root)
+    simulate(root, "prepare", sidecar=paths.PREPARE_RUN)
+    simulate(root, "train_head", upstream=[paths.PREPARE_RUN], sidecar=paths.HEAD_RUN)
+    simulate(root, "finetune", upstream=[paths.PREPARE_RUN, paths.HEAD_RUN])
+    text = (root / "params.yaml").read_text().replace("unfreeze_top: 30", "unfreeze_top: 20")
+    (root / "params.yaml").write_text(text)
+    simulate(root, "finetune", upstream=[paths.PREPARE_RUN, paths.HEAD_RUN])
+    mlflow.set_tracking_uri(None)
+    return root
+
+
+def test_server_command_points_at_the_store(tmp_path: Path) -> None:
+    uri = tracking.default_uri(tmp_path)
+    cmd = ui.server_command(uri, port=5123)
+    assert cmd[cmd.index("--backend-store-uri") + 1] == uri
+    artifacts = cmd[cmd.index("--default-artifact-root") + 1]
+    assert artifacts == (tmp_path / "mlruns" / "artifacts").as_uri()
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+
+
+def test_ui_serves_pipeline_rows_and_stage_runs(store_with_runs: Path) -> None:
+    root, port = store_with_runs, free_port()
+    env = subprocess_env()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reprotrain", "ui", "--port", str(port), "--root", str(root)],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                pytest.fail(f"mlflow server did not come up (exit {proc.poll()}):\n{out[-3000:]}")
+            time.sleep(0.5)
+        exp = api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=reprotrain")
+        exp_id = exp["experiment"]["experiment_id"]
+        parents = api(
+            base, "/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [exp_id], "filter": "tags.`reprotrain.role` = 'pipeline'"},
+        )["runs"]  # fmt: skip
+        assert len(parents) == 2  # one row per execution
+        by_id = {p["info"]["run_id"]: p for p in parents}
+        for parent in parents:
+            assert parent["info"]["run_name"] == "pipeline"
+            assert parent["info"]["status"] == "FINISHED"
+            params = {p["key"]: p["value"] for p in parent["data"]["params"]}
+            assert {"finetune.unfreeze_top", "train_head.epochs", "seed"} <= set(params)
+            metrics = {m["key"] for m in parent["data"]["metrics"]}
+            assert "finetune.val_accuracy" in metrics
+        stages = {}
+        for run_id in by_id:
+            children = api(
+                base, "/api/2.0/mlflow/runs/search",
+                {"experiment_ids": [exp_id], "filter": f"tags.mlflow.parentRunId = '{run_id}'"},
+            )["runs"]  # fmt: skip
+            stages[run_id] = sorted(
+                t["value"]
+                for c in children
+                for t in c["data"]["tags"]
+                if t["key"] == "reprotrain.stage"
+            )
+        assert sorted(stages.values()) == [["finetune"], ["finetune", "prepare", "train_head"]]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_ui_refuses_a_remote_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(tracking.TrackingError, match="server already"):
+        ui.main(["--root", str(tmp_path), "--port", "5999"])
