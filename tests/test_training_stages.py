@@ -1,23 +1,31 @@
 """The train_head and finetune stages through real `dvc repro` on a tiny project: outputs,
-the logged trainable set, MLflow lineage, and that a finetune.* change reruns only finetune."""
+the logged trainable set, MLflow lineage, and that a finetune.* change invalidates only
+finetune.
+
+The tiny project is the session's shared one (built once by ``tests/ci/test_retrain.py``'s
+cached builder, which runs the whole DAG through ``scripts/retrain.sh`` → ``dvc repro``):
+a second tiny repro just for these checks would cost a minute of the suite's budget."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 import keras
+import pytest
 import yaml
 
 from reprotrain.models import transfer
-from tests.conftest import run, subprocess_env
+from tests.ci.test_retrain import promoted_project
+from tests.conftest import run
 
 
-def test_stages_outputs_trainable_set_and_param_scoping(tiny_project: Path) -> None:
-    proj, env = tiny_project, subprocess_env()
-    proc = run(["dvc", "repro", "finetune"], proj, env, timeout=600)
-    assert "Running stage 'finetune'" in proc.stdout
+def test_stages_outputs_trainable_set_and_param_scoping(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    project = promoted_project(tmp_path_factory)
+    proj, env = project.root, project.env
+    assert "Running stage 'finetune'" in project.first.stdout + project.first.stderr
 
     for name in ("head", "finetuned"):
         assert (proj / "models" / f"{name}.keras").is_file()
@@ -58,10 +66,14 @@ def test_stages_outputs_trainable_set_and_param_scoping(tiny_project: Path) -> N
     )
 
     # A finetune.* change invalidates finetune only (not prepare, not train_head).
-    params = yaml.safe_load((proj / "params.yaml").read_text())
+    original = (proj / "params.yaml").read_text()
+    params = yaml.safe_load(original)
     params["finetune"]["learning_rate"] = 2e-5
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = json.loads(run(["dvc", "status", "--json"], proj, env).stdout)
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], proj, env).stdout)
+    finally:
+        (proj / "params.yaml").write_text(original)  # the project is shared: leave it as found
     changed = set(status)
     assert "dvc.yaml:finetune" in changed or "finetune" in changed, status
     assert not changed & {"prepare", "train_head", "dvc.yaml:prepare", "dvc.yaml:train_head"}
