@@ -168,6 +168,8 @@ def make_dataset(
         # (rounding to whole pixel values is invisible to the model).
         image = tf.cast(tf.round(decode_and_resize(ex[schema.IMAGE], image_size)), tf.uint8)
         label = tf.cast(ex[schema.LABEL], tf.int32)
+        if not with_metadata:  # nothing per element that the consumer will not use
+            return image, label
         meta = {"path": ex[schema.SOURCE_PATH], "sha256": ex[schema.SHA256]}
         return image, label, meta
 
@@ -177,8 +179,6 @@ def make_dataset(
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if augment:
         ds = _augment(ds, cfg.augment, seed)
-    if not with_metadata:
-        ds = ds.map(lambda image, label, meta: (image, label))
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
     # float32 for the model, converted once per batch rather than per image.
     ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
@@ -209,8 +209,8 @@ def _augment(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int) -> tf.data.Data
     zipped = tf.data.Dataset.zip((ds, seeds))
 
     def _apply(element: tuple[Any, ...], s: tf.Tensor) -> tuple[Any, ...]:
-        image, label, meta = element
+        image, *rest = element
         out = augment_image(tf.cast(image, tf.float32), cfg, s)
-        return tf.cast(tf.round(out), tf.uint8), label, meta
+        return (tf.cast(tf.round(out), tf.uint8), *rest)
 
     return zipped.map(_apply, num_parallel_calls=AUTOTUNE, deterministic=True)
