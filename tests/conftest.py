@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +228,51 @@ def tiny_project(tmp_path: Path) -> Iterator[Path]:
         tmp_path / "proj", deep_update(TINY_PARAMS, {"data": {"source": str(data), "sha256": None}})
     )
     yield proj
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def http_server(
+    cmd: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    ready_url: str,
+    timeout: float,
+    what: str = "server",
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a real server process, wait until ``ready_url`` answers 200, stop it afterwards.
+
+    The process gets its own session so that SIGTERM reaches the workers it forks (gunicorn,
+    uvicorn); a server that dies or never answers fails the test with its output.
+    """
+    proc = subprocess.Popen(
+        list(cmd), cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                pytest.fail(f"{what} did not come up (exit {proc.poll()}):\n{out[-3000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

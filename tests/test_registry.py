@@ -7,11 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +19,7 @@ import pytest
 from reprotrain import promotion, tracking
 from reprotrain.config import load_params
 from reprotrain.models import transfer
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, free_port, http_server, subprocess_env
 from tests.models.tiny import tiny_arrays, tiny_model_cfg
 
 NAME = "tiny-classifier"
@@ -133,30 +129,12 @@ def test_versions_aliases_and_rescoring(registry) -> None:
 def test_serve_champion_over_rest(registry) -> None:
     """`mlflow models serve -m models:/NAME@champion` answers with the model's predictions."""
     root, model, _, _, _ = registry
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = subprocess_env(MLFLOW_TRACKING_URI=tracking.default_uri(root))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
-         "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1", "--workers", "1"],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"model server did not come up (exit {proc.poll()}):\n{out[-3000:]}")
-            time.sleep(0.5)
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion"]
+    cmd += ["--env-manager", "local", "-p", str(port), "-h", "127.0.0.1", "--workers", "1"]
+    with http_server(cmd, root, env, base + "/ping", timeout=180, what="model server"):
         x, _ = tiny_arrays(n=4)
         body = json.dumps({"inputs": x.tolist()}).encode()
         req = urllib.request.Request(
@@ -167,10 +145,3 @@ def test_serve_champion_over_rest(registry) -> None:
         expected = model.predict(x, verbose=0)
         assert served.shape == (4, 2)
         np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

@@ -5,13 +5,8 @@ store; its REST API shows one pipeline row per execution with the stage runs und
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,14 +14,8 @@ import mlflow
 import pytest
 
 from reprotrain import paths, tracking, ui
-from tests.conftest import REPO, run, subprocess_env
+from tests.conftest import REPO, free_port, http_server, run, subprocess_env
 from tests.test_tracking import simulate, write_lock, write_manifest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def api(base: str, path: str, body: dict | None = None) -> dict:
@@ -75,26 +64,9 @@ def test_server_command_points_at_the_store(tmp_path: Path) -> None:
 
 def test_ui_serves_pipeline_rows_and_stage_runs(store_with_runs: Path) -> None:
     root, port = store_with_runs, free_port()
-    env = subprocess_env()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reprotrain", "ui", "--port", str(port), "--root", str(root)],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"mlflow server did not come up (exit {proc.poll()}):\n{out[-3000:]}")
-            time.sleep(0.5)
+    cmd = [sys.executable, "-m", "reprotrain", "ui", "--port", str(port), "--root", str(root)]
+    with http_server(cmd, root, subprocess_env(), base + "/health", timeout=90, what="mlflow ui"):
         exp = api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=reprotrain")
         exp_id = exp["experiment"]["experiment_id"]
         parents = api(
@@ -123,13 +95,6 @@ def test_ui_serves_pipeline_rows_and_stage_runs(store_with_runs: Path) -> None:
                 if t["key"] == "reprotrain.stage"
             )
         assert sorted(stages.values()) == [["finetune"], ["finetune", "prepare", "train_head"]]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_ui_refuses_a_remote_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
