@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from reprotrain.data.fetch import list_files
+from reprotrain.data.fetch import check_no_empty_dirs, list_files
 from reprotrain.data.schema import SPLITS
 from reprotrain.errors import DataError
 
@@ -55,6 +55,7 @@ def scan(root: Path) -> tuple[str, list[Candidate], list[Problem]]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} not found: run the fetch stage first (dvc repro fetch)")
+    check_no_empty_dirs(root)  # the same rule fetch applies to the source
     if (root / "manifest.csv").is_file():
         return ("manifest", *scan_manifest(root, root / "manifest.csv"))
     dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -69,12 +70,6 @@ def scan_class_folders(
     """``<prefix>/<class>/**/<file>`` → candidates labelled ``<class>``."""
     base = root / prefix if prefix else root
     candidates, problems = [], []
-    for d in sorted(base.iterdir()):
-        if d.is_dir() and not d.name.startswith(".") and not list_files(d):
-            raise DataError(
-                f"class folder {d.relative_to(root).as_posix()}/ is empty: add images or "
-                "remove the folder"
-            )
     for rel in list_files(base):
         full = (Path(prefix) / rel).as_posix() if prefix else rel.as_posix()
         if len(rel.parts) < 2:
