@@ -65,10 +65,18 @@ def keras_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def hymenoptera(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private copy of the hymenoptera dataset (train/ val/ with ants/ bees/)."""
-    if ASSETS is None:
-        pytest.fail("offline assets not found: set REPROTRAIN_ASSETS to the assets folder")
+    """A private copy of the hymenoptera dataset (train/ val/ with ants/ bees/).
+
+    From the offline assets when present; otherwise downloaded from its public URL (once,
+    into the user's download cache) and checked against its digest, as the pipeline does.
+    """
     dst = tmp_path_factory.mktemp("data") / "hymenoptera_data"
+    if ASSETS is None:
+        from reprotrain.config import HYMENOPTERA_DIGEST, HYMENOPTERA_URL
+        from reprotrain.data.fetch import fetch
+
+        fetch(HYMENOPTERA_URL, dst, sha256=HYMENOPTERA_DIGEST)
+        return dst
     shutil.copytree(ASSETS / "datasets" / "hymenoptera_data", dst)
     return dst
 
