@@ -37,8 +37,9 @@ def main() -> int:
     params = load_params()
     cfg = params.evaluate
     info = runtime.configure(params.runtime, params.seed)
-    from reprotrain import evaluation, plots  # TensorFlow: after the runtime is configured
+    from reprotrain import evaluation  # TensorFlow: after the runtime is configured
     from reprotrain.data import pipeline
+    from reprotrain.evaluation import plots
 
     size = params.model.image_size
     labels = pipeline.read_labels(paths.PREPARED_DIR)

@@ -236,7 +236,7 @@ def test_evaluate_library_path_on_a_saved_model(tmp_path: Path) -> None:
     """What stages/evaluate.py does, minus MLflow: load, predict, metrics, plots, rows."""
     import keras
 
-    from reprotrain import plots
+    from reprotrain.evaluation import plots
     from reprotrain.models import transfer
     from reprotrain.paths import split_files
     from tests.models.tiny import tiny_arrays, tiny_model_cfg

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from reprotrain import evaluation, plots
+from reprotrain import evaluation
 from reprotrain.errors import DataError
+from reprotrain.evaluation import plots
 from tests.conftest import REPO, run, subprocess_env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reprotrain import predict
+from reprotrain.commands import predict
 from reprotrain.errors import ModelError
 from tests.conftest import REPO, run, subprocess_env
 

@@ -16,8 +16,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from reprotrain import promotion, tracking
+from reprotrain import tracking
 from reprotrain.config import load_params
+from reprotrain.evaluation import gate as promotion
 from reprotrain.models import transfer
 from tests.conftest import REPO, free_port, http_server, subprocess_env
 from tests.models.tiny import tiny_arrays, tiny_model_cfg

@@ -11,7 +11,8 @@ import mlflow
 import pytest
 import yaml
 
-from reprotrain import reproduce, tracking
+from reprotrain import tracking
+from reprotrain.commands import reproduce
 from tests.conftest import REPO, TINY_PARAMS, deep_update, make_class_tree, make_project, run
 from tests.conftest import subprocess_env as base_env
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from reprotrain import paths, tracking, ui
+from reprotrain import paths, tracking
+from reprotrain.commands import ui
 from tests.conftest import REPO, free_port, http_server, run, subprocess_env
 from tests.test_tracking import simulate, write_lock, write_manifest
 

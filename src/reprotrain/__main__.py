@@ -12,20 +12,20 @@ import sys
 from reprotrain.cli import run_main
 
 COMMANDS = {
-    "predict": ("reprotrain.predict", "classify image files/folders with a .keras or models:/ URI"),
-    "reproduce": ("reprotrain.reproduce", "rebuild an MLflow run's inputs and rerun the pipeline"),
-    "ui": ("reprotrain.ui", "start the MLflow UI on 127.0.0.1 against the project store"),
+    "predict": "classify image files/folders with a .keras or models:/ URI",
+    "reproduce": "rebuild an MLflow run's inputs and rerun the pipeline",
+    "ui": "start the MLflow UI on 127.0.0.1 against the project store",
 }
 
 
 def _usage() -> str:
     lines = ["usage: python -m reprotrain COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<10} {help_}" for name, help_ in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Dispatch to ``reprotrain.<command>.main(rest)``."""
+    """Dispatch to ``reprotrain.commands.<command>.main(rest)``."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(_usage() + "\n")
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         sys.stderr.write(f"error: unknown command {name!r}\n{_usage()}\n")
         sys.exit(2)
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(f"reprotrain.commands.{name}")
     run_main(lambda: module.main(rest))
 
 

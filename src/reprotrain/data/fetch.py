@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reprotrain.errors import DataError
-from reprotrain.progress import Progress
+from reprotrain.fsio import file_sha256
+from reprotrain.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,6 @@ def source_kind(source: str) -> str:
     return "directory"
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (streamed: images can be large)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def list_files(root: Path) -> list[Path]:
@@ -143,7 +137,7 @@ def download(url: str, cache_dir: Path) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=60) as resp, tmp.open("wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            progress = Progress(total, "download", unit="B")
+            progress = progress_bar(total, "download", unit="B")
             for chunk in iter(lambda: resp.read(1 << 20), b""):
                 out.write(chunk)
                 progress.update(len(chunk))
@@ -213,7 +207,7 @@ def sync_tree(src: Path, dst: Path, files: Iterable[Path] | None = None) -> tupl
     wanted = list(files) if files is not None else list_files(src)
     dst.mkdir(parents=True, exist_ok=True)
     copied = 0
-    progress = Progress(len(wanted), "snapshot")
+    progress = progress_bar(len(wanted), "snapshot")
     for rel in wanted:
         s, d = src / rel, dst / rel
         st = s.stat()

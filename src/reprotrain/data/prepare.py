@@ -25,7 +25,7 @@ from reprotrain.config import PrepareConfig
 from reprotrain.data import images, sources, split, tfrecords
 from reprotrain.data.schema import SPLITS
 from reprotrain.errors import DataError
-from reprotrain.progress import Progress
+from reprotrain.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def decode_all(
         sha = hashlib.sha256(data).hexdigest()
         return Decoded(c, sha, images.normalize(data, cfg.max_side, cfg.jpeg_quality))
 
-    progress = Progress(len(candidates), "decode")
+    progress = progress_bar(len(candidates), "decode")
     out = []
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         for item in pool.map(work, candidates):
@@ -205,7 +205,7 @@ def prepare(raw_dir: Path, out_dir: Path, cfg: PrepareConfig, seed: int) -> Summ
     )
     import tensorflow  # noqa: F401  (imported here so the progress clock excludes it)
 
-    progress = Progress(len(usable), "write TFRecords")
+    progress = progress_bar(len(usable), "write TFRecords")
     for s in SPLITS:
         shards = tfrecords.write_split(by_split[s], out_dir, s, cfg.shard_size, progress.update)
         summary.shards[s] = len(shards)

@@ -67,9 +67,9 @@ from typing import Any
 
 import yaml
 
-from reprotrain import promotion
 from reprotrain.config import Params, flatten
 from reprotrain.errors import ModelError, TrackingError
+from reprotrain.evaluation import gate as promotion
 
 logger = logging.getLogger(__name__)
 
