@@ -18,7 +18,7 @@ RUN := $(UV) run --frozen $(EXTRA_FLAGS)
 UI_PORT ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: setup repro test lint ui screenshot benchmarks clean
+.PHONY: setup repro test test-fast lint schema ui screenshot benchmarks clean
 
 $(CURDIR)/.uv/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.uv
@@ -36,6 +36,14 @@ repro: setup
 
 test: setup
 	$(RUN) pytest $(PYTEST_ARGS)
+
+# The edit–test loop: unit tests only (no subprocess pipelines, training runs or servers).
+test-fast: setup
+	$(RUN) pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+
+# docs/params.schema.json: the JSON Schema editors use to complete params.yaml.
+schema: setup
+	$(RUN) python -c "from reprotrain.config import write_json_schema as w; w('docs/params.schema.json')"
 
 lint: setup
 	$(RUN) ruff check .

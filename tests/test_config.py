@@ -108,3 +108,32 @@ def test_stage_prints_one_line_and_exits_2_without_traceback(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert "error: params.yaml: finetune.learning_rate = -3.0: must be > 0.0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_json_schema_is_current_and_accepts_params_yaml() -> None:
+    """docs/params.schema.json (what editors complete from) matches the code, and the repo's
+    params.yaml validates against it. Regenerate with `make schema`."""
+    import json
+
+    import jsonschema
+
+    from reprotrain.config import json_schema
+
+    committed = json.loads((REPO / "docs" / "params.schema.json").read_text())
+    assert committed == json_schema(), "docs/params.schema.json is stale: run `make schema`"
+    assert (REPO / "params.yaml").read_text().startswith(
+        "# yaml-language-server: $schema=docs/params.schema.json"
+    )
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    jsonschema.validate(raw, committed)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"finetune": {"lr": 1}}, committed)
+
+
+def test_sections_stay_dataclasses() -> None:
+    """Stages use dataclasses.replace/asdict on config sections."""
+    import dataclasses
+
+    params = params_from_dict({})
+    assert dataclasses.replace(params.pipeline, cache="none").cache == "none"
+    assert dataclasses.asdict(params)["model"]["image_size"] == 224

@@ -1,24 +1,27 @@
-"""``params.yaml`` → frozen, typed, validated dataclasses.
+"""``params.yaml`` → frozen, typed, validated dataclasses (pydantic).
 
-Why a hand-rolled loader: the rules are few (type, range, choices, no unknown keys), the
-messages must be precise (``params.yaml: finetune.learning_rate = -1.0: must be > 0``), and a
-dependency such as pydantic would be one more thing to pin for a dozen dataclasses.
+Why pydantic (it replaced a hand-written validator): it checks types, ranges, choices and
+unknown keys from the annotations alone, and it emits a JSON Schema of ``params.yaml``
+(``docs/params.schema.json``, referenced from the file's first line) that editors use for
+completion and inline help. Its multi-line error reports are turned into the one line users
+want (``params.yaml: finetune.learning_rate = -1.0: must be > 0.0``) by :func:`_one_line`.
+The sections are pydantic *dataclasses*, so ``dataclasses.replace``/``asdict`` keep working.
 
-Each section is a frozen dataclass; each field's ``metadata`` holds its ``help`` and its
-constraints (``min``/``max``/``gt``/``choices``). ``load_params`` reads the file once and the
+Each field's ``description`` is its help text. ``load_params`` reads the file once and the
 stages pass the typed sections down; nothing in ``src/`` reads ``params.yaml`` itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import pydantic
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, StringConstraints
+from pydantic_core import PydanticCustomError
 
 from reprotrain.errors import ConfigError
 
@@ -28,178 +31,209 @@ HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 HYMENOPTERA_DIGEST = "b0e3506710bc375be5996e1c9b29818c80cdfc19bcc324e560091da6690149ec"
 
 
-def _f(default: Any, help: str, **rules: Any) -> Any:
-    """A dataclass field with a help text and validation rules in its metadata."""
-    if isinstance(default, dict | list):
-        return field(default_factory=lambda: default.copy(), metadata={"help": help, **rules})
-    return field(default=default, metadata={"help": help, **rules})
+def _no_bool(value: Any) -> Any:
+    """YAML ``yes``/``true`` must not pass as the number 1."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    return value
 
 
-@dataclass(frozen=True)
+#: Strict where YAML would otherwise coerce surprisingly (``true`` → 1, ``"yes"`` → True);
+#: lax for floats, because YAML 1.1 reads ``1e-5`` (no dot) as a string.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+Str = Annotated[str, StringConstraints(min_length=1)]
+_SECTION = ConfigDict(extra="forbid")
+
+
+def _f(default: Any, help: str, *, min: Any = None, max: Any = None, **rules: Any) -> Any:
+    """A field with its help text and range rules (``min``/``max`` inclusive, ``gt``/``lt``)."""
+    return Field(default=default, description=help, ge=min, le=max, **rules)
+
+
+def _class_weight(value: Any) -> str | dict[str, float]:
+    """``'none'``, ``'balanced'`` or ``{class_name: weight > 0}`` (a union pydantic would
+    report as several errors; one rule, one message)."""
+    if isinstance(value, str) and value in ("none", "balanced"):
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for name, w in value.items():
+            if isinstance(w, bool) or not isinstance(w, int | float) or w <= 0:
+                raise PydanticCustomError(
+                    "reprotrain",
+                    "{rule}",
+                    {"suffix": f".{name}", "value": w, "rule": "must be > 0"},
+                )
+            out[str(name)] = float(w)
+        return out
+    raise PydanticCustomError(
+        "reprotrain", "{rule}", {"rule": "must be 'none', 'balanced' or a map"}
+    )
+
+
+ClassWeight = Annotated[str | dict[str, float], BeforeValidator(_class_weight)]
+
+
+def section(cls: type) -> type:
+    """A frozen pydantic dataclass that rejects unknown keys."""
+    return pydantic.dataclasses.dataclass(cls, frozen=True, config=_SECTION)
+
+
+@section
 class DataConfig:
     """Where the images come from and where prepared data goes (shared by all stages)."""
 
-    source: str = _f(
+    source: Str = _f(
         HYMENOPTERA_URL,
         "URL of a zip/tar, a local directory (class folders or train/val/test), an archive, "
         "or a CSV manifest (path,label[,split])",
     )
-    mirror: str | None = _f(
+    mirror: Str | None = _f(
         None,
         "offline copy of a URL source (directory or archive); env REPROTRAIN_DATA_MIRROR "
         "takes precedence",
     )
-    sha256: str | None = _f(
+    sha256: Str | None = _f(
         HYMENOPTERA_DIGEST,
         "expected content digest of a URL source (null: do not check)",
     )
 
 
-@dataclass(frozen=True)
+@section
 class ModelConfig:
     """The pretrained backbone; read by train_head (and image_size by every later stage)."""
 
-    alpha: float = _f(1.0, "MobileNetV2 width multiplier", choices=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4))
-    image_size: int = _f(224, "square input size in pixels", min=32, max=1024)
-    weights: str = _f(
+    alpha: Literal[0.35, 0.5, 0.75, 1.0, 1.3, 1.4] = _f(1.0, "MobileNetV2 width multiplier")
+    image_size: Int = _f(224, "square input size in pixels", min=32, max=1024)
+    weights: Str = _f(
         "imagenet",
         "'imagenet' (Keras download or $KERAS_HOME/models), 'none', or a path to a weights file",
     )
 
 
-@dataclass(frozen=True)
+@section
 class AugmentConfig:
     """Random augmentation applied to training batches only (after the cache)."""
 
-    flip: bool = _f(True, "random horizontal flip")
-    rotation: float = _f(0.05, "max rotation as a fraction of a full turn", min=0.0, max=0.5)
-    zoom: float = _f(0.1, "max zoom in/out fraction", min=0.0, max=0.9)
-    brightness: float = _f(0.1, "max brightness delta as a fraction of 255", min=0.0, max=1.0)
-    contrast: float = _f(0.1, "max contrast change factor", min=0.0, max=1.0)
+    flip: Bool = _f(True, "random horizontal flip")
+    rotation: Float = _f(0.05, "max rotation as a fraction of a full turn", min=0.0, max=0.5)
+    zoom: Float = _f(0.1, "max zoom in/out fraction", min=0.0, max=0.9)
+    brightness: Float = _f(0.1, "max brightness delta as a fraction of 255", min=0.0, max=1.0)
+    contrast: Float = _f(0.1, "max contrast change factor", min=0.0, max=1.0)
 
 
-@dataclass(frozen=True)
+@section
 class PipelineConfig:
     """The tf.data input pipeline shared by training and evaluation."""
 
-    cache: str = _f("memory", "'memory', 'none', or a file path prefix for tf.data cache files")
-    shuffle_buffer: int = _f(1024, "shuffle buffer size (examples)", min=1)
-    deterministic: bool = _f(True, "keep element order deterministic in parallel maps")
+    cache: Str = _f("memory", "'memory', 'none', or a file path prefix for tf.data cache files")
+    shuffle_buffer: Int = _f(1024, "shuffle buffer size (examples)", min=1)
+    deterministic: Bool = _f(True, "keep element order deterministic in parallel maps")
     augment: AugmentConfig = _f(AugmentConfig(), "augmentation knobs")
 
 
-@dataclass(frozen=True)
+@section
 class RuntimeConfig:
     """Hardware and determinism knobs: applied at stage start and logged."""
 
-    deterministic: bool = _f(True, "enable TF op determinism (identical results on CPU)")
+    deterministic: Bool = _f(True, "enable TF op determinism (identical results on CPU)")
     mixed_precision: Literal["auto", "on", "off"] = _f(
         "auto", "'auto' = mixed_float16 on GPU, float32 on CPU"
     )
-    jit_compile: bool = _f(False, "XLA-compile the train step")
+    jit_compile: Bool = _f(False, "XLA-compile the train step")
     distribute: Literal["auto", "none", "mirrored"] = _f(
         "auto", "'auto' = MirroredStrategy when more than one GPU is visible"
     )
 
 
-@dataclass(frozen=True)
+@section
 class PrepareConfig:
     """Splitting and TFRecord writing."""
 
-    val_fraction: float = _f(
+    val_fraction: Float = _f(
         0.15, "val share of all images when the source has no splits", gt=0.0, lt=1.0
     )
-    test_fraction: float = _f(
+    test_fraction: Float = _f(
         0.15, "test share of all images when the source has no splits", gt=0.0, lt=1.0
     )
-    test_from_val: float = _f(
+    test_from_val: Float = _f(
         0.5, "share of a given val split moved to test when there is no test split", gt=0.0, lt=1.0
     )
-    shard_size: int = _f(128, "examples per TFRecord shard", min=1)
-    max_side: int | None = _f(
+    shard_size: Int = _f(128, "examples per TFRecord shard", min=1)
+    max_side: Int | None = _f(
         320, "downscale stored images so the longer side ≤ this (null: keep)", min=32
     )
-    jpeg_quality: int = _f(95, "JPEG quality of re-encoded images", min=50, max=100)
+    jpeg_quality: Int = _f(95, "JPEG quality of re-encoded images", min=50, max=100)
 
 
-@dataclass(frozen=True)
+@section
 class TrainConfig:
     """Knobs shared by the train_head and finetune sections."""
 
     optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = _f("adam", "optimizer")
-    learning_rate: float = _f(1e-3, "initial learning rate", gt=0.0, max=1.0)
-    epochs: int = _f(10, "maximum epochs", min=1, max=10000)
-    batch_size: int = _f(32, "batch size", min=1, max=4096)
-    class_weight: str | dict[str, float] = _f(
-        "none", "'none', 'balanced', or a map {class_name: weight}"
-    )
-    augment: bool = _f(False, "apply random augmentation to training batches")
-    early_stopping_patience: int = _f(
+    learning_rate: Float = _f(1e-3, "initial learning rate", gt=0.0, max=1.0)
+    epochs: Int = _f(10, "maximum epochs", min=1, max=10000)
+    batch_size: Int = _f(32, "batch size", min=1, max=4096)
+    class_weight: ClassWeight = _f("none", "'none', 'balanced', or a map {class_name: weight}")
+    augment: Bool = _f(False, "apply random augmentation to training batches")
+    early_stopping_patience: Int = _f(
         3, "epochs without val_loss improvement before stopping", min=1
     )
-    reduce_lr_patience: int = _f(2, "epochs without improvement before halving the LR", min=1)
+    reduce_lr_patience: Int = _f(2, "epochs without improvement before halving the LR", min=1)
     loop: Literal["fit", "custom"] = _f("fit", "'fit' or a custom GradientTape loop")
-    clip_norm: float | None = _f(None, "clip gradients by global norm (custom loop)", gt=0.0)
-
-    def validate(self, prefix: str) -> None:
-        """Cross-field check: ``class_weight`` strings and map values."""
-        cw = self.class_weight
-        if isinstance(cw, str) and cw not in ("none", "balanced"):
-            raise _bad(f"{prefix}.class_weight", cw, "must be 'none', 'balanced' or a map")
-        if isinstance(cw, dict):
-            for name, w in cw.items():
-                if w <= 0:
-                    raise _bad(f"{prefix}.class_weight.{name}", w, "must be > 0")
+    clip_norm: Float | None = _f(None, "clip gradients by global norm (custom loop)", gt=0.0)
 
 
-@dataclass(frozen=True)
+@section
 class TrainHeadConfig(TrainConfig):
     """Train a new head on the frozen base."""
 
-    dropout: float = _f(0.2, "dropout before the classification layer", min=0.0, lt=1.0)
+    dropout: Float = _f(0.2, "dropout before the classification layer", min=0.0, lt=1.0)
     feature_cache: Literal["auto", "on", "off"] = _f(
         "auto", "train the head on cached base features ('auto' = when augment is off)"
     )
 
 
-@dataclass(frozen=True)
+@section
 class FinetuneConfig(TrainConfig):
     """Unfreeze the top of the base and continue at a low learning rate."""
 
-    learning_rate: float = _f(1e-5, "initial learning rate", gt=0.0, max=1.0)
-    epochs: int = _f(5, "maximum epochs", min=1, max=10000)
-    augment: bool = _f(True, "apply random augmentation to training batches")
-    unfreeze_top: int = _f(30, "number of base layers (from the top) to unfreeze", min=0)
+    learning_rate: Float = _f(1e-5, "initial learning rate", gt=0.0, max=1.0)
+    epochs: Int = _f(5, "maximum epochs", min=1, max=10000)
+    augment: Bool = _f(True, "apply random augmentation to training batches")
+    unfreeze_top: Int = _f(30, "number of base layers (from the top) to unfreeze", min=0)
 
 
-@dataclass(frozen=True)
+@section
 class EvaluateConfig:
     """Held-out evaluation and the promotion gate."""
 
-    batch_size: int = _f(64, "evaluation batch size", min=1)
-    min_accuracy: float = _f(0.9, "absolute test-accuracy floor for promotion", min=0.0, max=1.0)
-    min_improvement: float = _f(
+    batch_size: Int = _f(64, "evaluation batch size", min=1)
+    min_accuracy: Float = _f(0.9, "absolute test-accuracy floor for promotion", min=0.0, max=1.0)
+    min_improvement: Float = _f(
         0.0, "accuracy the new model must add over the champion to be promoted", min=0.0, max=1.0
     )
-    top_k: int = _f(5, "k for top-k accuracy (reported when there are more than 5 classes)", min=1)
-    calibration_bins: int = _f(10, "bins for expected calibration error", min=2, max=100)
-    worst_examples: int = _f(16, "misclassified test images shown in the grid", min=0)
+    top_k: Int = _f(5, "k for top-k accuracy (reported when there are more than 5 classes)", min=1)
+    calibration_bins: Int = _f(10, "bins for expected calibration error", min=2, max=100)
+    worst_examples: Int = _f(16, "misclassified test images shown in the grid", min=0)
 
 
-@dataclass(frozen=True)
+@section
 class TrackingConfig:
     """MLflow: where runs go and how the model is registered."""
 
-    experiment: str = _f("reprotrain", "MLflow experiment name")
-    registered_model: str = _f("reprotrain-classifier", "MLflow registered model name")
-    store: str = _f("mlruns", "project-relative directory for mlflow.db and artifacts")
+    experiment: Str = _f("reprotrain", "MLflow experiment name")
+    registered_model: Str = _f("reprotrain-classifier", "MLflow registered model name")
+    store: Str = _f("mlruns", "project-relative directory for mlflow.db and artifacts")
 
 
-@dataclass(frozen=True)
+@section
 class Params:
     """Everything in ``params.yaml``."""
 
-    seed: int = _f(42, "seed for Python, NumPy, TensorFlow and the splits", min=0)
+    seed: Int = _f(42, "seed for Python, NumPy, TensorFlow and the splits", min=0)
     data: DataConfig = _f(DataConfig(), "data")
     model: ModelConfig = _f(ModelConfig(), "model")
     pipeline: PipelineConfig = _f(PipelineConfig(), "pipeline")
@@ -213,118 +247,95 @@ class Params:
 
 # --------------------------------------------------------------------------- validation
 
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is dict:
-        return "a mapping"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise _bad(key, value, f"must be {_type_name(tp)}")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value in allowed:
-            return value
-        raise _bad(key, value, f"must be one of {', '.join(repr(a) for a in allowed)}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _bad(key, value, "must be null")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise _bad(key, value, "must be a mapping (a section)")
-        return _build(tp, value, key)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _bad(key, value, "must be a mapping")
-        _, vt = typing.get_args(tp)
-        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _bad(key, value, "must be true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _bad(key, value, "must be an integer")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        # YAML 1.1 reads "1e-5" (no dot) as a string; accept it, it is what people write.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _bad(key, value, "must be a number")
-    if tp is str:
-        if isinstance(value, str) and value.strip():
-            return value
-        raise _bad(key, value, "must be a non-empty string")
-    raise AssertionError(f"unsupported type {tp!r} for {key}")  # pragma: no cover
+_RULES = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
+_TYPES = {
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "int_parsing": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a non-empty string",
+    "string_too_short": "must be a non-empty string",
+    "dataclass_type": "must be a mapping (a section)",
+    "dataclass_exact_type": "must be a mapping (a section)",
+    "dict_type": "must be a mapping",
+}
+_PARAMS_ADAPTER: pydantic.TypeAdapter[Params] | None = None
 
 
-def _bad(key: str, value: Any, rule: str) -> ConfigError:
-    return ConfigError(f"params.yaml: {key} = {value!r}: {rule}")
+def _adapter() -> pydantic.TypeAdapter[Params]:
+    global _PARAMS_ADAPTER
+    if _PARAMS_ADAPTER is None:
+        _PARAMS_ADAPTER = pydantic.TypeAdapter(Params)
+    return _PARAMS_ADAPTER
 
 
-def _check_rules(value: Any, meta: dict[str, Any], key: str) -> None:
-    if value is None or isinstance(value, bool | str | dict):
-        if "choices" in meta and value not in meta["choices"] and value is not None:
-            raise _bad(key, value, f"must be one of {', '.join(map(repr, meta['choices']))}")
-        return
-    checks = {
-        "min": (lambda v, b: v >= b, ">="),
-        "max": (lambda v, b: v <= b, "<="),
-        "gt": (lambda v, b: v > b, ">"),
-        "lt": (lambda v, b: v < b, "<"),
-    }
-    for name, (ok, sym) in checks.items():
-        if name in meta and not ok(value, meta[name]):
-            raise _bad(key, value, f"must be {sym} {meta[name]}")
-    if "choices" in meta and value not in meta["choices"]:
-        raise _bad(key, value, f"must be one of {', '.join(map(repr, meta['choices']))}")
+def _key_path(loc: tuple[Any, ...], raw: Any) -> list[str]:
+    """The part of pydantic's ``loc`` that names keys of the input (drops union-branch tags
+    such as ``'int'`` or ``'function-before[...]'``)."""
+    keys, node = [], raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            keys.append(str(part))
+            node = node[part]
+        else:
+            break
+    return keys
 
 
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"params.yaml: unknown key '{where}{unknown[0]}'; allowed in "
-            f"{prefix or 'the top level'}: {', '.join(sorted(fields))}"
+def _section_fields(raw: dict[str, Any], keys: list[str]) -> list[str]:
+    cls: Any = Params
+    for k in keys:
+        cls = {f.name: f.type for f in dataclasses.fields(cls)}.get(k)
+        cls = _dataclass_in(cls)
+        if cls is None:
+            return []
+    return sorted(f.name for f in dataclasses.fields(cls))
+
+
+def _dataclass_in(tp: Any) -> Any:
+    if isinstance(tp, str):
+        tp = globals().get(tp)
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def _one_line(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    """One pydantic error → ``params.yaml: KEY = VALUE: RULE`` (or the unknown-key line)."""
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    keys = _key_path(tuple(err["loc"]), raw)
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        where = ".".join(keys[:-1])
+        allowed = ", ".join(_section_fields(raw, keys[:-1]))
+        return (
+            f"params.yaml: unknown key '{'.'.join(keys)}'; allowed in "
+            f"{where or 'the top level'}: {allowed}"
         )
-    values = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name not in raw:
-            continue
-        value = _coerce(raw[name], hints[name], key)
-        _check_rules(value, dict(f.metadata), key)
-        values[name] = value
-    obj = cls(**values)
-    check = getattr(obj, "validate", None)
-    if check:
-        check(prefix)
-    return obj
+    key = ".".join(keys)
+    if kind == "reprotrain":
+        key += ctx.get("suffix", "")
+        value = ctx.get("value", value)
+        rule = ctx["rule"]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+    elif kind in _RULES:
+        bound = next(iter(ctx.values()))
+        if isinstance(bound, float) and isinstance(value, int | str):
+            value = float(value)
+        rule = f"must be {_RULES[kind]} {bound}"
+    elif kind == "literal_error":
+        rule = f"must be one of {ctx.get('expected', '')}"
+    elif kind in _TYPES:
+        rule = _TYPES[kind]
+    else:
+        rule = err["msg"].removeprefix("Value error, ")
+    return f"params.yaml: {key} = {value!r}: {rule}"
 
 
 def params_from_dict(raw: dict[str, Any] | None) -> Params:
@@ -333,7 +344,25 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"params.yaml: the top level must be a mapping, got {type(raw).__name__}")
-    return _build(Params, raw, "")
+    try:
+        return _adapter().validate_python(raw)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_one_line(exc.errors()[0], raw)) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of ``params.yaml`` (help texts, types, ranges) for editors."""
+    schema = _adapter().json_schema()
+    schema["title"] = "reprotrain params.yaml"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def write_json_schema(path: str | Path) -> Path:
+    """Write :func:`json_schema` to ``path`` (``docs/params.schema.json``)."""
+    path = Path(path)
+    path.write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
