@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,94 @@ def http_server(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# ----------------------------------------------------------------- the promoted tiny project
+# scripts/retrain.sh end to end on a tiny project: real git, real `dvc repro`, a real local
+# DVC remote and a bare git "origin" in tmp. The only stand-in is ``gh``: GitHub is not
+# reachable from tests, so a 3-line script records the arguments it is called with.
+
+FAKE_PR_URL = "https://github.com/example/reprotrain/pull/1"
+#: What the scheduled job runs with: GitHub Actions' variables, a token for the PR step only.
+GH = f"""#!/usr/bin/env bash
+echo "$*" >> "$(dirname "$0")/gh.log"
+if [ "$1 $2" = "pr create" ]; then echo {FAKE_PR_URL}; fi
+"""
+
+
+@dataclass
+class Project:
+    """The shared tiny project and what its first retraining produced."""
+
+    root: Path  # the project (git repo on the retrain branch after the first run)
+    remote: Path  # the DVC remote (a local directory)
+    origin: Path  # bare git repo standing in for GitHub
+    env: dict[str, str]
+    first: subprocess.CompletedProcess[str]
+    open_pr: subprocess.CompletedProcess[str]
+    summary: Path  # $GITHUB_STEP_SUMMARY of the first run
+    outputs: Path  # $GITHUB_OUTPUT of the first run
+
+
+def retrain(
+    proj: Path, env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the project's copy of the script from another directory (it must find its root)."""
+    return run([str(proj / "scripts" / "retrain.sh"), *args], proj.parent, env, check=check)
+
+
+@pytest.fixture(scope="session")
+def promoted_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The tiny project pointed at a fresh DVC remote and a bare git origin, after one real
+    `scripts/retrain.sh` run (promoted, committed on a branch, pushed, PR opened).
+
+    Built once per session (≈ 1.5 min on 2 cores) and shared by tests/ci/ and the
+    training-stage checks. A test that changes its workspace restores it before returning
+    (:func:`restore_workspace`), so the modules run alone and in any order.
+    """
+    factory = tmp_path_factory
+    base = factory.mktemp("retrain")
+    images = make_class_tree(base / "images", {"cats": 16, "dogs": 16})
+    proj = make_project(
+        base / "proj",
+        deep_update(TINY_PARAMS, {"data": {"source": str(images), "sha256": None}}),
+    )
+    bin_dir = base / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gh").write_text(GH)
+    (bin_dir / "gh").chmod(0o755)
+    env = subprocess_env(DVC_NO_ANALYTICS="1")
+    env["PATH"] = f"{env['PATH']}:{bin_dir}"  # venv first; gh is not installed here
+    for var in ("GITHUB_ACTIONS", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GH_TOKEN"):
+        env.pop(var, None)
+
+    remote, origin = base / "dvc-remote", base / "origin.git"
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], base, env)
+    run(["dvc", "remote", "add", "-d", "storage", str(remote)], proj, env)
+    # What `dvc init` writes; make_project copies .dvc/config only.
+    (proj / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
+    run(["git", "add", "-A"], proj, env)
+    run(["git", "commit", "-qm", "DVC remote"], proj, env)
+    run(["git", "remote", "add", "origin", str(origin)], proj, env)
+    run(["git", "push", "-q", "origin", "main"], proj, env)
+
+    summary, outputs = base / "step_summary.md", base / "github_output"
+    ci = {
+        **env,
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "GITHUB_OUTPUT": str(outputs),
+        "GITHUB_RUN_ID": "4242",
+        "GITHUB_REPOSITORY": "example/reprotrain",
+    }
+    first = retrain(proj, ci)
+    open_pr = retrain(proj, {**ci, "GH_TOKEN": "not-a-real-token"}, "open-pr")
+    return Project(proj, remote, origin, env, first, open_pr, summary, outputs)
+
+
+def restore_workspace(project: Project) -> None:
+    """Put the shared project's workspace back to its committed state (params, dvc.lock and
+    the outputs they name), after a test that changed it."""
+    proj, env = project.root, project.env
+    run(["git", "checkout", "--", "."], proj, env)
+    run(["dvc", "checkout", "--force"], proj, env)

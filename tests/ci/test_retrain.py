@@ -1,115 +1,36 @@
 """scripts/retrain.sh end to end: real git, real `dvc repro` of the tiny pipeline, a real
 local DVC remote and a bare git "origin" in tmp, the way the scheduled workflow calls it.
 
-One tiny project is trained once per session (≈ 1.5 min on 2 cores) and shared, in order, by:
-the first run (no champion yet → promoted → committed on a branch → pushed, PR opened), a second
-run with a stricter gate (only evaluate reruns → not promoted → nothing committed), and, in
-test_sweep_and_remote.py, a fresh clone that pulls from the remote and a parameter sweep.
-
-The only stand-in is ``gh``: GitHub is not reachable from tests, so a 3-line script records
-the arguments it is called with (the real ``git push`` goes to the bare origin).
+The session fixture ``promoted_project`` (tests/conftest.py) holds the first run (no champion
+yet → promoted → committed on a branch → pushed, PR opened); here a second run with a stricter
+gate (only evaluate reruns → not promoted → nothing committed) checks the other branch, and
+restores the workspace afterwards. The only stand-in is ``gh`` (GitHub is not reachable).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from tests.conftest import (
+    FAKE_PR_URL,
     TINY_PARAMS,
-    deep_update,
-    make_class_tree,
+    Project,
     make_project,
+    restore_workspace,
+    retrain,
     run,
     subprocess_env,
 )
 
-FAKE_PR_URL = "https://github.com/example/reprotrain/pull/1"
-#: What the scheduled job runs with: GitHub Actions' variables, a token for the PR step only.
-GH = f"""#!/usr/bin/env bash
-echo "$*" >> "$(dirname "$0")/gh.log"
-if [ "$1 $2" = "pr create" ]; then echo {FAKE_PR_URL}; fi
-"""
 
-
-@dataclass
-class Project:
-    """The shared tiny project and what its first retraining produced."""
-
-    root: Path  # the project (git repo on the retrain branch after the first run)
-    remote: Path  # the DVC remote (a local directory)
-    origin: Path  # bare git repo standing in for GitHub
-    env: dict[str, str]
-    first: subprocess.CompletedProcess[str]
-    open_pr: subprocess.CompletedProcess[str]
-    summary: Path  # $GITHUB_STEP_SUMMARY of the first run
-    outputs: Path  # $GITHUB_OUTPUT of the first run
-
-
-_CACHE: dict[str, Any] = {}
-
-
-def retrain(
-    proj: Path, env: dict[str, str], *args: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run the project's copy of the script from another directory (it must find its root)."""
-    return run([str(proj / "scripts" / "retrain.sh"), *args], proj.parent, env, check=check)
-
-
-def promoted_project(factory: pytest.TempPathFactory) -> Project:
-    """Build the tiny project, point it at a fresh remote, and run retrain.sh once (cached)."""
-    if "project" in _CACHE:
-        return _CACHE["project"]
-    base = factory.mktemp("retrain")
-    images = make_class_tree(base / "images", {"cats": 16, "dogs": 16})
-    proj = make_project(
-        base / "proj",
-        deep_update(TINY_PARAMS, {"data": {"source": str(images), "sha256": None}}),
-    )
-    bin_dir = base / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "gh").write_text(GH)
-    (bin_dir / "gh").chmod(0o755)
-    env = subprocess_env(DVC_NO_ANALYTICS="1")
-    env["PATH"] = f"{env['PATH']}:{bin_dir}"  # venv first; gh is not installed here
-    for var in ("GITHUB_ACTIONS", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GH_TOKEN"):
-        env.pop(var, None)
-
-    remote, origin = base / "dvc-remote", base / "origin.git"
-    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], base, env)
-    run(["dvc", "remote", "add", "-d", "storage", str(remote)], proj, env)
-    # What `dvc init` writes; make_project copies .dvc/config only.
-    (proj / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
-    run(["git", "add", "-A"], proj, env)
-    run(["git", "commit", "-qm", "DVC remote"], proj, env)
-    run(["git", "remote", "add", "origin", str(origin)], proj, env)
-    run(["git", "push", "-q", "origin", "main"], proj, env)
-
-    summary, outputs = base / "step_summary.md", base / "github_output"
-    ci = {
-        **env,
-        "GITHUB_ACTIONS": "true",
-        "GITHUB_STEP_SUMMARY": str(summary),
-        "GITHUB_OUTPUT": str(outputs),
-        "GITHUB_RUN_ID": "4242",
-        "GITHUB_REPOSITORY": "example/reprotrain",
-    }
-    first = retrain(proj, ci)
-    open_pr = retrain(proj, {**ci, "GH_TOKEN": "not-a-real-token"}, "open-pr")
-    _CACHE["project"] = Project(proj, remote, origin, env, first, open_pr, summary, outputs)
-    return _CACHE["project"]
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    return promoted_project(tmp_path_factory)
+@pytest.fixture
+def project(promoted_project: Project) -> Project:
+    return promoted_project
 
 
 def _git(proj: Path, env: dict[str, str], *args: str) -> str:
@@ -190,6 +111,13 @@ def test_push_sent_every_output_to_the_remote(project: Project) -> None:
 def test_stricter_gate_is_not_promoted_and_nothing_is_committed(project: Project) -> None:
     """Raising evaluate.min_improvement reruns only evaluate; the same model cannot beat itself
     (its champion is re-scored on the same test set: gain 0), so the gate says no."""
+    try:
+        _stricter_gate(project)
+    finally:
+        restore_workspace(project)
+
+
+def _stricter_gate(project: Project) -> None:
     proj, env = project.root, project.env
     head_before = _git(proj, env, "rev-parse", "HEAD")
     branches_before = _git(proj, env, "branch", "--list")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,7 @@ import pytest
 import yaml
 
 from reprotrain.tracking import TAG_EXP
-from tests.ci.test_retrain import Project, promoted_project, retrain
-from tests.conftest import run
+from tests.conftest import Project, restore_workspace, retrain, run
 
 TRAINING_STAGES = ("prepare", "train_head", "finetune", "evaluate")
 #: -S value as typed → its value. DVC writes 3e-5 back as `3e-05`, which YAML 1.1 (PyYAML)
@@ -31,9 +29,9 @@ SWEEP = {"1e-3": 1e-3, "3e-5": 3e-5}
 SWEEP_TIMEOUT = 900.0
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    return promoted_project(tmp_path_factory)
+@pytest.fixture
+def project(promoted_project: Project) -> Project:
+    return promoted_project
 
 
 def _tree_digest(path: Path) -> dict[str, int]:
@@ -78,9 +76,9 @@ def _queue_status(proj: Path, env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def sweep(project: Project) -> dict[str, Any]:
+def sweep(promoted_project: Project) -> dict[str, Any]:
     """Queue two experiments, run them with two workers, wait for both (workers exit when idle)."""
-    proj, env = project.root, project.env
+    proj, env = promoted_project.root, promoted_project.env
     params_before = (proj / "params.yaml").read_text()
     names: dict[str, float] = {}
     for typed, value in SWEEP.items():
@@ -142,51 +140,51 @@ def test_exp_show_has_params_and_metrics(sweep: dict[str, Any]) -> None:
 def test_every_experiment_lands_in_the_one_mlflow_store(
     project: Project, sweep: dict[str, Any]
 ) -> None:
-    db = project.root / "mlruns" / "mlflow.db"
-    con = sqlite3.connect(db)
-    try:
-        assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
-        statuses = dict(con.execute("select status, count(*) from runs group by status"))
-        assert set(statuses) == {"FINISHED"}, statuses
-        for name, lr in sweep["names"].items():
-            rows = con.execute(
-                "select r.name, r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid"
-                " where t.key = ? and t.value = ?",
-                (TAG_EXP, name),
-            ).fetchall()
-            stages = {stage: run_id for stage, run_id in rows}
-            # finetune and evaluate reran (nested under one pipeline run); cached stages did not.
-            assert {"pipeline", "finetune", "evaluate"} <= set(stages), (name, rows)
-            assert not {"prepare", "train_head"} & set(stages), (name, rows)
-            logged = con.execute(
-                "select value from params where run_uuid = ? and key = 'finetune.learning_rate'",
-                (stages["finetune"],),
-            ).fetchone()
-            assert logged is not None and float(logged[0]) == pytest.approx(lr)
-        versions = con.execute("select count(*) from model_versions").fetchone()[0]
-        champion = con.execute(
-            "select version from registered_model_aliases where alias = 'champion'"
-        ).fetchone()[0]
-        exp_versions = {
-            int(v)
-            for (v,) in con.execute(
-                "select mv.version from model_versions mv join runs r on mv.run_id = r.run_uuid"
-                " join tags t on t.run_uuid = r.run_uuid where t.key = ?",
-                (TAG_EXP,),
-            )
+    import mlflow
+
+    uri = f"sqlite:///{project.root / 'mlruns' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("reprotrain")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    # No run left RUNNING (or FAILED on "database is locked") by the two parallel workers.
+    assert {r.info.status for r in runs} == {"FINISHED"}, [
+        (r.info.run_name, r.info.status) for r in runs
+    ]
+    for name, lr in sweep["names"].items():
+        mine = [r for r in runs if r.data.tags.get(TAG_EXP) == name]
+        stages = {
+            "pipeline"
+            if r.data.tags.get("reprotrain.role") == "pipeline"
+            else r.data.tags["reprotrain.stage"]: r
+            for r in mine
         }
-    finally:
-        con.close()
-    # v1 from the first retrain, v2 possibly from test_retrain's second run, one per experiment.
-    assert versions >= 1 + len(sweep["names"])
+        # finetune and evaluate reran (nested under one pipeline run); cached stages did not.
+        assert {"pipeline", "finetune", "evaluate"} <= set(stages), (name, list(stages))
+        assert not {"prepare", "train_head"} & set(stages), (name, list(stages))
+        logged = stages["finetune"].data.params.get("finetune.learning_rate")
+        assert logged is not None and float(logged) == pytest.approx(lr)
+    name = "reprotrain-classifier"
+    versions = client.search_model_versions(f"name = '{name}'")
+    champion = int(client.get_model_version_by_alias(name, "champion").version)
+    exp_run_ids = {r.info.run_id for r in runs if r.data.tags.get(TAG_EXP)}
+    exp_versions = {int(v.version) for v in versions if v.run_id in exp_run_ids}
+    # v1 from the first retrain, maybe one from test_retrain's second run, one per experiment.
+    assert len(versions) >= 1 + len(sweep["names"])
     # Experiments register versions but never take the champion alias (not on any branch).
-    assert len(exp_versions) == len(sweep["names"]) and int(champion) not in exp_versions
+    assert len(exp_versions) == len(sweep["names"]) and champion not in exp_versions
 
 
 def test_apply_the_chosen_experiment(project: Project, sweep: dict[str, Any]) -> None:
     """`dvc exp apply` brings params, dvc.lock and outputs into the workspace: nothing to rerun."""
     proj, env = project.root, project.env
     name, lr = next(iter(sweep["names"].items()))
+    try:
+        _apply(proj, env, name, lr)
+    finally:
+        restore_workspace(project)
+
+
+def _apply(proj: Path, env: dict[str, str], name: str, lr: float) -> None:
     run(["dvc", "exp", "apply", name], proj, env)
     applied = yaml.safe_load((proj / "params.yaml").read_text())
     assert float(applied["finetune"]["learning_rate"]) == pytest.approx(lr)
