@@ -1,4 +1,9 @@
-"""Two `dvc repro` in one project: the second refuses cleanly, the first is not disturbed."""
+"""Two `dvc repro` in one project: the second refuses cleanly, the first is not disturbed.
+
+DVC guards the repository (``Unable to acquire lock``) and each stage's outputs and deps
+(``... is busy, it is being blocked by: (PID ...)``, its read/write locks in
+``.dvc/tmp/rwlock``); the stages add no lock of their own.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ def test_second_repro_in_the_same_project_refuses_and_corrupts_nothing(tiny_proj
             first.kill()
     assert second.returncode != 0
     text = second.stdout + second.stderr
-    assert "Unable to acquire lock" in text, text
+    assert "Unable to acquire lock" in text or "is busy, it is being blocked by" in text, text
     assert "Traceback" not in text
     assert first.returncode == 0, out_first[-4000:]
     # Nothing corrupted: everything is up to date and the metrics are readable.
