@@ -272,7 +272,7 @@ def write_evaluation_plots(
 
     Returns the written files by name (the stage logs them as MLflow artifacts).
     """
-    from reprotrain import evaluation
+    from reprotrain.evaluation import metrics
 
     plots_dir, images_dir = Path(plots_dir), Path(images_dir)
     y_true = np.asarray(y_true, dtype=np.int64)
@@ -282,18 +282,16 @@ def write_evaluation_plots(
     out["confusion.csv"] = write_csv(
         plots_dir / "confusion.csv", confusion_rows(y_true, y_pred, labels), ["actual", "predicted"]
     )
-    cm = evaluation.confusion_matrix(y_true, y_pred, len(labels))
+    cm = metrics.confusion_matrix(y_true, y_pred, len(labels))
     out[CONFUSION_PNG] = plot_confusion_matrix(cm, labels, images_dir / CONFUSION_PNG)
     for kind, x, y, png in (("roc", "fpr", "tpr", ROC_PNG), ("pr", "recall", "precision", PR_PNG)):
-        curves = evaluation.curve_points(y_true, probs, labels, kind)
-        summary = evaluation.summary_curve(curves, labels)
+        curves = metrics.curve_points(y_true, probs, labels, kind)
+        summary = metrics.summary_curve(curves, labels)
         rows = curve_rows(*summary, x=x, y=y) if summary else []
         out[f"{kind}.csv"] = write_csv(
             plots_dir / f"{kind}.csv", rows, [x, y, "threshold", "class"]
         )
-        # Legend scores: ROC AUC (trapezoids), or average precision (the PR curve's steps).
-        area = evaluation.auc if kind == "roc" else evaluation.step_area
-        scores = {n: area(c[0], c[1]) for n, c in curves.items()}
+        scores = metrics.curve_scores(curves, kind)
         out[png] = plot_curves(curves, images_dir / png, kind=kind, scores=scores)
     out["training_curves.csv"] = write_csv(
         plots_dir / "training_curves.csv", timeline, timeline_columns(timeline)
