@@ -20,6 +20,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -253,16 +254,43 @@ def curve_scores(curves: Mapping[str, Curve], kind: str) -> dict[str, float]:
     return {name: float(np.sum(np.diff(x) * y[1:])) for name, (x, y, _) in curves.items()}
 
 
-def summary_curve(curves: Mapping[str, Curve], labels: Sequence[str]) -> tuple[str, Curve] | None:
-    """The one curve ``dvc plots`` draws: the positive class (binary) or the micro-average.
+@dataclass(frozen=True)
+class CurveSet:
+    """The ROC or PR curves of one model (see :func:`curve_points`) and their areas."""
 
-    DVC's templates colour lines by revision only, so per-class rows in one file would be
-    joined into a single zig-zag line; the per-class curves go to the PNG instead.
-    """
-    for name in (MICRO, labels[1] if len(labels) == 2 else None):
-        if name in curves:
-            return name, curves[name]
-    return None
+    kind: str  # "roc" | "pr"
+    curves: dict[str, Curve]
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PlotInputs:
+    """Everything the evaluation plots draw, computed once here (plots only draw)."""
+
+    y_true: np.ndarray  # int64 [N]
+    y_pred: np.ndarray  # int64 [N]
+    confusion: np.ndarray  # int64 [C, C], cm[actual, predicted]
+    roc: CurveSet
+    pr: CurveSet
+
+
+def plot_inputs(y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> PlotInputs:
+    """Confusion matrix and ROC/PR curves of one model's test predictions."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    y_pred = probs.argmax(axis=1).astype(np.int64)
+
+    def curve_set(kind: str) -> CurveSet:
+        curves = curve_points(y_true, probs, labels, kind)
+        return CurveSet(kind, curves, curve_scores(curves, kind))
+
+    return PlotInputs(
+        y_true=y_true,
+        y_pred=y_pred,
+        confusion=confusion_matrix(y_true, y_pred, len(labels)),
+        roc=curve_set("roc"),
+        pr=curve_set("pr"),
+    )
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
