@@ -161,8 +161,19 @@ def test_errors_are_actionable() -> None:
         evaluation.classification_metrics(Y2, P2, ["a", "b", "c"])
     with pytest.raises(DataError, match="empty"):
         evaluation.classification_metrics(np.zeros(0, int), np.zeros((0, 2)), ["a", "b"])
+
+
+@pytest.mark.slow  # imports TensorFlow (the loader is shared with predict and finetune)
+def test_missing_model_file_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not found"):
-        evaluation.load_model("nope.keras")
+        evaluation.evaluate_model_file(
+            tmp_path / "nope.keras",
+            evaluation.EvalSplit([], PipelineConfig(), batch_size=4, seed=0),
+            ["a", "b"],
+            image_size=32,
+            top_k=5,
+            calibration_bins=10,
+        )
 
 
 def test_numbers_match_sklearn_on_a_fixed_example() -> None:
