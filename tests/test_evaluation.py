@@ -1,5 +1,6 @@
-"""Metrics against hand-computed cases (binary and 3-class), curves, digests, and the
-evaluate stage's library path on a tiny prepared dataset with a real saved model."""
+"""Metrics against hand-computed cases (binary and 3-class) and cross-checked against
+scikit-learn, curves, digests, and the evaluate stage's library path on a tiny prepared
+dataset with a real saved model."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from PIL import Image
 from reprotrain import evaluation
 from reprotrain.config import PipelineConfig
 from reprotrain.errors import DataError, ModelError
+from reprotrain.evaluation import plots
 
 # Binary: the classic scikit-learn docs example, scores of class 1 = [0.1, 0.4, 0.35, 0.8].
 Y2 = np.array([0, 0, 1, 1])
@@ -92,9 +94,12 @@ def test_weighted_averages_use_support() -> None:
 
 def test_top_k_only_above_five_classes_and_ties() -> None:
     assert evaluation.top_k_accuracy(Y3, P3, 1) == pytest.approx(4 / 6)
-    assert evaluation.top_k_accuracy(Y3, P3, 2) == pytest.approx(1.0)
-    # A tie for first place counts in the model's favour.
-    assert evaluation.top_k_accuracy(np.array([1]), np.array([[0.4, 0.4, 0.2]]), 1) == 1.0
+    # Row 1 ([.3, .4, .3], true class 0) ties with class 2 for second place: class 2 wins.
+    assert evaluation.top_k_accuracy(Y3, P3, 2) == pytest.approx(5 / 6)
+    # An exact tie at the k-th place goes to the higher class index (scikit-learn's rule).
+    tie = np.array([[0.4, 0.4, 0.2]])
+    assert evaluation.top_k_accuracy(np.array([1]), tie, 1) == 1.0
+    assert evaluation.top_k_accuracy(np.array([0]), tie, 1) == 0.0
     rng = np.random.default_rng(0)
     y = np.arange(12) % 6
     p = rng.dirichlet(np.ones(6), size=12)
@@ -131,13 +136,13 @@ def test_undefined_auc_is_none_not_nan() -> None:
 def test_curve_points_binary_and_micro_average() -> None:
     curves = evaluation.curve_points(Y2, P2, ["neg", "pos"], "roc")
     assert list(curves) == ["pos"]
-    name, _ = evaluation.summary_curve(curves, ["neg", "pos"])
+    name, _ = plots.summary_curve(curves, ["neg", "pos"])
     assert name == "pos"
     curves3 = evaluation.curve_points(Y3, P3, ["a", "b", "c"], "pr")
     assert list(curves3) == ["a", "b", "c", evaluation.MICRO]
     recall, precision, _ = curves3[evaluation.MICRO]
     assert recall[0] == 0 and recall[-1] == 1 and precision[0] == 1
-    assert evaluation.summary_curve(curves3, ["a", "b", "c"])[0] == evaluation.MICRO
+    assert plots.summary_curve(curves3, ["a", "b", "c"])[0] == evaluation.MICRO
 
 
 def test_loss_clips_and_logits_become_probabilities() -> None:
@@ -156,8 +161,70 @@ def test_errors_are_actionable() -> None:
         evaluation.classification_metrics(Y2, P2, ["a", "b", "c"])
     with pytest.raises(DataError, match="empty"):
         evaluation.classification_metrics(np.zeros(0, int), np.zeros((0, 2)), ["a", "b"])
+
+
+@pytest.mark.slow  # imports TensorFlow (the loader is shared with predict and finetune)
+def test_missing_model_file_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not found"):
-        evaluation.load_model("nope.keras")
+        evaluation.evaluate_model_file(
+            tmp_path / "nope.keras",
+            evaluation.EvalSplit([], PipelineConfig(), batch_size=4, seed=0),
+            ["a", "b"],
+            image_size=32,
+            top_k=5,
+            calibration_bins=10,
+        )
+
+
+def test_numbers_match_sklearn_on_a_fixed_example() -> None:
+    """Every reported number equals scikit-learn's own function on the same example."""
+    from sklearn import metrics as skm
+    from sklearn.preprocessing import label_binarize
+
+    rng = np.random.default_rng(7)
+    y = np.arange(30) % 6
+    logits = rng.normal(size=(30, 6))
+    logits[np.arange(30), y] += 1.0
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = list("abcdef")
+    m = evaluation.classification_metrics(y, p, labels, top_k=3, calibration_bins=10)
+    pred = p.argmax(1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+    assert m["loss"] == pytest.approx(skm.log_loss(y, y_proba=p), abs=1e-12)
+    for avg in ("macro", "weighted"):
+        prf = skm.precision_recall_fscore_support(y, pred, average=avg, zero_division=0)
+        for i, name in enumerate(("precision", "recall", "f1")):
+            assert m[f"{avg}_{name}"] == pytest.approx(prf[i], abs=1e-12), (avg, name)
+    # Every class present: our one-vs-rest macro is sklearn's multi_class="ovr" macro.
+    assert m["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(y, p, multi_class="ovr", average="macro"), abs=1e-12
+    )
+    assert m["average_precision"] == pytest.approx(
+        skm.average_precision_score(label_binarize(y, classes=range(6)), p, average="macro"),
+        abs=1e-12,
+    )
+    assert m["top_3_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, p, k=3), abs=1e-12)
+    report = skm.classification_report(y, pred, output_dict=True, zero_division=0)
+    for i, name in enumerate(labels):
+        for key in ("precision", "recall", "f1"):
+            want = report[str(i)]["f1-score" if key == "f1" else key]
+            assert m["per_class"][name][key] == pytest.approx(want, abs=1e-12)
+        assert m["per_class"][name]["support"] == report[str(i)]["support"]
+    np.testing.assert_array_equal(
+        evaluation.confusion_matrix(y, pred, 6), skm.confusion_matrix(y, pred)
+    )
+    # Binary: class 1's scores.
+    b = evaluation.classification_metrics(Y2, P2, ["neg", "pos"])
+    assert b["roc_auc"] == pytest.approx(skm.roc_auc_score(Y2, P2[:, 1]), abs=1e-12)
+    assert b["average_precision"] == pytest.approx(
+        skm.average_precision_score(Y2, P2[:, 1]), abs=1e-12
+    )
+    # The one deliberate difference: the log loss floor is Keras' 1e-7, not float64's eps.
+    sure_and_wrong = np.array([[0.0, 1.0], [0.5, 0.5]])
+    assert evaluation.log_loss(np.array([0, 0]), sure_and_wrong) == pytest.approx(
+        (-math.log(1e-7) - math.log(0.5)) / 2
+    )
+    assert skm.log_loss([0, 0], y_proba=sure_and_wrong, labels=[0, 1]) > 18
 
 
 def test_flatten_metrics_for_mlflow() -> None:
@@ -174,7 +241,7 @@ def test_flatten_metrics_for_mlflow() -> None:
     assert flat == {
         "accuracy": 0.5,
         "head_accuracy": 0.4,
-        "per_class_big cat/__f1": 0.3,
+        "per_class_big cat/ü_f1": 0.3,  # keys are made valid by the tracking layer
         "n_test": 4.0,
     }
 
@@ -232,11 +299,11 @@ def write_prepared(root: Path, x: np.ndarray, y: np.ndarray, labels: list[str]) 
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_library_path_on_a_saved_model(tmp_path: Path) -> None:
     """What stages/evaluate.py does, minus MLflow: load, predict, metrics, plots, rows."""
     import keras
 
-    from reprotrain.evaluation import plots
     from reprotrain.models import transfer
     from reprotrain.paths import split_files
     from tests.models.tiny import tiny_arrays, tiny_model_cfg
@@ -251,10 +318,9 @@ def test_evaluate_library_path_on_a_saved_model(tmp_path: Path) -> None:
     model_path = tmp_path / "m.keras"
     model.save(model_path)
 
-    common = dict(pipeline_cfg=PipelineConfig(), image_size=32, batch_size=5, seed=0)
-    metrics, preds = evaluation.evaluate_model_file(
-        model_path, files, labels, top_k=5, calibration_bins=10, worst_k=4, **common
-    )
+    split = evaluation.EvalSplit(files, PipelineConfig(), batch_size=5, seed=0, expected=12)
+    common = dict(image_size=32, top_k=5, calibration_bins=10)
+    metrics, preds = evaluation.evaluate_model_file(model_path, split, labels, worst_k=4, **common)
     assert len(preds.y_true) == 12 and preds.probs.shape == (12, 3)
     np.testing.assert_array_equal(preds.y_true, y)  # file order is kept
     assert preds.paths[0] == "ants/0.jpg" and preds.sha256[1] == f"{1:064x}"
@@ -262,23 +328,23 @@ def test_evaluate_library_path_on_a_saved_model(tmp_path: Path) -> None:
     expected = model.predict(np.stack([img for img, *_ in _decoded(files)]), verbose=0)
     np.testing.assert_allclose(preds.probs, expected, atol=1e-5)
     assert metrics["accuracy"] == pytest.approx(np.mean(expected.argmax(1) == y))
-    wrong = int((expected.argmax(1) != y).sum())
-    assert len(preds.worst) == min(4, wrong)
+    wrong = np.flatnonzero(expected.argmax(1) != y)
+    assert len(preds.worst) == min(4, wrong.size)
     confs = [w.confidence for w in preds.worst]
     assert confs == sorted(confs, reverse=True)
+    if wrong.size:  # the most confidently wrong image, with its pixels
+        top = wrong[np.argmax(expected[wrong].max(1))]
+        assert preds.worst[0].index == top and preds.worst[0].image.dtype == np.uint8
 
-    acc = evaluation.accuracy_of(
-        model_path, files, pipeline_cfg=PipelineConfig(), batch_size=7, seed=0, num_classes=3
-    )
+    # The split was decoded once; the second model and the re-score read it from memory.
+    assert split.passes == {32: 1} and split.in_memory(32)
+    acc = evaluation.accuracy_of(model_path, split, num_classes=3)
     assert acc == pytest.approx(metrics["accuracy"])
+    assert split.passes == {32: 1}
     with pytest.raises(ModelError, match="cannot be scored"):
-        evaluation.accuracy_of(
-            model_path, files, pipeline_cfg=PipelineConfig(), batch_size=7, seed=0, num_classes=2
-        )
+        evaluation.accuracy_of(model_path, split, num_classes=2)
     with pytest.raises(ModelError, match="rerun training"):
-        evaluation.evaluate_model_file(
-            model_path, files, labels[:2], top_k=5, calibration_bins=10, **common
-        )
+        evaluation.evaluate_model_file(model_path, split, labels[:2], **common)
 
     timeline = plots.training_timeline(
         [
@@ -287,8 +353,7 @@ def test_evaluate_library_path_on_a_saved_model(tmp_path: Path) -> None:
         ]
     )
     written = plots.write_evaluation_plots(
-        preds.y_true,
-        preds.probs,
+        evaluation.plot_inputs(preds.y_true, preds.probs, labels),
         labels,
         timeline,
         preds.worst,
@@ -318,3 +383,36 @@ def _decoded(files: list[Path]):
         files, PipelineConfig(), training=False, image_size=32, batch_size=1, seed=0
     ).unbatch()
     return [(img.numpy(), int(label)) for img, label in ds]
+
+
+@pytest.mark.slow
+def test_one_trace_per_model_and_a_streamed_split_gives_the_same_numbers(tmp_path: Path) -> None:
+    """Batches of any size reuse one graph; a split over the memory limit is re-read from
+    the shards for each model and scores exactly the same."""
+    import keras
+
+    from reprotrain.models import transfer
+    from reprotrain.paths import split_files
+    from tests.models.tiny import tiny_arrays, tiny_model_cfg
+
+    labels = ["ants", "bees"]
+    x, y = tiny_arrays(11, num_classes=2)
+    files = split_files(write_prepared(tmp_path / "prepared", x, y, labels), "test")
+    keras.utils.set_random_seed(0)
+    model = transfer.build_model(tiny_model_cfg(), num_classes=2, dropout=0.0)
+
+    kept = evaluation.EvalSplit(files, PipelineConfig(), batch_size=4, seed=0)
+    predict = evaluation.predictions.predict_function(model, 32)
+    for batch in kept.batches(32):  # batch sizes 4, 4, 3
+        predict(batch.images)
+    assert predict.experimental_get_tracing_count() == 1
+    assert kept.num_batches(32) == 3
+
+    streamed = evaluation.EvalSplit(files, PipelineConfig(), batch_size=4, seed=0, max_bytes=1)
+    first = evaluation.score(model, streamed)
+    second = evaluation.score(model, streamed)
+    assert streamed.passes == {32: 2} and not streamed.in_memory(32)
+    from_memory = evaluation.score(model, kept)
+    np.testing.assert_array_equal(first.probs, second.probs)
+    np.testing.assert_array_equal(first.probs, from_memory.probs)
+    assert first.paths == from_memory.paths

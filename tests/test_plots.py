@@ -65,8 +65,7 @@ def _write_all(out: Path, labels: list[str], seed: int = 0) -> dict[str, Path]:
     y, probs = _synthetic(len(labels), seed=seed)
     timeline = plots.training_timeline([("train_head", HEAD), ("finetune", FINETUNE)])
     return plots.write_evaluation_plots(
-        y,
-        probs,
+        evaluation.plot_inputs(y, probs, labels),
         labels,
         timeline,
         _worst(y, probs),
@@ -133,16 +132,37 @@ def test_multiclass_curves_and_no_mistakes(tmp_path: Path) -> None:
     assert (tmp_path / "images" / "roc.png").stat().st_size > 2000
     empty = plots.plot_worst_examples([], ["a", "b"], tmp_path / "none.png")
     assert empty.read_bytes()[:8] == PNG_MAGIC
-    # A class missing from the split: its curve is left out, files are still written.
+
+
+def test_a_class_missing_from_the_split_has_no_curve(tmp_path: Path) -> None:
+    """Class "c" never occurs: it gets no ROC or PR curve (undefined), the others and the
+    micro-average are drawn, and every file is still written."""
     y = np.array([0, 0, 1, 1])
     probs = np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1]])
-    plots.write_evaluation_plots(
-        y, probs, ["a", "b", "c"], [], [], plots_dir=tmp_path / "m", images_dir=tmp_path / "m"
+    inputs = evaluation.plot_inputs(y, probs, ["a", "b", "c"])
+    for curve_set in (inputs.roc, inputs.pr):
+        assert list(curve_set.curves) == ["a", "b", evaluation.MICRO], curve_set.kind
+        assert set(curve_set.scores) == set(curve_set.curves)
+    assert inputs.roc.scores["a"] == pytest.approx(1.0)  # a is ranked perfectly
+    np.testing.assert_array_equal(inputs.confusion, [[2, 0, 0], [0, 2, 0], [0, 0, 0]])
+    out = tmp_path / "m"
+    written = plots.write_evaluation_plots(
+        inputs, ["a", "b", "c"], [], [], plots_dir=out, images_dir=out
     )
-    assert {r["class"] for r in _read(tmp_path / "m" / "roc.csv")} == {evaluation.MICRO}
-    assert (tmp_path / "m" / "training_curves.png").stat().st_size > 0
+    assert {r["class"] for r in _read(out / "roc.csv")} == {evaluation.MICRO}
+    assert {r["class"] for r in _read(out / "pr.csv")} == {evaluation.MICRO}
+    assert all(path.stat().st_size > 0 for path in written.values())
+    # The PNG draws exactly the curves it was given, each with its score, and the diagonal.
+    fig = plots.curves_figure(inputs.roc.curves, kind="roc", scores=inputs.roc.scores)
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == [
+        "a (1.000)",
+        "b (1.000)",
+        f"{evaluation.MICRO} (1.000)",
+        "chance",
+    ]
 
 
+@pytest.mark.slow
 def test_dvc_plots_show_renders_the_files(tmp_path: Path) -> None:
     """The real `dvc plots show --json` on the project's dvc.yaml plot definitions."""
     proj = tmp_path / "proj"

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from reprotrain.errors import DataError
+from reprotrain.evaluation.metrics import MICRO, Curve, PlotInputs
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ ROC_PNG = "roc.png"
 PR_PNG = "pr.png"
 TRAINING_PNG = "training_curves.png"
 WORST_PNG = "worst_examples.png"
-
-Curve = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 # --------------------------------------------------------------------------- CSV for DVC
@@ -159,21 +158,21 @@ def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: Path | st
     return _save(fig, path)
 
 
-def plot_curves(
+def curves_figure(
     curves: Mapping[str, Curve],
-    path: Path | str,
     *,
     kind: str,
     scores: Mapping[str, float | None] | None = None,
-) -> Path:
-    """ROC (``kind="roc"``, with the chance diagonal) or precision-recall curves."""
+) -> Any:
+    """ROC (``kind="roc"``, with the chance diagonal) or precision-recall curves, one line
+    per curve given, labelled with its score."""
     fig = _figure(6, 5)
     ax = fig.add_subplot()
     scores = scores or {}
     for name, (x, y, _) in curves.items():
         score = scores.get(name)
         label = name if score is None else f"{name} ({score:.3f})"
-        ax.plot(x, y, label=label, linewidth=2.5 if name == "micro-average" else 1.2)
+        ax.plot(x, y, label=label, linewidth=2.5 if name == MICRO else 1.2)
     if kind == "roc":
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="chance")
         ax.set_xlabel("false positive rate")
@@ -190,7 +189,18 @@ def plot_curves(
         ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize="small")
     else:
         ax.text(0.5, 0.5, "undefined: a class is missing from the test split", ha="center")
-    return _save(fig, path)
+    return fig
+
+
+def plot_curves(
+    curves: Mapping[str, Curve],
+    path: Path | str,
+    *,
+    kind: str,
+    scores: Mapping[str, float | None] | None = None,
+) -> Path:
+    """:func:`curves_figure` written as a PNG."""
+    return _save(curves_figure(curves, kind=kind, scores=scores), path)
 
 
 def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: Path | str) -> Path:
@@ -258,9 +268,20 @@ def plot_worst_examples(
     return _save(fig, path)
 
 
+def summary_curve(curves: Mapping[str, Curve], labels: Sequence[str]) -> tuple[str, Curve] | None:
+    """The one curve ``dvc plots`` draws: the positive class (binary) or the micro-average.
+
+    DVC's templates colour lines by revision only, so per-class rows in one file would be
+    joined into a single zig-zag line; the per-class curves go to the PNG instead.
+    """
+    for name in (MICRO, labels[1] if len(labels) == 2 else None):
+        if name in curves:
+            return name, curves[name]
+    return None
+
+
 def write_evaluation_plots(
-    y_true: np.ndarray,
-    probs: np.ndarray,
+    inputs: PlotInputs,
     labels: Sequence[str],
     timeline: Sequence[Mapping[str, Any]],
     worst: Sequence[Any],
@@ -270,31 +291,30 @@ def write_evaluation_plots(
 ) -> dict[str, Path]:
     """Every plot of the evaluate stage: the four DVC CSVs and the five PNGs.
 
-    Returns the written files by name (the stage logs them as MLflow artifacts).
+    ``inputs`` (``evaluation.plot_inputs``) carries the confusion matrix and curves already
+    computed; this function only writes them. Returns the written files by name (the stage
+    logs them as MLflow artifacts).
     """
-    from reprotrain import evaluation
-
     plots_dir, images_dir = Path(plots_dir), Path(images_dir)
-    y_true = np.asarray(y_true, dtype=np.int64)
-    probs = np.asarray(probs, dtype=np.float64)
-    y_pred = probs.argmax(axis=1)
     out: dict[str, Path] = {}
     out["confusion.csv"] = write_csv(
-        plots_dir / "confusion.csv", confusion_rows(y_true, y_pred, labels), ["actual", "predicted"]
+        plots_dir / "confusion.csv",
+        confusion_rows(inputs.y_true, inputs.y_pred, labels),
+        ["actual", "predicted"],
     )
-    cm = evaluation.confusion_matrix(y_true, y_pred, len(labels))
-    out[CONFUSION_PNG] = plot_confusion_matrix(cm, labels, images_dir / CONFUSION_PNG)
-    for kind, x, y, png in (("roc", "fpr", "tpr", ROC_PNG), ("pr", "recall", "precision", PR_PNG)):
-        curves = evaluation.curve_points(y_true, probs, labels, kind)
-        summary = evaluation.summary_curve(curves, labels)
+    out[CONFUSION_PNG] = plot_confusion_matrix(inputs.confusion, labels, images_dir / CONFUSION_PNG)
+    for curve_set, x, y, png in (
+        (inputs.roc, "fpr", "tpr", ROC_PNG),
+        (inputs.pr, "recall", "precision", PR_PNG),
+    ):
+        summary = summary_curve(curve_set.curves, labels)
         rows = curve_rows(*summary, x=x, y=y) if summary else []
-        out[f"{kind}.csv"] = write_csv(
-            plots_dir / f"{kind}.csv", rows, [x, y, "threshold", "class"]
+        out[f"{curve_set.kind}.csv"] = write_csv(
+            plots_dir / f"{curve_set.kind}.csv", rows, [x, y, "threshold", "class"]
         )
-        # Legend scores: ROC AUC (trapezoids), or average precision (the PR curve's steps).
-        area = evaluation.auc if kind == "roc" else evaluation.step_area
-        scores = {n: area(c[0], c[1]) for n, c in curves.items()}
-        out[png] = plot_curves(curves, images_dir / png, kind=kind, scores=scores)
+        out[png] = plot_curves(
+            curve_set.curves, images_dir / png, kind=curve_set.kind, scores=curve_set.scores
+        )
     out["training_curves.csv"] = write_csv(
         plots_dir / "training_curves.csv", timeline, timeline_columns(timeline)
     )
