@@ -62,8 +62,6 @@ def source_kind(source: str) -> str:
     return "directory"
 
 
-
-
 def list_files(root: Path) -> list[Path]:
     """Every regular file under ``root`` as sorted relative paths (hidden files skipped).
 

@@ -54,6 +54,9 @@ class Summary:
     files_seen: int
     bytes: dict[str, int] = field(default_factory=dict)
     shards: dict[str, int] = field(default_factory=dict)
+    #: How images were normalised (``prepare.max_side``, ``jpeg_quality``): predict and
+    #: serving read it from ``stats.json`` to see a photo exactly as training did.
+    normalization: dict[str, Any] = field(default_factory=dict)
 
     def as_stats(self) -> dict[str, Any]:
         reasons = Counter(_reason_kind(p.reason) for p in self.quarantine)
@@ -71,6 +74,7 @@ class Summary:
             "duplicates": self.duplicates,
             "bytes": self.bytes,
             "shards": self.shards,
+            "normalization": self.normalization,
         }
 
 
@@ -141,8 +145,19 @@ def drop_duplicates(decoded: Sequence[Decoded]) -> tuple[list[Decoded], list[sou
     return kept, problems
 
 
-def prepare(raw_dir: Path, out_dir: Path, cfg: PrepareConfig, seed: int) -> Summary:
-    """Turn the snapshot in ``raw_dir`` into ``out_dir`` (recreated from scratch)."""
+def prepare(
+    raw_dir: Path,
+    out_dir: Path,
+    cfg: PrepareConfig,
+    seed: int,
+    ledger: Path | None = None,
+) -> Summary:
+    """Turn the snapshot in ``raw_dir`` into ``out_dir`` (recreated from scratch).
+
+    ``ledger`` (``data/splits.csv``) holds the previous split assignment: read, kept, and
+    rewritten with the new images' splits (see :mod:`reprotrain.data.split`). Without
+    it, the splits are assigned from scratch and not recorded.
+    """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     layout, candidates, quarantine = sources.scan(raw_dir)
     files_seen = len(candidates) + len(quarantine)
@@ -170,17 +185,22 @@ def prepare(raw_dir: Path, out_dir: Path, cfg: PrepareConfig, seed: int) -> Summ
     if len(labels) < 2:
         raise DataError(f"only one class ({labels[0]}): a classifier needs at least two")
 
-    given = {d.candidate.split for d in usable}
+    items = [split.Item(d.sha256, d.candidate.label, d.candidate.split) for d in usable]
+    previous = split.read_ledger(ledger) if ledger is not None else {}
+    assignment = split.assign_splits(
+        items,
+        previous,
+        seed=seed,
+        fractions=split.Fractions(cfg.val_fraction, cfg.test_fraction, cfg.test_from_val),
+    )
+    if ledger is not None:
+        split.report(assignment, ledger)
     by_split: dict[str, list[tfrecords.Record]] = {s: [] for s in SPLITS}
     rows = []
     for d in usable:
         c, img = d.candidate, d.result
         assert isinstance(img, images.Normalized)
-        s = split.assign_split(
-            d.sha256, c.split, seed=seed, val_fraction=cfg.val_fraction,
-            test_fraction=cfg.test_fraction, test_from_val=cfg.test_from_val,
-            has_val="val" in given, has_test="test" in given,
-        )  # fmt: skip
+        s = assignment.ledger[d.sha256].split
         index = labels.index(c.label)
         by_split[s].append(
             tfrecords.Record(img.jpeg, index, c.label, c.path, d.sha256, img.height, img.width)
@@ -202,16 +222,22 @@ def prepare(raw_dir: Path, out_dir: Path, cfg: PrepareConfig, seed: int) -> Summ
         sorted(quarantine, key=lambda p: p.path),
         len(dup_problems),
         files_seen,
+        normalization={"max_side": cfg.max_side, "jpeg_quality": cfg.jpeg_quality},
     )
     import tensorflow  # noqa: F401  (imported here so the progress clock excludes it)
 
     progress = progress_bar(len(usable), "write TFRecords")
+    index: dict[str, list[dict[str, Any]]] = {}
     for s in SPLITS:
         shards = tfrecords.write_split(by_split[s], out_dir, s, cfg.shard_size, progress.update)
         summary.shards[s] = len(shards)
         summary.bytes[s] = sum(p.stat().st_size for p in shards)
+        index[s] = tfrecords.describe_shards(shards, len(by_split[s]), cfg.shard_size)
     progress.close()
+    tfrecords.write_shard_index(out_dir, index)
     write_metadata(out_dir, summary, rows)
+    if ledger is not None:  # last: a failed prepare leaves the previous ledger as it was
+        split.write_ledger(ledger, assignment.ledger)
     log_summary(summary, out_dir)
     return summary
 
