@@ -129,9 +129,8 @@ def test_evaluation_reads_in_manifest_order_with_metadata(prepared: Path) -> Non
     assert labels == [int(r["label_index"]) for r in rows]
 
 
-def test_labels_and_stats_readers(prepared: Path, tmp_path: Path) -> None:
+def test_labels_reader_and_errors(prepared: Path, tmp_path: Path) -> None:
     assert pipeline.read_labels(prepared) == ["cats", "dogs"]
-    assert pipeline.read_stats(prepared)["images"] == 48
     from reprotrain.errors import DataError
 
     with pytest.raises(DataError, match="run the prepare stage first"):

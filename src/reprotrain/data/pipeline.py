@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from reprotrain.config import AugmentConfig, PipelineConfig
 from reprotrain.data import schema
+from reprotrain.data.images import decode_and_resize, to_uint8
 from reprotrain.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -42,34 +43,15 @@ def read_labels(prepared_dir: Path | str) -> list[str]:
     return [str(x) for x in labels]
 
 
-def read_stats(prepared_dir: Path | str) -> dict[str, Any]:
-    """The ``stats.json`` summary written by prepare."""
-    path = Path(prepared_dir) / "stats.json"
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 # --------------------------------------------------------------------------- map functions
 # Pure tensor → tensor functions: tested eagerly and inside tf.data (tests/data/).
+# ``decode_and_resize`` lives in ``images`` (shared with predict and serving); re-exported.
+__all__ = ["decode_and_resize", "make_dataset", "parse_example", "read_labels"]
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """One serialized ``tf.train.Example`` → the schema's feature dict."""
     return tf.io.parse_single_example(serialized, schema.feature_spec())
-
-
-def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-    """JPEG/PNG bytes → float32 ``[S, S, 3]`` in 0..255, resized with antialiasing.
-
-    Values stay in 0..255 because the model applies ``mobilenet_v2.preprocess_input``
-    itself: a saved model then works on raw pixels, wherever it is used.
-    """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image = tf.image.resize(image, (image_size, image_size), antialias=True)
-    image = tf.clip_by_value(image, 0.0, 255.0)
-    image.set_shape((image_size, image_size, 3))
-    return image
 
 
 def augment_image(image: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
@@ -166,7 +148,7 @@ def make_dataset(
         ex = parse_example(serialized)
         # Cached as uint8: a quarter of the memory and of the bytes copied per epoch
         # (rounding to whole pixel values is invisible to the model).
-        image = tf.cast(tf.round(decode_and_resize(ex[schema.IMAGE], image_size)), tf.uint8)
+        image = to_uint8(decode_and_resize(ex[schema.IMAGE], image_size))
         label = tf.cast(ex[schema.LABEL], tf.int32)
         if not with_metadata:  # nothing per element that the consumer will not use
             return image, label
