@@ -13,6 +13,7 @@ seeded generator, so a run is reproducible yet not the same order every epoch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -23,9 +24,10 @@ from typing import Any
 import tensorflow as tf
 
 from reprotrain.config import AugmentConfig, PipelineConfig
-from reprotrain.data import schema
+from reprotrain.data import schema, tfrecords
 from reprotrain.data.images import decode_and_resize, to_uint8
 from reprotrain.errors import DataError
+from reprotrain.fsio import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +158,10 @@ def make_dataset(
         return image, label, meta
 
     ds = ds.map(_decode, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
-    ds = _cache(ds, cfg.cache)
+    if cfg.cache not in ("none", "memory"):
+        ds = ds.cache(str(cache_path(cfg.cache, files, image_size, with_metadata)))
+    elif cfg.cache == "memory":
+        ds = ds.cache()
     if training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if augment:
@@ -171,13 +176,40 @@ def _to_float(image: tf.Tensor, *rest: Any) -> tuple[Any, ...]:
     return (tf.cast(image, tf.float32), *rest)
 
 
-def _cache(ds: tf.data.Dataset, cache: str) -> tf.data.Dataset:
-    if cache == "none":
-        return ds
-    if cache == "memory":
-        return ds.cache()
-    Path(cache).parent.mkdir(parents=True, exist_ok=True)
-    return ds.cache(cache)
+def cache_path(
+    prefix: str | Path, files: Sequence[Path | str], image_size: int, with_metadata: bool
+) -> Path:
+    """The tf.data cache file of one dataset: ``<prefix>-<split>-<S>px-<key>``.
+
+    Why keyed: one ``pipeline.cache`` prefix serves every split and every run. With the bare
+    prefix, train and val shared one cache and val silently read train's images; and a cache
+    written before ``prepare`` reran would be read after it. The key hashes the shards'
+    identity (name, size and sha256, taken from ``shards.json`` when its record matches the
+    file's size, else computed), the image size and the element structure: other data,
+    other split or other size → other file, so a stale cache is never read.
+    """
+    recorded: dict[Path, dict[str, dict]] = {}
+    identity = []
+    for f in sorted(Path(x) for x in files):
+        if f.parent not in recorded:
+            try:
+                index = tfrecords.read_shard_index(f.parent)
+            except DataError:
+                index = {}
+            recorded[f.parent] = {e["file"]: e for es in index.values() for e in es}
+        size = f.stat().st_size
+        entry = recorded[f.parent].get(f.name)
+        sha = entry["sha256"] if entry and entry["bytes"] == size else file_sha256(f)
+        identity.append([f.name, size, sha])
+    payload = json.dumps(
+        {"format": 1, "shards": identity, "image_size": image_size, "meta": with_metadata},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    split = sorted({Path(f).name.split("-")[0] for f in files})
+    path = Path(f"{prefix}-{'+'.join(split)}-{image_size}px-{key}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _augment(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int) -> tf.data.Dataset:
