@@ -209,3 +209,27 @@ def test_a_given_split_without_a_class_is_a_clear_error(tmp_path: Path) -> None:
     src = make_class_tree(tmp_path / "src", splits=layout)
     with pytest.raises(DataError, match=r"test split has no images of class dogs \(7 usable"):
         _prepare(src, tmp_path)
+
+
+def test_decoding_on_a_process_pool_is_ordered_and_the_same_for_any_worker_count(
+    tmp_path: Path,
+) -> None:
+    import tempfile
+
+    from reprotrain.data import sources
+    from reprotrain.data.images import Rejected
+    from reprotrain.data.prepare import decode_all
+
+    src = make_class_tree(tmp_path / "src", {"cats": 15, "dogs": 15}, size=80)
+    (src / "cats" / "bad.jpg").write_text("not an image")
+    fetch(str(src), tmp_path / "raw")
+    _, candidates, _ = sources.scan(tmp_path / "raw")
+    runs = []
+    for workers in (1, 2, 3):
+        with tempfile.TemporaryFile() as spool:
+            decoded = decode_all(tmp_path / "raw", candidates, CFG, spool, workers=workers)
+            spool.seek(0)
+            runs.append((decoded, spool.read()))
+    assert [d.candidate for d in runs[0][0]] == candidates  # input order
+    assert runs[0] == runs[1] == runs[2]
+    assert sum(isinstance(d.result, Rejected) for d in runs[0][0]) == 1

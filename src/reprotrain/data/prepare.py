@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import itertools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
-from collections import Counter, defaultdict
+import tempfile
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from reprotrain.config import PrepareConfig
 from reprotrain.data import images, sources, split, tfrecords
@@ -34,12 +38,47 @@ SPLIT_ORDER = {s: i for i, s in enumerate(SPLITS)}
 
 
 @dataclass(frozen=True)
+class Stored:
+    """A normalised image whose JPEG bytes wait in the spool file, not in memory."""
+
+    offset: int
+    length: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
 class Decoded:
-    """A candidate after decoding: its content hash and the normalised image (or a reason)."""
+    """A candidate after decoding: its content hash and the stored image (or a reason)."""
 
     candidate: sources.Candidate
     sha256: str
-    result: images.Normalized | images.Rejected
+    result: Stored | images.Rejected
+
+
+class SpooledRecords(Sequence[tfrecords.Record]):
+    """Records whose JPEG bytes are read from the spool only when a shard is written:
+    ``write_split`` slices one shard at a time, so memory holds one shard, not the dataset."""
+
+    def __init__(self, items: list[tuple[Decoded, int]], spool: BinaryIO) -> None:
+        self._items, self._spool = items, spool
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _record(self, d: Decoded, index: int) -> tfrecords.Record:
+        stored = d.result
+        assert isinstance(stored, Stored)
+        self._spool.seek(stored.offset)
+        jpeg = self._spool.read(stored.length)
+        c = d.candidate
+        return tfrecords.Record(jpeg, index, c.label, c.path, d.sha256, stored.height,
+                                stored.width)  # fmt: skip
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, slice):
+            return [self._record(*item) for item in self._items[key]]
+        return self._record(*self._items[key])
 
 
 @dataclass
@@ -85,27 +124,62 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (")[0].split(":")[0]
 
 
+def decode_one(
+    path: Path, max_side: int | None, quality: int
+) -> tuple[str, images.Normalized | images.Rejected]:
+    """Read, hash and normalise one file (runs in a worker process)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return "", images.Rejected(f"cannot read the file ({exc.strerror})")
+    return hashlib.sha256(data).hexdigest(), images.normalize(data, max_side, quality)
+
+
 def decode_all(
     raw_dir: Path,
     candidates: Sequence[sources.Candidate],
     cfg: PrepareConfig,
+    spool: BinaryIO,
     workers: int | None = None,
 ) -> list[Decoded]:
-    """Read, hash and normalise every candidate once, in parallel, keeping input order."""
+    """Read, hash and normalise every candidate once, on all cores, keeping input order.
 
-    def work(c: sources.Candidate) -> Decoded:
-        try:
-            data = (raw_dir / c.path).read_bytes()
-        except OSError as exc:
-            return Decoded(c, "", images.Rejected(f"cannot read the file ({exc.strerror})"))
-        sha = hashlib.sha256(data).hexdigest()
-        return Decoded(c, sha, images.normalize(data, cfg.max_side, cfg.jpeg_quality))
-
-    progress = progress_bar(len(candidates), "decode")
-    out = []
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        for item in pool.map(work, candidates):
-            out.append(item)
+    Why processes: PIL's decode, resize and encode hold the GIL for much of their work, so
+    threads used about one core. Why a bounded window of pending files and a spool file:
+    the normalised JPEGs are appended to ``spool`` as they arrive, in input order, and only
+    their offsets stay in memory, so peak memory does not grow with the dataset. The output
+    is the same for any number of workers (each file is processed on its own).
+    """
+    workers = workers or os.cpu_count() or 1
+    window = workers * 4
+    out: list[Decoded] = []
+    # fork where available: spawn would re-import the caller's __main__ in every worker (the
+    # stage script imports MLflow: seconds per worker) and breaks in unguarded scripts. The
+    # pool starts before the progress bar's monitor thread exists; workers only run PIL and
+    # hashlib, and logging re-creates its locks after a fork.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        progress = progress_bar(len(candidates), "decode")
+        pending: deque = deque()
+        todo = iter(candidates)
+        for c in itertools.islice(todo, window):
+            pending.append((c, pool.submit(decode_one, raw_dir / c.path, cfg.max_side,
+                                           cfg.jpeg_quality)))  # fmt: skip
+        while pending:
+            c, future = pending.popleft()
+            sha, result = future.result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(decode_one, raw_dir / nxt.path, cfg.max_side,
+                                                 cfg.jpeg_quality)))  # fmt: skip
+            if isinstance(result, images.Normalized):
+                offset = spool.seek(0, io.SEEK_END)
+                spool.write(result.jpeg)
+                out.append(Decoded(c, sha, Stored(offset, len(result.jpeg), result.height,
+                                                  result.width)))  # fmt: skip
+            else:
+                out.append(Decoded(c, sha, result))
             progress.update(1)
     progress.close()
     return out
@@ -165,7 +239,24 @@ def prepare(
         raise DataError(f"{raw_dir}: no image files found (layout: {layout})")
     log.info("prepare: %d files (%s layout) in %s", files_seen, layout, raw_dir)
 
-    decoded = decode_all(raw_dir, candidates, cfg)
+    with tempfile.TemporaryFile(prefix="prepare-spool-") as spool:
+        return _prepare(raw_dir, out_dir, cfg, seed, ledger, layout, candidates, quarantine,
+                        spool)  # fmt: skip
+
+
+def _prepare(
+    raw_dir: Path,
+    out_dir: Path,
+    cfg: PrepareConfig,
+    seed: int,
+    ledger: Path | None,
+    layout: str,
+    candidates: list[sources.Candidate],
+    quarantine: list[sources.Problem],
+    spool: BinaryIO,
+) -> Summary:
+    files_seen = len(candidates) + len(quarantine)
+    decoded = decode_all(raw_dir, candidates, cfg, spool)
     usable = []
     for d in decoded:
         if isinstance(d.result, images.Rejected):
@@ -195,21 +286,18 @@ def prepare(
     )
     if ledger is not None:
         split.report(assignment, ledger)
-    by_split: dict[str, list[tfrecords.Record]] = {s: [] for s in SPLITS}
+    items: dict[str, list[tuple[Decoded, int]]] = {s: [] for s in SPLITS}
     rows = []
+    counts = {s: {c: 0 for c in labels} for s in SPLITS}
     for d in usable:
         c, img = d.candidate, d.result
-        assert isinstance(img, images.Normalized)
+        assert isinstance(img, Stored)
         s = assignment.ledger[d.sha256].split
         index = labels.index(c.label)
-        by_split[s].append(
-            tfrecords.Record(img.jpeg, index, c.label, c.path, d.sha256, img.height, img.width)
-        )
+        items[s].append((d, index))
+        counts[s][c.label] += 1
         rows.append([c.path, c.label, index, s, d.sha256, img.height, img.width])
-    counts = {s: {c: 0 for c in labels} for s in SPLITS}
-    for s, recs in by_split.items():
-        for r in recs:
-            counts[s][r.label_name] += 1
+    by_split = {s: SpooledRecords(items[s], spool) for s in SPLITS}
     split.check_coverage({(s, c): n for s, cs in counts.items() for c, n in cs.items()}, labels)
 
     if out_dir.exists():
