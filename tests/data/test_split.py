@@ -160,3 +160,16 @@ def test_dvc_repro_prepare_is_stratified_and_growth_stable(tmp_path: Path) -> No
     with (proj / "data" / "prepared" / "manifest.csv").open() as f:
         manifest = {r["sha256"]: r["split"] for r in csv.DictReader(f)}
     assert manifest == {sha: s for sha, (_, s) in second.items()}
+
+    # A fresh clone and a `dvc exp run --temp` (a copy made from git) see the same ledger.
+    run(["git", "add", "-A"], proj)
+    run(["git", "commit", "-q", "-m", "grown"], proj)
+    run(["git", "clone", "-q", str(proj), str(tmp_path / "clone")], tmp_path)
+    ledger_text = (proj / "data" / "splits.csv").read_text()
+    assert (tmp_path / "clone" / "data" / "splits.csv").read_text() == ledger_text
+    make_class_tree(data, {"few": 1, "some": 1, "many": 1}, seed=9)
+    run(["dvc", "exp", "run", "--temp", "prepare"], proj)
+    ref = run(["git", "for-each-ref", "--format=%(objectname)", "refs/exps"], proj).stdout
+    shown = run(["git", "show", f"{ref.split()[0]}:data/splits.csv"], proj).stdout
+    third = {r["sha256"]: (r["label"], r["split"]) for r in csv.DictReader(shown.splitlines())}
+    assert len(third) == 87 and all(third[sha] == v for sha, v in second.items())
