@@ -22,7 +22,9 @@ def main() -> int:
     with tracking.stage_run(
         STAGE, params, sections=SECTIONS, root=Path.cwd(), sidecar=paths.PREPARE_RUN
     ) as run:
-        summary = prepare(paths.RAW_DIR, paths.PREPARED_DIR, params.prepare, params.seed)
+        summary = prepare(
+            paths.RAW_DIR, paths.PREPARED_DIR, params.prepare, params.seed, paths.SPLITS_LEDGER
+        )
         stats = summary.as_stats()
         run.log_metrics(
             {
@@ -33,7 +35,7 @@ def main() -> int:
                 **{f"{s}_images": v["total"] for s, v in stats["splits"].items()},
             }
         )
-        for name in ("stats.json", "quarantine.csv", "labels.json", "manifest.csv"):
+        for name in ("stats.json", "quarantine.csv", "labels.json", "manifest.csv", "shards.json"):
             run.log_artifact(paths.PREPARED_DIR / name, artifact_path="prepared")
     return 0
 

@@ -32,6 +32,8 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(path)
     (path.parent / "labels.json").write_text(json.dumps(LABELS))
+    stats = {"normalization": {"max_side": 64, "jpeg_quality": 90}}  # as prepare records it
+    (path.parent / "stats.json").write_text(json.dumps(stats))
     return path
 
 
@@ -94,25 +96,24 @@ def test_good_and_bad_files_json(model_path: Path, inputs: Path, capsys) -> None
         assert sum(t["probability"] for t in r["top_k"]) == pytest.approx(1.0, abs=1e-5)
         assert r["confidence"] == r["top_k"][0]["probability"] >= 0.5
     errors = {Path(r["path"]).name: r["error"] for r in results if r["error"]}
-    assert "JPEG" in errors["corrupt.jpg"]
-    assert "Unknown image file format" in errors["text.jpg"]
+    assert errors["corrupt.jpg"].startswith("corrupt or truncated image")
+    assert errors["text.jpg"] == "not an image (unrecognised file content)"
     assert errors["missing.png"] == "no such file or directory"
 
 
-def test_same_probabilities_as_the_model_on_the_pipeline_decode(
+def test_same_probabilities_as_the_model_on_the_shared_normalisation(
     model_path: Path, inputs: Path, capsys
 ) -> None:
-    import tensorflow as tf
-
-    from reprotrain.data.pipeline import decode_and_resize
-    from reprotrain.evaluation import load_model
+    from reprotrain.data.images import model_pixels
+    from reprotrain.models.loading import load_model
 
     path = inputs / "folder" / "sub dir" / "a.JPG"
     code, out = _main([str(model_path), str(path), "--top-k", "1"], capsys)
     assert code == 0
     (result,) = json.loads(out)
     assert len(result["top_k"]) == 1
-    image = decode_and_resize(tf.io.read_file(str(path)), 32)[tf.newaxis]
+    # max_side 64 / quality 90: read from the stats.json next to the model.
+    image = model_pixels(path.read_bytes(), 32, 64, 90)[np.newaxis].astype(np.float32)
     expected = load_model(model_path).predict(image, verbose=0)[0]
     assert result["label"] == LABELS[int(expected.argmax())]
     assert result["confidence"] == pytest.approx(float(expected.max()), abs=1e-5)
@@ -187,7 +188,154 @@ def test_cli_subprocess_exit_codes(model_path: Path, inputs: Path, tmp_path: Pat
     assert proc.returncode == 1, proc.stderr
     results = json.loads(proc.stdout)  # stdout is pure JSON; logs go to stderr
     assert [bool(r["error"]) for r in results] == [False, True]
-    assert "text.jpg" in proc.stderr and "Unknown image file format" in proc.stderr
+    assert "text.jpg" in proc.stderr and "not an image" in proc.stderr
     proc = run([*cmd, str(tmp_path / "nope.keras"), str(inputs)], cwd=REPO, env=env, check=False)
     assert proc.returncode == 2 and "error: model not found" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_normalisation_settings_resolution(model_path: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    norm = predict.resolve_normalization("keep", None, model_path)
+    assert (norm.max_side, norm.jpeg_quality) == (64, 90) and "stats.json" in norm.source
+    assert predict.resolve_normalization(None, 80, model_path).max_side is None  # --max-side none
+    other = tmp_path / "m" / "x.keras"
+    default = predict.resolve_normalization("keep", None, other)  # no stats, no params.yaml
+    assert (default.max_side, default.jpeg_quality) == (320, 95)
+    prepared = tmp_path / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "stats.json").write_text(
+        json.dumps({"normalization": {"max_side": None, "jpeg_quality": 80}})
+    )
+    found = predict.resolve_normalization("keep", None, other)
+    assert (found.max_side, found.jpeg_quality) == (None, 80)
+
+
+# ------------------------------------------------------------ train/serve parity, real photos
+
+PARITY_SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def imagenet_model(keras_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MobileNetV2 0.35 with real ImageNet features and a random 2-class head, at 96 px."""
+    import keras
+
+    from reprotrain.config import ModelConfig
+    from reprotrain.models import transfer
+    from tests.models.tiny import tiny_weights
+
+    keras.utils.set_random_seed(1)
+    cfg = ModelConfig(alpha=0.35, image_size=PARITY_SIZE, weights=str(tiny_weights()))
+    model = transfer.build_model(cfg, num_classes=2, dropout=0.0)
+    path = tmp_path_factory.mktemp("imagenet") / "model.keras"
+    model.save(path)
+    (path.parent / "labels.json").write_text(json.dumps(LABELS))
+    return path
+
+
+def _encodings(photo: Path, out: Path) -> dict[str, Path]:
+    """The same photo as JPEG (as is), lossless PNG, CMYK JPEG, EXIF-rotated JPEG, and (the
+    yardstick for the last two) an upright JPEG re-encoded at the same quality."""
+    out.mkdir(parents=True, exist_ok=True)
+    rgb = Image.open(photo).convert("RGB")
+    files = {"jpeg": photo, "png": out / "same.png", "cmyk": out / "cmyk.jpg",
+             "exif": out / "rotated.jpg", "reencoded": out / "reencoded.jpg"}  # fmt: skip
+    rgb.save(files["png"])
+    rgb.save(files["reencoded"], quality=95)
+    rgb.convert("CMYK").save(files["cmyk"], quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display": stored turned the other way
+    rgb.transpose(Image.Transpose.ROTATE_90).save(files["exif"], quality=95, exif=exif)
+    return files
+
+
+def _probabilities(model_path: Path, files: list[Path], max_side: int, quality: int) -> np.ndarray:
+    from reprotrain.models.loading import load_model
+
+    norm = predict.Normalization(max_side, quality, "test")
+    results = predict.predict_files(
+        load_model(model_path), [str(f) for f in files], LABELS, batch_size=8, top_k=2,
+        normalization=norm,
+    )  # fmt: skip
+    assert all(r["error"] is None for r in results), results
+    return np.array(
+        [[{t["label"]: t["probability"] for t in r["top_k"]}[c] for c in LABELS] for r in results]
+    )
+
+
+@pytest.mark.slow
+def test_a_photo_gets_the_same_probabilities_in_every_encoding(
+    imagenet_model: Path, hymenoptera: Path, tmp_path: Path
+) -> None:
+    photos = (
+        sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[:4]
+        + sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:4]
+    )
+    files: dict[str, list[Path]] = {}
+    for i, photo in enumerate(photos):
+        for kind, f in _encodings(photo, tmp_path / str(i)).items():
+            files.setdefault(kind, []).append(f)
+    probs = {kind: _probabilities(imagenet_model, fs, 320, 95) for kind, fs in files.items()}
+    assert np.ptp(probs["jpeg"][:, 0]) > 0.2  # the head separates photos: the test can see
+
+    def diff(a: str, b: str) -> float:
+        return float(np.abs(probs[a] - probs[b]).max())
+
+    assert diff("png", "jpeg") <= 0.002  # the same pixels: the same answer
+    budget = diff("reencoded", "jpeg")  # what one more JPEG generation alone changes
+    assert budget <= 0.05
+    for kind in ("cmyk", "exif"):  # each is one more JPEG generation of the same photo
+        assert diff(kind, "jpeg") <= max(0.05, 2 * budget), (kind, diff(kind, "jpeg"), budget)
+    # The old serving decode (tf.io.decode_image, no EXIF) sees the rotated photo sideways.
+    from reprotrain.data.images import decode_and_resize
+    from reprotrain.models.loading import load_model
+
+    model = load_model(imagenet_model)
+    sideways = np.stack(
+        [decode_and_resize(f.read_bytes(), PARITY_SIZE).numpy() for f in files["exif"]]
+    )
+    sideways_diff = np.abs(model.predict(sideways, verbose=0) - probs["jpeg"]).max()
+    assert sideways_diff > 2 * diff("exif", "jpeg")
+
+
+@pytest.mark.slow
+def test_predict_on_a_raw_test_file_matches_the_evaluation_pipeline(
+    imagenet_model: Path, hymenoptera: Path, tmp_path: Path
+) -> None:
+    """What evaluate writes to plots/predictions.csv (the test shards through the tf.data
+    pipeline) and what predict says for the raw files of those rows agree."""
+    import shutil
+
+    from reprotrain.config import PipelineConfig, PrepareConfig
+    from reprotrain.data import pipeline
+    from reprotrain.data.prepare import prepare
+    from reprotrain.models.loading import load_model
+
+    raw = tmp_path / "raw"
+    for cls in ("ants", "bees"):
+        (raw / cls).mkdir(parents=True)
+        for photo in sorted((hymenoptera / "val" / cls).glob("*.jpg"))[:12]:
+            shutil.copy(photo, raw / cls / photo.name)
+    cfg = PrepareConfig(shard_size=8, max_side=160, jpeg_quality=90)
+    prepare(raw, tmp_path / "prepared", cfg, seed=0)
+    model = load_model(imagenet_model)
+    ds = pipeline.make_dataset(
+        pipeline_files := sorted((tmp_path / "prepared").glob("test-*.tfrecord")),
+        PipelineConfig(cache="none"), False, image_size=PARITY_SIZE, batch_size=8, seed=0,
+        with_metadata=True,
+    )  # fmt: skip
+    assert pipeline_files
+    expected, paths_ = [], []
+    for images, _labels, meta in ds:
+        expected += model.predict(images, verbose=0).tolist()
+        paths_ += [p.decode() for p in meta["path"].numpy()]
+    # predict finds max_side/jpeg_quality in stats.json next to the model.
+    shutil.copy(tmp_path / "prepared" / "stats.json", imagenet_model.parent / "stats.json")
+    try:
+        norm = predict.resolve_normalization("keep", None, imagenet_model)
+    finally:
+        (imagenet_model.parent / "stats.json").unlink()
+    assert (norm.max_side, norm.jpeg_quality) == (160, 90)
+    got = _probabilities(imagenet_model, [raw / p for p in paths_], 160, 90)
+    assert np.abs(got - np.array(expected)).max() <= 0.02

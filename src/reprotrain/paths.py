@@ -11,6 +11,9 @@ from pathlib import Path
 RAW_DIR = Path("data/raw")  # fetch: snapshot of data.source (DVC-tracked)
 PREPARED_DIR = Path("data/prepared")  # prepare: TFRecord shards + metadata (DVC-tracked)
 PREPARE_RUN = Path("data/prepare.run.json")  # MLflow run sidecar of prepare (git-tracked)
+#: The split ledger (sha256,label,split): prepare reads and extends it; git-tracked, never
+#: deleted by DVC (``cache: false, persist: true``), so splits never move between runs.
+SPLITS_LEDGER = Path("data/splits.csv")
 
 MODELS_DIR = Path("models")
 HEAD_MODEL = MODELS_DIR / "head.keras"

@@ -123,7 +123,9 @@ def test_csv_manifest_relative_paths_missing_files_and_splits(tmp_path: Path) ->
     manifest = tmp_path / "labels.csv"
     manifest.write_text("\n".join(lines) + "\n")
     result = fetch(str(manifest), tmp_path / "raw")
-    assert result.kind == "csv" and result.files == 6  # 5 images + manifest.csv
+    assert result.kind == "csv" and result.files == 6  # 5 images + snapshot.csv
+    assert (tmp_path / "raw" / "snapshot.csv").is_file()
+    assert not (tmp_path / "raw" / "manifest.csv").exists()  # that name is prepare's
     layout, candidates, problems = scan(tmp_path / "raw")
     assert layout == "manifest" and len(candidates) == 5
     assert [p.path for p in problems] == ["photos/cats/gone.jpg"]

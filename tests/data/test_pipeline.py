@@ -129,12 +129,58 @@ def test_evaluation_reads_in_manifest_order_with_metadata(prepared: Path) -> Non
     assert labels == [int(r["label_index"]) for r in rows]
 
 
-def test_labels_and_stats_readers(prepared: Path, tmp_path: Path) -> None:
+def test_labels_reader_and_errors(prepared: Path, tmp_path: Path) -> None:
     assert pipeline.read_labels(prepared) == ["cats", "dogs"]
-    assert pipeline.read_stats(prepared)["images"] == 48
     from reprotrain.errors import DataError
 
     with pytest.raises(DataError, match="run the prepare stage first"):
         pipeline.read_labels(tmp_path)
     with pytest.raises(DataError, match="no TFRecord shards"):
         pipeline.make_dataset([], PipelineConfig(), True, image_size=SIZE, batch_size=2, seed=0)
+
+
+def _paths(ds: tf.data.Dataset) -> list[str]:
+    return [p.decode() for _, _, meta in ds for p in meta["path"].numpy()]
+
+
+def test_cache_files_are_per_split_and_keyed_by_the_data(prepared: Path, tmp_path: Path) -> None:
+    """One `pipeline.cache` prefix for train and val: each reads its own images, and a cache
+    written before the data changed is never read after it."""
+    import shutil
+
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy)
+    cfg = PipelineConfig(cache=str(tmp_path / "cache" / "tfdata"))
+
+    def build(split: str, root: Path = copy) -> tf.data.Dataset:
+        files = split_files(root, split)
+        return pipeline.make_dataset(
+            files, cfg, False, image_size=SIZE, batch_size=8, seed=0, with_metadata=True
+        )
+
+    train, val = _paths(build("train")), _paths(build("val"))  # both written to the cache
+    assert _paths(build("val")) == val  # read back from the cache
+    assert not set(train) & set(val)
+    with (copy / "manifest.csv").open() as f:
+        assert val == [r["path"] for r in csv.DictReader(f) if r["split"] == "val"]
+    names = {p.name.split(".")[0].split("_")[0] for p in (tmp_path / "cache").iterdir()}
+    assert len(names) == 2 and all(n.startswith(("tfdata-train-32px-", "tfdata-val-32px-"))
+                                   for n in names)  # fmt: skip
+    # New data under the same shard names (prepare reran): a new key, not the stale cache.
+    files = split_files(copy, "val")
+    key_before = pipeline.cache_path(cfg.cache, files, SIZE, True)
+    other = tmp_path / "other"
+    src = make_class_tree(tmp_path / "src2", {"cats": 24, "dogs": 24}, size=40, seed=5)
+    fetch(str(src), tmp_path / "raw2")
+    prepare(tmp_path / "raw2", other, PrepareConfig(shard_size=8, max_side=None), 42)
+    for f in files:
+        f.unlink()
+    for f in split_files(other, "val"):
+        shutil.copy(f, copy / f.name)
+    shutil.copy(other / "shards.json", copy / "shards.json")
+    assert pipeline.cache_path(cfg.cache, split_files(copy, "val"), SIZE, True) != key_before
+    assert _paths(build("val")) == _paths(build("val", other))  # the new images
+    new_val = split_files(copy, "val")  # another image size is another cache too
+    assert pipeline.cache_path(cfg.cache, new_val, 64, True) != (
+        pipeline.cache_path(cfg.cache, new_val, SIZE, True)
+    )

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,17 @@ def _quarantine(prepared: Path) -> dict[str, str]:
         return {row["path"]: row["reason"] for row in csv.DictReader(f)}
 
 
-def _prepare(src: Path, tmp: Path, name: str = "out", seed: int = 42, cfg: PrepareConfig = CFG):
+def _prepare(
+    src: Path,
+    tmp: Path,
+    name: str = "out",
+    seed: int = 42,
+    cfg: PrepareConfig = CFG,
+    ledger: Path | None = None,
+):
     raw = tmp / f"{name}-raw"
     fetch(str(src), raw)
-    return prepare(raw, tmp / name, cfg, seed), tmp / name
+    return prepare(raw, tmp / name, cfg, seed, ledger), tmp / name
 
 
 def test_mess_is_quarantined_or_normalised_and_everything_is_counted(tmp_path: Path) -> None:
@@ -107,21 +115,24 @@ def test_splits_are_stratified_deterministic_and_byte_identical(tmp_path: Path) 
         assert (out1 / name).read_bytes() == (out2 / name).read_bytes(), name
     for split in ("train", "val", "test"):
         assert all(n > 0 for n in s1.counts[split].values())  # every class in every split
-    train_share = [s1.counts["train"][c] / 40 for c in "abc"]
-    assert all(0.55 <= s <= 0.85 for s in train_share), train_share
+    for c in "abc":  # exact: round(40 × 0.15) each
+        assert (s1.counts["val"][c], s1.counts["test"][c], s1.counts["train"][c]) == (6, 6, 28)
     s3, _ = _prepare(src, tmp_path, "three", seed=7)
     assert s3.counts != s1.counts or _manifest(tmp_path / "three") != _manifest(out1)
 
 
 def test_adding_images_never_moves_an_existing_one(tmp_path: Path) -> None:
     src = make_class_tree(tmp_path / "src", {"a": 30, "b": 30})
-    _, out1 = _prepare(src, tmp_path, "before")
+    ledger = tmp_path / "splits.csv"
+    _, out1 = _prepare(src, tmp_path, "before", ledger=ledger)
     make_class_tree(src, {"a": 25, "b": 25}, seed=9)  # new files, new content
-    _, out2 = _prepare(src, tmp_path, "after")
+    _, out2 = _prepare(src, tmp_path, "after", ledger=ledger)
     before, after = _manifest(out1), _manifest(out2)
     assert len(after) == len(before) + 50
     moved = [p for p, row in before.items() if after[p]["split"] != row["split"]]
     assert moved == []
+    counts = Counter((r["label"], r["split"]) for r in after.values())
+    assert counts[("a", "val")] == counts[("a", "test")] == 8  # round(55 × 0.15): refilled
 
 
 def test_given_val_without_test_is_carved_stratified(hymenoptera: Path, tmp_path: Path) -> None:
@@ -130,9 +141,8 @@ def test_given_val_without_test_is_carved_stratified(hymenoptera: Path, tmp_path
     assert stats["images"] == 398 and stats["quarantined"] == 0
     manifest = _manifest(out)
     assert all(r["split"] == "train" for p, r in manifest.items() if p.startswith("train/"))
-    val_rows = [r for p, r in manifest.items() if p.startswith("val/")]
-    test_share = sum(r["split"] == "test" for r in val_rows) / len(val_rows)
-    assert 0.35 < test_share < 0.65
+    ants = Counter(r["split"] for p, r in manifest.items() if p.startswith("val/ants/"))
+    assert ants == {"val": 35, "test": 35}  # exactly half of the given val/ (test_from_val)
     assert manifest["train/ants/imageNotFound.gif"]["split"] == "train"  # GIF normalised
     assert stats["shards"] == {"train": 2, "val": 1, "test": 1}
 
@@ -188,7 +198,38 @@ def test_unusable_datasets_are_clear_errors(tmp_path: Path, setup, message: str)
     assert message in str(err.value)
 
 
-def test_a_split_without_a_class_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_class_under_three_images_is_a_clear_error(tmp_path: Path) -> None:
     src = make_class_tree(tmp_path / "src", {"cats": 20, "dogs": 2})
-    with pytest.raises(DataError, match=r"split has no images of class dogs \(2 usable"):
+    with pytest.raises(DataError, match=r"class dogs \(2\) has fewer than 3 usable images"):
         _prepare(src, tmp_path)
+
+
+def test_a_given_split_without_a_class_is_a_clear_error(tmp_path: Path) -> None:
+    layout = {"train": {"cats": 5, "dogs": 5}, "val": {"cats": 2, "dogs": 2}, "test": {"cats": 2}}
+    src = make_class_tree(tmp_path / "src", splits=layout)
+    with pytest.raises(DataError, match=r"test split has no images of class dogs \(7 usable"):
+        _prepare(src, tmp_path)
+
+
+def test_decoding_on_a_process_pool_is_ordered_and_the_same_for_any_worker_count(
+    tmp_path: Path,
+) -> None:
+    import tempfile
+
+    from reprotrain.data import sources
+    from reprotrain.data.images import Rejected
+    from reprotrain.data.prepare import decode_all
+
+    src = make_class_tree(tmp_path / "src", {"cats": 15, "dogs": 15}, size=80)
+    (src / "cats" / "bad.jpg").write_text("not an image")
+    fetch(str(src), tmp_path / "raw")
+    _, candidates, _ = sources.scan(tmp_path / "raw")
+    runs = []
+    for workers in (1, 2, 3):
+        with tempfile.TemporaryFile() as spool:
+            decoded = decode_all(tmp_path / "raw", candidates, CFG, spool, workers=workers)
+            spool.seek(0)
+            runs.append((decoded, spool.read()))
+    assert [d.candidate for d in runs[0][0]] == candidates  # input order
+    assert runs[0] == runs[1] == runs[2]
+    assert sum(isinstance(d.result, Rejected) for d in runs[0][0]) == 1

@@ -10,9 +10,13 @@ Why errors are per file: one corrupt upload must not hide the predictions for th
 ``error`` and on stderr, and the exit code says whether anything failed:
 0 all predicted, 1 some input failed (or there was none), 2 usage or model error.
 
-Images go through tf.data with the training pipeline's own ``decode_and_resize`` (same
-resize, same antialiasing as the test split saw). A file TensorFlow cannot decode is
-dropped by ``ignore_errors`` and found again by its index, so it is reported, never lost.
+Why ``reprotrain.data.images.model_pixels``: training images went through prepare (PIL
+decode, EXIF orientation, CMYK/16-bit/palette/alpha → 8-bit RGB, downscale to
+``prepare.max_side``, JPEG re-encode) before the pipeline's decode and resize. Serving must
+apply the same steps, with the training data's ``max_side`` and ``jpeg_quality`` (read from
+``stats.json``, see :func:`resolve_normalization`), or the same photo gets other pixels
+(and a rotated phone photo is seen sideways). A file that cannot be used is reported with
+the reason prepare would have quarantined it for.
 """
 
 from __future__ import annotations
@@ -22,20 +26,24 @@ import csv
 import io
 import json
 import logging
-import re
+import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reprotrain import paths
+from reprotrain.data import images
 from reprotrain.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-#: Extensions picked up when walking a folder (formats ``tf.io.decode_image`` reads).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"})
+#: Extensions picked up when walking a folder (formats prepare accepts).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".mpo"}
+)
 #: Exit codes.
 EXIT_OK, EXIT_FAILED_INPUT, EXIT_USAGE = 0, 1, 2
 REGISTRY_PREFIXES = ("models:/", "runs:/")
@@ -141,71 +149,115 @@ def resolve_labels(
     return [str(i) for i in range(num_classes)]
 
 
-_TF_NOISE = re.compile(r"\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$", re.DOTALL)
+@dataclass(frozen=True)
+class Normalization:
+    """How the training data was normalised (``prepare.max_side``, ``prepare.jpeg_quality``)."""
+
+    max_side: int | None
+    jpeg_quality: int
+    source: str  # where the values came from, for the log
 
 
-def _clean_tf_error(exc: Exception) -> str:
-    """TensorFlow's error text without the op/device decoration around the reason."""
-    message = getattr(exc, "message", None) or str(exc)
-    return _TF_NOISE.sub("", message).strip() or type(exc).__name__
-
-
-def decode_error(path: str, image_size: int) -> str | None:
-    """Why ``path`` cannot be read and decoded (None if it can): run the same ops eagerly."""
-    import tensorflow as tf
-
-    from reprotrain.data.pipeline import decode_and_resize
-
+def _stats_normalization(path: Path) -> dict[str, Any] | None:
     try:
-        decode_and_resize(tf.io.read_file(path), image_size)
-    except (tf.errors.OpError, ValueError) as exc:
-        return _clean_tf_error(exc)
-    return None
+        norm = json.loads(path.read_text(encoding="utf-8")).get("normalization")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return norm if isinstance(norm, dict) and "jpeg_quality" in norm else None
+
+
+def resolve_normalization(
+    max_side: int | str | None, jpeg_quality: int | None, model_path: Path
+) -> Normalization:
+    """The training data's normalisation settings.
+
+    Explicit ``--max-side`` / ``--jpeg-quality`` win; then ``stats.json`` next to the model
+    (registry downloads ship it), then the project's ``data/prepared/stats.json`` (both
+    written by prepare), then ``params.yaml``'s ``prepare`` section, then the defaults.
+    """
+    found: dict[str, Any] | None = None
+    source = "defaults"
+    for candidate in (model_path.parent / "stats.json", paths.PREPARED_DIR / "stats.json"):
+        found = _stats_normalization(candidate)
+        if found is not None:
+            source = str(candidate)
+            break
+    if found is None:
+        from reprotrain.config import PrepareConfig, load_params
+
+        try:
+            prep = load_params().prepare
+            source = "params.yaml"
+        except Exception as exc:  # no project here, or invalid params: defaults, said so
+            logger.debug("params.yaml not usable (%s): default normalisation", exc)
+            prep = PrepareConfig()
+        found = {"max_side": prep.max_side, "jpeg_quality": prep.jpeg_quality}
+    side = found.get("max_side") if max_side == "keep" else max_side
+    quality = found["jpeg_quality"] if jpeg_quality is None else jpeg_quality
+    if max_side != "keep" or jpeg_quality is not None:
+        source = f"{source} and the command line"
+    return Normalization(side, int(quality), source)
+
+
+def _pixels(path: str, size: int, norm: Normalization) -> Any:
+    """The model's input for one file, or the reason it cannot be used (a str)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return f"cannot read the file ({exc.strerror})"
+    result = images.model_pixels(data, size, norm.max_side, norm.jpeg_quality)
+    return result.reason if isinstance(result, images.Rejected) else result
 
 
 def predict_files(
-    model: Any, files: Sequence[str], labels: Sequence[str], *, batch_size: int, top_k: int
+    model: Any,
+    files: Sequence[str],
+    labels: Sequence[str],
+    *,
+    batch_size: int,
+    top_k: int,
+    normalization: Normalization,
 ) -> list[dict[str, Any]]:
     """One result per file, in order: ``{path, label, confidence, top_k, error}``."""
     import numpy as np
-    import tensorflow as tf
 
-    from reprotrain.data.pipeline import decode_and_resize
-    from reprotrain.evaluation import model_image_size, to_probabilities
+    from reprotrain.evaluation import to_probabilities
+    from reprotrain.models.loading import model_image_size
+    from reprotrain.progress import progress
 
     size = model_image_size(model)
     k = max(1, min(top_k, len(labels)))
-    results: dict[int, dict[str, Any]] = {}
-    if files:
-        ds = tf.data.Dataset.from_tensor_slices(
-            (tf.range(len(files), dtype=tf.int64), tf.constant(list(files)))
-        )
-        ds = ds.map(
-            lambda i, p: (i, decode_and_resize(tf.io.read_file(p), size)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-        ds = ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        for index, images in ds:
-            probs = to_probabilities(model(images, training=False))
-            for i, p in zip(index.numpy().tolist(), probs, strict=True):
+    out: list[dict[str, Any]] = []
+    bar = progress(len(files), "predict")
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            decoded = list(pool.map(lambda f: _pixels(f, size, normalization), chunk))
+            good = [i for i, px in enumerate(decoded) if not isinstance(px, str)]
+            probs: dict[int, Any] = {}
+            if good:
+                batch = np.stack([decoded[i] for i in good]).astype(np.float32)
+                probs = dict(zip(good, to_probabilities(model(batch, training=False)), strict=True))
+            for i, (f, px) in enumerate(zip(chunk, decoded, strict=True)):
+                if isinstance(px, str):
+                    out.append({"path": f, "error": px})
+                    continue
+                p = probs[i]
                 order = np.argsort(-p, kind="stable")[:k]
-                results[i] = {
-                    "path": files[i],
-                    "label": labels[int(order[0])],
-                    "confidence": round(float(p[order[0]]), 6),
-                    "top_k": [
-                        {"label": labels[int(c)], "probability": round(float(p[c]), 6)}
-                        for c in order
-                    ],
-                    "error": None,
-                }
-    out = []
-    for i, path in enumerate(files):
-        if i not in results:
-            reason = decode_error(path, size) or "could not be decoded"
-            results[i] = {"path": path, "error": reason}
-        out.append(results[i])
+                out.append(
+                    {
+                        "path": f,
+                        "label": labels[int(order[0])],
+                        "confidence": round(float(p[order[0]]), 6),
+                        "top_k": [
+                            {"label": labels[int(c)], "probability": round(float(p[c]), 6)}
+                            for c in order
+                        ],
+                        "error": None,
+                    }
+                )
+            bar.update(len(chunk))
+    bar.close()
     return out
 
 
@@ -248,7 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels.json of the training data (default: next to the model, else "
         "data/prepared/labels.json)",
     )
+    parser.add_argument(
+        "--max-side",
+        type=_max_side,
+        default="keep",
+        help="prepare.max_side of the training data, or 'none' (default: from stats.json "
+        "next to the model, else data/prepared/stats.json, else params.yaml)",
+    )
+    parser.add_argument(
+        "--jpeg-quality",
+        type=_positive,
+        default=None,
+        help="prepare.jpeg_quality of the training data (default: as --max-side)",
+    )
     return parser
+
+
+def _max_side(value: str) -> int | str | None:
+    """An int, ``none`` (keep the full size) or ``keep`` (the default: as recorded)."""
+    if value.lower() in ("keep", "none", "null"):
+        return "keep" if value.lower() == "keep" else None
+    return _positive(value)
 
 
 def _positive(value: str) -> int:
@@ -264,10 +336,10 @@ def _positive(value: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Predict and write results to stdout; returns the exit code (see module doc)."""
     args = build_parser().parse_args(argv)
-    from reprotrain.evaluation import load_model  # TensorFlow: only once the args are valid
+    from reprotrain.models.loading import load_model  # TensorFlow: only once args are valid
 
     model_path = resolve_model(args.model)
-    model = load_model(model_path)
+    model = load_model(model_path, hint="pass a .keras model saved by reprotrain")
     registered = None
     if args.model.startswith("models:/") and args.labels is None:
         from reprotrain import tracking
@@ -278,9 +350,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in inputs.skipped:
         logger.warning("skipped %s: not an image file extension (%s)", path,
                        ", ".join(sorted(IMAGE_EXTENSIONS)))  # fmt: skip
+    norm = resolve_normalization(args.max_side, args.jpeg_quality, model_path)
+    logger.info("normalising like the training data: max_side=%s, jpeg_quality=%d (from %s)",
+                norm.max_side, norm.jpeg_quality, norm.source)  # fmt: skip
     results = predict_files(
-        model, inputs.files, labels, batch_size=args.batch_size, top_k=args.top_k
-    )
+        model, inputs.files, labels, batch_size=args.batch_size, top_k=args.top_k,
+        normalization=norm,
+    )  # fmt: skip
     results += [{"path": p, "error": "no such file or directory"} for p in inputs.missing]
     failed = [r for r in results if r.get("error")]
     for r in failed:

@@ -6,7 +6,9 @@ it into a DVC-tracked folder gives every later stage a content hash (recorded in
 files are not copied again, downloads are cached, and the source is never modified.
 
 ``data/raw`` afterwards holds either the image tree (class folders, or ``train/ val/
-[test/]`` with class folders) or, for a CSV source, ``manifest.csv`` plus the files it lists.
+[test/]`` with class folders) or, for a CSV source, ``snapshot.csv`` (:data:`SNAPSHOT_INDEX`)
+plus the files it lists. (Not ``manifest.csv``: that name belongs to prepare's per-image
+table in ``data/prepared``, which other stages read.)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Environment variable naming an offline copy (folder or archive) of a URL source.
 MIRROR_ENV = "REPROTRAIN_DATA_MIRROR"
+#: The CSV snapshot's index in ``data/raw``: ``path,label[,split]`` rows (paths relative to it).
+SNAPSHOT_INDEX = "snapshot.csv"
 #: Columns a CSV manifest may have (``split`` optional).
 MANIFEST_COLUMNS = ("path", "label", "split")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -60,8 +64,6 @@ def source_kind(source: str) -> str:
     if lowered.endswith(ARCHIVE_SUFFIXES):
         return "archive"
     return "directory"
-
-
 
 
 def list_files(root: Path) -> list[Path]:
@@ -125,7 +127,15 @@ def resolve_origin(source: str, mirror: str | None, cache_dir: Path) -> tuple[st
 
 
 def download(url: str, cache_dir: Path) -> Path:
-    """Download ``url`` once into ``cache_dir`` (atomically); later calls reuse the file."""
+    """Download ``url`` once into ``cache_dir`` (atomically); later calls reuse the file.
+
+    Why not ``keras.utils.get_file``: fetch runs on every ``dvc repro`` (``always_changed``)
+    and would pay the ~15 s TensorFlow/Keras import for a cache hit; get_file keys its cache
+    by file name only (two URLs ending in ``data.zip`` would share one file, where this keys
+    by the URL's hash); and its checksum is of the archive, whereas ``data.sha256`` is a
+    digest of the extracted tree, checked after extraction. What it would add (a tqdm bar,
+    a ``.part`` file renamed when complete, a cache folder) is the twenty lines below.
+    """
     name = url.rstrip("/").rsplit("/", 1)[-1] or "download"
     target = cache_dir / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     if target.is_file():
@@ -264,7 +274,7 @@ def _remove_empty_dirs(root: Path) -> None:
 
 
 def snapshot_manifest(csv_path: Path, dst: Path) -> tuple[int, int]:
-    """Copy a CSV manifest's files into ``dst`` and write ``dst/manifest.csv`` pointing at them.
+    """Copy a CSV manifest's files into ``dst`` and write ``dst/snapshot.csv`` pointing at them.
 
     Files are stored under ``files/<path relative to the CSV's folder>`` (or
     ``files/external/<hash>/<name>`` for paths outside it). Rows whose file is missing are
@@ -318,7 +328,7 @@ def snapshot_manifest(csv_path: Path, dst: Path) -> tuple[int, int]:
             (stage_root / rel).parent.mkdir(parents=True, exist_ok=True)
             if not (stage_root / rel).exists():
                 os.symlink(src, stage_root / rel)
-        with (stage_root / "manifest.csv").open("w", newline="", encoding="utf-8") as f:
+        with (stage_root / SNAPSHOT_INDEX).open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=[c for c in MANIFEST_COLUMNS if c in columns])
             writer.writeheader()
             writer.writerows(rows)

@@ -1,4 +1,12 @@
-"""Decode one image file once and normalise it to 8-bit RGB JPEG bytes (or say why not).
+"""THE image normalisation: file bytes → the exact uint8 RGB pixels the model sees.
+
+prepare, predict and the served model all call it (train/serve parity is tested, not
+hoped for): :func:`normalize` (PIL decode, EXIF orientation, any mode → 8-bit RGB,
+downscale to ``max_side``, re-encode as the JPEG prepare stores) then
+:func:`decode_and_resize` (the TensorFlow decode and antialiased resize the tf.data
+pipeline applies to the stored JPEG), rounded to uint8 as the pipeline caches it.
+:func:`model_pixels` chains both for one file. Importable with PIL, numpy and TensorFlow
+only (TensorFlow imported lazily), so a serving container needs nothing else.
 
 Why here and not in tf.data: real folders hold CMYK JPEGs, 16-bit PNGs, palette GIFs,
 RGBA screenshots, rotated phone photos (EXIF orientation), zero-byte files and HTML error
@@ -13,6 +21,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -103,3 +112,47 @@ def to_rgb8(img: Image.Image) -> Image.Image:
 
 def _one_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+# --------------------------------------------------------------------------- model pixels
+
+
+def decode_and_resize(encoded: Any, image_size: int) -> Any:
+    """JPEG/PNG bytes → float32 ``[S, S, 3]`` in 0..255, resized with antialiasing.
+
+    Values stay in 0..255 because the model applies ``mobilenet_v2.preprocess_input``
+    itself: a saved model then works on raw pixels, wherever it is used. The tf.data
+    pipeline maps it over TFRecord images; eager and in-graph results are identical
+    (tested), so :func:`model_pixels` can call it eagerly.
+    """
+    import tensorflow as tf
+
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = tf.image.resize(image, (image_size, image_size), antialias=True)
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    image.set_shape((image_size, image_size, 3))
+    return image
+
+
+def to_uint8(image: Any) -> Any:
+    """Float 0..255 → uint8, rounded: what the pipeline caches and the model is fed."""
+    import tensorflow as tf
+
+    return tf.cast(tf.round(image), tf.uint8)
+
+
+def model_pixels(
+    data: bytes, image_size: int, max_side: int | None, quality: int
+) -> np.ndarray | Rejected:
+    """A file's bytes → the uint8 ``[S, S, 3]`` pixels the model saw for it in training.
+
+    ``max_side`` and ``quality`` must be the training data's ``prepare.max_side`` and
+    ``prepare.jpeg_quality`` (prepare records them in ``stats.json``): the stored JPEG is
+    part of what the model learnt from, so serving re-creates it byte for byte.
+    """
+    result = normalize(data, max_side, quality)
+    if isinstance(result, Rejected):
+        return result
+    import tensorflow as tf
+
+    return to_uint8(decode_and_resize(tf.constant(result.jpeg), image_size)).numpy()

@@ -13,6 +13,7 @@ seeded generator, so a run is reproducible yet not the same order every epoch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -23,8 +24,10 @@ from typing import Any
 import tensorflow as tf
 
 from reprotrain.config import AugmentConfig, PipelineConfig
-from reprotrain.data import schema
+from reprotrain.data import schema, tfrecords
+from reprotrain.data.images import decode_and_resize, to_uint8
 from reprotrain.errors import DataError
+from reprotrain.fsio import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +45,15 @@ def read_labels(prepared_dir: Path | str) -> list[str]:
     return [str(x) for x in labels]
 
 
-def read_stats(prepared_dir: Path | str) -> dict[str, Any]:
-    """The ``stats.json`` summary written by prepare."""
-    path = Path(prepared_dir) / "stats.json"
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 # --------------------------------------------------------------------------- map functions
 # Pure tensor → tensor functions: tested eagerly and inside tf.data (tests/data/).
+# ``decode_and_resize`` lives in ``images`` (shared with predict and serving); re-exported.
+__all__ = ["decode_and_resize", "make_dataset", "parse_example", "read_labels"]
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """One serialized ``tf.train.Example`` → the schema's feature dict."""
     return tf.io.parse_single_example(serialized, schema.feature_spec())
-
-
-def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-    """JPEG/PNG bytes → float32 ``[S, S, 3]`` in 0..255, resized with antialiasing.
-
-    Values stay in 0..255 because the model applies ``mobilenet_v2.preprocess_input``
-    itself: a saved model then works on raw pixels, wherever it is used.
-    """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image = tf.image.resize(image, (image_size, image_size), antialias=True)
-    image = tf.clip_by_value(image, 0.0, 255.0)
-    image.set_shape((image_size, image_size, 3))
-    return image
 
 
 def augment_image(image: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
@@ -166,7 +150,7 @@ def make_dataset(
         ex = parse_example(serialized)
         # Cached as uint8: a quarter of the memory and of the bytes copied per epoch
         # (rounding to whole pixel values is invisible to the model).
-        image = tf.cast(tf.round(decode_and_resize(ex[schema.IMAGE], image_size)), tf.uint8)
+        image = to_uint8(decode_and_resize(ex[schema.IMAGE], image_size))
         label = tf.cast(ex[schema.LABEL], tf.int32)
         if not with_metadata:  # nothing per element that the consumer will not use
             return image, label
@@ -174,7 +158,10 @@ def make_dataset(
         return image, label, meta
 
     ds = ds.map(_decode, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
-    ds = _cache(ds, cfg.cache)
+    if cfg.cache not in ("none", "memory"):
+        ds = ds.cache(str(cache_path(cfg.cache, files, image_size, with_metadata)))
+    elif cfg.cache == "memory":
+        ds = ds.cache()
     if training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if augment:
@@ -189,13 +176,40 @@ def _to_float(image: tf.Tensor, *rest: Any) -> tuple[Any, ...]:
     return (tf.cast(image, tf.float32), *rest)
 
 
-def _cache(ds: tf.data.Dataset, cache: str) -> tf.data.Dataset:
-    if cache == "none":
-        return ds
-    if cache == "memory":
-        return ds.cache()
-    Path(cache).parent.mkdir(parents=True, exist_ok=True)
-    return ds.cache(cache)
+def cache_path(
+    prefix: str | Path, files: Sequence[Path | str], image_size: int, with_metadata: bool
+) -> Path:
+    """The tf.data cache file of one dataset: ``<prefix>-<split>-<S>px-<key>``.
+
+    Why keyed: one ``pipeline.cache`` prefix serves every split and every run. With the bare
+    prefix, train and val shared one cache and val silently read train's images; and a cache
+    written before ``prepare`` reran would be read after it. The key hashes the shards'
+    identity (name, size and sha256, taken from ``shards.json`` when its record matches the
+    file's size, else computed), the image size and the element structure: other data,
+    other split or other size → other file, so a stale cache is never read.
+    """
+    recorded: dict[Path, dict[str, dict]] = {}
+    identity = []
+    for f in sorted(Path(x) for x in files):
+        if f.parent not in recorded:
+            try:
+                index = tfrecords.read_shard_index(f.parent)
+            except DataError:
+                index = {}
+            recorded[f.parent] = {e["file"]: e for es in index.values() for e in es}
+        size = f.stat().st_size
+        entry = recorded[f.parent].get(f.name)
+        sha = entry["sha256"] if entry and entry["bytes"] == size else file_sha256(f)
+        identity.append([f.name, size, sha])
+    payload = json.dumps(
+        {"format": 1, "shards": identity, "image_size": image_size, "meta": with_metadata},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    split = sorted({Path(f).name.split("-")[0] for f in files})
+    path = Path(f"{prefix}-{'+'.join(split)}-{image_size}px-{key}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _augment(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int) -> tf.data.Dataset:

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import itertools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
-from collections import Counter, defaultdict
+import tempfile
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from reprotrain.config import PrepareConfig
 from reprotrain.data import images, sources, split, tfrecords
@@ -34,12 +38,47 @@ SPLIT_ORDER = {s: i for i, s in enumerate(SPLITS)}
 
 
 @dataclass(frozen=True)
+class Stored:
+    """A normalised image whose JPEG bytes wait in the spool file, not in memory."""
+
+    offset: int
+    length: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
 class Decoded:
-    """A candidate after decoding: its content hash and the normalised image (or a reason)."""
+    """A candidate after decoding: its content hash and the stored image (or a reason)."""
 
     candidate: sources.Candidate
     sha256: str
-    result: images.Normalized | images.Rejected
+    result: Stored | images.Rejected
+
+
+class SpooledRecords(Sequence[tfrecords.Record]):
+    """Records whose JPEG bytes are read from the spool only when a shard is written:
+    ``write_split`` slices one shard at a time, so memory holds one shard, not the dataset."""
+
+    def __init__(self, items: list[tuple[Decoded, int]], spool: BinaryIO) -> None:
+        self._items, self._spool = items, spool
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _record(self, d: Decoded, index: int) -> tfrecords.Record:
+        stored = d.result
+        assert isinstance(stored, Stored)
+        self._spool.seek(stored.offset)
+        jpeg = self._spool.read(stored.length)
+        c = d.candidate
+        return tfrecords.Record(jpeg, index, c.label, c.path, d.sha256, stored.height,
+                                stored.width)  # fmt: skip
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, slice):
+            return [self._record(*item) for item in self._items[key]]
+        return self._record(*self._items[key])
 
 
 @dataclass
@@ -54,6 +93,9 @@ class Summary:
     files_seen: int
     bytes: dict[str, int] = field(default_factory=dict)
     shards: dict[str, int] = field(default_factory=dict)
+    #: How images were normalised (``prepare.max_side``, ``jpeg_quality``): predict and
+    #: serving read it from ``stats.json`` to see a photo exactly as training did.
+    normalization: dict[str, Any] = field(default_factory=dict)
 
     def as_stats(self) -> dict[str, Any]:
         reasons = Counter(_reason_kind(p.reason) for p in self.quarantine)
@@ -71,6 +113,7 @@ class Summary:
             "duplicates": self.duplicates,
             "bytes": self.bytes,
             "shards": self.shards,
+            "normalization": self.normalization,
         }
 
 
@@ -81,27 +124,62 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (")[0].split(":")[0]
 
 
+def decode_one(
+    path: Path, max_side: int | None, quality: int
+) -> tuple[str, images.Normalized | images.Rejected]:
+    """Read, hash and normalise one file (runs in a worker process)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return "", images.Rejected(f"cannot read the file ({exc.strerror})")
+    return hashlib.sha256(data).hexdigest(), images.normalize(data, max_side, quality)
+
+
 def decode_all(
     raw_dir: Path,
     candidates: Sequence[sources.Candidate],
     cfg: PrepareConfig,
+    spool: BinaryIO,
     workers: int | None = None,
 ) -> list[Decoded]:
-    """Read, hash and normalise every candidate once, in parallel, keeping input order."""
+    """Read, hash and normalise every candidate once, on all cores, keeping input order.
 
-    def work(c: sources.Candidate) -> Decoded:
-        try:
-            data = (raw_dir / c.path).read_bytes()
-        except OSError as exc:
-            return Decoded(c, "", images.Rejected(f"cannot read the file ({exc.strerror})"))
-        sha = hashlib.sha256(data).hexdigest()
-        return Decoded(c, sha, images.normalize(data, cfg.max_side, cfg.jpeg_quality))
-
-    progress = progress_bar(len(candidates), "decode")
-    out = []
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        for item in pool.map(work, candidates):
-            out.append(item)
+    Why processes: PIL's decode, resize and encode hold the GIL for much of their work, so
+    threads used about one core. Why a bounded window of pending files and a spool file:
+    the normalised JPEGs are appended to ``spool`` as they arrive, in input order, and only
+    their offsets stay in memory, so peak memory does not grow with the dataset. The output
+    is the same for any number of workers (each file is processed on its own).
+    """
+    workers = workers or os.cpu_count() or 1
+    window = workers * 4
+    out: list[Decoded] = []
+    # fork where available: spawn would re-import the caller's __main__ in every worker (the
+    # stage script imports MLflow: seconds per worker) and breaks in unguarded scripts. The
+    # pool starts before the progress bar's monitor thread exists; workers only run PIL and
+    # hashlib, and logging re-creates its locks after a fork.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        progress = progress_bar(len(candidates), "decode")
+        pending: deque = deque()
+        todo = iter(candidates)
+        for c in itertools.islice(todo, window):
+            pending.append((c, pool.submit(decode_one, raw_dir / c.path, cfg.max_side,
+                                           cfg.jpeg_quality)))  # fmt: skip
+        while pending:
+            c, future = pending.popleft()
+            sha, result = future.result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(decode_one, raw_dir / nxt.path, cfg.max_side,
+                                                 cfg.jpeg_quality)))  # fmt: skip
+            if isinstance(result, images.Normalized):
+                offset = spool.seek(0, io.SEEK_END)
+                spool.write(result.jpeg)
+                out.append(Decoded(c, sha, Stored(offset, len(result.jpeg), result.height,
+                                                  result.width)))  # fmt: skip
+            else:
+                out.append(Decoded(c, sha, result))
             progress.update(1)
     progress.close()
     return out
@@ -141,8 +219,19 @@ def drop_duplicates(decoded: Sequence[Decoded]) -> tuple[list[Decoded], list[sou
     return kept, problems
 
 
-def prepare(raw_dir: Path, out_dir: Path, cfg: PrepareConfig, seed: int) -> Summary:
-    """Turn the snapshot in ``raw_dir`` into ``out_dir`` (recreated from scratch)."""
+def prepare(
+    raw_dir: Path,
+    out_dir: Path,
+    cfg: PrepareConfig,
+    seed: int,
+    ledger: Path | None = None,
+) -> Summary:
+    """Turn the snapshot in ``raw_dir`` into ``out_dir`` (recreated from scratch).
+
+    ``ledger`` (``data/splits.csv``) holds the previous split assignment: read, kept, and
+    rewritten with the new images' splits (see :mod:`reprotrain.data.split`). Without
+    it, the splits are assigned from scratch and not recorded.
+    """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     layout, candidates, quarantine = sources.scan(raw_dir)
     files_seen = len(candidates) + len(quarantine)
@@ -150,7 +239,24 @@ def prepare(raw_dir: Path, out_dir: Path, cfg: PrepareConfig, seed: int) -> Summ
         raise DataError(f"{raw_dir}: no image files found (layout: {layout})")
     log.info("prepare: %d files (%s layout) in %s", files_seen, layout, raw_dir)
 
-    decoded = decode_all(raw_dir, candidates, cfg)
+    with tempfile.TemporaryFile(prefix="prepare-spool-") as spool:
+        return _prepare(raw_dir, out_dir, cfg, seed, ledger, layout, candidates, quarantine,
+                        spool)  # fmt: skip
+
+
+def _prepare(
+    raw_dir: Path,
+    out_dir: Path,
+    cfg: PrepareConfig,
+    seed: int,
+    ledger: Path | None,
+    layout: str,
+    candidates: list[sources.Candidate],
+    quarantine: list[sources.Problem],
+    spool: BinaryIO,
+) -> Summary:
+    files_seen = len(candidates) + len(quarantine)
+    decoded = decode_all(raw_dir, candidates, cfg, spool)
     usable = []
     for d in decoded:
         if isinstance(d.result, images.Rejected):
@@ -170,26 +276,28 @@ def prepare(raw_dir: Path, out_dir: Path, cfg: PrepareConfig, seed: int) -> Summ
     if len(labels) < 2:
         raise DataError(f"only one class ({labels[0]}): a classifier needs at least two")
 
-    given = {d.candidate.split for d in usable}
-    by_split: dict[str, list[tfrecords.Record]] = {s: [] for s in SPLITS}
+    items = [split.Item(d.sha256, d.candidate.label, d.candidate.split) for d in usable]
+    previous = split.read_ledger(ledger) if ledger is not None else {}
+    assignment = split.assign_splits(
+        items,
+        previous,
+        seed=seed,
+        fractions=split.Fractions(cfg.val_fraction, cfg.test_fraction, cfg.test_from_val),
+    )
+    if ledger is not None:
+        split.report(assignment, ledger)
+    items: dict[str, list[tuple[Decoded, int]]] = {s: [] for s in SPLITS}
     rows = []
+    counts = {s: {c: 0 for c in labels} for s in SPLITS}
     for d in usable:
         c, img = d.candidate, d.result
-        assert isinstance(img, images.Normalized)
-        s = split.assign_split(
-            d.sha256, c.split, seed=seed, val_fraction=cfg.val_fraction,
-            test_fraction=cfg.test_fraction, test_from_val=cfg.test_from_val,
-            has_val="val" in given, has_test="test" in given,
-        )  # fmt: skip
+        assert isinstance(img, Stored)
+        s = assignment.ledger[d.sha256].split
         index = labels.index(c.label)
-        by_split[s].append(
-            tfrecords.Record(img.jpeg, index, c.label, c.path, d.sha256, img.height, img.width)
-        )
+        items[s].append((d, index))
+        counts[s][c.label] += 1
         rows.append([c.path, c.label, index, s, d.sha256, img.height, img.width])
-    counts = {s: {c: 0 for c in labels} for s in SPLITS}
-    for s, recs in by_split.items():
-        for r in recs:
-            counts[s][r.label_name] += 1
+    by_split = {s: SpooledRecords(items[s], spool) for s in SPLITS}
     split.check_coverage({(s, c): n for s, cs in counts.items() for c, n in cs.items()}, labels)
 
     if out_dir.exists():
@@ -202,16 +310,22 @@ def prepare(raw_dir: Path, out_dir: Path, cfg: PrepareConfig, seed: int) -> Summ
         sorted(quarantine, key=lambda p: p.path),
         len(dup_problems),
         files_seen,
+        normalization={"max_side": cfg.max_side, "jpeg_quality": cfg.jpeg_quality},
     )
     import tensorflow  # noqa: F401  (imported here so the progress clock excludes it)
 
     progress = progress_bar(len(usable), "write TFRecords")
+    index: dict[str, list[dict[str, Any]]] = {}
     for s in SPLITS:
         shards = tfrecords.write_split(by_split[s], out_dir, s, cfg.shard_size, progress.update)
         summary.shards[s] = len(shards)
         summary.bytes[s] = sum(p.stat().st_size for p in shards)
+        index[s] = tfrecords.describe_shards(shards, len(by_split[s]), cfg.shard_size)
     progress.close()
+    tfrecords.write_shard_index(out_dir, index)
     write_metadata(out_dir, summary, rows)
+    if ledger is not None:  # last: a failed prepare leaves the previous ledger as it was
+        split.write_ledger(ledger, assignment.ledger)
     log_summary(summary, out_dir)
     return summary
 

@@ -2,7 +2,7 @@
 
 Three layouts, decided by what is there (``reprotrain.data.fetch`` made the snapshot):
 
-* ``manifest.csv`` at the root → its rows (``path,label[,split]``);
+* ``snapshot.csv`` at the root (a CSV source's snapshot) → its rows (``path,label[,split]``);
 * ``train/ [val/] [test/]`` folders → given splits, one sub-folder per class inside each;
 * otherwise one sub-folder per class (no given splits).
 
@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from reprotrain.data.fetch import check_no_empty_dirs, list_files
+from reprotrain.data.fetch import SNAPSHOT_INDEX, check_no_empty_dirs, list_files
 from reprotrain.data.schema import SPLITS
 from reprotrain.errors import DataError
 
@@ -56,8 +56,8 @@ def scan(root: Path) -> tuple[str, list[Candidate], list[Problem]]:
     if not root.is_dir():
         raise DataError(f"{root} not found: run the fetch stage first (dvc repro fetch)")
     check_no_empty_dirs(root)  # the same rule fetch applies to the source
-    if (root / "manifest.csv").is_file():
-        return ("manifest", *scan_manifest(root, root / "manifest.csv"))
+    if (root / SNAPSHOT_INDEX).is_file():
+        return ("manifest", *scan_manifest(root, root / SNAPSHOT_INDEX))
     dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if dirs and any(d.lower() in SPLIT_ALIASES for d in dirs):
         return ("splits", *scan_split_folders(root, dirs))

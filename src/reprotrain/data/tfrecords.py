@@ -7,12 +7,16 @@ output; identical input must give identical files so that downstream stages stay
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from reprotrain import fsio
 from reprotrain.data import schema
+from reprotrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +85,127 @@ def write_split(
         paths.append(path)
     log.debug("wrote %d %s records in %d shard(s)", len(records), split, count)
     return paths
+
+
+# --------------------------------------------------------------------------- shard integrity
+# Why: a truncated or bit-flipped shard (interrupted copy, bad disk, a hand-edited cache)
+# otherwise surfaces as a raw ``DataLossError`` deep inside ``fit``, or, with
+# ``ignore_errors``, as silently training on fewer images. prepare records each shard's size,
+# record count and sha256 in ``shards.json``; readers check them first (sizes + one streamed
+# hash per shard: seconds even for gigabytes), and iteration errors get the same message.
+
+SHARD_INDEX = "shards.json"
+
+
+def _fix(prepared_dir: Path) -> str:
+    return (
+        f"restore it with `dvc checkout {prepared_dir}` (or `dvc pull`), or rebuild it with "
+        "`dvc repro -f prepare`"
+    )
+
+
+def describe_shards(paths: Sequence[Path], records: int, shard_size: int) -> list[dict]:
+    """``[{file, bytes, records, sha256}]`` for shards written by :func:`write_split`."""
+    out = []
+    for i, path in enumerate(paths):
+        n = min(shard_size, records - i * shard_size)
+        out.append(
+            {"file": path.name, "bytes": path.stat().st_size, "records": n,
+             "sha256": fsio.file_sha256(path)}
+        )  # fmt: skip
+    return out
+
+
+def write_shard_index(out_dir: Path, index: dict[str, list[dict]]) -> Path:
+    """``shards.json``: split → the shards' identity (see :func:`verify_shards`)."""
+    return fsio.atomic_write_json(Path(out_dir) / SHARD_INDEX, index)
+
+
+def read_shard_index(prepared_dir: Path | str) -> dict[str, list[dict]]:
+    """The recorded shards of every split (a :class:`DataError` if missing or unreadable)."""
+    prepared_dir = Path(prepared_dir)
+    path = prepared_dir / SHARD_INDEX
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(
+            f"{path} not found: {prepared_dir} is incomplete or from an older prepare; "
+            f"{_fix(prepared_dir)}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); {_fix(prepared_dir)}") from exc
+    if not isinstance(index, dict):
+        raise DataError(f"{path}: expected a JSON object of splits; {_fix(prepared_dir)}")
+    return index
+
+
+def verify_shards(prepared_dir: Path | str, split: str) -> list[Path]:
+    """The shard files of ``split``, in order, after checking them against ``shards.json``.
+
+    Checks that each recorded shard exists with its recorded size and sha256, and that no
+    unrecorded shard of the split lies beside them. Raises :class:`DataError` naming the
+    shard and the fix (``dvc checkout`` / rerun prepare).
+    """
+    prepared_dir = Path(prepared_dir)
+    index = read_shard_index(prepared_dir)
+    if split not in index:
+        raise DataError(
+            f"{prepared_dir / SHARD_INDEX} has no {split!r} split; {_fix(prepared_dir)}"
+        )
+    files = []
+    for entry in index[split]:
+        path = prepared_dir / entry["file"]
+        if not path.is_file():
+            raise DataError(f"TFRecord shard {path} is missing; {_fix(prepared_dir)}")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise DataError(
+                f"TFRecord shard {path} is corrupt: {size} bytes, prepare wrote "
+                f"{entry['bytes']} (truncated or overwritten); {_fix(prepared_dir)}"
+            )
+        if fsio.file_sha256(path) != entry["sha256"]:
+            raise DataError(
+                f"TFRecord shard {path} is corrupt: its sha256 differs from the one prepare "
+                f"recorded (changed bytes); {_fix(prepared_dir)}"
+            )
+        files.append(path)
+    recorded = {p.name for p in files}
+    extra = sorted(
+        p.name for p in prepared_dir.glob(f"{split}-*-of-*.tfrecord") if p.name not in recorded
+    )
+    if extra:
+        raise DataError(
+            f"{prepared_dir}: shard(s) {', '.join(extra)} were not written by the last prepare "
+            f"(left from another run?); {_fix(prepared_dir)}"
+        )
+    return files
+
+
+def find_corrupt_shards(files: Sequence[Path | str]) -> list[tuple[str, str]]:
+    """Read every record of each file; ``[(file, TensorFlow's reason)]`` for those that fail."""
+    import tensorflow as tf
+
+    bad = []
+    for f in files:
+        try:
+            for _ in tf.data.TFRecordDataset(str(f)):
+                pass
+        except (tf.errors.DataLossError, tf.errors.NotFoundError) as exc:
+            bad.append((str(f), (exc.message or type(exc).__name__).splitlines()[0]))
+    return bad
+
+
+@contextmanager
+def shard_errors(files: Sequence[Path | str]) -> Iterator[None]:
+    """Turn a ``DataLossError`` while iterating ``files`` into a :class:`DataError` naming the
+    corrupt shard(s) and the fix. Wrap the loop that consumes the dataset (``fit``,
+    ``predict``)."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.DataLossError as exc:
+        bad = find_corrupt_shards(files)
+        where = "; ".join(f"{f} ({why})" for f, why in bad) or ", ".join(map(str, files))
+        prepared = Path(bad[0][0] if bad else files[0]).parent
+        raise DataError(f"corrupt TFRecord shard: {where}; {_fix(prepared)}") from exc
