@@ -119,6 +119,7 @@ class TrainResult:
             "resumed_from_epoch": self.initial_epoch,
             "stopped_early": self.stopped_early,
             "last_epoch": self.at(self.history["epoch"][-1]),
+            **{f"start_{k}": v for k, v in (self.start or {}).items()},
         }
 
 
