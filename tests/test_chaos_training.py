@@ -8,6 +8,7 @@ state is committed, and at a random moment inside an epoch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -72,7 +73,8 @@ def _repro_killed(proj: Path, env: dict, stage: str, done: int, delay: float, lo
                 time.sleep(0.05)
             time.sleep(delay)
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     state = _state(proj, stage)
     assert state is not None
@@ -140,10 +142,9 @@ def test_sigkill_during_finetune_resumes_and_keeps_the_best(tmp_path: Path) -> N
     kills = []
     # 1: right after epoch 2's state is committed (at an epoch boundary, as in the issue).
     kills.append(_repro_killed(proj, env, "finetune", 2, 0.0, tmp_path / "repro1.log"))
-    # 2: at a random moment inside the next epochs (the rerun resumes first).
-    kills.append(
-        _repro_killed(proj, env, "finetune", 3, rng.uniform(0.0, 1.5), tmp_path / "repro2.log")
-    )
+    # 2: at a random moment inside the epoch after the next one (the rerun resumes first).
+    delay = rng.uniform(0.0, 1.5)
+    kills.append(_repro_killed(proj, env, "finetune", kills[0] + 1, delay, tmp_path / "repro2.log"))
     repro2 = (tmp_path / "repro2.log").read_text()
     assert f"resuming an interrupted run after epoch {kills[0]}/" in repro2, repro2[-4000:]
     assert "Traceback" not in repro2

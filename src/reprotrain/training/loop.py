@@ -128,12 +128,15 @@ def _val_metrics(model: Any, val_ds: Any) -> dict[str, float]:
     return {f"val_{k}": float(v) for k, v in measured.items()}
 
 
-def _resume(store: CheckpointStore, model: Any, state: TrainState, epochs: int) -> TrainState:
+def _resume(
+    store: CheckpointStore, model: Any, state: TrainState, epochs: int, strategy: Any
+) -> TrainState:
     """Load the last finished epoch into ``model``; an unreadable backup is discarded."""
     if not state.done:
         return state
     try:
-        store.restore(model, state.done - 1)
+        with strategy.scope():
+            store.restore(model, state.done - 1)
     except Exception as exc:  # truncated/garbage h5, shape mismatch: start over, say why
         store.discard(f"{epoch_file(state.done - 1)} is unreadable ({type(exc).__name__}: {exc})")
         return TrainState(start=state.start)
@@ -189,7 +192,7 @@ def train(
             state.start["val_loss"],
             state.start["val_accuracy"],
         )
-    state = _resume(store, model, state, cfg.epochs)
+    state = _resume(store, model, state, cfg.epochs, info.strategy)
     initial = state.done
     if not state.stopped and state.done < cfg.epochs:
         callbacks = _callbacks(cfg, store, state, tensorboard_dir, epoch_hook)
@@ -213,7 +216,8 @@ def train(
         raise DataError("training ran no epoch (is the training split empty?)")
     if state.best_epoch != state.done - 1:
         try:
-            store.restore(model, state.best_epoch)
+            with info.strategy.scope():
+                store.restore(model, state.best_epoch)
         except Exception as exc:
             raise ModelError(
                 f"cannot read the best epoch's weights {store.dir / epoch_file(state.best_epoch)}"
