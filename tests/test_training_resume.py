@@ -114,7 +114,7 @@ def test_failing_hook_loses_no_epoch_and_best_weights_survive_resume(tmp_path: P
     state["best_value"] = -1.0  # pretend epoch best_epoch was unbeatable
     (ckpt2 / training.STATE_FILE).write_text(json.dumps(state))
     best = state["best_epoch"]
-    probe, _ = _model()
+    _, probe = _model()
     probe.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     probe.optimizer.build(probe.trainable_variables)
     probe.load_weights(ckpt2 / training.epoch_file(best))
