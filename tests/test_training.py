@@ -137,8 +137,9 @@ def test_class_weight_and_custom_loop(data, tmp_path: Path) -> None:
     cfg = dataclasses.replace(HEAD, epochs=1)
     results = {}
     calls: list[int] = []
-    for name, loop, cw in [("plain", "fit", None), ("fit", "fit", {0: 2.0, 1: 2.0}),
-                           ("custom", "custom", {0: 2.0, 1: 2.0})]:  # fmt: skip
+    doubled = {0: 2.0, 1: 2.0}
+    runs = [("plain", "fit", None), ("fit", "fit", doubled), ("custom", "custom", doubled)]
+    for name, loop, cw in runs:
         model.set_weights(init)
         results[name] = training.train(
             model,
@@ -241,10 +242,10 @@ def test_keep_start_weights_when_no_epoch_beats_them(data, tmp_path: Path) -> No
     info, model = _setup(dropout=0.0)
     start = [w.copy() for w in model.get_weights()]
     cfg = dataclasses.replace(HEAD, epochs=2, learning_rate=0.05)
+    train_ds, val_ds = _train_ds(x, 1 - y), tiny_dataset(xv, yv)
     result = training.train(
-        model, _train_ds(x, 1 - y), tiny_dataset(xv, yv), cfg, info,
-        checkpoint_dir=tmp_path / "c", keep_start_if_better=True,
-    )  # fmt: skip
+        model, train_ds, val_ds, cfg, info, checkpoint_dir=tmp_path / "c", keep_start_if_better=True
+    )
     assert result.best_epoch == 0
     for a, b in zip(start, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
