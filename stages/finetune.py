@@ -11,9 +11,11 @@ import logging
 import shutil
 from pathlib import Path
 
-from reprotrain import paths, runtime, tracking
+from reprotrain import fsio, paths, runtime, stage_io, tracking, training
 from reprotrain.cli import run_main
 from reprotrain.config import load_params, to_dict
+from reprotrain.models import transfer
+from reprotrain.models.loading import load_model
 
 STAGE = "finetune"
 SECTIONS = ("seed", "model", "pipeline", "runtime", "finetune")
@@ -23,32 +25,43 @@ logger = logging.getLogger("reprotrain.stages.finetune")
 def main() -> int:
     params = load_params()
     cfg = params.finetune
+    # Seeds, dtype policy and strategy: before any model or dataset is built.
     info = runtime.configure(params.runtime, params.seed)
-    from reprotrain import training  # TensorFlow: after the runtime is configured
-    from reprotrain.models import transfer
-
     size = params.model.image_size
-    data = training.load_stage_data(
+    data = stage_io.load_stage_data(
         paths.PREPARED_DIR, params.pipeline, cfg, image_size=size, seed=params.seed
     )
-    model = training.load_trained_model(paths.HEAD_MODEL, info, len(data.labels), size)
+    model = load_model(
+        paths.HEAD_MODEL,
+        num_classes=len(data.labels),
+        image_size=size,
+        strategy=info.strategy,
+        hint="rerun train_head (dvc repro train_head)",
+    )
     names = transfer.unfreeze_top(model, cfg.unfreeze_top)
     summary = transfer.trainable_summary(model)
     logger.info(
         "finetune: %d trainable base layers (top %d, BatchNorm frozen), %d trainable params: %s",
-        len(names), cfg.unfreeze_top, summary["trainable_params"], ", ".join(names) or "-",
-    )  # fmt: skip
+        len(names),
+        cfg.unfreeze_top,
+        summary["trainable_params"],
+        ", ".join(names) or "-",
+    )
     tb_dir = paths.TENSORBOARD_DIR / STAGE
     shutil.rmtree(tb_dir, ignore_errors=True)
-    key = training.fingerprint(
-        STAGE, [to_dict(getattr(params, s)) for s in SECTIONS], data.digest,
-        training.file_digest(paths.HEAD_MODEL),
-    )  # fmt: skip
+    checkpoint_dir = paths.CHECKPOINTS_DIR / STAGE
+    sections = [to_dict(getattr(params, s)) for s in SECTIONS]
+    key = stage_io.fingerprint(STAGE, sections, data.digest, fsio.file_sha256(paths.HEAD_MODEL))
+    metrics_path = paths.METRICS_DIR / f"{STAGE}.json"
     with tracking.stage_run(
-        STAGE, params, sections=SECTIONS, root=Path.cwd(),
-        upstream=[paths.PREPARE_RUN, paths.HEAD_RUN], sidecar=paths.FINETUNED_RUN,
+        STAGE,
+        params,
+        sections=SECTIONS,
+        root=Path.cwd(),
+        upstream=[paths.PREPARE_RUN, paths.HEAD_RUN],
+        sidecar=paths.FINETUNED_RUN,
         environment=runtime.environment_info(info),
-    ) as run:  # fmt: skip
+    ) as run:
         run.set_tags(
             {
                 "reprotrain.trainable_layer_count": len(names),
@@ -57,24 +70,32 @@ def main() -> int:
             }
         )
         result = training.train(
-            model, data.train, data.val, cfg, info,
-            checkpoint_dir=paths.CHECKPOINTS_DIR / STAGE, tensorboard_dir=tb_dir,
-            class_weight=data.class_weight, resume_key=key, keep_start_if_better=True,
+            model,
+            data.train,
+            data.val,
+            cfg,
+            info,
+            checkpoint_dir=checkpoint_dir,
+            tensorboard_dir=tb_dir,
+            class_weight=data.class_weight,
+            resume_key=key,
+            keep_start_if_better=True,
             epoch_hook=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
-        )  # fmt: skip
-        metrics = training.save_outputs(
-            model, result, model_path=paths.FINETUNED_MODEL,
-            history_path=paths.FINETUNED_HISTORY, metrics_path=paths.METRICS_DIR / f"{STAGE}.json",
-            extra=training.trainable_counts(model),
-        )  # fmt: skip
-        run.log_metrics(training.final_metrics(metrics))
-        for path in (
-            paths.FINETUNED_MODEL,
-            paths.FINETUNED_HISTORY,
-            paths.METRICS_DIR / f"{STAGE}.json",
-        ):
+        )
+        metrics = stage_io.save_outputs(
+            model,
+            result,
+            model_path=paths.FINETUNED_MODEL,
+            history_path=paths.FINETUNED_HISTORY,
+            metrics_path=metrics_path,
+            extra=stage_io.trainable_counts(model),
+        )
+        run.log_metrics(stage_io.final_metrics(metrics))
+        for path in (paths.FINETUNED_MODEL, paths.FINETUNED_HISTORY, metrics_path):
             run.log_artifact(path)
         run.log_artifact(tb_dir, artifact_path=f"tensorboard/{STAGE}")
+    # Only now: a kill before this line resumes from the backup instead of retraining.
+    training.discard_checkpoint(checkpoint_dir)
     return 0
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from reprotrain import paths, runtime, tracking
+from reprotrain import paths, runtime, stage_io, tracking, training
 from reprotrain.cli import run_main
 from reprotrain.config import load_params, to_dict
+from reprotrain.models import transfer
 
 STAGE = "train_head"
 SECTIONS = ("seed", "model", "pipeline", "runtime", "train_head")
@@ -20,45 +21,62 @@ SECTIONS = ("seed", "model", "pipeline", "runtime", "train_head")
 def main() -> int:
     params = load_params()
     cfg = params.train_head
+    # Seeds, dtype policy and strategy: before any model or dataset is built.
     info = runtime.configure(params.runtime, params.seed)
-    from reprotrain import training  # TensorFlow: after the runtime is configured
-    from reprotrain.models import transfer
-
     cached = training.use_feature_cache(cfg)
-    data = training.load_stage_data(
-        paths.PREPARED_DIR, params.pipeline, cfg,
-        image_size=params.model.image_size, seed=params.seed, train_as_eval=cached,
-    )  # fmt: skip
+    data = stage_io.load_stage_data(
+        paths.PREPARED_DIR,
+        params.pipeline,
+        cfg,
+        image_size=params.model.image_size,
+        seed=params.seed,
+        train_as_eval=cached,
+    )
     tb_dir = paths.TENSORBOARD_DIR / STAGE
     shutil.rmtree(tb_dir, ignore_errors=True)
-    key = training.fingerprint(STAGE, [to_dict(getattr(params, s)) for s in SECTIONS], data.digest)
+    checkpoint_dir = paths.CHECKPOINTS_DIR / STAGE
+    sections = [to_dict(getattr(params, s)) for s in SECTIONS]
+    key = stage_io.fingerprint(STAGE, sections, data.digest)
+    metrics_path = paths.METRICS_DIR / f"{STAGE}.json"
     with tracking.stage_run(
-        STAGE, params, sections=SECTIONS, root=Path.cwd(), upstream=[paths.PREPARE_RUN],
-        sidecar=paths.HEAD_RUN, environment=runtime.environment_info(info),
-    ) as run:  # fmt: skip
+        STAGE,
+        params,
+        sections=SECTIONS,
+        root=Path.cwd(),
+        upstream=[paths.PREPARE_RUN],
+        sidecar=paths.HEAD_RUN,
+        environment=runtime.environment_info(info),
+    ) as run:
         with info.strategy.scope():
             model = transfer.build_model(params.model, len(data.labels), cfg.dropout)
         common = dict(
-            checkpoint_dir=paths.CHECKPOINTS_DIR / STAGE, tensorboard_dir=tb_dir,
-            class_weight=data.class_weight, resume_key=key,
+            checkpoint_dir=checkpoint_dir,
+            tensorboard_dir=tb_dir,
+            class_weight=data.class_weight,
+            resume_key=key,
             epoch_hook=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
-        )  # fmt: skip
+        )
         if cached:
             result = training.train_head_cached(
                 model, data.train, data.val, cfg, info, seed=params.seed, **common
             )
         else:
             result = training.train(model, data.train, data.val, cfg, info, **common)
-        metrics = training.save_outputs(
-            model, result, model_path=paths.HEAD_MODEL, history_path=paths.HEAD_HISTORY,
-            metrics_path=paths.METRICS_DIR / f"{STAGE}.json",
-            extra={"feature_cache": cached, **training.trainable_counts(model)},
-        )  # fmt: skip
+        metrics = stage_io.save_outputs(
+            model,
+            result,
+            model_path=paths.HEAD_MODEL,
+            history_path=paths.HEAD_HISTORY,
+            metrics_path=metrics_path,
+            extra={"feature_cache": cached, **stage_io.trainable_counts(model)},
+        )
         run.set_tags({"reprotrain.feature_cache": cached})
-        run.log_metrics(training.final_metrics(metrics))
-        for path in (paths.HEAD_MODEL, paths.HEAD_HISTORY, paths.METRICS_DIR / f"{STAGE}.json"):
+        run.log_metrics(stage_io.final_metrics(metrics))
+        for path in (paths.HEAD_MODEL, paths.HEAD_HISTORY, metrics_path):
             run.log_artifact(path)
         run.log_artifact(tb_dir, artifact_path=f"tensorboard/{STAGE}")
+    # Only now: a kill before this line resumes from the backup instead of retraining.
+    training.discard_checkpoint(checkpoint_dir)
     return 0
 
 

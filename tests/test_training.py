@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reprotrain import runtime, training
+from reprotrain import runtime, stage_io, training
 from reprotrain.config import FinetuneConfig, RuntimeConfig, TrainHeadConfig
 from reprotrain.errors import ConfigError, DataError
 from reprotrain.models import transfer
@@ -62,18 +62,18 @@ def test_class_weights_from_manifest(tmp_path: Path) -> None:
     rows += [f"b{i}.jpg,bees,1,train,x,1,1" for i in range(10)]
     rows += [f"v{i}.jpg,bees,1,val,x,1,1" for i in range(50)]
     manifest.write_text("\n".join(rows) + "\n")
-    counts = training.train_counts(manifest, ["ants", "bees"])
+    counts = stage_io.train_counts(manifest, ["ants", "bees"])
     assert counts == {"ants": 30, "bees": 10}
-    assert training.class_weights("none", ["ants", "bees"], counts) is None
-    balanced = training.class_weights("balanced", ["ants", "bees"], counts)
+    assert stage_io.class_weights("none", ["ants", "bees"], counts) is None
+    balanced = stage_io.class_weights("balanced", ["ants", "bees"], counts)
     assert balanced == pytest.approx({0: 40 / 60, 1: 40 / 20})
-    assert training.class_weights({"bees": 3.0}, ["ants", "bees"], counts) == {0: 1.0, 1: 3.0}
+    assert stage_io.class_weights({"bees": 3.0}, ["ants", "bees"], counts) == {0: 1.0, 1: 3.0}
     with pytest.raises(ConfigError, match="unknown class 'wasps'"):
-        training.class_weights({"wasps": 2.0}, ["ants", "bees"], counts)
+        stage_io.class_weights({"wasps": 2.0}, ["ants", "bees"], counts)
     with pytest.raises(DataError, match="no training images"):
-        training.class_weights("balanced", ["ants", "bees"], {"ants": 3, "bees": 0})
+        stage_io.class_weights("balanced", ["ants", "bees"], {"ants": 3, "bees": 0})
     with pytest.raises(DataError, match=r"not in labels\.json"):
-        training.train_counts(manifest, ["ants"])
+        stage_io.train_counts(manifest, ["ants"])
 
 
 # --------------------------------------------------------------------------- fit
@@ -113,12 +113,15 @@ def test_fit_outputs_and_determinism(data, tmp_path: Path) -> None:
     assert calls[1][1]["val_loss"] == r1.history["val_loss"][1]
     for split in ("train", "validation"):
         assert list((tmp_path / "a" / "tb" / split).glob("events.out.tfevents.*"))
-    assert not (tmp_path / "a" / "ckpt").exists()
+    # The backup stays until the caller has saved its outputs: the last and the best epoch.
+    kept = {training.epoch_file(1), training.epoch_file(r1.best_epoch - 1)}
+    ckpt = {p.name for p in (tmp_path / "a" / "ckpt").iterdir()}
+    assert ckpt == {*kept, training.FINGERPRINT_FILE, training.STATE_FILE}
     summary = r1.summary()
     assert summary["best_epoch"] in (1, 2)
     assert summary["val_accuracy"] == r1.history["val_accuracy"][summary["best_epoch"] - 1]
     path = tmp_path / "h.json"
-    training.write_history(r1, path)
+    stage_io.write_history(r1, path)
     assert json.loads(path.read_text())["epoch"] == [1, 2]
 
 
@@ -134,8 +137,9 @@ def test_class_weight_and_custom_loop(data, tmp_path: Path) -> None:
     cfg = dataclasses.replace(HEAD, epochs=1)
     results = {}
     calls: list[int] = []
-    for name, loop, cw in [("plain", "fit", None), ("fit", "fit", {0: 2.0, 1: 2.0}),
-                           ("custom", "custom", {0: 2.0, 1: 2.0})]:  # fmt: skip
+    doubled = {0: 2.0, 1: 2.0}
+    runs = [("plain", "fit", None), ("fit", "fit", doubled), ("custom", "custom", doubled)]
+    for name, loop, cw in runs:
         model.set_weights(init)
         results[name] = training.train(
             model,
@@ -155,7 +159,7 @@ def test_class_weight_and_custom_loop(data, tmp_path: Path) -> None:
     assert set(custom.history) == set(results["fit"].history)
     assert custom.history["epoch"] == [1] and calls == [0]
     assert list((tmp_path / "tb-custom" / "validation").glob("events.out.tfevents.*"))
-    assert not (tmp_path / "custom").exists()
+    assert json.loads((tmp_path / "custom" / training.STATE_FILE).read_text())["done"] == 1
     assert not np.array_equal(init[-2], model.get_layer("predictions").get_weights()[0])
 
 
@@ -216,13 +220,19 @@ def test_finetune_keeps_batchnorm_statistics(data, tmp_path: Path) -> None:
     np.testing.assert_array_equal(frozen, base.get_layer("Conv1").get_weights()[0])
 
 
-def test_stale_backup_from_other_inputs_is_discarded(tmp_path: Path) -> None:
+def test_stale_backup_from_other_inputs_is_discarded(tmp_path: Path, caplog) -> None:
     ckpt = tmp_path / "ckpt"
-    (ckpt / training.BACKUP_DIR).mkdir(parents=True)
+    (ckpt / "backup").mkdir(parents=True)  # Keras BackupAndRestore's, from older versions
+    (ckpt / training.STATE_FILE).write_text("{}")
     (ckpt / training.FINGERPRINT_FILE).write_text("old\n")
-    training._prepare_checkpoint_dir(ckpt, "new")
-    assert not (ckpt / training.BACKUP_DIR).exists()
+    store = training.CheckpointStore(ckpt)
+    store.prepare("new")
+    assert [p.name for p in ckpt.iterdir()] == [training.FINGERPRINT_FILE]
     assert (ckpt / training.FINGERPRINT_FILE).read_text().strip() == "new"
+    assert "different inputs" in caplog.text
+    (ckpt / "backup").mkdir()
+    store.prepare("new")
+    assert not (ckpt / "backup").exists()
 
 
 def test_keep_start_weights_when_no_epoch_beats_them(data, tmp_path: Path) -> None:
@@ -232,10 +242,10 @@ def test_keep_start_weights_when_no_epoch_beats_them(data, tmp_path: Path) -> No
     info, model = _setup(dropout=0.0)
     start = [w.copy() for w in model.get_weights()]
     cfg = dataclasses.replace(HEAD, epochs=2, learning_rate=0.05)
+    train_ds, val_ds = _train_ds(x, 1 - y), tiny_dataset(xv, yv)
     result = training.train(
-        model, _train_ds(x, 1 - y), tiny_dataset(xv, yv), cfg, info,
-        checkpoint_dir=tmp_path / "c", keep_start_if_better=True,
-    )  # fmt: skip
+        model, train_ds, val_ds, cfg, info, checkpoint_dir=tmp_path / "c", keep_start_if_better=True
+    )
     assert result.best_epoch == 0
     for a, b in zip(start, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

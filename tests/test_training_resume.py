@@ -1,42 +1,151 @@
-"""A training process killed mid-run resumes from its last finished epoch when rerun."""
+"""Resuming: a killed or failed training run continues from its last finished epoch and
+ends with the best weights over all epochs; an unreadable backup is discarded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from reprotrain import runtime, training
+from reprotrain.config import RuntimeConfig, TrainHeadConfig
+from reprotrain.models import transfer
 from tests.conftest import REPO, run, subprocess_env
+from tests.models.tiny import tiny_arrays, tiny_dataset, tiny_model_cfg
+
+CFG = TrainHeadConfig(
+    epochs=4, batch_size=8, feature_cache="off", early_stopping_patience=9, learning_rate=0.02
+)
 
 
+class HookFailed(RuntimeError):
+    pass
+
+
+def _model():
+    info = runtime.configure(RuntimeConfig(), seed=5)
+    return info, transfer.build_model(tiny_model_cfg(), 2, 0.2)
+
+
+def _train(ckpt: Path, hook=None, cfg=CFG):
+    info, model = _model()
+    x, y = tiny_arrays(16)
+    xv, yv = tiny_arrays(8, seed=3)
+    result = training.train(
+        model,
+        tiny_dataset(x, y),
+        tiny_dataset(xv, yv),
+        cfg,
+        info,
+        checkpoint_dir=ckpt,
+        epoch_hook=hook,
+        resume_key="same-inputs",
+    )
+    return model, result
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_from_backup(tmp_path: Path) -> None:
     ckpt, out = tmp_path / "ckpt", tmp_path / "out.json"
     cmd = [sys.executable, "-m", "tests.models.resume_worker", str(ckpt), str(out)]
     env = subprocess_env()
-    proc = subprocess.Popen([*cmd, "30"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    metadata = ckpt / "backup" / "training_metadata.json"
+    proc = subprocess.Popen(
+        [*cmd, "30"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    epochs = out.with_suffix(".epochs")
     try:
         deadline = time.monotonic() + 240
-        # The hook of the second epoch sleeps: epoch 1 is backed up, epoch 2 is recorded
-        # in the history but not yet backed up (the resumed run must redo and overwrite it).
+        # The hook of the second epoch sleeps: its backup is already committed.
         while time.monotonic() < deadline and proc.poll() is None:
-            if metadata.is_file() and json.loads(out.with_suffix(".epochs").read_text()) == [0, 1]:
+            if epochs.is_file() and json.loads(epochs.read_text()) == [0, 1]:
                 break
             time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
     finally:
         proc.kill()
         proc.wait()
     assert not out.exists()  # really killed before finishing
-    backed_up = json.loads(metadata.read_text())["epoch"]
-    assert backed_up == 1  # killed after epoch index 0's backup, before index 1's
+    assert json.loads((ckpt / training.STATE_FILE).read_text())["done"] == 2
 
     run(cmd, REPO, env, timeout=300)
     result = json.loads(out.read_text())
-    assert result["seen"] == [1, 2, 3]  # epochs 0 was not redone
-    assert result["summary"]["resumed_from_epoch"] == 1
+    assert result["seen"] == [2, 3]  # epochs 1 and 2 were not redone
+    assert result["summary"]["resumed_from_epoch"] == 2
     assert result["history"]["epoch"] == [1, 2, 3, 4]  # merged across both processes
-    assert not ckpt.exists()  # cleaned up after success
+
+
+@pytest.mark.slow
+def test_failing_hook_loses_no_epoch_and_best_weights_survive_resume(tmp_path: Path) -> None:
+    """The hook (MLflow logging) raises after epoch 2: epochs 1-2 are safe, the rerun
+    resumes after epoch 2 and keeps the best epoch over all four, whichever run it was in."""
+    ckpt = tmp_path / "ckpt"
+
+    def failing(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise HookFailed("tracking server went away")
+
+    with pytest.raises(HookFailed):
+        _train(ckpt, failing)
+    assert json.loads((ckpt / training.STATE_FILE).read_text())["done"] == 2
+    seen: list[int] = []
+    model, result = _train(ckpt, lambda e, m: seen.append(e))
+    assert seen == [2, 3] and result.initial_epoch == 2
+    assert result.history["epoch"] == [1, 2, 3, 4]
+    val_loss = result.history["val_loss"]
+    assert result.best_epoch == 1 + int(np.argmin(val_loss))
+    summary = result.summary()
+    # The metrics describe the kept weights, measured on them.
+    assert summary["val_loss"] == pytest.approx(val_loss[result.best_epoch - 1], rel=1e-5)
+    assert summary["val_accuracy"] == result.history["val_accuracy"][result.best_epoch - 1]
+
+    # The best of the first run wins over the later epochs: force it by resuming a run
+    # whose first two epochs had a lower val_loss than anything after.
+    ckpt2 = tmp_path / "ckpt2"
+    with pytest.raises(HookFailed):
+        _train(ckpt2, failing)
+    state = json.loads((ckpt2 / training.STATE_FILE).read_text())
+    state["best_value"] = -1.0  # pretend epoch best_epoch was unbeatable
+    (ckpt2 / training.STATE_FILE).write_text(json.dumps(state))
+    best = state["best_epoch"]
+    _, probe = _model()
+    probe.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    probe.optimizer.build(probe.trainable_variables)
+    probe.load_weights(ckpt2 / training.epoch_file(best))
+    model, result = _train(ckpt2)
+    assert result.best_epoch == best + 1 and result.initial_epoch == 2
+    for a, b in zip(probe.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "state"])
+def test_unreadable_backup_is_discarded_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    cfg = dataclasses.replace(CFG, epochs=2)
+
+    def stop(epoch: int, metrics: dict[str, float]) -> None:
+        raise HookFailed
+
+    with pytest.raises(HookFailed):
+        _train(ckpt, stop, cfg)
+    weights = ckpt / training.epoch_file(0)
+    if damage == "truncate":  # what a kill during an in-place write leaves
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00garbage" * 100)
+    else:
+        (ckpt / training.STATE_FILE).write_text('{"done": 1, "rec')
+    with caplog.at_level(logging.WARNING, logger="reprotrain"):
+        _, result = _train(ckpt, None, cfg)
+    assert "discarding the training backup" in caplog.text
+    assert "restarts from epoch 1" in caplog.text
+    assert result.initial_epoch == 0 and result.history["epoch"] == [1, 2]

@@ -1,31 +1,26 @@
 """The train_head and finetune stages through real `dvc repro` on a tiny project: outputs,
 the logged trainable set, MLflow lineage, and that a finetune.* change invalidates only
-finetune.
-
-The tiny project is the session's shared one (built once by ``tests/ci/test_retrain.py``'s
-cached builder, which runs the whole DAG through ``scripts/retrain.sh`` → ``dvc repro``):
-a second tiny repro just for these checks would cost a minute of the suite's budget."""
+finetune."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from pathlib import Path
 
 import keras
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from reprotrain.models import transfer
-from tests.ci.test_retrain import promoted_project
-from tests.conftest import run
+from tests.conftest import run, subprocess_env
 
 
-def test_stages_outputs_trainable_set_and_param_scoping(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    project = promoted_project(tmp_path_factory)
-    proj, env = project.root, project.env
-    assert "Running stage 'finetune'" in project.first.stdout + project.first.stderr
+@pytest.mark.slow
+def test_stages_outputs_trainable_set_and_param_scoping(tiny_project: Path) -> None:
+    proj, env = tiny_project, subprocess_env()
+    first = run(["dvc", "repro", "finetune"], proj, env)
+    assert "Running stage 'finetune'" in first.stdout + first.stderr
 
     for name in ("head", "finetuned"):
         assert (proj / "models" / f"{name}.keras").is_file()
@@ -50,30 +45,20 @@ def test_stages_outputs_trainable_set_and_param_scoping(
     assert head_metrics["feature_cache"] is True
 
     run_id = json.loads((proj / "models" / "finetuned.run.json").read_text())["run_id"]
-    con = sqlite3.connect(proj / "mlruns" / "mlflow.db")
-    try:
-        tags = dict(con.execute("select key, value from tags where run_uuid=?", (run_id,)))
-        steps = con.execute(
-            "select count(*) from metrics where run_uuid=? and key='val_accuracy'", (run_id,)
-        ).fetchone()[0]
-    finally:
-        con.close()
+    client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlruns' / 'mlflow.db'}")
+    tags = client.get_run(run_id).data.tags
+    steps = client.get_metric_history(run_id, "val_accuracy")
     assert tags["reprotrain.trainable_layers"] == ",".join(expected)
     assert tags["reprotrain.trainable_layer_count"] == "3"
     assert tags["reprotrain.trainable_params"] == str(summary["trainable_params"])
-    assert steps == len(
-        json.loads((proj / "models" / "finetuned.history.json").read_text())["epoch"]
-    )
+    history = json.loads((proj / "models" / "finetuned.history.json").read_text())
+    assert len(steps) == len(history["epoch"])
 
     # A finetune.* change invalidates finetune only (not prepare, not train_head).
-    original = (proj / "params.yaml").read_text()
-    params = yaml.safe_load(original)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
     params["finetune"]["learning_rate"] = 2e-5
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        status = json.loads(run(["dvc", "status", "--json"], proj, env).stdout)
-    finally:
-        (proj / "params.yaml").write_text(original)  # the project is shared: leave it as found
+    status = json.loads(run(["dvc", "status", "--json"], proj, env).stdout)
     changed = set(status)
     assert "dvc.yaml:finetune" in changed or "finetune" in changed, status
     assert not changed & {"prepare", "train_head", "dvc.yaml:prepare", "dvc.yaml:train_head"}

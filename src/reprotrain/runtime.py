@@ -73,18 +73,6 @@ class RuntimeInfo:
     devices: list[str] = field(default_factory=list)
     strategy: Any = None  # tf.distribute.Strategy
 
-    def as_dict(self) -> dict[str, str]:
-        """String values for MLflow tags/params and log lines."""
-        return {
-            "seed": str(self.seed),
-            "deterministic": str(self.deterministic).lower(),
-            "mixed_precision": self.mixed_precision,
-            "jit_compile": str(self.jit_compile).lower(),
-            "distribute": self.distribute,
-            "replicas": str(self.replicas),
-            "devices": ",".join(self.devices),
-        }
-
 
 def configure(cfg: RuntimeConfig, seed: int) -> RuntimeInfo:
     """Seed everything, set determinism and the dtype policy, and pick the strategy.

@@ -1,8 +1,8 @@
 """A training process for the kill-and-resume test (run as ``python -m``).
 
 argv: CHECKPOINT_DIR OUT_JSON [SLOW_SECONDS]. Each finished epoch is appended to
-OUT_JSON.epochs; with SLOW_SECONDS the end of the second epoch waits that long (after its history
-record, before its backup), so the test can kill the process there.
+OUT_JSON.epochs; with SLOW_SECONDS the hook of the second epoch waits that long (after the
+epoch's backup is committed), so the test can kill the process there.
 """
 
 from __future__ import annotations
@@ -34,9 +34,15 @@ def main() -> None:
             time.sleep(slow)
 
     result = training.train(
-        model, tiny_dataset(x, y), tiny_dataset(x, y), cfg, info,
-        checkpoint_dir=ckpt, epoch_hook=hook, resume_key="same-inputs",
-    )  # fmt: skip
+        model,
+        tiny_dataset(x, y),
+        tiny_dataset(x, y),
+        cfg,
+        info,
+        checkpoint_dir=ckpt,
+        epoch_hook=hook,
+        resume_key="same-inputs",
+    )
     out.write_text(
         json.dumps({"seen": seen, "summary": result.summary(), "history": result.history})
     )

@@ -1,0 +1,273 @@
+"""The callbacks every training run uses: resumable state (backup, best weights, history,
+early stopping, the per-epoch hook) and TensorBoard scalars.
+
+Why our own backup instead of ``keras.callbacks.BackupAndRestore``: Keras writes its backup
+in place (``latest.weights.h5`` + ``training_metadata.json``), so a SIGKILL during the write
+leaves a half-written HDF5 file that every later run fails to open (h5py's "bad object
+header version number"), and the two files can disagree. Here each finished epoch writes
+one ``epoch-NNNN.weights.h5`` (weights + optimizer state, via ``reprotrain.fsio``: temporary
+file, then rename) and then commits ``state.json`` atomically, which names the epoch files
+to resume from and the best epoch's file. A kill at any moment leaves the previous commit
+intact; an unreadable backup is discarded with a warning (training restarts from epoch 1).
+
+``state.json`` also carries the per-epoch history and the early-stopping and learning-rate
+schedule state, so a resumed run takes the same decisions an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from reprotrain import fsio
+
+logger = logging.getLogger(__name__)
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+MONITOR = "val_loss"
+STATE_FILE = "state.json"
+FINGERPRINT_FILE = "fingerprint.txt"
+FORMAT = 1
+
+
+def epoch_file(epoch: int) -> str:
+    """Name of the weights + optimizer file written after epoch index ``epoch`` (0-based)."""
+    return f"epoch-{epoch + 1:04d}.weights.h5"
+
+
+@dataclass
+class TrainState:
+    """What ``state.json`` holds: everything a resumed run needs besides the weights.
+
+    Epochs are 0-based indices as Keras passes them; ``done`` is the number of finished
+    epochs (the next epoch index). ``records`` maps an epoch index to its logs.
+    """
+
+    done: int = 0
+    records: dict[int, dict[str, float]] = field(default_factory=dict)
+    best_epoch: int = -1  # 0-based; -1 before the first epoch
+    best_value: float = math.inf
+    stopped: bool = False
+    start: dict[str, float] | None = None  # val metrics of the starting weights
+    reduce_lr: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["records"] = {str(k): v for k, v in self.records.items()}
+        data["format"] = FORMAT
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainState:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"unknown state format {data.get('format')!r}")
+        data = {k: v for k, v in data.items() if k != "format"}
+        data["records"] = {int(k): v for k, v in data["records"].items()}
+        return cls(**data)
+
+    def history(self) -> dict[str, list[float]]:
+        """Keras-style history (metric → list per epoch) plus ``epoch`` (1-based)."""
+        epochs = sorted(self.records)
+        keys: list[str] = []
+        for e in epochs:
+            keys += [k for k in self.records[e] if k not in keys]
+        out: dict[str, list[float]] = {"epoch": [e + 1 for e in epochs]}
+        for k in keys:
+            out[k] = [self.records[e].get(k, math.nan) for e in epochs]
+        return out
+
+
+class CheckpointStore:
+    """The resumable state of one training run in ``directory`` (outside DVC's outputs).
+
+    A fingerprint of the inputs guards it: a run with other params or data never resumes
+    from a stale backup.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+
+    def prepare(self, key: str | None) -> None:
+        """Keep only a valid backup of a run with the same inputs ``key``."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fsio.remove_stale_temporaries(self.dir)
+        fp = self.dir / FINGERPRINT_FILE
+        if key is not None and fp.is_file() and fp.read_text().strip() != key:
+            logger.warning("discarding a backup from a run with different inputs: %s", self.dir)
+            self.clear()
+        known = {FINGERPRINT_FILE, STATE_FILE}
+        for p in self.dir.iterdir():  # e.g. Keras BackupAndRestore's backup/ of older versions
+            if p.name not in known and not p.name.startswith("epoch-"):
+                logger.warning("removing %s: not part of a reprotrain training backup", p)
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if key is not None:
+            fsio.atomic_write_text(fp, key + "\n")
+
+    def clear(self) -> None:
+        """Forget every saved epoch (the fingerprint stays)."""
+        for p in self.dir.iterdir():
+            if p.name != FINGERPRINT_FILE:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    def load(self) -> TrainState | None:
+        """The committed state, or None when there is none or it cannot be read."""
+        path = self.dir / STATE_FILE
+        if not path.is_file():
+            return None
+        try:
+            state = TrainState.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.discard(f"{path} is unreadable ({type(exc).__name__}: {exc})")
+            return None
+        missing = [
+            name
+            for name in {epoch_file(state.done - 1), epoch_file(state.best_epoch)}
+            if state.done and not (self.dir / name).is_file()
+        ]
+        if missing:
+            self.discard(f"{self.dir / missing[0]} is missing")
+            return None
+        return state
+
+    def discard(self, why: str) -> None:
+        msg = "discarding the training backup in %s: %s; training restarts from epoch 1"
+        logger.warning(msg, self.dir, why)
+        self.clear()
+
+    def restore(self, model: Any, epoch: int) -> None:
+        """Load the weights and optimizer state saved after ``epoch`` into ``model``."""
+        model.optimizer.build(model.trainable_variables)  # else Keras skips its variables
+        model.load_weights(self.dir / epoch_file(epoch))
+
+    def save_epoch(self, model: Any, epoch: int) -> None:
+        with fsio.atomic_path(self.dir / epoch_file(epoch)) as tmp:
+            model.save_weights(tmp)
+
+    def commit(self, state: TrainState) -> None:
+        """Make ``state`` the one to resume from, then drop epoch files it no longer names."""
+        fsio.atomic_write_json(self.dir / STATE_FILE, state.to_json(), indent=None)
+        keep = {epoch_file(state.done - 1), epoch_file(state.best_epoch)}
+        for p in self.dir.glob("epoch-*.weights.h5"):
+            if p.name not in keep:
+                p.unlink()
+
+
+class TrainingState(keras.callbacks.Callback):
+    """Per epoch, in this order: record the logs, track the best epoch, save the epoch's
+    weights, commit the state (all atomic), then log a line and call ``hook``.
+
+    The hook (MLflow logging) runs after the commit, so a failing hook or a kill during it
+    loses no epoch. Early stopping is decided here from the merged history (patience on
+    ``val_loss``, as ``keras.callbacks.EarlyStopping``, whose counters a resume would
+    reset). Must come after ``ReduceLROnPlateau`` in the callback list, so the epoch's
+    ``learning_rate`` is in the logs and the reduced rate is in the saved optimizer.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        state: TrainState,
+        *,
+        epochs: int,
+        patience: int,
+        reduce_lr: Any = None,
+        hook: EpochHook | None = None,
+        log_lines: bool = True,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.state = state
+        self.epochs = epochs
+        self.patience = patience
+        self.reduce_lr = reduce_lr
+        self.hook = hook
+        self.log_lines = log_lines
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # ReduceLROnPlateau reset its counters in its own on_train_begin (it runs first).
+        for name, value in self.state.reduce_lr.items():
+            setattr(self.reduce_lr, name, value)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        rec = {}
+        for k, v in (logs or {}).items():
+            try:
+                rec[k] = float(v)
+            except (TypeError, ValueError):
+                continue
+        state = self.state
+        state.records = {e: r for e, r in state.records.items() if e < epoch}
+        state.records[epoch] = rec
+        state.done = epoch + 1
+        value = rec.get(MONITOR, math.nan)
+        if state.best_epoch < 0 or value < state.best_value:
+            state.best_epoch, state.best_value = epoch, value
+        if epoch - state.best_epoch >= self.patience:
+            state.stopped = True
+            self.model.stop_training = True
+        if self.reduce_lr is not None:
+            r = self.reduce_lr
+            state.reduce_lr = {
+                "wait": r.wait,
+                "cooldown_counter": r.cooldown_counter,
+                **({"best": float(r.best)} if r.best is not None else {}),
+            }
+        self.store.save_epoch(self.model, epoch)
+        self.store.commit(state)
+        if self.log_lines:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in rec.items())
+            logger.info("epoch %d/%d: %s", epoch + 1, self.epochs, shown)
+        if self.hook is not None:
+            self.hook(epoch, rec)
+
+
+class ScalarTensorBoard(keras.callbacks.Callback):
+    """Per-epoch scalars in TensorBoard's layout (``train/`` and ``validation/`` event files,
+    tags ``epoch_loss``, ``epoch_accuracy``, ``epoch_learning_rate``), as Keras' callback
+    writes them.
+
+    Why not ``keras.callbacks.TensorBoard``: its ``tf.summary.scalar`` lives in the
+    ``tensorboard`` package, a 20 MB web app the pipeline does not otherwise need. The core
+    ``tf.summary.write`` op with the ``scalars`` plugin tag produces the same events; view
+    them with ``tensorboard --logdir models/tensorboard`` wherever TensorBoard is installed.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, name: str) -> Any:
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from tensorflow.core.framework import summary_pb2
+
+        meta = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
+        for key, value in (logs or {}).items():
+            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self._writer(split).as_default():
+                tf.summary.write(
+                    f"epoch_{name}", tf.constant(float(value)), step=epoch, metadata=meta
+                )
+        for w in self._writers.values():
+            w.flush()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers = {}

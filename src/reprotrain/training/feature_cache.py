@@ -1,0 +1,116 @@
+"""Train a new head on base features computed once (train_head without augmentation).
+
+The frozen base in inference mode is a fixed function of the image, so without
+augmentation every epoch would recompute identical features: computing them once makes
+each epoch ~a matrix multiply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from reprotrain.config import TrainHeadConfig
+from reprotrain.errors import ConfigError, DataError
+from reprotrain.models import transfer
+from reprotrain.runtime import RuntimeInfo
+from reprotrain.training.callbacks import EpochHook
+from reprotrain.training.loop import TrainResult, compile_model, train
+
+logger = logging.getLogger(__name__)
+
+
+def use_feature_cache(cfg: TrainHeadConfig) -> bool:
+    """``auto`` caches features exactly when the head trains without augmentation.
+
+    With augmentation every epoch sees different pixels, so features cannot be reused.
+    """
+    if cfg.feature_cache == "on":
+        if cfg.augment:
+            raise ConfigError(
+                "train_head.feature_cache = on needs train_head.augment = false "
+                "(augmented images change every epoch, their features cannot be cached)"
+            )
+        return True
+    if cfg.feature_cache == "off":
+        return False
+    return not cfg.augment
+
+
+def extract_features(model: Any, ds: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled base features and labels of every batch of ``ds`` (one pass, in order)."""
+    extractor = transfer.feature_extractor(model)
+
+    @tf.function(reduce_retracing=True)
+    def features(x: Any) -> Any:
+        return tf.cast(extractor(x, training=False), tf.float32)
+
+    feats, labels = [], []
+    for batch in ds:
+        x, y = batch[0], batch[1]
+        feats.append(features(x).numpy())
+        labels.append(np.asarray(y, dtype=np.int32))
+    if not feats:
+        raise DataError("cannot extract features: the dataset is empty")
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def train_head_cached(
+    model: Any,
+    train_ds: Any,
+    val_ds: Any,
+    cfg: TrainHeadConfig,
+    info: RuntimeInfo,
+    *,
+    seed: int,
+    checkpoint_dir: Path,
+    tensorboard_dir: Path | None = None,
+    class_weight: Mapping[int, float] | None = None,
+    epoch_hook: EpochHook | None = None,
+    resume_key: str | None = None,
+) -> TrainResult:
+    """Train only the head on features computed once, then put it on the full model.
+
+    ``train_ds`` must not augment (build it with ``training=False``). The head starts from
+    the full model's initial Dense weights, so both paths start from the same point; the
+    full model gets the trained weights back. The head-only run resumes like any other.
+    """
+    logger.info("feature cache: computing pooled base features once per split")
+    x_train, y_train = extract_features(model, train_ds)
+    x_val, y_val = extract_features(model, val_ds)
+    num_classes = int(model.output_shape[-1])
+    with info.strategy.scope():
+        head = transfer.build_head_only(x_train.shape[1], num_classes, cfg.dropout)
+    head.get_layer(transfer.OUTPUT_NAME).set_weights(
+        model.get_layer(transfer.OUTPUT_NAME).get_weights()
+    )
+    train_feats = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(len(y_train), seed=seed, reshuffle_each_iteration=True)
+        .batch(cfg.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val_feats = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(cfg.batch_size)
+    result = train(
+        head,
+        train_feats,
+        val_feats,
+        cfg,
+        info,
+        checkpoint_dir=checkpoint_dir,
+        tensorboard_dir=tensorboard_dir,
+        class_weight=class_weight,
+        epoch_hook=epoch_hook,
+        resume_key=resume_key,
+    )
+    transfer.copy_head_weights(head, model)
+    # The full model is what gets saved and fine-tuned: compile it like the plain path.
+    compile_model(model, cfg, info)
+    result.extra["feature_cache"] = True
+    result.extra["feature_dim"] = int(x_train.shape[1])
+    return result

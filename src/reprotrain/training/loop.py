@@ -1,0 +1,347 @@
+"""Compile and train a model: Keras ``fit`` or a custom ``GradientTape`` loop.
+
+One ``train`` function serves train_head and finetune, with either Keras ``fit`` or a
+custom ``GradientTape`` loop (``loop: custom``) driving the *same* callbacks, so both give
+the same history, backups, TensorBoard logs and per-epoch hook calls.
+
+Resumability: ``checkpoint_dir`` (outside DVC's outputs: DVC deletes outputs before
+rerunning a stage) holds the last finished epoch, the best epoch and the merged history
+(see :mod:`reprotrain.training.callbacks`). A rerun with the same inputs resumes after the
+last finished epoch and ends with the best weights over all epochs of all runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from reprotrain.config import TrainConfig
+from reprotrain.errors import ConfigError, DataError, ModelError
+from reprotrain.runtime import MIXED, RuntimeInfo
+from reprotrain.training.callbacks import (
+    MONITOR,
+    CheckpointStore,
+    EpochHook,
+    ScalarTensorBoard,
+    TrainingState,
+    TrainState,
+    epoch_file,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def make_optimizer(name: str, learning_rate: float, global_clipnorm: float | None = None) -> Any:
+    """A fresh Keras optimizer (each compile needs its own)."""
+    classes = {
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+        "adamw": keras.optimizers.AdamW,
+    }
+    if name not in classes:
+        raise ConfigError(f"optimizer = {name!r}: must be one of {', '.join(classes)}")
+    kwargs: dict[str, Any] = {"learning_rate": learning_rate}
+    if global_clipnorm is not None:
+        kwargs["global_clipnorm"] = global_clipnorm
+    if name == "sgd":
+        kwargs["momentum"] = 0.9
+    return classes[name](**kwargs)
+
+
+def compile_model(model: Any, cfg: TrainConfig, info: RuntimeInfo) -> None:
+    """(Re)compile under the strategy: needed after any change of ``trainable``.
+
+    ``clip_norm`` goes into the optimizer's ``global_clipnorm`` for ``fit`` and under mixed
+    precision (where it must act on unscaled gradients); the custom loop otherwise clips
+    explicitly with ``tf.clip_by_global_norm``.
+    """
+    clip_in_optimizer = (
+        cfg.clip_norm if (cfg.loop == "fit" or info.mixed_precision == MIXED) else None
+    )
+    with info.strategy.scope():
+        model.compile(
+            optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, clip_in_optimizer),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=info.jit_compile,
+        )
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: the merged history (across resumes) and the kept epoch.
+
+    ``history`` is Keras-style (metric → list per epoch) plus ``epoch`` (1-based numbers).
+    The model's weights are those of ``best_epoch`` (lowest val_loss over all epochs, before
+    and after any resume), or the starting weights (``best_epoch == 0``) when ``start`` was
+    measured and no epoch beat it. ``kept`` is the kept weights' val metrics, measured.
+    """
+
+    history: dict[str, list[float]]
+    best_epoch: int  # 1-based; 0 = the starting weights
+    initial_epoch: int  # 0 unless resumed from a backup
+    epochs_run: int
+    stopped_early: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+    start: dict[str, float] | None = None  # val metrics of the starting weights
+    kept: dict[str, float] = field(default_factory=dict)
+
+    def at(self, epoch: int) -> dict[str, float]:
+        i = self.history["epoch"].index(epoch)
+        return {k: v[i] for k, v in self.history.items() if k != "epoch"}
+
+    def summary(self) -> dict[str, Any]:
+        """Metrics of the kept model (``val_*`` measured on it), the last epoch, and the
+        best val_accuracy seen (which may belong to another epoch than the kept one: the
+        kept epoch is the one with the lowest val_loss)."""
+        best = (self.start or {}) if self.best_epoch == 0 else self.at(self.best_epoch)
+        kept = {k: best[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in best}
+        kept.update(self.kept)
+        val_accs = list(self.history.get("val_accuracy", []))
+        if self.start is not None:
+            val_accs.append(self.start["val_accuracy"])
+        return {
+            **kept,
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": max(val_accs, default=math.nan),
+            "kept_start_weights": self.best_epoch == 0,
+            "epochs_run": self.epochs_run,
+            "resumed_from_epoch": self.initial_epoch,
+            "stopped_early": self.stopped_early,
+            "last_epoch": self.at(self.history["epoch"][-1]),
+            **{f"start_{k}": v for k, v in (self.start or {}).items()},
+        }
+
+
+def _val_metrics(model: Any, val_ds: Any) -> dict[str, float]:
+    measured = model.evaluate(val_ds, verbose=0, return_dict=True)
+    return {f"val_{k}": float(v) for k, v in measured.items()}
+
+
+def _resume(
+    store: CheckpointStore, model: Any, state: TrainState, epochs: int, strategy: Any
+) -> TrainState:
+    """Load the last finished epoch into ``model``; an unreadable backup is discarded."""
+    if not state.done:
+        return state
+    try:
+        with strategy.scope():
+            store.restore(model, state.done - 1)
+    except Exception as exc:  # truncated/garbage h5, shape mismatch: start over, say why
+        store.discard(f"{epoch_file(state.done - 1)} is unreadable ({type(exc).__name__}: {exc})")
+        return TrainState(start=state.start)
+    logger.info(
+        "resuming an interrupted run after epoch %d/%d (backup in %s)",
+        state.done,
+        epochs,
+        store.dir,
+    )
+    return state
+
+
+def discard_checkpoint(checkpoint_dir: Path) -> None:
+    """Delete a run's resumable state: call it once the run's outputs are saved."""
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def train(
+    model: Any,
+    train_ds: Any,
+    val_ds: Any,
+    cfg: TrainConfig,
+    info: RuntimeInfo,
+    *,
+    checkpoint_dir: Path,
+    tensorboard_dir: Path | None = None,
+    class_weight: Mapping[int, float] | None = None,
+    epoch_hook: EpochHook | None = None,
+    resume_key: str | None = None,
+    compile: bool = True,
+    keep_start_if_better: bool = False,
+) -> TrainResult:
+    """Train ``model`` per ``cfg`` (``loop: fit|custom``) and return the merged history.
+
+    The kept (best) weights are in ``model`` when this returns. ``checkpoint_dir`` keeps
+    the resumable state until the caller has saved its outputs and calls
+    :func:`discard_checkpoint`, so a kill between the two loses no training.
+
+    ``keep_start_if_better`` (fine-tuning): measure the starting weights on ``val_ds`` first
+    and keep them if no epoch reaches a lower val_loss, so fine-tuning can never hand on a
+    model that is worse on validation than the one it started from.
+    """
+    store = CheckpointStore(checkpoint_dir)
+    store.prepare(resume_key)
+    if compile:
+        compile_model(model, cfg, info)
+    state = store.load() or TrainState()
+    start_weights = model.get_weights() if keep_start_if_better else None
+    if keep_start_if_better and state.start is None:
+        state.start = _val_metrics(model, val_ds)
+        logger.info(
+            "starting point: val_loss=%.4g val_accuracy=%.4g",
+            state.start["val_loss"],
+            state.start["val_accuracy"],
+        )
+    state = _resume(store, model, state, cfg.epochs, info.strategy)
+    initial = state.done
+    if not state.stopped and state.done < cfg.epochs:
+        callbacks = _callbacks(cfg, store, state, tensorboard_dir, epoch_hook)
+        cw = dict(class_weight) if class_weight else None
+        verbose = 1 if sys.stdout.isatty() else 0
+        if cfg.loop == "custom":
+            _custom_fit(model, train_ds, val_ds, cfg, info, callbacks, cw, verbose, initial)
+        else:
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=cfg.epochs,
+                initial_epoch=initial,
+                shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras cannot
+                class_weight=cw,
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+    history = state.history()
+    if not history["epoch"]:
+        raise DataError("training ran no epoch (is the training split empty?)")
+    if state.best_epoch != state.done - 1:
+        try:
+            with info.strategy.scope():
+                store.restore(model, state.best_epoch)
+        except Exception as exc:
+            raise ModelError(
+                f"cannot read the best epoch's weights {store.dir / epoch_file(state.best_epoch)}"
+                f" ({type(exc).__name__}: {exc}); delete {store.dir} and rerun the stage"
+            ) from exc
+    best_epoch = state.best_epoch + 1
+    if state.start is not None and state.start[MONITOR] <= state.best_value:
+        logger.info("no epoch beat the starting val_loss: keeping the starting weights")
+        model.set_weights(start_weights)
+        best_epoch = 0
+    return TrainResult(
+        history=history,
+        best_epoch=best_epoch,
+        initial_epoch=initial,
+        epochs_run=len(history["epoch"]),
+        stopped_early=state.stopped,
+        start=state.start,
+        kept=_val_metrics(model, val_ds),
+    )
+
+
+def _callbacks(
+    cfg: TrainConfig,
+    store: CheckpointStore,
+    state: TrainState,
+    tensorboard_dir: Path | None,
+    hook: EpochHook | None,
+) -> list[Any]:
+    """ReduceLROnPlateau, TensorBoard, then the state callback (see its docstring: order)."""
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(
+        monitor=MONITOR, factor=0.5, patience=cfg.reduce_lr_patience, min_lr=1e-7
+    )
+    cbs: list[Any] = [reduce_lr]
+    if tensorboard_dir is not None:
+        cbs.append(ScalarTensorBoard(tensorboard_dir))
+    # On a TTY Keras' progress bar shows the epochs; elsewhere one log line per epoch.
+    cbs.append(
+        TrainingState(
+            store,
+            state,
+            epochs=cfg.epochs,
+            patience=cfg.early_stopping_patience,
+            reduce_lr=reduce_lr,
+            hook=hook,
+            log_lines=not sys.stdout.isatty(),
+        )
+    )
+    return cbs
+
+
+def _custom_fit(
+    model: Any,
+    train_ds: Any,
+    val_ds: Any,
+    cfg: TrainConfig,
+    info: RuntimeInfo,
+    callbacks: list[Any],
+    class_weight: dict[int, float] | None,
+    verbose: int,
+    initial_epoch: int,
+) -> None:
+    """A ``tf.function`` GradientTape step driving the same callbacks as ``fit``.
+
+    The loss matches Keras': per-example cross-entropy times the class weight, summed and
+    divided by the batch size. Starts at ``initial_epoch`` (non-zero when resumed).
+    """
+    if info.replicas > 1:
+        raise ConfigError(
+            "loop = custom runs on one device; use loop: fit with runtime.distribute: "
+            "mirrored (or distribute: none with the custom loop)"
+        )
+    num_classes = int(model.output_shape[-1])
+    weights = [float((class_weight or {}).get(i, 1.0)) for i in range(num_classes)]
+    cw = tf.constant(weights, tf.float32)
+    opt = model.optimizer
+    clip = cfg.clip_norm if info.mixed_precision != MIXED else None  # else: global_clipnorm
+    loss_mean = keras.metrics.Mean(name="loss")
+    acc = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    @tf.function(jit_compile=info.jit_compile, reduce_retracing=True)
+    def train_step(x: Any, y: Any) -> None:
+        y = tf.cast(y, tf.int32)
+        with tf.GradientTape() as tape:
+            probs = model(x, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(y, probs)
+            w = tf.gather(cw, y)
+            batch = tf.cast(tf.shape(y)[0], tf.float32)
+            loss = tf.reduce_sum(tf.cast(per_example, tf.float32) * w) / batch
+            if model.losses:
+                loss += tf.add_n([tf.cast(t, tf.float32) for t in model.losses])
+            scaled = opt.scale_loss(loss)
+        variables = model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        if clip is not None:
+            grads, _ = tf.clip_by_global_norm(grads, clip)
+        opt.apply_gradients(zip(grads, variables, strict=True))
+        loss_mean.update_state(loss, sample_weight=batch)
+        acc.update_state(y, probs)
+
+    cbs = keras.callbacks.CallbackList(
+        callbacks,
+        add_history=True,
+        add_progbar=verbose > 0,
+        model=model,
+        verbose=verbose,
+        epochs=cfg.epochs,
+        steps=None,
+    )
+    model.stop_training = False
+    cbs.on_train_begin()
+    logs: dict[str, float] = {}
+    for epoch in range(initial_epoch, cfg.epochs):
+        loss_mean.reset_state()
+        acc.reset_state()
+        cbs.on_epoch_begin(epoch)
+        for step, (x, y) in enumerate(train_ds):
+            cbs.on_train_batch_begin(step)
+            train_step(x, y)
+            cbs.on_train_batch_end(
+                step, {"loss": float(loss_mean.result()), "accuracy": float(acc.result())}
+            )
+        logs = {"loss": float(loss_mean.result()), "accuracy": float(acc.result())}
+        logs.update(_val_metrics(model, val_ds))
+        cbs.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    cbs.on_train_end(logs)
