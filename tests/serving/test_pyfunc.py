@@ -136,7 +136,7 @@ buf = io.BytesIO(); Image.new("RGB", (80, 60), (200, 30, 30)).save(buf, "JPEG")
 out = model.predict(pd.DataFrame({{"image": [buf.getvalue()]}}))
 import reprotrain
 print(reprotrain.__file__)
-print(out.iloc[0]["label"])
+print(out[0]["label"])
 """
     proc = run([sys.executable, "-c", script], Path(logged["dir"]), subprocess_env())
     file, label = proc.stdout.strip().splitlines()[-2:]

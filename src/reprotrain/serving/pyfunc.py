@@ -78,9 +78,9 @@ def _as_bytes(value: Any) -> bytes:
 
 
 class PhotoClassifier(mlflow.pyfunc.PythonModel):
-    """Image files in, ``label``, ``confidence``, ``probabilities`` (per class) and ``error``
-    out, one row per input row. A file that cannot be decoded gets an ``error`` and no label:
-    one bad upload does not fail the whole request."""
+    """Image files in; out, one dict per input row: ``label``, ``confidence``,
+    ``probabilities`` (per class) and ``error``. A file that cannot be decoded gets an
+    ``error`` and no label: one bad upload does not fail the whole request."""
 
     def load_context(self, context: Any) -> None:
         import keras
@@ -92,7 +92,9 @@ class PhotoClassifier(mlflow.pyfunc.PythonModel):
         self.max_side = config.get("max_side")
         self.jpeg_quality = int(config["jpeg_quality"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        # No type hints: MLflow 3 would try to derive a signature from them (and warn).
+        # The logged signature (one binary column) is the contract.
         if isinstance(model_input, pd.DataFrame):
             if IMAGE_COLUMN not in model_input.columns:
                 raise ValueError(f"expected a column named {IMAGE_COLUMN!r} with image files")
@@ -128,7 +130,9 @@ class PhotoClassifier(mlflow.pyfunc.PythonModel):
                     "probabilities": dict(zip(self.labels, map(float, p), strict=True)),
                     "error": None,
                 }
-        return pd.DataFrame(rows, columns=["label", "confidence", "probabilities", "error"])
+        # A list of dicts, not a DataFrame: pandas would turn a failed row's None into NaN,
+        # which is not JSON; this way the server answers null.
+        return rows
 
 
 def _package_dir() -> Path:
