@@ -92,7 +92,7 @@ class PhotoClassifier(mlflow.pyfunc.PythonModel):
         self.max_side = config.get("max_side")
         self.jpeg_quality = int(config["jpeg_quality"])
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         # No type hints: MLflow 3 would try to derive a signature from them (and warn).
         # The logged signature (one binary column) is the contract.
         if isinstance(model_input, pd.DataFrame):
