@@ -220,6 +220,37 @@ class EvaluateConfig:
     worst_examples: Int = _f(16, "misclassified test images shown in the grid", min=0)
 
 
+#: Serving formats the export stage can write (``reprotrain.serving.export.FILENAMES``).
+ExportFormat = Literal["saved_model", "tflite_float32", "tflite_float16", "tflite_int8"]
+
+
+@section
+class ExportConfig:
+    """Serving formats of the fine-tuned model, each re-scored against it on the test split."""
+
+    formats: tuple[ExportFormat, ...] = _f(
+        ("saved_model", "tflite_float32", "tflite_float16", "tflite_int8"),
+        "formats to write and verify (saved_model, tflite_float32, tflite_float16, tflite_int8)",
+        min_length=1,
+    )
+    min_agreement: Float = _f(
+        0.98,
+        "least share of test images whose top-1 label must equal the Keras model's for a "
+        "format to ship",
+        min=0.0,
+        max=1.0,
+    )
+    max_accuracy_drop: Float = _f(
+        0.01, "largest test-accuracy loss against the Keras model for a format to ship",
+        min=0.0, max=1.0,
+    )  # fmt: skip
+    calibration_samples: Int = _f(
+        100, "train images (seeded sample) that calibrate the int8 activation ranges", min=1
+    )
+    latency_samples: Int = _f(30, "test images timed one at a time (median latency)", min=1)
+    batch_size: Int = _f(32, "batch size when re-scoring the test split", min=1)
+
+
 @section
 class TrackingConfig:
     """MLflow: where runs go and how the model is registered."""
@@ -241,6 +272,7 @@ class Params:
     prepare: PrepareConfig = _f(PrepareConfig(), "prepare")
     train_head: TrainHeadConfig = _f(TrainHeadConfig(), "train_head")
     finetune: FinetuneConfig = _f(FinetuneConfig(), "finetune")
+    export: ExportConfig = _f(ExportConfig(), "export")
     evaluate: EvaluateConfig = _f(EvaluateConfig(), "evaluate")
     tracking: TrackingConfig = _f(TrackingConfig(), "tracking")
 

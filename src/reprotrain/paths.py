@@ -22,11 +22,16 @@ HEAD_RUN = MODELS_DIR / "head.run.json"
 FINETUNED_MODEL = MODELS_DIR / "finetuned.keras"
 FINETUNED_HISTORY = MODELS_DIR / "finetuned.history.json"
 FINETUNED_RUN = MODELS_DIR / "finetuned.run.json"
+EXPORT_DIR = MODELS_DIR / "export"  # export: SavedModel + TFLite files
+EXPORT_RUN = MODELS_DIR / "export.run.json"
 TENSORBOARD_DIR = MODELS_DIR / "tensorboard"  # one sub-folder per stage
 
 METRICS_DIR = Path("metrics")  # small JSON read by `dvc metrics` (git-tracked)
 PLOTS_DIR = Path("plots")  # CSV/JSON for `dvc plots` + PNG images for people
 EVALUATE_RUN = METRICS_DIR / "evaluate.run.json"
+EXPORT_METRICS = METRICS_DIR / "export.json"  # export: per-format accuracy/agreement/size/latency
+REPORTS_DIR = Path("reports")
+MODEL_CARD = REPORTS_DIR / "model_card.md"
 
 #: BackupAndRestore state: outside every DVC output, because DVC deletes a stage's outputs
 #: before running it and a killed run must find its backup on the next `dvc repro`.

@@ -1,0 +1,1 @@
+"""Reports for people: the model card (``reports.card``)."""

@@ -1,0 +1,404 @@
+"""Export a trained ``.keras`` model to serving formats and check each one against it.
+
+Formats: a TensorFlow SavedModel (TF Serving), TFLite float32, TFLite float16 (weights) and
+TFLite full-integer int8 with uint8 input (calibrated on a seeded sample of train images).
+Every model takes raw 0–255 RGB pixels (preprocessing is inside the model), so all formats
+are fed the same pixels.
+
+Why re-score every format: conversion is where silent damage happens (a quantised layer
+whose activations saturate, an op lowered differently). Each format is run on the whole
+test split and compared with the Keras model it came from: accuracy, *agreement* (share of
+images with the same top-1 label), file size and batch-1 latency on this CPU. A format that
+agrees too little, or loses too much accuracy, is kept on disk but marked ``shipped: false``
+with the reason: a bad int8 conversion is a finding, not a pipeline failure.
+
+TFLite models run in LiteRT (``ai_edge_litert``): ``tf.lite.Interpreter`` is deprecated in
+TF 2.21 and warns so. The converter is still ``tf.lite.TFLiteConverter`` (TF ships no other).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reprotrain.config import ExportConfig, PipelineConfig
+from reprotrain.errors import ModelError
+from reprotrain.fsio import atomic_path, atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+SAVED_MODEL = "saved_model"
+TFLITE_KINDS = ("float32", "float16", "int8")
+#: Format name → path under the export directory.
+FILENAMES = {
+    SAVED_MODEL: "saved_model",
+    "tflite_float32": "model_float32.tflite",
+    "tflite_float16": "model_float16.tflite",
+    "tflite_int8": "model_int8.tflite",
+}
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # float32 [B, S, S, 3] 0..255 → probs [B, C]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_split(
+    files: Sequence[Path | str],
+    pipeline_cfg: PipelineConfig,
+    *,
+    image_size: int,
+    batch_size: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """All images (float32 0..255) and labels of a split, in file order (the test set)."""
+    from reprotrain.data.pipeline import make_dataset
+
+    cfg = dataclasses.replace(pipeline_cfg, cache="none")  # read once: nothing to cache
+    ds = make_dataset(
+        files, cfg, training=False, image_size=image_size, batch_size=batch_size, seed=seed
+    )
+    images, labels = [], []
+    for x, y in ds:
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    if not images:
+        raise ModelError(f"no images in {len(files)} TFRecord shard(s): rerun prepare")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def calibration_images(
+    files: Sequence[Path | str],
+    pipeline_cfg: PipelineConfig,
+    *,
+    image_size: int,
+    count: int,
+    seed: int,
+) -> np.ndarray:
+    """A seeded sample of ``count`` train images (float32 0..255, not augmented).
+
+    The training pipeline's seeded shuffle picks them, so the sample is the same on every
+    run with the same seed and data, and only ``count`` images are decoded.
+    """
+    from reprotrain.data.pipeline import make_dataset
+
+    cfg = dataclasses.replace(pipeline_cfg, cache="none")
+    ds = make_dataset(
+        files, cfg, training=True, augment=False, image_size=image_size, batch_size=1, seed=seed
+    )
+    sample = [x.numpy()[0] for x, _ in ds.take(count)]
+    if not sample:
+        raise ModelError("no train images for int8 calibration: rerun prepare")
+    return np.stack(sample)
+
+
+# --------------------------------------------------------------------------- converters
+
+
+def export_saved_model(model: Any, directory: Path) -> Path:
+    """A TF Serving SavedModel (endpoint ``serve``, raw pixels in, probabilities out)."""
+    with atomic_path(directory) as tmp:
+        model.export(str(tmp), format="tf_saved_model", verbose=False)
+    return directory
+
+
+def _representative(images: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    def gen() -> Iterator[list[np.ndarray]]:
+        for image in images:
+            yield [image[np.newaxis].astype(np.float32)]
+
+    return gen
+
+
+def convert_tflite(
+    saved_model_dir: Path, kind: str, calibration: np.ndarray | None = None
+) -> bytes:
+    """A TFLite flatbuffer from the SavedModel: ``float32``, ``float16`` (weights stored as
+    float16, computed in float32 on CPU) or ``int8`` (weights and activations int8, uint8
+    input and output; ``calibration`` images set the activation ranges)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if kind == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif kind == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise ModelError("int8 conversion needs calibration images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative(calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    elif kind != "float32":
+        raise ModelError(f"unknown TFLite kind {kind!r}: expected one of {TFLITE_KINDS}")
+    try:
+        return bytes(converter.convert())
+    except Exception as exc:  # converter errors are long C++ dumps: keep the first line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"TFLite {kind} conversion failed: {first}") from exc
+
+
+# --------------------------------------------------------------------------- runners
+
+
+class TFLiteClassifier:
+    """A TFLite model in the LiteRT interpreter, fed float 0..255 pixels one image at a time
+    (quantising them when the model's input is integer, dequantising its output)."""
+
+    def __init__(self, path: Path | str, num_threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def _quantize(self, image: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if np.issubdtype(dtype, np.floating):
+            return image.astype(dtype)
+        scale, zero = self.input["quantization"]
+        info = np.iinfo(dtype)
+        q = np.round(image / (scale or 1.0) + zero)
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def _dequantize(self, out: np.ndarray) -> np.ndarray:
+        if np.issubdtype(out.dtype, np.floating):
+            return out.astype(np.float32)
+        scale, zero = self.output["quantization"]
+        return ((out.astype(np.float32) - zero) * scale).astype(np.float32)
+
+    def predict_one(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities ``[C]`` for one ``[S, S, 3]`` image."""
+        self.interpreter.set_tensor(self.input["index"], self._quantize(image[np.newaxis]))
+        self.interpreter.invoke()
+        return self._dequantize(self.interpreter.get_tensor(self.output["index"]))[0]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.stack([self.predict_one(image) for image in images])
+
+
+def saved_model_predictor(directory: Path) -> Predictor:
+    """The SavedModel's ``serve`` endpoint as a NumPy function."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(directory))  # must stay referenced: it owns the variables
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return np.asarray(loaded.serve(tf.constant(images, dtype=tf.float32)))
+
+    return predict
+
+
+def keras_predictor(model: Any) -> Predictor:
+    """The Keras model in inference mode (the reference every format is compared with),
+    traced once as a ``tf.function`` as ``model.predict`` does: an eager call per image runs
+    every layer op by op and would make Keras look ~20× slower than it serves."""
+    import tensorflow as tf
+
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return np.asarray(call(tf.constant(images, dtype=tf.float32)))
+
+    return predict
+
+
+def predict_batched(predict: Predictor, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate(
+        [predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )
+
+
+def median_latency_ms(predict: Predictor, images: np.ndarray, samples: int) -> float:
+    """Median wall time of one single-image call, in ms, after one warm-up call.
+
+    The median, not the mean: on a shared CPU a few calls are slowed by other processes.
+    """
+    picks = images[: max(1, min(samples, len(images)))]
+    predict(picks[:1])
+    times = []
+    for image in picks:
+        start = time.perf_counter()
+        predict(image[np.newaxis])
+        times.append((time.perf_counter() - start) * 1000.0)
+    return float(np.median(times))
+
+
+def path_size(path: Path) -> int:
+    """Bytes of a file, or of all files under a directory."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+# --------------------------------------------------------------------------- the verdict
+
+
+@dataclass(frozen=True)
+class FormatResult:
+    """One format's scores against the Keras model, and whether it ships."""
+
+    format: str
+    path: str
+    accuracy: float
+    agreement: float
+    size_bytes: int
+    latency_ms: float
+    shipped: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of rows whose top-1 class is the same in two probability matrices."""
+    if len(a) == 0:
+        return float("nan")
+    return float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+
+
+def accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probs, axis=1) == y_true)) if len(y_true) else float("nan")
+
+
+def ship_decision(
+    accuracy: float,
+    agreement: float,
+    reference_accuracy: float,
+    min_agreement: float,
+    max_accuracy_drop: float,
+) -> tuple[bool, str]:
+    """Whether a format ships, with the reason in words (pure: unit-tested on numbers)."""
+    drop = reference_accuracy - accuracy
+    problems = []
+    if agreement < min_agreement:
+        problems.append(
+            f"agreement with the Keras model {agreement:.4f} < export.min_agreement "
+            f"{min_agreement:g}"
+        )
+    if drop > max_accuracy_drop + 1e-12:
+        problems.append(
+            f"accuracy drop {drop:.4f} ({reference_accuracy:.4f} → {accuracy:.4f}) > "
+            f"export.max_accuracy_drop {max_accuracy_drop:g}"
+        )
+    if problems:
+        return False, "not shipped: " + "; ".join(problems)
+    return True, f"shipped: agreement {agreement:.4f}, accuracy drop {max(drop, 0.0):.4f}"
+
+
+def score_format(
+    name: str,
+    path: Path,
+    predict: Predictor,
+    images: np.ndarray,
+    labels: np.ndarray,
+    reference: np.ndarray,
+    reference_accuracy: float,
+    cfg: ExportConfig,
+    batch_size: int,
+) -> FormatResult:
+    """Re-score one format on the test images and decide whether it ships."""
+    probs = predict_batched(predict, images, batch_size)
+    acc, agree = accuracy(labels, probs), agreement(probs, reference)
+    shipped, reason = ship_decision(
+        acc, agree, reference_accuracy, cfg.min_agreement, cfg.max_accuracy_drop
+    )
+    result = FormatResult(
+        format=name,
+        path=str(path),
+        accuracy=round(acc, 6),
+        agreement=round(agree, 6),
+        size_bytes=path_size(path),
+        latency_ms=round(median_latency_ms(predict, images, cfg.latency_samples), 3),
+        shipped=shipped,
+        reason=reason,
+    )
+    logger.info(
+        "%s: accuracy %.4f, agreement %.4f, %.1f MB, %.2f ms/image → %s", name, acc, agree,
+        result.size_bytes / 1e6, result.latency_ms, reason,
+    )  # fmt: skip
+    return result
+
+
+def export_and_verify(
+    model_path: Path,
+    out_dir: Path,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    calibration: np.ndarray,
+    cfg: ExportConfig,
+    *,
+    hint: str = "rerun finetune (dvc repro finetune)",
+) -> dict[str, Any]:
+    """Write every format in ``cfg.formats`` under ``out_dir``, re-score each on the test
+    images and return the report written to ``metrics/export.json``."""
+    from reprotrain.models.loading import load_model
+    from reprotrain.progress import progress
+
+    model = load_model(model_path, hint=hint)
+    keras_predict = keras_predictor(model)
+    reference = predict_batched(keras_predict, test_images, cfg.batch_size)
+    reference_accuracy = accuracy(test_labels, reference)
+    keras_latency = median_latency_ms(keras_predict, test_images, cfg.latency_samples)
+    report: dict[str, Any] = {
+        "n_test": len(test_labels),
+        "n_calibration": len(calibration),
+        "min_agreement": cfg.min_agreement,
+        "max_accuracy_drop": cfg.max_accuracy_drop,
+        "keras": {
+            "path": str(model_path),
+            "accuracy": round(reference_accuracy, 6),
+            "size_bytes": path_size(model_path),
+            "latency_ms": round(keras_latency, 3),
+        },
+        "formats": {},
+    }  # fmt: skip
+    out_dir = Path(out_dir)
+    saved_dir = out_dir / FILENAMES[SAVED_MODEL]
+    export_saved_model(model, saved_dir)  # every TFLite model is converted from it
+    with progress(len(cfg.formats), desc="export", unit="format") as bar:
+        for name in cfg.formats:
+            path = out_dir / FILENAMES[name]
+            if name == SAVED_MODEL:
+                predict: Predictor = saved_model_predictor(saved_dir)
+            else:
+                kind = name.removeprefix("tflite_")
+                atomic_write_bytes(path, convert_tflite(saved_dir, kind, calibration))
+                predict = TFLiteClassifier(path)
+            result = score_format(
+                name, path, predict, test_images, test_labels, reference, reference_accuracy,
+                cfg, batch_size=cfg.batch_size,
+            )  # fmt: skip
+            report["formats"][name] = result.as_dict()
+            bar.update(1)
+    return report
+
+
+def shipped_formats(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The formats of an export report that passed their checks."""
+    return {k: v for k, v in report.get("formats", {}).items() if v.get("shipped")}
+
+
+def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """``export.<format>.<metric>`` numbers (MLflow metrics, registry version tags)."""
+    out: dict[str, float] = {}
+    for name, row in report.get("formats", {}).items():
+        for key in ("accuracy", "agreement", "size_bytes", "latency_ms"):
+            out[f"export.{name}.{key}"] = float(row[key])
+        out[f"export.{name}.shipped"] = 1.0 if row["shipped"] else 0.0
+    keras_row = report.get("keras") or {}
+    for key in ("accuracy", "size_bytes", "latency_ms"):
+        if key in keras_row:
+            out[f"export.keras.{key}"] = float(keras_row[key])
+    return out

@@ -1,0 +1,63 @@
+"""export: the fine-tuned model as a TF Serving SavedModel and TFLite (float32, float16, int8),
+each re-scored on the test split against the Keras model.
+
+Reads models/finetuned.keras and data/prepared (test split; a seeded sample of train images
+calibrates int8). Writes models/export/ and metrics/export.json: per format the accuracy,
+agreement with the Keras model's top-1 labels, file size, median batch-1 latency on this
+CPU, and whether it ships (export.min_agreement, export.max_accuracy_drop). A format that
+fails its check is reported, not fatal. ≈ 1–2 min on 2 CPU cores for the default model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from reprotrain import paths, runtime, tracking
+from reprotrain.cli import run_main
+from reprotrain.config import load_params
+from reprotrain.fsio import atomic_write_json
+
+STAGE = "export"
+SECTIONS = ("seed", "model", "pipeline", "runtime", "export")
+logger = logging.getLogger("reprotrain.stages.export")
+
+
+def main() -> int:
+    params = load_params()
+    cfg = params.export
+    info = runtime.configure(params.runtime, params.seed)
+    from reprotrain.serving import export  # TensorFlow: after the runtime is configured
+
+    size = params.model.image_size
+    test_images, test_labels = export.load_split(
+        paths.split_files(paths.PREPARED_DIR, "test"), params.pipeline,
+        image_size=size, batch_size=cfg.batch_size, seed=params.seed,
+    )  # fmt: skip
+    calibration = export.calibration_images(
+        paths.split_files(paths.PREPARED_DIR, "train"), params.pipeline,
+        image_size=size, count=cfg.calibration_samples, seed=params.seed,
+    )  # fmt: skip
+    shutil.rmtree(paths.EXPORT_DIR, ignore_errors=True)  # no format left from another config
+    with tracking.stage_run(
+        STAGE, params, sections=SECTIONS, root=Path.cwd(),
+        upstream=[paths.PREPARE_RUN, paths.FINETUNED_RUN], sidecar=paths.EXPORT_RUN,
+        environment=runtime.environment_info(info),
+    ) as run:  # fmt: skip
+        report = export.export_and_verify(
+            paths.FINETUNED_MODEL, paths.EXPORT_DIR, test_images, test_labels, calibration, cfg
+        )
+        atomic_write_json(paths.EXPORT_METRICS, report)
+        run.log_metrics(export.flat_metrics(report))
+        run.set_tags(
+            {"reprotrain.export.shipped": ",".join(export.shipped_formats(report)) or "none"}
+        )
+        run.log_artifact(paths.EXPORT_METRICS)
+        for name, row in export.shipped_formats(report).items():
+            run.log_artifact(Path(row["path"]), artifact_path=f"export/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,159 @@
+"""export: real TFLite conversion and LiteRT interpreter on a tiny trained model and tiny
+generated TFRecords; the ship rule on numbers; the DVC stage on the tiny project."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reprotrain.config import ExportConfig, PipelineConfig, PrepareConfig
+from reprotrain.serving.export import agreement, ship_decision
+from tests.conftest import make_class_tree, run, subprocess_env
+
+SIZE = 32
+PIPE = PipelineConfig(shuffle_buffer=64)
+
+
+def test_ship_rule_names_each_failed_check() -> None:
+    ok, reason = ship_decision(0.95, 0.99, 0.955, min_agreement=0.98, max_accuracy_drop=0.01)
+    assert ok and reason.startswith("shipped")
+    ok, reason = ship_decision(0.95, 0.97, 0.95, min_agreement=0.98, max_accuracy_drop=0.01)
+    assert not ok and "agreement with the Keras model 0.9700 < export.min_agreement 0.98" in reason
+    ok, reason = ship_decision(0.90, 0.99, 0.95, min_agreement=0.98, max_accuracy_drop=0.01)
+    assert not ok and "accuracy drop 0.0500" in reason and "agreement" not in reason
+    ok, reason = ship_decision(0.90, 0.5, 0.95, min_agreement=0.98, max_accuracy_drop=0.01)
+    assert not ok and "agreement" in reason and "accuracy drop" in reason
+    # Exactly at the limits ships; a format more accurate than Keras ships.
+    assert ship_decision(0.94, 0.98, 0.95, 0.98, 0.01)[0]
+    assert ship_decision(1.0, 0.98, 0.9, 0.98, 0.01)[0]
+
+
+def test_agreement_is_the_share_of_equal_top1_labels() -> None:
+    a = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    b = np.array([[0.6, 0.4], [0.4, 0.6], [0.4, 0.6], [0.1, 0.9]])
+    assert agreement(a, b) == 0.75
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TFRecords of 3 colour classes (train/val/test) written by the real prepare."""
+    from reprotrain.data.fetch import fetch
+    from reprotrain.data.prepare import prepare
+
+    tmp = tmp_path_factory.mktemp("export")
+    src = make_class_tree(tmp / "src", {"red": 20, "green": 20, "blue": 20}, size=48)
+    fetch(str(src), tmp / "raw")
+    prepare(tmp / "raw", tmp / "prepared", PrepareConfig(shard_size=16, max_side=64), 42)
+    return tmp / "prepared"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN trained until it separates the colours (a confident model: an untrained
+    one predicts near-ties, where any rounding flips the top-1 label)."""
+    import keras
+
+    from reprotrain.paths import split_files
+    from reprotrain.serving.export import load_split
+
+    keras.utils.set_random_seed(0)
+    x, y = load_split(split_files(prepared, "train"), PIPE, image_size=SIZE, batch_size=32, seed=0)
+    model = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Rescaling(1 / 127.5, offset=-1),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=15, batch_size=16, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_every_format_is_written_rescored_and_judged(
+    prepared: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from reprotrain.paths import split_files
+    from reprotrain.serving.export import (
+        FILENAMES,
+        calibration_images,
+        export_and_verify,
+        load_split,
+    )
+
+    x, y = load_split(split_files(prepared, "test"), PIPE, image_size=SIZE, batch_size=8, seed=0)
+    calib = calibration_images(
+        split_files(prepared, "train"), PIPE, image_size=SIZE, count=16, seed=42
+    )
+    again = calibration_images(
+        split_files(prepared, "train"), PIPE, image_size=SIZE, count=16, seed=42
+    )
+    other = calibration_images(
+        split_files(prepared, "train"), PIPE, image_size=SIZE, count=16, seed=7
+    )
+    assert calib.shape == (16, SIZE, SIZE, 3) and np.array_equal(calib, again)
+    assert not np.array_equal(calib, other)
+
+    cfg = ExportConfig(latency_samples=5, batch_size=8)
+    report = export_and_verify(tiny_model, tmp_path / "export", x, y, calib, cfg)
+
+    assert report["n_test"] == len(y) > 0 and report["n_calibration"] == 16
+    assert report["keras"]["accuracy"] >= 0.9  # the tiny model learnt the colours
+    assert set(report["formats"]) == set(cfg.formats)
+    for name, row in report["formats"].items():
+        path = Path(row["path"])
+        assert path == tmp_path / "export" / FILENAMES[name] and path.exists()
+        assert row["size_bytes"] > 0 and row["latency_ms"] > 0
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["agreement"] <= 1
+        expected = ship_decision(
+            row["accuracy"], row["agreement"], report["keras"]["accuracy"],
+            cfg.min_agreement, cfg.max_accuracy_drop,
+        )  # fmt: skip
+        assert (row["shipped"], row["reason"]) == expected
+    # Float formats compute what Keras computes. (float16 halves the weights, but on a
+    # 300-parameter model its dequantize ops outweigh that: no size check here.)
+    for name in ("saved_model", "tflite_float32", "tflite_float16"):
+        assert report["formats"][name]["agreement"] == 1.0
+        assert report["formats"][name]["shipped"]
+    # Full-integer int8 with uint8 input: what a microcontroller or an Edge TPU needs.
+    interp = Interpreter(model_path=report["formats"]["tflite_int8"]["path"])
+    assert interp.get_input_details()[0]["dtype"] == np.uint8
+    assert interp.get_output_details()[0]["dtype"] == np.uint8
+    assert report["formats"]["tflite_int8"]["agreement"] >= 0.8
+    json.dumps(report)  # metrics/export.json material
+
+
+@pytest.mark.slow
+def test_export_stage_runs_under_dvc_and_is_tracked(tiny_project: Path) -> None:
+    """The real `dvc repro export` on the tiny project: formats, metrics, sidecar, MLflow run."""
+    import mlflow
+
+    run(["dvc", "repro", "export"], tiny_project, subprocess_env())
+    report = json.loads((tiny_project / "metrics" / "export.json").read_text())
+    assert set(report["formats"]) == {
+        "saved_model", "tflite_float32", "tflite_float16", "tflite_int8"
+    }  # fmt: skip
+    assert (tiny_project / "models" / "export" / "saved_model" / "saved_model.pb").is_file()
+    sidecar = json.loads((tiny_project / "models" / "export.run.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{tiny_project / 'mlruns' / 'mlflow.db'}")
+    got = client.get_run(sidecar["run_id"])
+    assert got.info.status == "FINISHED"
+    assert got.data.metrics["export.tflite_float32.agreement"] == pytest.approx(
+        report["formats"]["tflite_float32"]["agreement"]
+    )
+    assert got.data.tags["reprotrain.upstream.finetune"] != "missing"
+    artifacts = {a.path for a in client.list_artifacts(sidecar["run_id"])}
+    assert "export.json" in artifacts
+    # A second repro with nothing changed is a no-op for export.
+    status = run(["dvc", "status", "export"], tiny_project, subprocess_env())
+    assert "changed" not in status.stdout
