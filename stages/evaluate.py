@@ -31,13 +31,13 @@ def main() -> int:
     cfg = params.evaluate
     info = runtime.configure(params.runtime, params.seed)
     from reprotrain import evaluation  # TensorFlow: after the runtime is configured
-    from reprotrain.data import pipeline
+    from reprotrain.data import pipeline, tfrecords
     from reprotrain.evaluation import plots
 
     size = params.model.image_size
     labels = pipeline.read_labels(paths.PREPARED_DIR)
     manifest = paths.PREPARED_DIR / "manifest.csv"
-    test_files = paths.split_files(paths.PREPARED_DIR, "test")
+    test_files = tfrecords.verify_shards(paths.PREPARED_DIR, "test")
     n_expected = len(evaluation.split_sha256(manifest, "test"))
     if not test_files or n_expected == 0:
         raise DataError(

@@ -28,15 +28,16 @@ def main() -> int:
     params = load_params()
     cfg = params.export
     info = runtime.configure(params.runtime, params.seed)
+    from reprotrain.data import tfrecords
     from reprotrain.serving import export  # TensorFlow: after the runtime is configured
 
     size = params.model.image_size
     test_images, test_labels = export.load_split(
-        paths.split_files(paths.PREPARED_DIR, "test"), params.pipeline,
+        tfrecords.verify_shards(paths.PREPARED_DIR, "test"), params.pipeline,
         image_size=size, batch_size=cfg.batch_size, seed=params.seed,
     )  # fmt: skip
     calibration = export.calibration_images(
-        paths.split_files(paths.PREPARED_DIR, "train"), params.pipeline,
+        tfrecords.verify_shards(paths.PREPARED_DIR, "train"), params.pipeline,
         image_size=size, count=cfg.calibration_samples, seed=params.seed,
     )  # fmt: skip
     shutil.rmtree(paths.EXPORT_DIR, ignore_errors=True)  # no format left from another config

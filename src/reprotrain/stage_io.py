@@ -101,15 +101,16 @@ def load_stage_data(
     ``train_as_eval`` builds the train split without shuffling or augmentation (the
     feature cache reads it once, in order).
     """
-    from reprotrain.data import pipeline
-    from reprotrain.paths import split_files
+    from reprotrain.data import pipeline, tfrecords
 
     prepared_dir = Path(prepared_dir)
     manifest = prepared_dir / "manifest.csv"
     if not manifest.is_file():
         raise DataError(f"{manifest} not found: run the prepare stage first (dvc repro prepare)")
     labels = list(pipeline.read_labels(prepared_dir))
-    files = {s: split_files(prepared_dir, s) for s in ("train", "val")}
+    # Checked against prepare's shards.json: a truncated or changed shard stops here with
+    # its name and the fix, instead of a DataLossError mid-epoch (or fewer images).
+    files = {s: tfrecords.verify_shards(prepared_dir, s) for s in ("train", "val")}
     for split, found in files.items():
         if not found:
             raise DataError(

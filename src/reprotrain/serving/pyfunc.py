@@ -49,19 +49,13 @@ def photo_pixels(data: bytes, image_size: int, max_side: int | None, quality: in
     """File bytes → the uint8 ``[S, S, 3]`` pixels the model saw in training, or the reason
     (a string) the file cannot be used.
 
-    THE one call into the project's normalisation: ``images.normalize`` as in prepare, then
-    the tf.data pipeline's ``decode_and_resize`` and rounding to uint8 (what the pipeline
-    caches). When ``reprotrain.data.images`` offers one function for this, call it here.
+    The served model calls the project's one normalisation function
+    (``reprotrain.data.images.model_pixels``), which prepare and predict call too.
     """
-    import tensorflow as tf
+    from reprotrain.data import images
 
-    from reprotrain.data import images, pipeline
-
-    result = images.normalize(data, max_side, quality)
-    if isinstance(result, images.Rejected):
-        return result.reason
-    pixels = pipeline.decode_and_resize(tf.constant(result.jpeg), image_size)
-    return tf.cast(tf.round(pixels), tf.uint8).numpy()
+    result = images.model_pixels(data, image_size, max_side, quality)
+    return result.reason if isinstance(result, images.Rejected) else result
 
 
 def _as_bytes(value: Any) -> bytes:
