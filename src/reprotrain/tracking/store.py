@@ -15,18 +15,21 @@ must be upgraded to a writing one (it answers SQLITE_BUSY at once, to avoid a de
 the first process to open a fresh file runs the schema migrations while others read it. With
 two queued experiments writing one file this surfaces as "database is locked", which MLflow
 wraps as ``TEMPORARILY_UNAVAILABLE``. MLflow exposes no connect-args hook for SQLite, so
-:func:`retrying` repeats the few store calls we make at run start and end, with backoff.
+:func:`retrying` repeats the few store calls we make at run start and end, with backoff, and
+:func:`client` opens a SQLite store under a file lock (one migration at a time).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,13 +137,47 @@ def retrying(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any)
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def _first_open_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` beside a SQLite store while MLflow opens it.
+
+    Why: the first process to open a fresh file runs MLflow's schema migrations (alembic);
+    two stage processes doing it at once fail with "table ... already exists" or see a
+    half-migrated schema. Opening an existing store takes milliseconds, so serialising the
+    open costs nothing.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri[len("sqlite:///") :]).with_name(".mlflow.db.open-lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def client(uri: str) -> Any:
-    """An ``MlflowClient`` for tracking and registry at ``uri``, also made MLflow's default."""
+    """An ``MlflowClient`` for tracking and registry at ``uri``, also made MLflow's default.
+
+    Opening a SQLite store runs SQLAlchemy at once: a damaged file raises a raw
+    ``sqlalchemy.exc.DatabaseError`` here, which becomes one TrackingError line (with the cause).
+    """
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return mlflow.MlflowClient(uri, registry_uri=uri)
+    try:
+        with _first_open_lock(uri):
+            return retrying(mlflow.MlflowClient, uri, registry_uri=uri)
+    except Exception as exc:
+        cause = " ".join(str(getattr(exc, "message", exc)).split())[:300]
+        raise TrackingError(
+            f"MLflow store {uri} cannot be opened ({type(exc).__name__}: {cause}); restore it "
+            "from a backup or point tracking.store / MLFLOW_TRACKING_URI at a working store"
+        ) from None
 
 
 def connect(uri: str, experiment: str) -> str:
