@@ -9,7 +9,6 @@ a second tiny repro just for these checks would cost a minute of the suite's bud
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import keras
 import pytest
@@ -17,7 +16,7 @@ import yaml
 
 from reprotrain.models import transfer
 from tests.ci.test_retrain import promoted_project
-from tests.conftest import run
+from tests.conftest import project_client, run
 
 
 def test_stages_outputs_trainable_set_and_param_scoping(
@@ -50,14 +49,9 @@ def test_stages_outputs_trainable_set_and_param_scoping(
     assert head_metrics["feature_cache"] is True
 
     run_id = json.loads((proj / "models" / "finetuned.run.json").read_text())["run_id"]
-    con = sqlite3.connect(proj / "mlruns" / "mlflow.db")
-    try:
-        tags = dict(con.execute("select key, value from tags where run_uuid=?", (run_id,)))
-        steps = con.execute(
-            "select count(*) from metrics where run_uuid=? and key='val_accuracy'", (run_id,)
-        ).fetchone()[0]
-    finally:
-        con.close()
+    client = project_client(proj)
+    tags = client.get_run(run_id).data.tags
+    steps = len(client.get_metric_history(run_id, "val_accuracy"))
     assert tags["reprotrain.trainable_layers"] == ",".join(expected)
     assert tags["reprotrain.trainable_layer_count"] == "3"
     assert tags["reprotrain.trainable_params"] == str(summary["trainable_params"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import yaml
 
 from reprotrain.tracking import TAG_EXP
 from tests.ci.test_retrain import Project, promoted_project, retrain
-from tests.conftest import run
+from tests.conftest import project_client, run
 
 TRAINING_STAGES = ("prepare", "train_head", "finetune", "evaluate")
 #: -S value as typed → its value. DVC writes 3e-5 back as `3e-05`, which YAML 1.1 (PyYAML)
@@ -142,41 +141,26 @@ def test_exp_show_has_params_and_metrics(sweep: dict[str, Any]) -> None:
 def test_every_experiment_lands_in_the_one_mlflow_store(
     project: Project, sweep: dict[str, Any]
 ) -> None:
-    db = project.root / "mlruns" / "mlflow.db"
-    con = sqlite3.connect(db)
-    try:
-        assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
-        statuses = dict(con.execute("select status, count(*) from runs group by status"))
-        assert set(statuses) == {"FINISHED"}, statuses
-        for name, lr in sweep["names"].items():
-            rows = con.execute(
-                "select r.name, r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid"
-                " where t.key = ? and t.value = ?",
-                (TAG_EXP, name),
-            ).fetchall()
-            stages = {stage: run_id for stage, run_id in rows}
-            # finetune and evaluate reran (nested under one pipeline run); cached stages did not.
-            assert {"pipeline", "finetune", "evaluate"} <= set(stages), (name, rows)
-            assert not {"prepare", "train_head"} & set(stages), (name, rows)
-            logged = con.execute(
-                "select value from params where run_uuid = ? and key = 'finetune.learning_rate'",
-                (stages["finetune"],),
-            ).fetchone()
-            assert logged is not None and float(logged[0]) == pytest.approx(lr)
-        versions = con.execute("select count(*) from model_versions").fetchone()[0]
-        champion = con.execute(
-            "select version from registered_model_aliases where alias = 'champion'"
-        ).fetchone()[0]
-        exp_versions = {
-            int(v)
-            for (v,) in con.execute(
-                "select mv.version from model_versions mv join runs r on mv.run_id = r.run_uuid"
-                " join tags t on t.run_uuid = r.run_uuid where t.key = ?",
-                (TAG_EXP,),
-            )
-        }
-    finally:
-        con.close()
+    client = project_client(project.root)
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exp_ids, max_results=5000)
+    statuses = {r.info.status for r in runs}
+    assert statuses == {"FINISHED"}, statuses
+    for name, lr in sweep["names"].items():
+        tagged = [r for r in runs if r.data.tags.get(TAG_EXP) == name]
+        stages = {r.data.tags.get("reprotrain.stage", r.data.tags.get("reprotrain.role")): r
+                  for r in tagged}  # fmt: skip
+        # finetune and evaluate reran (nested under one pipeline run); cached stages did not.
+        assert {"pipeline", "finetune", "evaluate"} <= set(stages), (name, list(stages))
+        assert not {"prepare", "train_head"} & set(stages), (name, list(stages))
+        assert stages["pipeline"].info.run_name == name  # the row is named after the experiment
+        logged = stages["finetune"].data.params.get("finetune.learning_rate")
+        assert logged is not None and float(logged) == pytest.approx(lr)
+    model_versions = client.search_model_versions("name = 'reprotrain-classifier'")
+    versions = len(model_versions)
+    champion = client.get_model_version_by_alias("reprotrain-classifier", "champion").version
+    exp_run_ids = {r.info.run_id for r in runs if TAG_EXP in r.data.tags}
+    exp_versions = {int(mv.version) for mv in model_versions if mv.run_id in exp_run_ids}
     # v1 from the first retrain, v2 possibly from test_retrain's second run, one per experiment.
     assert versions >= 1 + len(sweep["names"])
     # Experiments register versions but never take the champion alias (not on any branch).

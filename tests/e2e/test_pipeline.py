@@ -10,12 +10,11 @@ MLflow run, and the registry holds a version with an alias.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_project, run, subprocess_env
+from tests.conftest import make_project, project_client, run, subprocess_env
 
 pytestmark = pytest.mark.e2e
 
@@ -90,15 +89,13 @@ def test_every_stage_tracked_and_model_registered(real_run) -> None:
     proj, _, _ = real_run
     db = proj / "mlruns" / "mlflow.db"
     assert db.is_file()
-    con = sqlite3.connect(db)
-    try:
-        names = {r[0] for r in con.execute("select name from runs where status='FINISHED'")}
-        assert {"prepare", "train_head", "finetune", "evaluate"} <= names, names
-        left_running = con.execute("select count(*) from runs where status='RUNNING'").fetchone()
-        assert left_running[0] == 0
-        aliases = {r[0] for r in con.execute("select alias from registered_model_aliases")}
-    finally:
-        con.close()
+    client = project_client(proj)
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exp_ids, max_results=1000)
+    names = {r.info.run_name for r in runs if r.info.status == "FINISHED"}
+    assert {"prepare", "train_head", "finetune", "evaluate"} <= names, names
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    aliases = {a for mv in client.search_model_versions() for a in mv.aliases}
     promotion = _json(proj / "metrics" / "promotion.json")
     assert promotion["alias"] in aliases
     assert promotion["promoted"] is True  # first run, no champion, accuracy above the floor

@@ -18,7 +18,7 @@ from reprotrain.errors import ModelError, ReprotrainError, TrackingError
 from reprotrain.evaluation import gate as promotion
 from reprotrain.tracking import store
 from reprotrain.tracking.registry import find_keras, get_champion, set_champion
-from reprotrain.tracking.runs import StageRun
+from reprotrain.tracking.runs import StageRun, store_errors
 from reprotrain.tracking.tags import (
     VTAG_ACCURACY,
     VTAG_DIGEST,
@@ -174,11 +174,6 @@ def register_and_promote(
         champion_accuracy = _rescore_champion(client, name, champion, test_digest, rescore)
 
     model = keras.saving.load_model(model_path, compile=False)
-    info = mlflow.keras.log_model(
-        model, name=artifact_name, signature=_signature(image_size, len(labels)),
-        pip_requirements=_requirements(),
-    )  # fmt: skip
-    run.log_dict({"labels": list(labels)}, "labels.json")
     tags = {
         VTAG_ACCURACY: repr(float(accuracy)),
         VTAG_DIGEST: test_digest,
@@ -186,7 +181,13 @@ def register_and_promote(
         VTAG_IMAGE_SIZE: str(image_size),
         VTAG_RUN: run.run_id,
     }
-    version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)
+    with store_errors(uri, f"registering a new version of {name} (aliases unchanged)"):
+        info = mlflow.keras.log_model(
+            model, name=artifact_name, signature=_signature(image_size, len(labels)),
+            pip_requirements=_requirements(),
+        )  # fmt: skip
+        version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)
+    run.log_dict({"labels": list(labels)}, "labels.json")
 
     alias: str | None
     if problem is not None:

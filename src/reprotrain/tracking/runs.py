@@ -71,7 +71,7 @@ def _metric_list(values: Mapping[str, float]) -> list[Any]:
 
 
 @contextmanager
-def _store_errors(uri: str, what: str) -> Iterator[None]:
+def store_errors(uri: str, what: str) -> Iterator[None]:
     """A store failure while a stage runs (a stopped server, a broken file) becomes one
     TrackingError line that says what to do, instead of an HTTP traceback."""
     from mlflow.exceptions import MlflowException
@@ -107,7 +107,7 @@ class StageRun:
 
         values = {_metric_key(k): float(v) for k, v in metrics.items()}
         what = f"logging {self.stage} metrics" + (f" of step {step}" if step is not None else "")
-        with _store_errors(self.uri, what):
+        with store_errors(self.uri, what):
             mlflow.log_metrics(values, step=step, run_id=self.run_id)
             if step is None and self.parent_run_id and self.stage:
                 mlflow.MlflowClient().log_batch(
@@ -121,7 +121,7 @@ class StageRun:
         import mlflow
 
         values = {_metric_key(k): float(v) for k, v in metrics.items()}
-        with _store_errors(self.uri, f"logging the {self.stage} pipeline metrics"):
+        with store_errors(self.uri, f"logging the {self.stage} pipeline metrics"):
             mlflow.log_metrics(values, run_id=self.run_id)
             if not self.parent_run_id:
                 return
@@ -137,7 +137,7 @@ class StageRun:
         import mlflow
 
         path = Path(path)
-        with _store_errors(self.uri, f"uploading {path}"):
+        with store_errors(self.uri, f"uploading {path}"):
             if path.is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=artifact_path or path.name)
             elif path.exists():
@@ -148,13 +148,13 @@ class StageRun:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         import mlflow
 
-        with _store_errors(self.uri, f"tagging the {self.stage} run"):
+        with store_errors(self.uri, f"tagging the {self.stage} run"):
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         import mlflow
 
-        with _store_errors(self.uri, f"uploading {artifact_file}"):
+        with store_errors(self.uri, f"uploading {artifact_file}"):
             mlflow.log_dict(dict(data), artifact_file)
 
 
@@ -270,7 +270,7 @@ def stage_run(
     status = RunStatus.to_string(RunStatus.FAILED)
     previous_term = _interrupt_on_sigterm()
     try:
-        with _store_errors(uri, f"starting the {stage} run"):
+        with store_errors(uri, f"starting the {stage} run"):
             logged: dict[str, Any] = {}
             for section in sections:
                 logged.update(flatten(getattr(params, section), section))
