@@ -47,7 +47,7 @@ def _client(root: Path):
 
 
 def champion(root: Path) -> str:
-    return _client(root).get_model_version_by_alias(NAME, "champion").version
+    return str(_client(root).get_model_version_by_alias(NAME, "champion").version)
 
 
 def test_promote_and_rollback_are_audited(

@@ -211,7 +211,7 @@ def test_changed_task_registers_without_promoting(store_project: Path) -> None:
     assert "tracking.registered_model" in reason and f"promote {NAME} 2" in reason
     assert "\n" not in reason
     client = project_client(root)
-    assert client.get_model_version_by_alias(NAME, "champion").version == "1"
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
     v2 = client.get_model_version(NAME, "2")
     assert v2.aliases == [] and v2.tags["reprotrain.promotion_reason"] == reason
     run = client.get_run(v2.tags["reprotrain.run_id"])
@@ -249,7 +249,7 @@ def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
     client = project_client(root)
 
     def state() -> tuple[str, int]:
-        champ = client.get_model_version_by_alias(NAME, "champion").version
+        champ = str(client.get_model_version_by_alias(NAME, "champion").version)
         return champ, len(client.search_model_versions(f"name = '{NAME}'"))
 
     before = state()
