@@ -255,9 +255,9 @@ def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
     before = state()
     db = root / "mlruns" / "mlflow.db"
     backup = root / "mlflow.db.bak"
-    shutil.copy2(db, backup)
     params = load_params(root / "params.yaml")
     with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
+        shutil.copy2(db, backup)
         db.write_bytes(b"this is not a database" * 400)
         try:
             with pytest.raises(tracking.TrackingError, match=r"could not look up|cannot be opened"):
