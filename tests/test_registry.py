@@ -132,6 +132,13 @@ def test_versions_aliases_and_rescoring(registry) -> None:
     assert tracking.resolve_labels(f"models:/{NAME}@champion", root) == LABELS
     with pytest.raises(tracking.TrackingError):
         tracking.resolve_model(f"models:/{NAME}@nope", root)
+    # runs:/RUN_ID/model (what `predict` accepts too): the run's logged model, downloaded.
+    run_id = v3.tags["reprotrain.run_id"]
+    from_run = tracking.resolve_model(f"runs:/{run_id}/model", root)
+    assert from_run.suffix == ".keras" and from_run.is_file() and from_run != path
+    assert tracking.resolve_labels(f"runs:/{run_id}/model", root) == LABELS
+    with pytest.raises(tracking.TrackingError, match="not a models"):
+        tracking.resolve_model("s3://bucket/model.keras", root)
 
 
 def test_serve_champion_over_rest(registry) -> None:
