@@ -95,10 +95,11 @@ def upstream_stages(root: Path, stage: str) -> list[str]:
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph
-        nodes = {s.addressing: s for s in graph.nodes}
+        # ``name``, not ``addressing``: the latter is relative to the current directory.
+        nodes = {s.name: s for s in graph.nodes if getattr(s, "name", None)}
         if stage not in nodes:
             raise KeyError(f"stage {stage!r} is not in dvc.yaml (stages: {', '.join(nodes)})")
-        return [s.addressing for s in nx.dfs_postorder_nodes(graph, nodes[stage])]
+        return [s.name for s in nx.dfs_postorder_nodes(graph, nodes[stage])]
 
 
 # --------------------------------------------------------------------------- git and hashes
