@@ -71,7 +71,7 @@ root, seed = Path(sys.argv[1]), Path(sys.argv[2])
 params = load_params(root / "params.yaml") if (root / "params.yaml").is_file() else None
 store = params.tracking.store if params else "mlruns"
 name = params.tracking.experiment if params else "reprotrain"
-client = mlflow.MlflowClient(tracking.project_uri(root, store))
+client = mlflow.MlflowClient(tracking.store_uri(root, store))
 exp = client.get_experiment_by_name(name)
 if exp is None:
     sys.exit(f"experiment {name!r} not found in the store of {root}: run the pipeline first")

@@ -376,3 +376,102 @@ def restore_workspace(project: Project) -> None:
     proj, env = project.root, project.env
     run(["git", "checkout", "--", "."], proj, env)
     run(["dvc", "checkout", "--force"], proj, env)
+
+
+# --------------------------------------------------------------------------- tracking helpers
+# Shared by tests/test_tracking.py, test_ui.py, test_promote.py and the chaos tests: a tiny
+# project (dvc.yaml, params.yaml, a dvc.lock and a manifest in a git repo) whose stages are
+# simulated by calling ``tracking.stage_run`` the way stages/*.py do.
+
+PREPARED_MD5 = "0123456789abcdef0123456789abcdef.dir"
+HEAD_MD5 = "fedcba9876543210fedcba9876543210"
+
+
+def write_lock(root: Path) -> None:
+    """A dvc.lock as DVC 3 writes it, for the outputs later stages read."""
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "prepare": {
+                "cmd": "python stages/prepare.py",
+                "outs": [
+                    {"path": "data/prepared", "hash": "md5", "md5": PREPARED_MD5, "size": 10},
+                    {"path": "data/prepare.run.json", "hash": "md5", "md5": "aa" * 16},
+                ],
+            },
+            "train_head": {
+                "cmd": "python stages/train_head.py",
+                "outs": [{"path": "models/head.keras", "hash": "md5", "md5": HEAD_MD5}],
+            },
+        },
+    }
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+
+
+def write_manifest(root: Path) -> None:
+    """A data/prepared/manifest.csv with three images per split."""
+    rows = ["path,label,label_index,split,sha256,height,width"]
+    for i in range(9):
+        split = ("train", "val", "test")[i % 3]
+        rows.append(f"img{i}.jpg,{'ab'[i % 2]},{i % 2},{split},{i:064x},32,32")
+    manifest = root / "data" / "prepared" / "manifest.csv"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("\n".join(rows) + "\n")
+
+
+def make_tracking_project(root: Path, empty_db: Path | None = None) -> Path:
+    """dvc.yaml + params.yaml + a dep source in a git repo, a dvc.lock and a manifest (and a
+    copy of a migrated empty MLflow database: creating one costs seconds, copying does not)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        (root / name).write_text((REPO / name).read_text())
+    (root / "stages").mkdir(exist_ok=True)
+    (root / "stages" / "finetune.py").write_text("# stage\n")
+    env = subprocess_env()
+    run(["git", "init", "-q", "-b", "main"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "init"], root, env)
+    write_lock(root)
+    write_manifest(root)
+    if empty_db is not None:
+        (root / "mlruns").mkdir(exist_ok=True)
+        shutil.copy2(empty_db, root / "mlruns" / "mlflow.db")
+    return root
+
+
+def make_empty_db(directory: Path) -> Path:
+    """A migrated, empty MLflow SQLite file in ``directory``."""
+    import mlflow
+
+    db = directory / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def simulate(root: Path, stage: str, upstream=(), sidecar=None, metrics=None, env=None):
+    """One simulated stage: params of ``seed`` and ``stage``, two steps and a final metric."""
+    from reprotrain import tracking
+    from reprotrain.config import load_params
+
+    params = load_params(root / "params.yaml")
+    with tracking.stage_run(
+        stage, params, sections=("seed", stage), root=root, upstream=upstream,
+        sidecar=sidecar, environment=env or {"python": "3.11", "cuda": "none"},
+    ) as r:  # fmt: skip
+        r.log_metrics({"loss": 1.0}, step=1)
+        r.log_metrics({"loss": 0.5}, step=2)
+        r.log_metrics(metrics or {"val_accuracy": 0.75})
+    return r
+
+
+def project_client(root: Path) -> Any:
+    """An MlflowClient on the SQLite store of the project at ``root``."""
+    import mlflow
+
+    from reprotrain import tracking
+
+    uri = tracking.default_uri(root)
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+TRACKING_ENV = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "REPROTRAIN_REPRODUCES")

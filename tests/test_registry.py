@@ -20,7 +20,14 @@ from reprotrain import tracking
 from reprotrain.config import load_params
 from reprotrain.evaluation import gate as promotion
 from reprotrain.models import transfer
-from tests.conftest import REPO, free_port, http_server, subprocess_env
+from tests.conftest import (
+    REPO,
+    TRACKING_ENV,
+    free_port,
+    http_server,
+    project_client,
+    subprocess_env,
+)
 from tests.models.tiny import tiny_arrays, tiny_model_cfg
 
 NAME = "tiny-classifier"
@@ -125,6 +132,13 @@ def test_versions_aliases_and_rescoring(registry) -> None:
     assert tracking.resolve_labels(f"models:/{NAME}@champion", root) == LABELS
     with pytest.raises(tracking.TrackingError):
         tracking.resolve_model(f"models:/{NAME}@nope", root)
+    # runs:/RUN_ID/model (what `predict` accepts too): the run's logged model, downloaded.
+    run_id = v3.tags["reprotrain.run_id"]
+    from_run = tracking.resolve_model(f"runs:/{run_id}/model", root)
+    assert from_run.suffix == ".keras" and from_run.is_file() and from_run != path
+    assert tracking.resolve_labels(f"runs:/{run_id}/model", root) == LABELS
+    with pytest.raises(tracking.TrackingError, match="not a models"):
+        tracking.resolve_model("s3://bucket/model.keras", root)
 
 
 def test_serve_champion_over_rest(registry) -> None:
@@ -146,3 +160,126 @@ def test_serve_champion_over_rest(registry) -> None:
         expected = model.predict(x, verbose=0)
         assert served.shape == (4, 2)
         np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- failure modes
+
+
+def _small_model(path: Path, num_classes: int, size: int = 32) -> Path:
+    """A few-kilobyte Keras classifier (the registry does not care what is inside)."""
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(num_classes, activation="softmax"),
+        ]
+    )
+    model.save(path)
+    return path
+
+
+@pytest.fixture
+def store_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var in TRACKING_ENV:
+        monkeypatch.delenv(var, raising=False)
+    root = tmp_path / "proj"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(REPO / name, root / name)
+    monkeypatch.chdir(root)
+    return root
+
+
+def _register(root: Path, model: Path, labels: list[str], digest: str, rescore, size: int = 32):
+    params = load_params(root / "params.yaml")
+    with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
+        return tracking.register_and_promote(
+            run, model, name=NAME, accuracy=0.9, test_digest=digest, rescore=rescore,
+            min_accuracy=0.5, min_improvement=0.0, image_size=size, labels=labels,
+        )  # fmt: skip
+
+
+def _never(path: Path) -> float:
+    raise AssertionError(f"the champion must not be re-scored ({path})")
+
+
+@pytest.mark.slow
+def test_changed_task_registers_without_promoting(store_project: Path) -> None:
+    """The registry holds the ants/bees champion; the new task has 10 classes."""
+    root = store_project
+    first = _register(root, _small_model(root / "ab.keras", 2), ["ants", "bees"], "d1", _never)
+    assert first["promoted"] and first["version"] == 1
+    ten = [f"c{i}" for i in range(10)]
+    result = _register(root, _small_model(root / "ten.keras", 10), ten, "d2", _never)
+    assert result["promoted"] is False and result["alias"] is None
+    assert result["comparable"] is False and result["version"] == 2
+    reason = result["reason"]
+    assert "champion v1 has classes [ants, bees]; this model has 10 other classes" in reason
+    assert "tracking.registered_model" in reason and f"promote {NAME} 2" in reason
+    assert "\n" not in reason
+    client = project_client(root)
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
+    v2 = client.get_model_version(NAME, "2")
+    assert v2.aliases == [] and v2.tags["reprotrain.promotion_reason"] == reason
+    run = client.get_run(v2.tags["reprotrain.run_id"])
+    assert run.data.tags["reprotrain.promotion.reason"] == reason
+    # Another input size is not comparable either.
+    other = _register(root, _small_model(root / "big.keras", 2, 48), ["ants", "bees"], "d3",
+                      _never, size=48)  # fmt: skip
+    assert not other["promoted"] and "takes 32×32 images; this model takes 48×48" in other["reason"]
+
+
+def test_only_a_missing_alias_means_no_champion(
+    store_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow 3.17 on SQLite: a missing alias is INVALID_PARAMETER_VALUE "... not found"; a
+    stopped server is another error, which must fail, never crown the new model."""
+    from reprotrain.tracking.registry import get_champion
+
+    uri = tracking.default_uri(store_project)
+    client = project_client(store_project)
+    client.create_registered_model(NAME)
+    assert get_champion(client, NAME, uri, "x") is None
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(tracking.TrackingError, match=r"could not look up .*champion not moved"):
+        get_champion(mlflow.MlflowClient(down, registry_uri=down), NAME, down, "champion not moved")
+
+
+@pytest.mark.slow
+def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
+    """A damaged store, then a champion whose files are gone: evaluate fails with one line,
+    registers nothing and leaves `champion` where it was."""
+    root = store_project
+    model = _small_model(root / "m.keras", 2)
+    assert _register(root, model, LABELS, "d1", _never)["version"] == 1
+    client = project_client(root)
+
+    def state() -> tuple[str, int]:
+        champ = str(client.get_model_version_by_alias(NAME, "champion").version)
+        return champ, len(client.search_model_versions(f"name = '{NAME}'"))
+
+    before = state()
+    db = root / "mlruns" / "mlflow.db"
+    backup = root / "mlflow.db.bak"
+    params = load_params(root / "params.yaml")
+    with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
+        shutil.copy2(db, backup)
+        db.write_bytes(b"this is not a database" * 400)
+        try:
+            with pytest.raises(tracking.TrackingError, match=r"could not look up|cannot be opened"):
+                tracking.register_and_promote(
+                    run, model, name=NAME, accuracy=0.99, test_digest="d1", rescore=_never,
+                    min_accuracy=0.0, min_improvement=0.0, image_size=32, labels=LABELS,
+                )  # fmt: skip
+        finally:
+            shutil.copy2(backup, db)
+    assert state() == before
+
+    # The champion's model files are deleted: it cannot be re-scored on a new test set.
+    source = client.get_model_version(NAME, "1").source  # models:/m-<id>
+    logged = mlflow.get_logged_model(source.rsplit("/", 1)[-1])
+    shutil.rmtree(Path(urllib.request.url2pathname(logged.artifact_location[len("file://") :])))
+    with pytest.raises(tracking.TrackingError, match=r"champion v1 .* could not be re-scored"):
+        _register(root, model, LABELS, "d2", _never)
+    assert state() == before

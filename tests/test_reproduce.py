@@ -40,15 +40,16 @@ def repro_project(tmp_path_factory: pytest.TempPathFactory):
     return proj, env
 
 
-def test_dag_plan() -> None:
-    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    graph = reproduce.dag(dvc_yaml)
-    assert reproduce.chain(graph, "evaluate") == list(STAGES)
-    assert reproduce.chain(graph, "train_head") == ["fetch", "prepare", "train_head"]
+def test_plan_follows_dvc_stage_graph() -> None:
+    assert reproduce.plan(REPO, "evaluate") == list(STAGES)
+    assert reproduce.plan(REPO, "train_head") == ["fetch", "prepare", "train_head"]
+    with pytest.raises(reproduce.ReproduceError, match="is not in dvc"):
+        reproduce.plan(REPO, "deploy")
     rows = reproduce.compare({"a": [(0, 1.0), (1, 0.5)]}, {"a": [(0, 1.0), (1, 0.25)], "b": []})
     assert rows == [("a", 0.5, 0.25, False), ("b", None, None, False)]
 
 
+@pytest.mark.slow
 def test_lineage_of_every_stage(repro_project) -> None:
     proj, _ = repro_project
     uri = tracking.default_uri(proj)
@@ -58,7 +59,7 @@ def test_lineage_of_every_stage(repro_project) -> None:
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs.values()}
     assert len(parents) == 1
     parent = client.get_run(parents.pop())
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "pipeline"
+    assert parent.info.status == "FINISHED" and parent.data.tags["reprotrain.role"] == "pipeline"
     assert "accuracy" in parent.data.metrics  # the final test metrics on the pipeline row
     assert parent.data.params["finetune.unfreeze_top"] == "10"
     lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
@@ -82,6 +83,7 @@ def test_lineage_of_every_stage(repro_project) -> None:
     assert client.get_model_version_by_alias("reprotrain-classifier", "champion")
 
 
+@pytest.mark.slow
 def test_reproduce_train_head_run_is_identical(repro_project, tmp_path: Path) -> None:
     """Reproduce the train_head run (prepare → train_head): the same machinery as for any
     stage, at half the cost of replaying the whole chain in the suite's time budget."""
@@ -113,6 +115,7 @@ def test_reproduce_train_head_run_is_identical(repro_project, tmp_path: Path) ->
     assert int(champion.version) == 1
 
 
+@pytest.mark.slow
 def test_unknown_run_is_a_one_line_error(repro_project) -> None:
     proj, env = repro_project
     proc = run(

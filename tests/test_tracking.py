@@ -8,103 +8,47 @@ No TensorFlow here: stages are simulated by calling ``stage_run`` the way stages
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
-import yaml
 
 from reprotrain import paths, tracking
 from reprotrain.config import load_params
 from reprotrain.errors import TrackingError
-from tests.conftest import REPO, run, subprocess_env
-
-PREPARED_MD5 = "0123456789abcdef0123456789abcdef.dir"
-HEAD_MD5 = "fedcba9876543210fedcba9876543210"
-
-
-def write_lock(root: Path) -> None:
-    """A dvc.lock as DVC 3 writes it, for the outputs later stages read."""
-    lock = {
-        "schema": "2.0",
-        "stages": {
-            "prepare": {
-                "cmd": "python stages/prepare.py",
-                "outs": [
-                    {"path": "data/prepared", "hash": "md5", "md5": PREPARED_MD5, "size": 10},
-                    {"path": "data/prepare.run.json", "hash": "md5", "md5": "aa" * 16},
-                ],
-            },
-            "train_head": {
-                "cmd": "python stages/train_head.py",
-                "outs": [{"path": "models/head.keras", "hash": "md5", "md5": HEAD_MD5}],
-            },
-        },
-    }
-    (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
-
-
-def write_manifest(root: Path) -> None:
-    rows = ["path,label,label_index,split,sha256,height,width"]
-    for i in range(9):
-        split = ("train", "val", "test")[i % 3]
-        rows.append(f"img{i}.jpg,{'ab'[i % 2]},{i % 2},{split},{i:064x},32,32")
-    manifest = root / paths.PREPARED_DIR / "manifest.csv"
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text("\n".join(rows) + "\n")
+from tests.conftest import (
+    HEAD_MD5,
+    PREPARED_MD5,
+    TRACKING_ENV,
+    make_empty_db,
+    make_tracking_project,
+    project_client,
+    run,
+    simulate,
+    subprocess_env,
+)
 
 
 @pytest.fixture(scope="module")
 def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated, empty MLflow SQLite file: creating one costs seconds, copying it does not."""
-    db = tmp_path_factory.mktemp("db") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
+    return make_empty_db(tmp_path_factory.mktemp("db"))
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_db: Path) -> Path:
     """dvc.yaml + params.yaml + the dep sources in a git repo, a dvc.lock and a manifest."""
-    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", tracking.ENV_REPRODUCES):
+    for var in TRACKING_ENV:
         monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "proj"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        (root / name).write_text((REPO / name).read_text())
-    (root / "stages").mkdir()
-    (root / "stages" / "finetune.py").write_text("# stage\n")
-    env = subprocess_env()
-    run(["git", "init", "-q", "-b", "main"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "init"], root, env)
-    write_lock(root)
-    write_manifest(root)
-    (root / "mlruns").mkdir()
-    shutil.copy2(empty_db, root / "mlruns" / "mlflow.db")
+    root = make_tracking_project(tmp_path / "proj", empty_db)
     monkeypatch.chdir(root)
     return root
 
 
-def client_for(root: Path) -> mlflow.MlflowClient:
-    uri = tracking.default_uri(root)
-    return mlflow.MlflowClient(uri, registry_uri=uri)
-
-
-def simulate(root: Path, stage: str, upstream=(), sidecar=None, metrics=None, env=None):
-    params = load_params(root / "params.yaml")
-    with tracking.stage_run(
-        stage, params, sections=("seed", stage), root=root, upstream=upstream,
-        sidecar=sidecar, environment=env or {"python": "3.11", "cuda": "none"},
-    ) as r:  # fmt: skip
-        r.log_metrics({"loss": 1.0}, step=1)
-        r.log_metrics({"loss": 0.5}, step=2)
-        r.log_metrics(metrics or {"val_accuracy": 0.75})
-    return r
+client_for = project_client
 
 
 def test_stages_nest_under_one_pipeline_row_with_lineage(project: Path) -> None:
@@ -118,7 +62,14 @@ def test_stages_nest_under_one_pipeline_row_with_lineage(project: Path) -> None:
     parent_ids = {prep.parent_run_id, head.parent_run_id, fine.parent_run_id}
     assert len(parent_ids) == 1
     parent = client.get_run(prep.parent_run_id)
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "pipeline"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["reprotrain.role"] == "pipeline"
+    head_commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    # Named after what distinguishes it: the commit (params.yaml as committed).
+    assert parent.info.run_name == head_commit[:7]
+    assert "as committed" in parent.data.tags["mlflow.note.content"]
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     # All params of every stage on the pipeline row, flattened.
     assert parent.data.params["finetune.learning_rate"] == "1e-05"
     assert parent.data.params["train_head.epochs"] == "10"
@@ -126,7 +77,6 @@ def test_stages_nest_under_one_pipeline_row_with_lineage(project: Path) -> None:
     assert parent.data.metrics["finetune.val_accuracy"] == 0.75
     assert parent.data.tags["reprotrain.run.finetune"] == fine.run_id
 
-    head_commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     r = client.get_run(fine.run_id)
     tags = r.data.tags
     assert r.info.status == "FINISHED"
@@ -177,6 +127,18 @@ def test_pipeline_metrics_and_new_executions(project: Path) -> None:
     )
     assert tags["reprotrain.upstream.prepare"] == again.run_id
     assert tags["reprotrain.git.dirty"] == "true"  # params.yaml differs from HEAD
+    # The new row is named after the changed param; its note lists it, and the headline test
+    # accuracy is added to the note when evaluate logs it.
+    with tracking.stage_run("evaluate", params, ("evaluate",), project) as ev2:
+        ev2.log_pipeline_metrics({"accuracy": 0.8125, "per class/f1 (bees)": 0.5})
+    assert ev2.parent_run_id == fine.parent_run_id
+    parent = client.get_run(fine.parent_run_id)
+    commit = tags["reprotrain.git.commit"]
+    assert parent.info.run_name == f"{commit[:7]} finetune.unfreeze_top=20"
+    note = parent.data.tags["mlflow.note.content"]
+    assert "`finetune.unfreeze_top`: 30 → 20" in note and "Test accuracy: 0.8125" in note
+    # One sanitiser: characters MLflow rejects become "_", the allowed ones stay.
+    assert parent.data.metrics["per class/f1 _bees_"] == 0.5
 
 
 def test_failure_interrupt_and_missing_sidecar(project: Path) -> None:
@@ -225,6 +187,7 @@ def test_store_follows_dvc_root_and_exp_name(
     assert not (temp_copy / "mlruns").exists()
     run_ = client_for(project).get_run(r.run_id)
     assert run_.data.tags["reprotrain.dvc.exp_name"] == "lucky-lion"
+    assert client_for(project).get_run(r.parent_run_id).info.run_name == "lucky-lion"
     assert run_.info.artifact_uri.startswith((project / "mlruns" / "artifacts").as_uri())
 
 
@@ -243,6 +206,7 @@ def test_unreachable_server_fails_fast(project: Path, monkeypatch: pytest.Monkey
     assert time.monotonic() - start < tracking.HEALTH_TIMEOUT + 2
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_run_killed(project: Path) -> None:
     """`kill`/`dvc queue kill` sends SIGTERM: the run must not stay RUNNING."""
     script = (
@@ -280,3 +244,99 @@ def test_sigterm_ends_the_run_killed(project: Path) -> None:
     assert "signal 15" in stage.data.tags["reprotrain.error"]
     parent = client.get_run(stage.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "KILLED"
+
+
+def _stage_script(body: str) -> str:
+    return (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from reprotrain import tracking\n"
+        "from reprotrain.config import load_params\n"
+        "root = Path.cwd()\n" + body
+    )
+
+
+@pytest.mark.slow
+def test_sigkilled_run_is_marked_killed_by_the_next_stage(project: Path) -> None:
+    """SIGKILL cannot be caught: the next stage run notices the owner is gone."""
+    script = _stage_script(
+        "with tracking.stage_run('train_head', load_params(), ('seed',), root):\n"
+        "    (root / 'started').write_text('1')\n"
+        "    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=project, env=subprocess_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not (project / "started").exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the stage never started"
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    client = client_for(project)
+    exp_id = client.get_experiment_by_name("reprotrain").experiment_id
+    [stage] = client.search_runs([exp_id], filter_string="tags.`reprotrain.stage` = 'train_head'")
+    assert stage.info.status == "RUNNING"  # nobody could close it
+    assert stage.data.tags["reprotrain.pid"] == str(proc.pid)
+    assert stage.data.tags["reprotrain.host"] == socket.gethostname()
+
+    nxt = simulate(project, "finetune")
+    killed = client.get_run(stage.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert f"process {proc.pid}" in killed.data.tags["reprotrain.error"]
+    assert "SIGKILL" in killed.data.tags["mlflow.note.content"]
+    parent = client.get_run(stage.data.tags["mlflow.parentRunId"])
+    assert parent.info.status in ("KILLED", "FINISHED")  # reaped, or reused by finetune
+    assert client.get_run(nxt.run_id).info.status == "FINISHED"
+    assert client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'") == []
+
+
+def test_a_live_owner_is_left_alone(project: Path) -> None:
+    """A RUNNING run whose process still runs (this one) is not touched."""
+    from reprotrain.tracking.owners import owner_alive, process_tags
+
+    assert owner_alive(process_tags())
+    dead = {**process_tags(), "reprotrain.pid_start": "1.0"}  # our pid, another start time
+    assert not owner_alive(dead)
+    assert owner_alive({"reprotrain.host": "elsewhere", "reprotrain.pid": "1"})
+
+
+@pytest.mark.slow
+def test_two_concurrent_processes_share_one_sqlite_store(tmp_path: Path, project: Path) -> None:
+    """Two queued experiments writing one fresh SQLite file: no "database is locked"."""
+    (project / "mlruns" / "mlflow.db").unlink()  # fresh: both processes race to create it
+    script = _stage_script(
+        "name = sys.argv[1]\n"
+        "for i in range(3):\n"
+        "    with tracking.stage_run('train_head', load_params(), ('seed', 'train_head'),\n"
+        "                            root) as r:\n"
+        "        for step in range(5):\n"
+        "            r.log_metrics({'loss': 1.0 / (step + 1)}, step=step)\n"
+        "        r.log_metrics({'val_accuracy': 0.5})\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, f"w{i}"],
+            cwd=project,
+            env=subprocess_env(DVC_EXP_NAME=f"exp-{i}"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+        assert "database is locked" not in out, out[-4000:]
+    client = client_for(project)
+    exp_id = client.get_experiment_by_name("reprotrain").experiment_id
+    stages = client.search_runs([exp_id], filter_string="tags.`reprotrain.stage` = 'train_head'")
+    assert len(stages) == 6 and all(r.info.status == "FINISHED" for r in stages)

@@ -5,7 +5,6 @@ store; its REST API shows one pipeline row per execution with the stage runs und
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import urllib.request
 from pathlib import Path
@@ -15,8 +14,14 @@ import pytest
 
 from reprotrain import paths, tracking
 from reprotrain.commands import ui
-from tests.conftest import REPO, free_port, http_server, run, subprocess_env
-from tests.test_tracking import simulate, write_lock, write_manifest
+from tests.conftest import (
+    TRACKING_ENV,
+    free_port,
+    http_server,
+    make_tracking_project,
+    simulate,
+    subprocess_env,
+)
 
 
 def api(base: str, path: str, body: dict | None = None) -> dict:
@@ -31,18 +36,9 @@ def api(base: str, path: str, body: dict | None = None) -> dict:
 @pytest.fixture
 def store_with_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Two executions: prepare → train_head → finetune, then a finetune param change."""
-    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", tracking.ENV_REPRODUCES):
+    for var in TRACKING_ENV:
         monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "proj"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy2(REPO / name, root / name)
-    env = subprocess_env()
-    run(["git", "init", "-q", "-b", "main"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "init"], root, env)
-    write_lock(root)
-    write_manifest(root)
+    root = make_tracking_project(tmp_path / "proj")
     monkeypatch.chdir(root)
     simulate(root, "prepare", sidecar=paths.PREPARE_RUN)
     simulate(root, "train_head", upstream=[paths.PREPARE_RUN], sidecar=paths.HEAD_RUN)
@@ -63,6 +59,7 @@ def test_server_command_points_at_the_store(tmp_path: Path) -> None:
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_ui_serves_pipeline_rows_and_stage_runs(store_with_runs: Path) -> None:
     root, port = store_with_runs, free_port()
     base = f"http://127.0.0.1:{port}"
@@ -70,14 +67,19 @@ def test_ui_serves_pipeline_rows_and_stage_runs(store_with_runs: Path) -> None:
     with http_server(cmd, root, subprocess_env(), base + "/health", timeout=90, what="mlflow ui"):
         exp = api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=reprotrain")
         exp_id = exp["experiment"]["experiment_id"]
+        kind = {t["key"]: t["value"] for t in exp["experiment"]["tags"]}["mlflow.experimentKind"]
+        assert kind == "custom_model_development"  # the UI opens its model-training view
         parents = api(
             base, "/api/2.0/mlflow/runs/search",
             {"experiment_ids": [exp_id], "filter": "tags.`reprotrain.role` = 'pipeline'"},
         )["runs"]  # fmt: skip
         assert len(parents) == 2  # one row per execution
         by_id = {p["info"]["run_id"]: p for p in parents}
+        names = sorted(p["info"]["run_name"] for p in parents)
+        commit = parents[0]["data"]["tags"]
+        commit = next(t["value"] for t in commit if t["key"] == "reprotrain.git.commit")[:7]
+        assert names == [commit, f"{commit} finetune.unfreeze_top=20"]  # what differs
         for parent in parents:
-            assert parent["info"]["run_name"] == "pipeline"
             assert parent["info"]["status"] == "FINISHED"
             params = {p["key"]: p["value"] for p in parent["data"]["params"]}
             assert {"finetune.unfreeze_top", "train_head.epochs", "seed"} <= set(params)

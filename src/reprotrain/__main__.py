@@ -1,4 +1,4 @@
-"""``python -m reprotrain COMMAND ...``: predict, reproduce, ui.
+"""``python -m reprotrain COMMAND ...``: predict, promote, reproduce, ui.
 
 Each command lives in its own module with a ``main(argv) -> int``; this file only dispatches,
 so ``python -m reprotrain predict`` does not pay for importing MLflow's server code, etc.
@@ -13,6 +13,7 @@ from reprotrain.cli import run_main
 
 COMMANDS = {
     "predict": "classify image files/folders with a .keras or models:/ URI",
+    "promote": "move the champion alias to a version (or --rollback), audited",
     "reproduce": "rebuild an MLflow run's inputs and rerun the pipeline",
     "ui": "start the MLflow UI on 127.0.0.1 against the project store",
 }

@@ -10,10 +10,11 @@ What "exact inputs" means here, and where each comes from:
   had), restored from the project's DVC cache (``dvc pull`` first when a remote is
   configured). The snapshot stage (``fetch``) is not rerun: its output *is* the input, and
   the source it reads may have changed since;
-- the stages: the run's stage and every stage it depends on, each ``dvc repro --force
-  --single-item`` in DAG order, with ``MLFLOW_TRACKING_URI`` pointing at the original store
-  and ``REPROTRAIN_REPRODUCES=RUN_ID`` (the runs get a ``reprotrain.reproduces`` tag and a
-  pipeline row of their own, and the registry aliases do not move).
+- the stages: the run's stage and every stage it depends on (DVC's own stage graph), each
+  ``dvc repro --force --single-item`` in DAG order, with ``MLFLOW_TRACKING_URI`` pointing at
+  the original store and ``REPROTRAIN_REPRODUCES=RUN_ID`` (the runs get a
+  ``reprotrain.reproduces`` tag and a pipeline row of their own, and the registry aliases
+  do not move).
 
 The exit code is 0 when every metric (final values and per-step histories) is identical,
 1 when any differs: on CPU with ``runtime.deterministic`` they are identical.
@@ -25,7 +26,6 @@ import argparse
 import logging
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +39,7 @@ import yaml
 from reprotrain import paths, tracking
 from reprotrain.config import load_params
 from reprotrain.errors import ReprotrainError, TrackingError
+from reprotrain.fsio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -65,36 +66,20 @@ class Target:
 # --------------------------------------------------------------------------- planning
 
 
-def dag(dvc_yaml: Mapping[str, Any]) -> dict[str, list[str]]:
-    """``{stage: [stages it depends on]}`` from dvc.yaml's deps and outputs."""
-    produced = tracking.stage_outputs(dvc_yaml)
-    graph: dict[str, list[str]] = {}
-    for name in dvc_yaml.get("stages") or {}:
-        ups = []
-        for dep in tracking.stage_deps(dvc_yaml, name):
-            for out, producer in produced.items():
-                inside = dep == out or dep.startswith(out + "/") or out.startswith(dep + "/")
-                if inside and producer != name and producer not in ups:
-                    ups.append(producer)
-        graph[name] = ups
-    return graph
+def plan(work: Path, stage: str) -> list[str]:
+    """``stage`` and every stage it depends on, dependencies first.
 
-
-def chain(graph: Mapping[str, Sequence[str]], stage: str) -> list[str]:
-    """``stage`` and everything upstream of it, in an order DVC could run them."""
-    if stage not in graph:
-        raise ReproduceError(f"stage {stage!r} is not in dvc.yaml (stages: {', '.join(graph)})")
-    order: list[str] = []
-
-    def visit(name: str) -> None:
-        for up in graph.get(name, ()):
-            if up not in order:
-                visit(up)
-        if name not in order:
-            order.append(name)
-
-    visit(stage)
-    return order
+    From DVC's own stage graph (``Repo.index.graph``, via :func:`tracking.upstream_stages`),
+    not from guessing which output path prefixes which dependency. Why not simply
+    ``dvc repro --force STAGE``: it would force the snapshot stage too (``fetch`` re-reads an
+    outside source that may have changed since the run), while here its output is restored
+    from the DVC cache at the recorded hash and only the other stages are rerun, each with
+    ``dvc repro --force --single-item`` in this order.
+    """
+    try:
+        return tracking.upstream_stages(work, stage)
+    except KeyError as exc:
+        raise ReproduceError(str(exc.args[0])) from None
 
 
 def target_of(run: Any, client: Any) -> Target:
@@ -124,6 +109,8 @@ def target_of(run: Any, client: Any) -> Target:
 def recorded_hashes(client: Any, run: Any, seen: set[str] | None = None) -> dict[str, str]:
     """``{path: md5}`` of every input recorded by ``run`` and its upstream runs (and, for a
     pipeline row, its stage runs)."""
+    from mlflow.exceptions import MlflowException
+
     seen = set() if seen is None else seen
     if run.info.run_id in seen:
         return {}
@@ -138,7 +125,11 @@ def recorded_hashes(client: Any, run: Any, seen: set[str] | None = None) -> dict
     for run_id in related:
         try:
             upstream = client.get_run(run_id)
-        except Exception:
+        except MlflowException as exc:  # deleted run, or a store error: state it, go on
+            logger.warning(
+                "linked run %s of %s is not readable (%s): its input hashes are not used",
+                run_id, run.info.run_id, exc.message,
+            )  # fmt: skip
             continue
         for path, md5 in recorded_hashes(client, upstream, seen).items():
             out.setdefault(path, md5)
@@ -202,9 +193,9 @@ def restore_inputs(
     cache = _run(["dvc", "cache", "dir"], repo, env).stdout.strip()
     _run(["dvc", "config", "--local", "cache.dir", cache], work, env)
     lock_path = work / "dvc.lock"
-    lock = yaml.safe_load(lock_path.read_text()) if lock_path.is_file() else None
-    lock = lock or {"schema": "2.0", "stages": {}}
-    dvc_yaml = yaml.safe_load((work / "dvc.yaml").read_text()) or {}
+    lock = tracking.read_yaml(lock_path) or {"schema": "2.0", "stages": {}}
+    lock.setdefault("stages", {})
+    dvc_yaml = tracking.read_yaml(work / "dvc.yaml")
     for path, (stage, md5) in snapshot_outs.items():
         entry = lock["stages"].setdefault(stage, {"cmd": dvc_yaml["stages"][stage]["cmd"]})
         outs = [o for o in entry.get("outs") or [] if o.get("path") != path]
@@ -214,7 +205,7 @@ def restore_inputs(
         else:
             outs.append(old)
         entry["outs"] = outs
-    lock_path.write_text(yaml.safe_dump(lock, sort_keys=False))
+    atomic_write_text(lock_path, yaml.safe_dump(lock, sort_keys=False))
     if _run(["dvc", "remote", "list"], work, env).stdout.strip():
         for path in snapshot_outs:
             _run(["dvc", "pull", path], work, env, check=False)
@@ -232,6 +223,7 @@ def restore_params(uri: str, parent_id: str, work: Path) -> bool:
     a run made with uncommitted params (``dvc exp run -S ...``) is reproduced with them.
     Returns whether the file differed from the commit's."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -242,7 +234,7 @@ def restore_params(uri: str, parent_id: str, work: Path) -> bool:
                 tracking_uri=uri,
             )
             text = Path(local).read_text(encoding="utf-8")
-    except Exception as exc:  # an older run without the artifact: keep the commit's
+    except (MlflowException, OSError) as exc:  # an older run without it: keep the commit's
         logger.warning(
             "no params.yaml recorded with run %s (%s): using the commit's", parent_id, exc
         )
@@ -311,7 +303,7 @@ def reproduce(run_id: str, root: Path, workdir: Path | None = None) -> tuple[int
 
     root = paths.project_root(root)
     params = load_params(root / "params.yaml")
-    uri = tracking.tracking_uri(params, root)
+    uri = tracking.store_uri(root, params.tracking.store)
     tracking.check_reachable(uri)
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     try:
@@ -347,8 +339,8 @@ def reproduce(run_id: str, root: Path, workdir: Path | None = None) -> tuple[int
     if parent_id:
         restore_params(uri, parent_id, work)
 
-    dvc_yaml = yaml.safe_load((work / "dvc.yaml").read_text()) or {}
-    stages = chain(dag(dvc_yaml), target.stage)
+    dvc_yaml = tracking.read_yaml(work / "dvc.yaml")
+    stages = plan(work, target.stage)
     produced = tracking.stage_outputs(dvc_yaml)
     hashes = recorded_hashes(client, run)
     snapshot = {
@@ -403,11 +395,3 @@ def main(argv: list[str] | None = None) -> int:
     code, report, _ = reproduce(args.run_id, args.root or Path.cwd(), args.workdir)
     sys.stdout.write(report + "\n")
     return code
-
-
-def remove_worktree(repo: Path, work: Path) -> None:
-    """Remove a reproduction work tree (``git worktree remove --force``)."""
-    subprocess.run(
-        ["git", "worktree", "remove", "--force", str(work)], cwd=repo, capture_output=True
-    )
-    shutil.rmtree(work, ignore_errors=True)

@@ -50,7 +50,7 @@ def store_uri(root: Path, store: str | None = None) -> str:
     if store is None:
         params_file = root / "params.yaml"
         store = load_params(params_file).tracking.store if params_file.is_file() else "mlruns"
-    return tracking.project_uri(root, store)
+    return tracking.store_uri(root, store)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,83 @@
+"""``python -m reprotrain promote MODEL VERSION [--reason ...]`` and
+``python -m reprotrain promote MODEL --rollback [--reason ...]``: move the ``champion`` alias
+by hand, with an audit trail.
+
+Why a command: the gate in ``evaluate`` only promotes a model that beats the champion on the
+same test set. When the task changes (other classes, another input size) or a bad champion
+must be replaced now, a person decides; the registry must then say who, when and why, and
+the move must be reversible. Each move writes version tags (``reprotrain.promoted_by``,
+``reprotrain.promoted_at``, ``reprotrain.promotion_reason``, ``reprotrain.previous_champion``;
+for a rollback ``reprotrain.rolled_back_by/at`` and ``reprotrain.rollback_reason`` on the
+version left) and a line in the registered model's ``reprotrain.promotions`` tag. The user is
+git's ``user.name`` <``user.email``>, else ``$USER``; times are UTC.
+
+The store is the one the pipeline uses: ``MLFLOW_TRACKING_URI``, else ``tracking.store``
+of the project's ``params.yaml`` (as ``ui``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from reprotrain import paths, tracking
+from reprotrain.config import load_params
+from reprotrain.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def store_uri(root: Path, store: str | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` or the project's store (``--store`` or params.yaml)."""
+    if store is None:
+        params_file = root / "params.yaml"
+        store = load_params(params_file).tracking.store if params_file.is_file() else "mlruns"
+    return tracking.store_uri(root, store)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reprotrain promote",
+        description="Move the champion alias of a registered model to VERSION, or back to the "
+        "previous champion with --rollback; who, when and why are recorded as version tags.",
+    )
+    parser.add_argument(
+        "model", help="registered model name (params.yaml tracking.registered_model)"
+    )
+    parser.add_argument("version", nargs="?", type=int, help="version to promote")
+    parser.add_argument(
+        "--rollback", action="store_true", help="move champion back to the previous champion"
+    )
+    parser.add_argument("--reason", default=None, help="why (recorded with the move)")
+    parser.add_argument("--root", type=Path, default=None, help="project root (default: cwd)")
+    parser.add_argument("--store", default=None, help="store directory (default: params.yaml)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rollback == (args.version is not None):
+        raise ConfigError(
+            "give either a VERSION to promote or --rollback (not both): "
+            "python -m reprotrain promote MODEL VERSION | MODEL --rollback"
+        )
+    root = paths.project_root(args.root)
+    uri = store_uri(root, args.store)
+    tracking.check_reachable(uri)
+    user = tracking.registry.current_user(root)
+    if args.rollback:
+        moved = tracking.rollback(uri, args.model, args.reason or "no reason given", by=user)
+        verb = "rolled back"
+    else:
+        moved = tracking.promote(
+            uri, args.model, args.version, args.reason or "no reason given", by=user
+        )
+        verb = "promoted"
+    previous = f"v{moved['previous']}" if moved["previous"] is not None else "none"
+    sys.stdout.write(
+        f"{args.model}: champion {verb} {previous} → v{moved['champion']} by {moved['by']}"
+        f" ({moved['reason']})\n"
+    )
+    return 0

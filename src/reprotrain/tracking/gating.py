@@ -1,0 +1,247 @@
+"""Register a candidate model version and apply the promotion gate to it.
+
+The rule itself is the pure :func:`reprotrain.evaluation.gate.decide`; this module feeds it
+numbers measured on the same test set (re-scoring the champion first when it was scored on
+another one) and moves the aliases. See :mod:`.registry` for the failure guarantees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from reprotrain.errors import ModelError, ReprotrainError, TrackingError
+from reprotrain.evaluation import gate as promotion
+from reprotrain.tracking import store
+from reprotrain.tracking.registry import find_keras, get_champion, set_champion
+from reprotrain.tracking.runs import StageRun, store_errors
+from reprotrain.tracking.tags import (
+    VTAG_ACCURACY,
+    VTAG_DIGEST,
+    VTAG_IMAGE_SIZE,
+    VTAG_LABELS,
+    VTAG_REASON,
+    VTAG_RUN,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _signature(image_size: int, num_classes: int) -> Any:
+    """Raw 0–255 RGB float32 images in, class probabilities out (what serving sends)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, image_size, image_size, 3), "image")]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, num_classes), "probabilities")]),
+    )
+
+
+def _requirements() -> list[str]:
+    """Pinned serving requirements from the installed distributions. Passing them skips
+    MLflow's inference, which loads the model in a subprocess (~15 s of TensorFlow import)."""
+    import importlib.metadata as md
+
+    reqs = []
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "mlflow", "numpy"):
+        try:
+            reqs.append(f"{dist}=={md.version(dist)}")
+        except md.PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _version_accuracy(mv: Any) -> float | None:
+    try:
+        return float(mv.tags.get(VTAG_ACCURACY))
+    except (TypeError, ValueError):
+        return None
+
+
+def _describe(labels: Sequence[str]) -> str:
+    shown = ", ".join(labels[:6]) + (", …" if len(labels) > 6 else "")
+    return f"[{shown}]"
+
+
+def comparability_problem(champion: Any, labels: Sequence[str], image_size: int) -> str | None:
+    """Why the champion cannot be re-scored against this model's test set (other classes,
+    other input size), from its ``reprotrain.labels``/``reprotrain.image_size`` tags; None
+    when they match or the champion predates the tags."""
+    v = champion.version
+    raw = champion.tags.get(VTAG_LABELS)
+    try:
+        theirs = [str(x) for x in json.loads(raw)] if raw else None
+    except ValueError:
+        theirs = None
+    if theirs is not None and theirs != list(labels):
+        if len(theirs) != len(labels) or set(theirs) != set(labels):
+            ours = (
+                f"{len(labels)} other classes"
+                if not set(theirs) & set(labels)
+                else f"{len(labels)} classes {_describe(labels)}"
+            )
+            return f"champion v{v} has classes {_describe(theirs)}; this model has {ours}"
+        return (
+            f"champion v{v} orders its classes {_describe(theirs)}; this model {_describe(labels)}"
+        )
+    size = champion.tags.get(VTAG_IMAGE_SIZE)
+    if size and size.isdigit() and int(size) != int(image_size):
+        return (
+            f"champion v{v} takes {size}×{size} images; this model takes {image_size}×{image_size}"
+        )
+    return None
+
+
+def _rescore_champion(
+    client: Any, name: str, champion: Any, test_digest: str, rescore: Callable[[Path], float]
+) -> float:
+    """The champion's accuracy on the current test set (downloaded and re-scored when it was
+    scored on another one); a failure is a ModelError/TrackingError naming the cause."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    v = int(champion.version)
+    known = _version_accuracy(champion)
+    if champion.tags.get(VTAG_DIGEST) == test_digest and known is not None:
+        return known
+    what = f"champion v{v} of {name} could not be re-scored on the current test set"
+    todo = "no version was registered and the aliases are unchanged"
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{v}"))
+        keras_file = find_keras(local)
+    except (MlflowException, OSError, ReprotrainError) as exc:
+        raise TrackingError(
+            f"{what}: its model cannot be downloaded ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}); {todo}. Restore its artifacts or promote a "
+            f"version explicitly (python -m reprotrain promote {name} VERSION)"
+        ) from None
+    try:
+        accuracy = float(rescore(keras_file))
+    except Exception as exc:
+        raise ModelError(
+            f"{what} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); {todo}"
+        ) from None
+    old = f"{champion.tags.get(VTAG_DIGEST)}:{champion.tags.get(VTAG_ACCURACY)}"
+    for k, val in {VTAG_ACCURACY: repr(accuracy), VTAG_DIGEST: test_digest,
+                   "reprotrain.rescored_from": old}.items():  # fmt: skip
+        client.set_model_version_tag(name, str(v), k, val)
+    logger.info("champion v%d re-scored on the current test set: %.4f", v, accuracy)
+    return accuracy
+
+
+def register_and_promote(
+    run: StageRun,
+    model_path: Path,
+    *,
+    name: str,
+    accuracy: float,
+    test_digest: str,
+    rescore: Callable[[Path], float],
+    min_accuracy: float,
+    min_improvement: float,
+    image_size: int,
+    labels: list[str],
+    artifact_name: str = "model",
+) -> dict[str, Any]:
+    """Log ``model_path`` as an MLflow Keras model on ``run``, register a new version of
+    ``name`` and move ``champion`` to it if it passes the gate, else ``challenger``.
+
+    Order matters: the champion is looked up (and re-scored when it was scored on another
+    test set, ``test_digest``) *before* the new version is registered, so a failure there
+    leaves the registry exactly as it was. A champion with other classes or another input
+    size is not comparable: the version is registered without an alias.
+
+    Why a signature and no input example: with MLflow 3.17, ``mlflow.keras.log_model(...,
+    input_example=...)`` fails with FileNotFoundError while saving the example; the signature
+    documents the input the same way (and is what ``mlflow models serve`` validates against).
+    """
+    import keras
+    import mlflow
+
+    uri = run.uri or mlflow.get_tracking_uri()
+    client = store.client(uri)
+    champion = get_champion(client, name, uri, "nothing was registered or promoted; rerun evaluate")
+    champion_version = int(champion.version) if champion is not None else None
+    champion_accuracy: float | None = None
+    problem = comparability_problem(champion, labels, image_size) if champion else None
+    if champion is not None and problem is None:
+        champion_accuracy = _rescore_champion(client, name, champion, test_digest, rescore)
+
+    model = keras.saving.load_model(model_path, compile=False)
+    tags = {
+        VTAG_ACCURACY: repr(float(accuracy)),
+        VTAG_DIGEST: test_digest,
+        VTAG_LABELS: json.dumps(list(labels)),
+        VTAG_IMAGE_SIZE: str(image_size),
+        VTAG_RUN: run.run_id,
+    }
+    with store_errors(uri, f"registering a new version of {name} (aliases unchanged)"):
+        info = mlflow.keras.log_model(
+            model, name=artifact_name, signature=_signature(image_size, len(labels)),
+            pip_requirements=_requirements(),
+        )  # fmt: skip
+        version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)
+    run.log_dict({"labels": list(labels)}, "labels.json")
+
+    alias: str | None
+    if problem is not None:
+        alias, promoted = None, False
+        reason = (
+            f"not comparable: {problem}; v{version} is registered without an alias. Use a new "
+            f"tracking.registered_model for the new task, or promote it explicitly: "
+            f"python -m reprotrain promote {name} {version} --reason '...'"
+        )
+    else:
+        decision = promotion.decide(accuracy, champion_accuracy, min_accuracy, min_improvement)
+        alias, promoted, reason = decision.alias, decision.promoted, decision.reason
+        exp_name = os.environ.get("DVC_EXP_NAME")
+        if run._reproduces:
+            alias, promoted = None, False
+            reason = f"reproduction of run {run._reproduces}: registry aliases left unchanged"
+        elif exp_name and decision.promoted:
+            # A DVC experiment is not on any branch, and queued experiments run in parallel:
+            # letting them race for `champion` would serve a model nobody committed.
+            alias, promoted = promotion.CHALLENGER, False
+            reason = (
+                f"DVC experiment {exp_name}: the gate would promote ({decision.reason}), but "
+                "experiments never take the champion alias; apply and commit it, then run "
+                "`dvc repro --force -s evaluate`"
+            )
+    if promoted:
+        set_champion(client, name, version, champion_version,
+                      f"gate (evaluate run {run.run_id})", reason)  # fmt: skip
+    elif alias is not None:
+        client.set_registered_model_alias(name, alias, str(version))
+    client.set_model_version_tag(name, str(version), VTAG_REASON, reason)
+    result = {
+        "promoted": promoted,
+        "alias": alias,
+        "version": version,
+        "reason": reason,
+        "comparable": problem is None,
+        "champion_version": champion_version,
+        "champion_accuracy": champion_accuracy,
+        "accuracy": float(accuracy),
+        "registered_model": name,
+        "model_uri": f"models:/{name}/{version}",
+    }
+    summary = {
+        "reprotrain.registry.model": name,
+        "reprotrain.registry.version": str(version),
+        "reprotrain.registry.alias": alias or "none",
+        "reprotrain.promotion.promoted": str(promoted).lower(),
+        "reprotrain.promotion.reason": reason,
+    }
+    run.set_tags(summary)
+    if run.parent_run_id:
+        for key, value in summary.items():
+            client.set_tag(run.parent_run_id, key, value)
+    log = logger.warning if problem else logger.info
+    log("registry: %s v%d → %s (%s)", name, version, alias or "no alias", reason)
+    return result

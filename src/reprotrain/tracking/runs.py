@@ -1,0 +1,379 @@
+"""The stage-run lifecycle: one MLflow run per stage, nested under one pipeline run.
+
+One row per pipeline execution. DVC runs every stage as its own process, so the stages find
+their common parent run by a tag: ``reprotrain.pipeline_id`` (:func:`lineage.pipeline_key`).
+The first stage that runs creates the parent run (all params flattened, named after what
+distinguishes it: the DVC experiment name, or the short commit and the params that differ
+from HEAD's params.yaml, which its note also lists); later stages of the same execution nest
+under it. If the newest parent with that id already holds a run of the same stage, this is a
+new execution of an unchanged configuration (``dvc repro -f``) and a new parent is created.
+The parent is RUNNING only while one of its stages runs and then takes the stage's final
+status. Stage-level final metrics are copied into it as ``<stage>.<metric>``.
+
+Endings: an exception ends the stage run (and its parent) FAILED with the message in the
+``reprotrain.error`` tag and the run's note; Ctrl-C or SIGTERM ends them KILLED. SIGKILL (or
+the OOM killer, or a power cut) cannot be caught, so every run records the process that owns
+it (host, pid, process start time): the next stage run on that host marks a RUNNING run whose
+process is gone KILLED, with a note saying so. A tracking server that stops answering while a
+stage runs ends the stage with one :class:`TrackingError` line (restart it and rerun; the
+training backup resumes), never a raw traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reprotrain.config import Params, flatten
+from reprotrain.errors import ReprotrainError, TrackingError
+from reprotrain.tracking import lineage, store
+from reprotrain.tracking.owners import process_tags, reap_dead_runs
+from reprotrain.tracking.pipeline import open_parent, param_value
+from reprotrain.tracking.tags import (
+    TAG_COMMIT,
+    TAG_DIRTY,
+    TAG_DIRTY_PATHS,
+    TAG_ERROR,
+    TAG_EXP,
+    TAG_NOTE,
+    TAG_PIPELINE,
+    TAG_REPRODUCES,
+    TAG_ROLE,
+    TAG_ROOT,
+    TAG_STAGE,
+)
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = Path("data/prepared/manifest.csv")
+
+
+def _metric_key(key: str) -> str:
+    """THE metric-name sanitiser: MLflow keys allow alphanumerics, ``_ - . space / :`` only."""
+    return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in str(key))
+
+
+def _metric_list(values: Mapping[str, float]) -> list[Any]:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0) for k, v in values.items()]
+
+
+@contextmanager
+def store_errors(uri: str, what: str) -> Iterator[None]:
+    """A store failure while a stage runs (a stopped server, a broken file) becomes one
+    TrackingError line that says what to do, instead of an HTTP traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        cause = getattr(exc, "message", None) or str(exc)
+        cause = " ".join(str(cause).split())[:300]
+        if uri.startswith(("http://", "https://")):
+            raise TrackingError(
+                f"MLflow tracking server {uri} failed while {what} ({cause}); restart the "
+                "server and rerun (`dvc repro`): training resumes from its last epoch backup"
+            ) from None
+        raise TrackingError(f"MLflow store {uri} failed while {what}: {cause}") from None
+
+
+@dataclass
+class StageRun:
+    """A handle on the active MLflow run of one stage (and its pipeline parent)."""
+
+    run_id: str
+    stage: str = ""
+    parent_run_id: str | None = None
+    experiment_id: str | None = None
+    _reproduces: str | None = field(default=None, repr=False)
+    uri: str = ""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Per-epoch (``step``) or final metrics; final ones are also copied into the
+        pipeline row as ``<stage>.<name>`` so executions compare side by side."""
+        import mlflow
+
+        values = {_metric_key(k): float(v) for k, v in metrics.items()}
+        what = f"logging {self.stage} metrics" + (f" of step {step}" if step is not None else "")
+        with store_errors(self.uri, what):
+            mlflow.log_metrics(values, step=step, run_id=self.run_id)
+            if step is None and self.parent_run_id and self.stage:
+                mlflow.MlflowClient().log_batch(
+                    self.parent_run_id,
+                    metrics=_metric_list({f"{self.stage}.{k}": v for k, v in values.items()}),
+                )
+
+    def log_pipeline_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Metrics of the whole execution (evaluate: the final test metrics), logged both on
+        this run and, un-prefixed, on the pipeline row; ``accuracy`` also goes in its note."""
+        import mlflow
+
+        values = {_metric_key(k): float(v) for k, v in metrics.items()}
+        with store_errors(self.uri, f"logging the {self.stage} pipeline metrics"):
+            mlflow.log_metrics(values, run_id=self.run_id)
+            if not self.parent_run_id:
+                return
+            client = mlflow.MlflowClient()
+            client.log_batch(self.parent_run_id, metrics=_metric_list(values))
+            if "accuracy" in values:
+                note = client.get_run(self.parent_run_id).data.tags.get(TAG_NOTE, "")
+                note = note.split("\n\n**Test accuracy")[0]
+                line = f"**Test accuracy: {values['accuracy']:.4f}**"
+                client.set_tag(self.parent_run_id, TAG_NOTE, f"{note}\n\n{line}".strip())
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        path = Path(path)
+        with store_errors(self.uri, f"uploading {path}"):
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=artifact_path or path.name)
+            elif path.exists():
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            else:
+                logger.warning("artifact %s does not exist; not logged", path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        import mlflow
+
+        with store_errors(self.uri, f"tagging the {self.stage} run"):
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        import mlflow
+
+        with store_errors(self.uri, f"uploading {artifact_file}"):
+            mlflow.log_dict(dict(data), artifact_file)
+
+
+def _log_datasets(root: Path, deps: Sequence[str]) -> None:
+    """Each split of ``data/prepared/manifest.csv`` as an ``mlflow.data`` input (name = split,
+    digest = sha256 of the split's rows: which images, labels and content hashes)."""
+    manifest = root / MANIFEST
+    if not any(d == "data/prepared" or d == MANIFEST.as_posix() for d in deps):
+        return
+    if not manifest.is_file():
+        logger.warning("%s not found: datasets not logged", manifest)
+        return
+    import warnings
+
+    import mlflow
+    import pandas as pd
+
+    df = pd.read_csv(manifest)
+    if "split" not in df.columns:
+        return
+    for split, rows in df.groupby("split", sort=True):
+        rows = rows.reset_index(drop=True)
+        digest = hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:16]
+        with warnings.catch_warnings():  # source-type ambiguity and int-schema hints
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(
+                rows, source=str(manifest), name=str(split), digest=digest,
+                targets="label_index" if "label_index" in rows else None,
+            )  # fmt: skip
+            mlflow.log_input(ds, context=str(split))
+
+
+# --------------------------------------------------------------------------- the stage run
+
+
+def _common_tags(root: Path) -> dict[str, str]:
+    """Lineage and ownership tags shared by the stage run and its parent."""
+    commit = lineage.git(root, "rev-parse", "HEAD") or "unknown"
+    changed = lineage.changed_paths(root, lineage.source_paths(root))
+    dirty = commit == "unknown" or changed is None or bool(changed)
+    tags = {
+        TAG_PIPELINE: lineage.pipeline_key(root, commit),
+        TAG_COMMIT: commit,
+        "mlflow.source.git.commit": commit,
+        TAG_DIRTY: str(dirty).lower(),
+        TAG_DIRTY_PATHS: ",".join(changed or [])[:4000],
+        TAG_ROOT: str(store.origin(root)),
+        **process_tags(),
+    }
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:
+        tags[TAG_EXP] = exp_name
+        tags["reprotrain.dvc.exp_baseline_rev"] = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    reproduces = os.environ.get(lineage.ENV_REPRODUCES)
+    if reproduces:
+        tags[TAG_REPRODUCES] = reproduces
+    return tags
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    params: Params,
+    sections: Sequence[str],
+    root: Path,
+    upstream: Sequence[Path] = (),
+    sidecar: Path | None = None,
+    environment: Mapping[str, Any] | None = None,
+) -> Iterator[StageRun]:
+    """Start an MLflow run for ``stage`` nested under its pipeline run; log params, lineage,
+    environment and datasets; write ``sidecar`` on success. FAILED (with the error message)
+    on an exception, KILLED on Ctrl-C/SIGTERM; the exception propagates."""
+    import mlflow
+    from mlflow.entities import RunStatus
+    from mlflow.exceptions import MlflowException
+
+    root = Path(root).resolve()
+    uri = store.store_uri(root, params.tracking.store)
+    exp_id = store.connect(uri, params.tracking.experiment)
+    client = store.client(uri)
+    try:
+        store.retrying(reap_dead_runs, client, exp_id)
+    except MlflowException as exc:
+        logger.warning("could not check for runs left RUNNING by killed processes: %s", exc)
+
+    common = _common_tags(root)
+    try:
+        parent = store.retrying(open_parent, client, exp_id, stage, params, common, root)
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow store {uri}: {exc.message}") from None
+
+    dvc_yaml = lineage.read_yaml(root / "dvc.yaml")
+    tags = {
+        **common,
+        TAG_ROLE: "stage",
+        TAG_STAGE: stage,
+        "reprotrain.dvc.stage": os.environ.get("DVC_STAGE", stage),
+        **{f"reprotrain.data.{p}": h for p, h in lineage.data_hashes(root, stage).items()},
+        **lineage.upstream_tags(root, upstream, lineage.stage_outputs(dvc_yaml)),
+        **{f"reprotrain.env.{k}": str(v) for k, v in (environment or {}).items()},
+    }
+    if mlflow.active_run() is not None:  # a leftover from a caller: never nest by accident
+        mlflow.end_run()
+    try:
+        active = store.retrying(
+            mlflow.start_run, experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=tags
+        )
+    except MlflowException as exc:
+        with contextlib.suppress(MlflowException):
+            client.set_terminated(parent, status=RunStatus.to_string(RunStatus.FAILED))
+        raise TrackingError(f"MLflow store {uri}: {exc.message}") from None
+    run = StageRun(active.info.run_id, stage, parent, exp_id, common.get(TAG_REPRODUCES), uri)
+    status = RunStatus.to_string(RunStatus.FAILED)
+    previous_term = _interrupt_on_sigterm()
+    try:
+        with store_errors(uri, f"starting the {stage} run"):
+            logged: dict[str, Any] = {}
+            for section in sections:
+                logged.update(flatten(getattr(params, section), section))
+            mlflow.log_params({k: param_value(v) for k, v in logged.items()})
+            try:
+                _log_datasets(root, lineage.stage_deps(dvc_yaml, stage))
+            except (MlflowException, OSError, ValueError, KeyError) as exc:
+                logger.warning("could not log the dataset manifest: %s", exc)
+            client.set_tag(parent, f"reprotrain.run.{stage}", run.run_id)
+        logger.info("MLflow: %s run %s (pipeline run %s) in %s", stage, run.run_id, parent, uri)
+        yield run
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    except KeyboardInterrupt as exc:
+        status = RunStatus.to_string(RunStatus.KILLED)
+        _note_error(client, run, f"interrupted ({exc or 'Ctrl-C'})")
+        raise
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, ReprotrainError) else f"{type(exc).__name__}: {exc}"
+        _note_error(client, run, message)
+        raise
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+        _finish(client, run, status)
+    if sidecar is not None:
+        body = {"run_id": run.run_id, "stage": stage, "pipeline_run_id": parent,
+                "pipeline_id": common[TAG_PIPELINE], "experiment_id": exp_id}  # fmt: skip
+        lineage.write_sidecar(root / sidecar, body)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _interrupt_on_sigterm() -> Any:
+    """Treat SIGTERM (``kill``, ``dvc queue kill``, a CI timeout) like Ctrl-C while a stage
+    runs, so the run ends KILLED instead of staying RUNNING. Returns the previous handler
+    (None when not in the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+@contextmanager
+def _no_http_retries() -> Iterator[None]:
+    """MLflow retries a failing HTTP call for minutes; when the server is known to be down,
+    the calls that close a run get one short try."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}  # fmt: skip
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _server_down(uri: str) -> str | None:
+    problem = store.server_problem(uri, timeout=3)
+    if problem:
+        logger.warning(
+            "MLflow tracking server %s is down (%s): the run stays RUNNING until the next "
+            "stage run marks it KILLED",
+            uri,
+            problem,
+        )
+    return problem
+
+
+def _note_error(client: Any, run: StageRun, message: str) -> None:
+    if _server_down(run.uri):
+        return
+    message = message[:4000]
+    try:
+        client.set_tag(run.run_id, TAG_ERROR, message)
+        client.set_tag(run.run_id, TAG_NOTE, f"**{run.stage} failed**: {message}")
+        if run.parent_run_id:
+            client.set_tag(run.parent_run_id, TAG_ERROR, f"{run.stage}: {message}")
+    except Exception as exc:  # the original error matters more; keep it propagating
+        logger.warning("could not record the error in MLflow: %s", exc)
+
+
+def _finish(client: Any, run: StageRun, status: str) -> None:
+    """End the stage run and give the parent the same status (never left RUNNING while the
+    store answers; a store error here is logged, never raised over the stage's own error)."""
+    import mlflow
+
+    down = _server_down(run.uri) if status != "FINISHED" else None
+    with _no_http_retries() if down else contextlib.nullcontext():
+        try:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run.run_id:
+                mlflow.end_run(status=status)  # pops the fluent stack even when it fails
+            elif not down:
+                store.retrying(client.set_terminated, run.run_id, status=status)
+            if run.parent_run_id and not down:
+                store.retrying(client.set_terminated, run.parent_run_id, status=status)
+        except Exception as exc:
+            if status == "FINISHED":
+                raise TrackingError(
+                    f"MLflow store {run.uri}: could not close the {run.stage} run: {exc}"
+                ) from None
+            logger.warning("could not end MLflow run %s as %s: %s", run.run_id, status, exc)
