@@ -16,6 +16,7 @@ from reprotrain import fsio, paths, runtime, tracking
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
 from reprotrain.errors import DataError
+from reprotrain.tracking import gating
 
 STAGE = "evaluate"
 SECTIONS = ("seed", "model", "evaluate", "tracking")
@@ -92,7 +93,7 @@ def main() -> int:
         def rescore(model_path: Path) -> float:
             return evaluation.accuracy_of(model_path, split, num_classes=len(labels))
 
-        promotion = tracking.register_and_promote(
+        promotion = gating.register_and_promote(
             run, paths.FINETUNED_MODEL, name=params.tracking.registered_model,
             accuracy=metrics["accuracy"], test_digest=evaluation.test_digest(manifest),
             rescore=rescore, min_accuracy=cfg.min_accuracy,

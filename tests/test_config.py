@@ -121,8 +121,10 @@ def test_json_schema_is_current_and_accepts_params_yaml() -> None:
 
     committed = json.loads((REPO / "docs" / "params.schema.json").read_text())
     assert committed == json_schema(), "docs/params.schema.json is stale: run `make schema`"
-    assert (REPO / "params.yaml").read_text().startswith(
-        "# yaml-language-server: $schema=docs/params.schema.json"
+    assert (
+        (REPO / "params.yaml")
+        .read_text()
+        .startswith("# yaml-language-server: $schema=docs/params.schema.json")
     )
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     jsonschema.validate(raw, committed)

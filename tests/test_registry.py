@@ -20,6 +20,8 @@ from reprotrain import tracking
 from reprotrain.config import load_params
 from reprotrain.evaluation import gate as promotion
 from reprotrain.models import transfer
+from reprotrain.tracking import gating
+from reprotrain.tracking import registry as reg
 from tests.conftest import (
     REPO,
     TRACKING_ENV,
@@ -81,14 +83,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
     )  # fmt: skip
     results = []
     with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
-        results.append(tracking.register_and_promote(
+        results.append(gating.register_and_promote(
             run, model_path, accuracy=0.8, test_digest="d1", **common))  # fmt: skip
-        results.append(tracking.register_and_promote(
+        results.append(gating.register_and_promote(
             run, model_path, accuracy=0.7, test_digest="d1", **common))  # fmt: skip
         n_rescored_before = len(rescored)
-        results.append(tracking.register_and_promote(
+        results.append(gating.register_and_promote(
             run, model_path, accuracy=0.75, test_digest="d2", **common))  # fmt: skip
-        results.append(tracking.register_and_promote(
+        results.append(gating.register_and_promote(
             run, model_path, accuracy=0.4, test_digest="d2", **common))  # fmt: skip
     yield root, model, results, rescored, n_rescored_before
     for k, v in saved.items():
@@ -126,19 +128,19 @@ def test_versions_aliases_and_rescoring(registry) -> None:
     mlmodel = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/3")) / "MLmodel"
     assert "signature" in mlmodel.read_text() and "keras" in mlmodel.read_text()
 
-    path = tracking.resolve_model(f"models:/{NAME}@champion", root)
+    path = reg.resolve_model(f"models:/{NAME}@champion", root)
     assert path.suffix == ".keras" and path.is_file()
-    assert tracking.resolve_model(f"models:/{NAME}/3", root) == path
-    assert tracking.resolve_labels(f"models:/{NAME}@champion", root) == LABELS
+    assert reg.resolve_model(f"models:/{NAME}/3", root) == path
+    assert reg.resolve_labels(f"models:/{NAME}@champion", root) == LABELS
     with pytest.raises(tracking.TrackingError):
-        tracking.resolve_model(f"models:/{NAME}@nope", root)
+        reg.resolve_model(f"models:/{NAME}@nope", root)
     # runs:/RUN_ID/model (what `predict` accepts too): the run's logged model, downloaded.
     run_id = v3.tags["reprotrain.run_id"]
-    from_run = tracking.resolve_model(f"runs:/{run_id}/model", root)
+    from_run = reg.resolve_model(f"runs:/{run_id}/model", root)
     assert from_run.suffix == ".keras" and from_run.is_file() and from_run != path
-    assert tracking.resolve_labels(f"runs:/{run_id}/model", root) == LABELS
+    assert reg.resolve_labels(f"runs:/{run_id}/model", root) == LABELS
     with pytest.raises(tracking.TrackingError, match="not a models"):
-        tracking.resolve_model("s3://bucket/model.keras", root)
+        reg.resolve_model("s3://bucket/model.keras", root)
 
 
 def test_serve_champion_over_rest(registry) -> None:
@@ -193,7 +195,7 @@ def store_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _register(root: Path, model: Path, labels: list[str], digest: str, rescore, size: int = 32):
     params = load_params(root / "params.yaml")
     with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
-        return tracking.register_and_promote(
+        return gating.register_and_promote(
             run, model, name=NAME, accuracy=0.9, test_digest=digest, rescore=rescore,
             min_accuracy=0.5, min_improvement=0.0, image_size=size, labels=labels,
         )  # fmt: skip
@@ -268,7 +270,7 @@ def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
         db.write_bytes(b"this is not a database" * 400)
         try:
             with pytest.raises(tracking.TrackingError, match=r"could not look up|cannot be opened"):
-                tracking.register_and_promote(
+                gating.register_and_promote(
                     run, model, name=NAME, accuracy=0.99, test_digest="d1", rescore=_never,
                     min_accuracy=0.0, min_improvement=0.0, image_size=32, labels=LABELS,
                 )  # fmt: skip

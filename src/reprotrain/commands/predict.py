@@ -1,7 +1,7 @@
 """``python -m reprotrain predict MODEL PATH...``: classify image files and folders.
 
 MODEL is a ``.keras`` file or a registry URI (``models:/NAME@champion``,
-``models:/NAME/3``), resolved to a local file by ``reprotrain.tracking.resolve_model``.
+``models:/NAME/3``), resolved to a local file by ``reprotrain.registry.resolve_model``.
 Folders are walked recursively in sorted order; files without an image extension inside
 folders are skipped (and said so), while a file named explicitly is always tried.
 
@@ -87,9 +87,9 @@ def collect_inputs(args: Sequence[str | Path]) -> Inputs:
 def resolve_model(spec: str, root: Path | None = None) -> Path:
     """A local ``.keras`` path for a file path or a registry URI."""
     if spec.startswith(REGISTRY_PREFIXES):
-        from reprotrain import tracking  # MLflow only when a registry URI is given
+        from reprotrain.tracking import registry  # MLflow only for a registry URI
 
-        return Path(tracking.resolve_model(spec, root=root or Path.cwd()))
+        return Path(registry.resolve_model(spec, root=root or Path.cwd()))
     path = Path(spec)
     if not path.is_file():
         raise ModelError(
@@ -342,9 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(model_path, hint="pass a .keras model saved by reprotrain")
     registered = None
     if args.model.startswith("models:/") and args.labels is None:
-        from reprotrain import tracking
+        from reprotrain.tracking import registry
 
-        registered = tracking.resolve_labels(args.model, root=Path.cwd())
+        registered = registry.resolve_labels(args.model, root=Path.cwd())
     labels = resolve_labels(args.labels, model_path, int(model.output_shape[-1]), registered)
     inputs = collect_inputs(args.paths)
     for path in inputs.skipped:

@@ -25,6 +25,7 @@ from pathlib import Path
 from reprotrain import paths, tracking
 from reprotrain.config import load_params
 from reprotrain.errors import ConfigError
+from reprotrain.tracking import registry
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     tracking.check_reachable(uri)
     user = tracking.registry.current_user(root)
     if args.rollback:
-        moved = tracking.rollback(uri, args.model, args.reason or "no reason given", by=user)
+        moved = registry.rollback(uri, args.model, args.reason or "no reason given", by=user)
         verb = "rolled back"
     else:
-        moved = tracking.promote(
+        moved = registry.promote(
             uri, args.model, args.version, args.reason or "no reason given", by=user
         )
         verb = "promoted"

@@ -23,6 +23,10 @@ Modules, by concern:
   the promotion gate;
 - :mod:`.tags`: the tag names.
 
+``registry`` and ``gating`` are not imported here: they pull in the promotion rule, and a
+stage's ``dvc.yaml`` deps are the modules it imports, so only the stages and commands that
+register or promote import them (``from reprotrain.tracking import gating``).
+
 Documented environment: ``MLFLOW_TRACKING_URI`` (store override), ``DVC_ROOT``,
 ``DVC_EXP_NAME``, ``DVC_EXP_BASELINE_REV``, ``DVC_STAGE`` (set by DVC), and
 ``REPROTRAIN_REPRODUCES`` (set by ``reprotrain reproduce``). Telemetry is switched off.
@@ -31,7 +35,6 @@ Documented environment: ``MLFLOW_TRACKING_URI`` (store override), ``DVC_ROOT``,
 from __future__ import annotations
 
 from reprotrain.errors import ModelError, TrackingError
-from reprotrain.tracking.gating import register_and_promote
 from reprotrain.tracking.lineage import (
     ENV_REPRODUCES,
     changed_params,
@@ -44,7 +47,6 @@ from reprotrain.tracking.lineage import (
     upstream_stages,
 )
 from reprotrain.tracking.pipeline import PARAMS_ARTIFACT
-from reprotrain.tracking.registry import promote, resolve_labels, resolve_model, rollback
 from reprotrain.tracking.runs import StageRun, stage_run
 from reprotrain.tracking.store import (
     HEALTH_TIMEOUT,
@@ -81,7 +83,7 @@ __all__ = [
     "TAG_REPRODUCES", "TAG_ROLE", "TAG_ROOT", "TAG_STAGE", "VTAG_ACCURACY", "VTAG_DIGEST",
     "VTAG_IMAGE_SIZE", "VTAG_LABELS", "VTAG_PREVIOUS", "VTAG_RUN", "ModelError", "StageRun",
     "TrackingError", "artifact_location", "changed_params", "check_reachable", "connect",
-    "data_hashes", "default_uri", "promote", "read_sidecar", "read_yaml", "register_and_promote",
-    "resolve_labels", "resolve_model", "rollback", "source_paths", "stage_deps", "stage_outputs",
+    "data_hashes", "default_uri", "read_sidecar", "read_yaml", "source_paths", "stage_deps",
+    "stage_outputs",
     "stage_run", "store_uri", "upstream_stages",
 ]  # fmt: skip
