@@ -9,12 +9,13 @@ The test split is decoded once and every model is scored from memory.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from reprotrain import fsio, paths, runtime, tracking
 from reprotrain.cli import run_main
-from reprotrain.config import load_params
+from reprotrain.config import load_params, to_dict
 from reprotrain.errors import DataError
 from reprotrain.tracking import gating
 
@@ -34,9 +35,13 @@ def main() -> int:
     from reprotrain import evaluation  # TensorFlow: after the runtime is configured
     from reprotrain.data import pipeline, tfrecords
     from reprotrain.evaluation import plots
+    from reprotrain.models.loading import load_model
+    from reprotrain.reports import card
+    from reprotrain.serving import pyfunc
 
     size = params.model.image_size
     labels = pipeline.read_labels(paths.PREPARED_DIR)
+    stats = _read_json(paths.PREPARED_DIR / "stats.json") or {}
     manifest = paths.PREPARED_DIR / "manifest.csv"
     test_files = tfrecords.verify_shards(paths.PREPARED_DIR, "test")
     n_expected = len(evaluation.split_sha256(manifest, "test"))
@@ -53,7 +58,7 @@ def main() -> int:
     common = dict(image_size=size, top_k=cfg.top_k, calibration_bins=cfg.calibration_bins)
     with tracking.stage_run(
         STAGE, params, sections=SECTIONS, root=Path.cwd(),
-        upstream=[paths.PREPARE_RUN, paths.HEAD_RUN, paths.FINETUNED_RUN],
+        upstream=[paths.PREPARE_RUN, paths.HEAD_RUN, paths.FINETUNED_RUN, paths.EXPORT_RUN],
         sidecar=paths.EVALUATE_RUN, environment=runtime.environment_info(info),
     ) as run:  # fmt: skip
         metrics, preds = evaluation.evaluate_model_file(
@@ -93,16 +98,72 @@ def main() -> int:
         def rescore(model_path: Path) -> float:
             return evaluation.accuracy_of(model_path, split, num_classes=len(labels))
 
+        # The registered model takes photos (base64 JPEG/PNG/...), normalised exactly as
+        # prepare normalised the training images (stats.json records how).
+        norm = stats["normalization"]
+        name = params.tracking.registered_model
         promotion = gating.register_and_promote(
-            run, paths.FINETUNED_MODEL, name=params.tracking.registered_model,
-            accuracy=metrics["accuracy"], test_digest=evaluation.test_digest(manifest),
-            rescore=rescore, min_accuracy=cfg.min_accuracy,
-            min_improvement=cfg.min_improvement, image_size=size, labels=labels,
-        )  # fmt: skip
+            run,
+            paths.FINETUNED_MODEL,
+            name=name,
+            accuracy=metrics["accuracy"],
+            test_digest=evaluation.test_digest(manifest),
+            rescore=rescore,
+            min_accuracy=cfg.min_accuracy,
+            min_improvement=cfg.min_improvement,
+            image_size=size,
+            labels=labels,
+            log_model=lambda: pyfunc.log_photo_model(
+                run, paths.FINETUNED_MODEL, labels, size, norm["max_side"], norm["jpeg_quality"]
+            ),
+        )
         fsio.atomic_write_json(PROMOTION, promotion)
         run.log_artifact(PROMOTION)
         logger.info("promotion: %s", promotion.get("reason"))
+
+        export_report = _read_json(paths.EXPORT_METRICS)
+        if export_report is not None:
+            export_run = tracking.read_sidecar(paths.EXPORT_RUN) or {}
+            pyfunc.attach_exports(
+                name, promotion["version"], export_report, export_run.get("run_id")
+            )
+
+        card.write_model_card(
+            paths.MODEL_CARD,
+            model=load_model(paths.FINETUNED_MODEL),
+            worst=preds.worst,
+            worst_k=4,
+            model_name=name,
+            version=promotion["version"],
+            labels=labels,
+            y_true=preds.y_true,
+            probs=preds.probs,
+            metrics=metrics,
+            stats=stats,
+            params=to_dict(params),
+            environment=runtime.environment_info(info),
+            run_id=run.run_id,
+            data_source=params.data.source,
+            data_digest=params.data.sha256 or "",
+            epochs_run={
+                stage: len(plots.read_history(path)["epoch"])
+                for stage, path in (
+                    ("train_head", paths.HEAD_HISTORY),
+                    ("finetune", paths.FINETUNED_HISTORY),
+                )
+            },
+            promotion=promotion,
+            export=export_report,
+            reproduce=f"python -m reprotrain reproduce {run.run_id}",
+            seed=params.seed,
+        )
+        run.log_artifact(paths.REPORTS_DIR, artifact_path="reports")
+        gating.describe_version(run, name, promotion["version"], paths.MODEL_CARD)
     return 0
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 if __name__ == "__main__":

@@ -148,6 +148,7 @@ def register_and_promote(
     image_size: int,
     labels: list[str],
     artifact_name: str = "model",
+    log_model: Callable[[], str] | None = None,
 ) -> dict[str, Any]:
     """Log ``model_path`` as an MLflow Keras model on ``run``, register a new version of
     ``name`` and move ``champion`` to it if it passes the gate, else ``challenger``.
@@ -156,6 +157,10 @@ def register_and_promote(
     test set, ``test_digest``) *before* the new version is registered, so a failure there
     leaves the registry exactly as it was. A champion with other classes or another input
     size is not comparable: the version is registered without an alias.
+
+    ``log_model``, when given, logs the model to register and returns its URI (the evaluate
+    stage passes the photo-taking pyfunc of ``reprotrain.serving``, which tracking must not
+    import); without it the ``.keras`` file is logged as a Keras-flavour model.
 
     Why a signature and no input example: with MLflow 3.17, ``mlflow.keras.log_model(...,
     input_example=...)`` fails with FileNotFoundError while saving the example; the signature
@@ -173,7 +178,6 @@ def register_and_promote(
     if champion is not None and problem is None:
         champion_accuracy = _rescore_champion(client, name, champion, test_digest, rescore)
 
-    model = keras.saving.load_model(model_path, compile=False)
     tags = {
         VTAG_ACCURACY: repr(float(accuracy)),
         VTAG_DIGEST: test_digest,
@@ -182,11 +186,17 @@ def register_and_promote(
         VTAG_RUN: run.run_id,
     }
     with store_errors(uri, f"registering a new version of {name} (aliases unchanged)"):
-        info = mlflow.keras.log_model(
-            model, name=artifact_name, signature=_signature(image_size, len(labels)),
-            pip_requirements=_requirements(),
-        )  # fmt: skip
-        version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)
+        if log_model is not None:
+            model_uri = log_model()
+        else:
+            model = keras.saving.load_model(model_path, compile=False)
+            model_uri = mlflow.keras.log_model(
+                model,
+                name=artifact_name,
+                signature=_signature(image_size, len(labels)),
+                pip_requirements=_requirements(),
+            ).model_uri
+        version = int(mlflow.register_model(model_uri, name, tags=tags).version)
     run.log_dict({"labels": list(labels)}, "labels.json")
 
     alias: str | None
@@ -245,3 +255,18 @@ def register_and_promote(
     log = logger.warning if problem else logger.info
     log("registry: %s v%d → %s (%s)", name, version, alias or "no alias", reason)
     return result
+
+
+def describe_version(run: StageRun, name: str, version: int, card: Path) -> None:
+    """Show the model card on the registered version: as its description (the registry UI
+    renders Markdown) and as a tag pointing at the card logged on ``run``."""
+    import mlflow
+
+    uri = run.uri or mlflow.get_tracking_uri()
+    client = store.client(uri)
+    text = Path(card).read_text(encoding="utf-8")
+    with store_errors(uri, f"describing {name} v{version}"):
+        client.update_model_version(name, str(version), description=text[:60000])
+        client.set_model_version_tag(
+            name, str(version), "reprotrain.model_card", f"runs:/{run.run_id}/reports/{card.name}"
+        )
