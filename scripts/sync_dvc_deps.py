@@ -37,12 +37,11 @@ def compress(files: set[str]) -> list[str]:
 def sync(text: str) -> str:
     lines = text.splitlines(keepends=True)
     out: list[str] = []
-    stage = script = None
+    script = None
     in_deps = False
     for line in lines:
-        m = re.match(r"^  (\w+):\s*$", line)
-        if m:
-            stage, in_deps = m.group(1), False
+        if re.match(r"^  (\w+):\s*$", line):  # a new stage
+            script, in_deps = None, False
         cmd = re.match(r"^    cmd: python (\S+)", line)
         if cmd:
             script = cmd.group(1)
