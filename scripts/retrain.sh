@@ -183,6 +183,14 @@ fi
   echo "### Metrics that changed: workspace vs \`$baseline\` (\`dvc metrics diff $baseline\`)"
   echo
   echo "$diff_md"
+  if [[ $outcome != up-to-date && -f reports/model_card.md ]]; then
+    echo
+    echo "<details><summary>Model card (reports/model_card.md)</summary>"
+    echo
+    sed 's/^#/###/' reports/model_card.md
+    echo
+    echo "</details>"
+  fi
   if [[ -n ${GITHUB_RUN_ID:-} ]]; then
     echo
     echo "Run: ${GITHUB_SERVER_URL:-https://github.com}/${GITHUB_REPOSITORY:-}/actions/runs/$GITHUB_RUN_ID"
@@ -201,7 +209,7 @@ fi
 branch="${RETRAIN_BRANCH:-retrain/$(date -u +%Y%m%d-%H%M%S)${GITHUB_RUN_ID:+-$GITHUB_RUN_ID}}"
 title="Retrain: model version ${version:-?} is the new $alias"
 paths=()
-for p in dvc.lock params.yaml data models metrics plots; do
+for p in dvc.lock params.yaml data models metrics plots reports; do
   if [[ -e $p ]]; then paths+=("$p"); fi
 done
 git switch -q -c "$branch"

@@ -82,6 +82,8 @@ def test_first_run_is_promoted_and_committed_on_a_branch(project: Project) -> No
     summary = project.summary.read_text()
     assert "## Retraining: promoted" in summary
     assert "| metrics/evaluate.json" in summary and "accuracy" in summary
+    assert "Model card (reports/model_card.md)" in summary  # the job summary shows the card
+    assert "reports/model_card.md" in committed and "data/splits.csv" in committed
     assert "actions/runs/4242" in summary
     assert Path(out["report"]).read_text() in summary
 
