@@ -19,6 +19,9 @@ HEAD_RUN = MODELS_DIR / "head.run.json"
 FINETUNED_MODEL = MODELS_DIR / "finetuned.keras"
 FINETUNED_HISTORY = MODELS_DIR / "finetuned.history.json"
 FINETUNED_RUN = MODELS_DIR / "finetuned.run.json"
+BASELINE_MODEL = MODELS_DIR / "baseline.keras"  # baseline: from-scratch comparison model
+BASELINE_HISTORY = MODELS_DIR / "baseline.history.json"
+BASELINE_RUN = MODELS_DIR / "baseline.run.json"
 TENSORBOARD_DIR = MODELS_DIR / "tensorboard"  # one sub-folder per stage
 
 METRICS_DIR = Path("metrics")  # small JSON read by `dvc metrics` (git-tracked)
