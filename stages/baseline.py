@@ -5,7 +5,7 @@ trains ``baseline.architecture`` (cnn | mlp | residual | package.module:function
 reprotrain.models.scratch) on the same TFRecords at a small input size, and evaluate
 reports the transfer gain. Reads data/prepared, writes models/baseline.keras (+ history,
 TensorBoard logs, metrics and the MLflow run sidecar). ≈ 20-30 s on 2 CPU cores with the
-defaults (cnn, 96 px).
+defaults (cnn, 64 px, 10 epochs).
 """
 
 from __future__ import annotations

@@ -52,15 +52,13 @@ def test_tune_end_to_end_on_a_tiny_project(tmp_path: Path) -> None:
         "train_head.epochs",
         "train_head.class_weight",
     }
-    # The command is valid: its values pass params.yaml validation ...
+    # The command is valid: its values pass params.yaml validation, and DVC accepted the
+    # same -S values when queueing (below).
     raw = yaml.safe_load((proj / "params.yaml").read_text())
     for key, value in values.items():
         section, name = key.split(".")
         raw[section][name] = value
     params_from_dict(raw)
-    # ... and DVC accepts it (a dry run applies the -S values and plans the stages).
-    dry = run([*shlex.split(command)[:3], "--dry", *shlex.split(command)[3:]], proj, env)
-    assert "train_head" in dry.stdout + dry.stderr
     # --queue 2: two DVC experiments are queued.
     queued = run(["dvc", "queue", "status"], proj, env).stdout
     assert queued.count("Queued") == 2, queued

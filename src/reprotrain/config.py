@@ -291,13 +291,13 @@ class BaselineConfig(TrainConfig):
         "cnn (Functional), mlp (Sequential), residual (subclassed), or "
         "'package.module:function' returning a keras.Model",
     )
-    image_size: Int = _f(96, "square input size in pixels (small: trains in seconds)", min=16)
+    image_size: Int = _f(64, "square input size in pixels (small: trains in seconds)", min=16)
     filters: tuple[Int, ...] = _f(
         (16, 32, 64), "convolution widths, one per block (cnn, residual)", min_length=1
     )
     hidden: Int = _f(64, "hidden units (mlp)", min=1)
     dropout: Float = _f(0.2, "dropout before the classification layer", min=0.0, lt=1.0)
-    epochs: Int = _f(15, "maximum epochs", min=1, max=10000)
+    epochs: Int = _f(10, "maximum epochs", min=1, max=10000)
     early_stopping_patience: Int = _f(
         5, "epochs without val_loss improvement before stopping", min=1
     )

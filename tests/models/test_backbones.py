@@ -66,10 +66,11 @@ def test_backbone_builds_unfreezes_trains_and_round_trips(name: str, tmp_path: P
     # One real training step (random weights: the updates may be tiny, but frozen layers,
     # BatchNorm statistics included, must not move at all).
     before = base_weights(model)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    # Eager: tracing a 100-300 layer graph for one step costs far more than the step.
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
     x, y = arrays()
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
     after = base_weights(model)
     changed = {
         k for k in before if any((a != b).any() for a, b in zip(before[k], after[k], strict=True))
@@ -79,9 +80,7 @@ def test_backbone_builds_unfreezes_trains_and_round_trips(name: str, tmp_path: P
     path = tmp_path / f"{name}.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
-    np.testing.assert_allclose(
-        model.predict(x, verbose=0), loaded.predict(x, verbose=0), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(model(x), loaded(x), rtol=1e-5, atol=1e-6)
 
 
 def test_default_image_size_per_backbone() -> None:
