@@ -1,8 +1,10 @@
 """`python -m reprotrain tune`: a real search on a tiny prepared project (trials logged as
-nested MLflow runs, a valid `dvc exp run -S` command, `--queue`), and the pure helpers."""
+nested MLflow runs, a `dvc exp run -S` command that reproduces the best trial, `--queue`),
+and the pure helpers."""
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from pathlib import Path
@@ -85,6 +87,12 @@ def test_tune_end_to_end_on_a_tiny_project(tmp_path: Path) -> None:
     for key, value in values.items():
         assert best.data.params[key] == str(value)
     assert client.get_metric_history(best.info.run_id, "val_loss")
+
+    # The printed command reproduces the best trial in the pipeline: train_head, run by DVC
+    # with those values, keeps the same val_loss (same features, initial weights, seeds).
+    run([*shlex.split(command), "train_head"], proj, env)
+    metrics = json.loads((proj / "metrics" / "train_head.json").read_text())
+    assert metrics["val_loss"] == pytest.approx(best.data.metrics["final_val_loss"], abs=1e-6)
 
 
 def test_seeded_search_is_repeatable() -> None:
