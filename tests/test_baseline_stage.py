@@ -22,14 +22,16 @@ BASELINE = {"image_size": 32, "epochs": 2, "batch_size": 8, "filters": [8, 16]}
 
 
 def changed_stages(proj: Path, env: dict[str, str], **edits: dict) -> set[str]:
-    """Stages `dvc status` reports after editing params.yaml (restored afterwards)."""
+    """Stages `dvc status baseline train_head` (the two branches and what they depend on)
+    reports after editing params.yaml (restored afterwards)."""
     original = (proj / "params.yaml").read_text()
     params = yaml.safe_load(original)
     for section, values in edits.items():
         params[section].update(values)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        status = json.loads(run(["dvc", "status", "--json"], proj, env).stdout)
+        cmd = ["dvc", "status", "--json", "baseline", "train_head"]
+        status = json.loads(run(cmd, proj, env).stdout)
     finally:
         (proj / "params.yaml").write_text(original)
     return {name.removeprefix("dvc.yaml:") for name in status} - {"fetch"}
