@@ -14,6 +14,7 @@ from reprotrain.cli import run_main
 COMMANDS = {
     "predict": "classify image files/folders with a .keras or models:/ URI",
     "promote": "move the champion alias to a version (or --rollback), audited",
+    "tune": "search train_head hyperparameters on cached features; print the dvc exp command",
     "reproduce": "rebuild an MLflow run's inputs and rerun the pipeline",
     "ui": "start the MLflow UI on 127.0.0.1 against the project store",
 }

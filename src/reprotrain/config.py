@@ -101,16 +101,92 @@ class DataConfig:
     )
 
 
+#: Built-in transfer backbones (``keras.applications``) → their default input size, used
+#: when ``model.image_size`` is null. Builders live in ``reprotrain.models.backbones``.
+BUILTIN_BACKBONES: dict[str, int] = {
+    "mobilenet_v2": 224,
+    "mobilenet_v3_small": 224,
+    "mobilenet_v3_large": 224,
+    "efficientnet_v2_b0": 224,
+    "resnet50_v2": 224,
+    "convnext_tiny": 224,
+}
+_CUSTOM_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+def _backbone_name(value: Any) -> str:
+    """A built-in name or ``package.module:function`` (a user-supplied base)."""
+    import re
+
+    if isinstance(value, str) and (value in BUILTIN_BACKBONES or re.match(_CUSTOM_REF, value)):
+        return value
+    raise PydanticCustomError(
+        "reprotrain",
+        "{rule}",
+        {"rule": f"must be one of {', '.join(BUILTIN_BACKBONES)} or 'package.module:function'"},
+    )
+
+
+Backbone = Annotated[str, BeforeValidator(_backbone_name)]
+
+
+def _architecture_name(value: Any) -> str:
+    """A built-in from-scratch architecture or ``package.module:function``."""
+    import re
+
+    if isinstance(value, str) and (value in SCRATCH_ARCHITECTURES or re.match(_CUSTOM_REF, value)):
+        return value
+    raise PydanticCustomError(
+        "reprotrain",
+        "{rule}",
+        {"rule": f"must be one of {', '.join(SCRATCH_ARCHITECTURES)} or 'package.module:function'"},
+    )
+
+
+#: From-scratch architectures of the baseline stage (``reprotrain.models.scratch``).
+SCRATCH_ARCHITECTURES = ("cnn", "mlp", "residual")
+Architecture = Annotated[str, BeforeValidator(_architecture_name)]
+
+
 @section
 class ModelConfig:
     """The pretrained backbone; read by train_head (and image_size by every later stage)."""
 
-    alpha: Literal[0.35, 0.5, 0.75, 1.0, 1.3, 1.4] = _f(1.0, "MobileNetV2 width multiplier")
-    image_size: Int = _f(224, "square input size in pixels", min=32, max=1024)
+    backbone: Backbone = _f(
+        "mobilenet_v2",
+        "transfer base: mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, "
+        "efficientnet_v2_b0, resnet50_v2, convnext_tiny, or 'package.module:function' "
+        "returning (base_model, preprocess_layer)",
+    )
+    alpha: Literal[0.35, 0.5, 0.75, 1.0, 1.3, 1.4] = _f(
+        1.0, "width multiplier (mobilenet_v2, mobilenet_v3_*)"
+    )
+    image_size: Int | None = _f(
+        224,
+        "square input size in pixels (null: the backbone's default; required for a custom one)",
+        min=32,
+        max=1024,
+    )
     weights: Str = _f(
         "imagenet",
         "'imagenet' (Keras download or $KERAS_HOME/models), 'none', or a path to a weights file",
     )
+
+    def __post_init__(self) -> None:
+        """Resolve ``image_size: null`` to the backbone's default once, here, so every stage
+        sees the same int."""
+        if self.image_size is None:
+            if self.backbone not in BUILTIN_BACKBONES:
+                raise PydanticCustomError(
+                    "reprotrain",
+                    "{rule}",
+                    {
+                        "suffix": ".image_size",
+                        "value": None,
+                        "rule": f"must be set for a custom backbone ({self.backbone})",
+                    },
+                )
+            object.__setattr__(self, "image_size", BUILTIN_BACKBONES[self.backbone])
 
 
 @section
@@ -207,6 +283,27 @@ class FinetuneConfig(TrainConfig):
 
 
 @section
+class BaselineConfig(TrainConfig):
+    """A from-scratch model on the same data: what the pretrained backbone is compared to."""
+
+    architecture: Architecture = _f(
+        "cnn",
+        "cnn (Functional), mlp (Sequential), residual (subclassed), or "
+        "'package.module:function' returning a keras.Model",
+    )
+    image_size: Int = _f(64, "square input size in pixels (small: trains in seconds)", min=16)
+    filters: tuple[Int, ...] = _f(
+        (16, 32, 64), "convolution widths, one per block (cnn, residual)", min_length=1
+    )
+    hidden: Int = _f(64, "hidden units (mlp)", min=1)
+    dropout: Float = _f(0.2, "dropout before the classification layer", min=0.0, lt=1.0)
+    epochs: Int = _f(10, "maximum epochs", min=1, max=10000)
+    early_stopping_patience: Int = _f(
+        5, "epochs without val_loss improvement before stopping", min=1
+    )
+
+
+@section
 class EvaluateConfig:
     """Held-out evaluation and the promotion gate."""
 
@@ -273,6 +370,7 @@ class Params:
     train_head: TrainHeadConfig = _f(TrainHeadConfig(), "train_head")
     finetune: FinetuneConfig = _f(FinetuneConfig(), "finetune")
     export: ExportConfig = _f(ExportConfig(), "export")
+    baseline: BaselineConfig = _f(BaselineConfig(), "baseline")
     evaluate: EvaluateConfig = _f(EvaluateConfig(), "evaluate")
     tracking: TrackingConfig = _f(TrackingConfig(), "tracking")
 

@@ -24,6 +24,9 @@ FINETUNED_HISTORY = MODELS_DIR / "finetuned.history.json"
 FINETUNED_RUN = MODELS_DIR / "finetuned.run.json"
 EXPORT_DIR = MODELS_DIR / "export"  # export: SavedModel + TFLite files
 EXPORT_RUN = MODELS_DIR / "export.run.json"
+BASELINE_MODEL = MODELS_DIR / "baseline.keras"  # baseline: from-scratch comparison model
+BASELINE_HISTORY = MODELS_DIR / "baseline.history.json"
+BASELINE_RUN = MODELS_DIR / "baseline.run.json"
 TENSORBOARD_DIR = MODELS_DIR / "tensorboard"  # one sub-folder per stage
 
 METRICS_DIR = Path("metrics")  # small JSON read by `dvc metrics` (git-tracked)

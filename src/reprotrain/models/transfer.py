@@ -1,8 +1,10 @@
-"""MobileNetV2 transfer learning: pretrained base + a small classification head.
+"""Transfer learning: a pretrained backbone + a small classification head.
 
-The model takes raw 0–255 RGB (what a client sends) and scales it inside the graph with a
-``Rescaling(1/127.5, offset=-1)`` layer, which is exactly ``mobilenet_v2.preprocess_input``
-and, unlike a ``Lambda``, survives ``keras.saving.load_model(..., safe_mode=True)``.
+The model takes raw 0–255 RGB (what a client sends) and preprocesses it inside the graph
+with the backbone's own serialisable layer (``preprocess``: for MobileNetV2 a
+``Rescaling(1/127.5, offset=-1)``, exactly ``mobilenet_v2.preprocess_input``), which, unlike
+a ``Lambda``, survives ``keras.saving.load_model(..., safe_mode=True)``. Backbones and their
+preprocessing: :mod:`reprotrain.models.backbones`.
 
 The base is called with ``training=False`` so its BatchNormalization layers always use
 their ImageNet moving statistics, also after some of its layers are unfrozen for
@@ -13,116 +15,58 @@ fine-tuning: updating BN statistics on a few hundred images wrecks the pretraine
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from reprotrain.config import ModelConfig
 from reprotrain.errors import ModelError
+from reprotrain.models import backbones
 
 logger = logging.getLogger(__name__)
 
 #: Names later code relies on (feature cache, fine-tuning, evaluation).
-BASE_NAME = "base"
-PREPROCESS_NAME = "preprocess"
+BASE_NAME = backbones.BASE_NAME
+PREPROCESS_NAME = backbones.PREPROCESS_NAME
 POOL_NAME = "pool"
 DROPOUT_NAME = "dropout"
 OUTPUT_NAME = "predictions"
 INPUT_NAME = "image"
 
 #: Input sizes for which Keras publishes ImageNet MobileNetV2 weights.
-IMAGENET_SIZES = (96, 128, 160, 192, 224)
+IMAGENET_SIZES = backbones.MOBILENET_V2_IMAGENET_SIZES
 
 
 def imagenet_weights_filename(alpha: float, image_size: int) -> str:
-    """The file Keras looks for in ``$KERAS_HOME/models`` (and downloads if missing)."""
-    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{image_size}_no_top.h5"
-
-
-def _keras_cache_dirs() -> list[Path]:
-    """Where ``keras.utils.get_file`` caches downloads: ``$KERAS_HOME`` or ``~/.keras``,
-    and ``/tmp/.keras`` when that is not writable (Keras' own fallback)."""
-    home = Path(os.environ.get("KERAS_HOME") or Path("~/.keras").expanduser())
-    return [home / "models", Path("/tmp/.keras/models")]
+    """The MobileNetV2 file Keras looks for in ``$KERAS_HOME/models`` (and downloads if
+    missing); other backbones: :func:`reprotrain.models.backbones.imagenet_weights_filename`."""
+    return backbones.imagenet_weights_filename("mobilenet_v2", alpha, image_size)
 
 
 def find_cached_imagenet_weights(alpha: float, image_size: int) -> Path | None:
-    """The cached ImageNet weights file, or None (then Keras will try to download it).
-
-    Resolved here, at call time, because Keras reads ``KERAS_HOME`` once at import.
-    """
-    name = imagenet_weights_filename(alpha, image_size)
-    for d in _keras_cache_dirs():
-        if (d / name).is_file():
-            return d / name
-    return None
-
-
-def _missing_weights_error(cfg: ModelConfig, reason: str) -> ModelError:
-    name = imagenet_weights_filename(cfg.alpha, cfg.image_size)
-    home = os.environ.get("KERAS_HOME") or "~/.keras"
-    return ModelError(
-        f"model.weights = imagenet: cannot load {name} ({reason}). Either let Keras "
-        f"download it (internet access), or set KERAS_HOME to a directory whose models/ "
-        f"holds {name} (now: {home}), or set model.weights to the path of a weights file, "
-        f"or to 'none' to train from random weights"
-    )
-
-
-def _base_weights(cfg: ModelConfig) -> str | None:
-    """The ``weights`` argument for ``MobileNetV2``, validated with actionable errors."""
-    w = cfg.weights
-    if w.lower() == "none":
-        return None
-    if w == "imagenet":
-        if cfg.image_size not in IMAGENET_SIZES:
-            raise ModelError(
-                f"model.image_size = {cfg.image_size}: ImageNet MobileNetV2 weights exist "
-                f"only for sizes {', '.join(map(str, IMAGENET_SIZES))}; pick one of them, "
-                "or set model.weights to 'none' or a weights file"
-            )
-        return "imagenet"
-    path = Path(w).expanduser()
-    if not path.is_file():
-        raise ModelError(
-            f"model.weights = {w!r}: no such file; use 'imagenet', 'none', or the path of a "
-            "MobileNetV2 (include_top=False) weights file"
-        )
-    return str(path)
+    """The cached MobileNetV2 ImageNet weights file, or None (then Keras will download it)."""
+    return backbones.find_cached_weights(imagenet_weights_filename(alpha, image_size))
 
 
 def build_base(cfg: ModelConfig) -> Any:
-    """The MobileNetV2 feature extractor (no top), named :data:`BASE_NAME`, frozen."""
-    import keras
+    """The backbone's feature extractor (no top), named :data:`BASE_NAME`, frozen."""
+    return backbones.build(cfg)[0]
 
-    weights = _base_weights(cfg)
-    size = cfg.image_size
-    kwargs = dict(input_shape=(size, size, 3), include_top=False, alpha=cfg.alpha, name=BASE_NAME)
-    if weights == "imagenet":
-        cached = find_cached_imagenet_weights(cfg.alpha, size)
-        if cached is not None:
-            logger.info("ImageNet weights: %s", cached)
-            weights = str(cached)
-        else:
-            logger.info("ImageNet weights not cached: asking Keras to download them")
-    try:
-        base = keras.applications.MobileNetV2(weights=weights, **kwargs)
-    except Exception as exc:  # download failure, corrupt/mismatching h5: all user-fixable
-        if cfg.weights == "imagenet":
-            raise _missing_weights_error(cfg, f"{type(exc).__name__}: {exc}") from None
-        raise ModelError(
-            f"model.weights = {cfg.weights!r}: cannot load into MobileNetV2 alpha={cfg.alpha} "
-            f"image_size={size}: {exc}"
-        ) from None
-    base.trainable = False
-    return base
+
+def model_name(cfg: ModelConfig) -> str:
+    """``mobilenetv2_1_224_transfer`` (the name MobileNetV2 models always had), or
+    ``<backbone>_<size>_transfer``."""
+    if cfg.backbone == "mobilenet_v2":
+        return f"mobilenetv2_{cfg.alpha:g}_{cfg.image_size}_transfer"
+    tag = cfg.backbone.rpartition(":")[2] if backbones.is_custom(cfg.backbone) else cfg.backbone
+    return f"{tag}_{cfg.image_size}_transfer"
 
 
 def build_model(cfg: ModelConfig, num_classes: int, dropout: float) -> Any:
     """Raw RGB → preprocess → frozen base (inference mode) → GAP → Dropout → Dense softmax.
 
     The output layer computes in float32 even under a mixed-precision policy: softmax and
-    the loss are numerically fragile in float16.
+    the loss are numerically fragile in float16. A base that already pools (a custom one
+    returning ``[batch, C]``) gets an ``Identity`` as its ``pool`` layer.
     """
     import keras
 
@@ -130,12 +74,15 @@ def build_model(cfg: ModelConfig, num_classes: int, dropout: float) -> Any:
         raise ModelError(f"need at least 2 classes to train a classifier, got {num_classes}")
     size = cfg.image_size
     inputs = keras.Input(shape=(size, size, 3), dtype="float32", name=INPUT_NAME)
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=PREPROCESS_NAME)(inputs)
-    base = build_base(cfg)
+    base, preprocess = backbones.build(cfg)
+    x = preprocess(inputs)
     x = base(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
+    else:
+        x = keras.layers.Identity(name=POOL_NAME)(x)
     outputs = head_layers(num_classes, dropout)(x)
-    return keras.Model(inputs, outputs, name=f"mobilenetv2_{cfg.alpha:g}_{size}_transfer")
+    return keras.Model(inputs, outputs, name=model_name(cfg))
 
 
 def head_layers(num_classes: int, dropout: float) -> Any:
@@ -172,7 +119,7 @@ def copy_head_weights(head: Any, model: Any) -> None:
 
 
 def get_base(model: Any) -> Any:
-    """The MobileNetV2 base inside a model built by :func:`build_model`."""
+    """The backbone inside a model built by :func:`build_model`."""
     try:
         return model.get_layer(BASE_NAME)
     except ValueError:
@@ -183,29 +130,15 @@ def get_base(model: Any) -> Any:
 
 
 def unfreeze_top(model: Any, n: int) -> list[str]:
-    """Make the top ``n`` layers of the base trainable, except BatchNormalization.
+    """Make the top ``n`` layers of the base trainable, except normalisation layers.
 
+    "Layers" are the base's own layer list (``base.layers[-n:]``, as in Keras' guide), the
+    same rule for every backbone; see :func:`reprotrain.models.backbones.unfreeze_top_layers`.
     Returns the names of the base layers that are now trainable (in order). The head stays
     trainable. The caller must recompile: ``trainable`` is read when the train step is
     built.
     """
-    import keras
-
-    base = get_base(model)
-    base.trainable = True
-    layers = base.layers
-    cut = max(len(layers) - n, 0) if n > 0 else len(layers)
-    names: list[str] = []
-    for i, layer in enumerate(layers):
-        train = (
-            i >= cut
-            and not isinstance(layer, keras.layers.BatchNormalization)
-            and bool(layer.weights)
-        )
-        layer.trainable = train
-        if train:
-            names.append(layer.name)
-    return names
+    return backbones.unfreeze_top_layers(get_base(model), n)
 
 
 def trainable_summary(model: Any) -> dict[str, Any]:
