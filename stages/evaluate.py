@@ -34,7 +34,7 @@ def main() -> int:
     info = runtime.configure(params.runtime, params.seed)
     from reprotrain import evaluation  # TensorFlow: after the runtime is configured
     from reprotrain.data import pipeline, tfrecords
-    from reprotrain.evaluation import plots
+    from reprotrain.evaluation import compare, plots
     from reprotrain.models.loading import load_model
     from reprotrain.reports import card
     from reprotrain.serving import pyfunc
@@ -58,23 +58,42 @@ def main() -> int:
     common = dict(image_size=size, top_k=cfg.top_k, calibration_bins=cfg.calibration_bins)
     with tracking.stage_run(
         STAGE, params, sections=SECTIONS, root=Path.cwd(),
-        upstream=[paths.PREPARE_RUN, paths.HEAD_RUN, paths.FINETUNED_RUN, paths.EXPORT_RUN],
+        upstream=[
+            paths.PREPARE_RUN, paths.HEAD_RUN, paths.FINETUNED_RUN, paths.BASELINE_RUN,
+            paths.EXPORT_RUN,
+        ],
         sidecar=paths.EVALUATE_RUN, environment=runtime.environment_info(info),
     ) as run:  # fmt: skip
         metrics, preds = evaluation.evaluate_model_file(
             paths.FINETUNED_MODEL, split, labels, worst_k=cfg.worst_examples, **common
         )
-        head_metrics, _ = evaluation.evaluate_model_file(paths.HEAD_MODEL, split, labels, **common)
+        head_metrics, head_preds = evaluation.evaluate_model_file(
+            paths.HEAD_MODEL, split, labels, **common
+        )
+        # What transfer learning buys: the from-scratch baseline on the same test images.
+        base_common = {**common, "image_size": params.baseline.image_size}
+        baseline_metrics, baseline_preds = evaluation.evaluate_model_file(
+            paths.BASELINE_MODEL, split, labels, **base_common
+        )
         if len(preds.y_true) != n_expected:
             raise DataError(
                 f"the test shards hold {len(preds.y_true)} images but manifest.csv lists "
                 f"{n_expected}: data/prepared is incomplete; rerun prepare (dvc repro -f prepare)"
             )
-        report = {**metrics, "head": head_metrics, "n_test": len(preds.y_true)}
+        report = {
+            **metrics,
+            "transfer_gain": compare.transfer_gain(
+                metrics["accuracy"], baseline_metrics["accuracy"]
+            ),
+            "head": head_metrics,
+            "baseline": baseline_metrics,
+            "n_test": len(preds.y_true),
+        }
         fsio.atomic_write_json(METRICS, report)
         logger.info(
-            "test accuracy: finetuned %.4f, head only %.4f (n=%d)",
-            metrics["accuracy"], head_metrics["accuracy"], report["n_test"],
+            "test accuracy: finetuned %.4f, head only %.4f, baseline %.4f (n=%d)",
+            metrics["accuracy"], head_metrics["accuracy"], baseline_metrics["accuracy"],
+            report["n_test"],
         )  # fmt: skip
 
         timeline = plots.training_timeline(
@@ -87,6 +106,16 @@ def main() -> int:
             evaluation.plot_inputs(preds.y_true, preds.probs, labels), labels, timeline,
             preds.worst, plots_dir=paths.PLOTS_DIR, images_dir=IMAGES_DIR,
         )  # fmt: skip
+        recalls = {
+            name: compare.per_class_recall(p.y_true, p.probs.argmax(axis=1), len(labels))
+            for name, p in (
+                ("finetuned", preds),
+                ("head", head_preds),
+                ("baseline", baseline_preds),
+            )
+        }
+        compare.write_recall_csv(paths.PLOTS_DIR / compare.RECALL_CSV, labels, recalls)
+        compare.plot_recall_comparison(labels, recalls, IMAGES_DIR / compare.RECALL_PNG)
         rows = evaluation.prediction_rows(preds, labels)
         plots.write_csv(PREDICTIONS, rows, list(rows[0]))
 
