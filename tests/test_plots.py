@@ -171,6 +171,10 @@ def test_dvc_plots_show_renders_the_files(tmp_path: Path) -> None:
     (proj / "dvc.yaml").write_text(yaml.safe_dump({"plots": spec["plots"]}))
     _write_all(proj / "plots", ["a", "b", "c"])
     shutil.rmtree(proj / "plots" / "images")
+    from reprotrain.evaluation import compare
+
+    recalls = {m: [0.9, 0.8, 0.7] for m in ("finetuned", "head", "baseline")}
+    compare.write_recall_csv(proj / "plots" / compare.RECALL_CSV, ["a", "b", "c"], recalls)
     env = subprocess_env()
     run(["git", "init", "-q"], proj, env)
     run(["dvc", "init", "-q"], proj, env)
@@ -179,5 +183,5 @@ def test_dvc_plots_show_renders_the_files(tmp_path: Path) -> None:
     assert data, out
     assert not out.get("errors"), out["errors"]
     rendered = json.dumps(data)
-    for column in ("predicted", "fpr", "recall", "val_accuracy"):
+    for column in ("predicted", "fpr", "recall", "val_accuracy", "baseline"):
         assert column in rendered, column

@@ -18,7 +18,7 @@ from tests.conftest import make_project, run, subprocess_env
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ("fetch", "prepare", "train_head", "finetune", "evaluate")
+STAGES = ("fetch", "prepare", "train_head", "baseline", "finetune", "export", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,15 @@ def test_accuracy_bars(real_run) -> None:
     assert finetune["val_accuracy"] >= 0.93, finetune
     assert evaluate["accuracy"] >= 0.93, evaluate
     assert evaluate["accuracy"] >= evaluate["head"]["accuracy"], evaluate
+    # Transfer learning beats the from-scratch baseline on the same test images.
+    assert evaluate["transfer_gain"] == pytest.approx(
+        evaluate["accuracy"] - evaluate["baseline"]["accuracy"]
+    )
+    assert evaluate["transfer_gain"] > 0.1, evaluate["baseline"]
+    exports = _json(proj / "metrics" / "export.json")
+    print("export:", json.dumps(exports)[:2000])
+    card = (proj / "reports" / "model_card.md").read_text()
+    assert f"{evaluate['accuracy']:.4f}" in card
 
 
 def test_dvc_metrics_and_plots_commands(real_run) -> None:

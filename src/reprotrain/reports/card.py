@@ -311,7 +311,8 @@ def render_card(card: CardData) -> str:
     out += _table(
         ["setting", "value"],
         [
-            ["backbone", f"MobileNetV2 alpha {_param(card.params, 'model.alpha')}, "
+            ["backbone", f"{_param(card.params, 'model.backbone')} (alpha "
+                         f"{_param(card.params, 'model.alpha')}), "
                          f"{_param(card.params, 'model.weights')} weights"],
             ["image size", _param(card.params, "model.image_size")],
             ["seed", _param(card.params, "seed")],
