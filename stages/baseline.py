@@ -37,29 +37,52 @@ def main() -> int:
     shutil.rmtree(tb_dir, ignore_errors=True)
     key = training.fingerprint(STAGE, [to_dict(getattr(params, s)) for s in SECTIONS], data.digest)
     with tracking.stage_run(
-        STAGE, params, sections=SECTIONS, root=Path.cwd(), upstream=[paths.PREPARE_RUN],
-        sidecar=paths.BASELINE_RUN, environment=runtime.environment_info(info),
-    ) as run:  # fmt: skip
+        STAGE,
+        params,
+        sections=SECTIONS,
+        root=Path.cwd(),
+        upstream=[paths.PREPARE_RUN],
+        sidecar=paths.BASELINE_RUN,
+        environment=runtime.environment_info(info),
+    ) as run:
         with info.strategy.scope():
             model = scratch.build(
-                cfg.architecture, cfg.image_size, len(data.labels),
-                filters=cfg.filters, hidden=cfg.hidden, dropout=cfg.dropout,
-            )  # fmt: skip
+                cfg.architecture,
+                cfg.image_size,
+                len(data.labels),
+                filters=cfg.filters,
+                hidden=cfg.hidden,
+                dropout=cfg.dropout,
+            )
         counts = scratch.parameter_count(model)
-        logger.info("baseline: %s (%s), %d trainable params", cfg.architecture, model.name,
-                    counts["trainable_params"])  # fmt: skip
+        logger.info(
+            "baseline: %s (%s), %d trainable params",
+            cfg.architecture,
+            model.name,
+            counts["trainable_params"],
+        )
         run.set_tags({"reprotrain.architecture": cfg.architecture})
         result = training.train(
-            model, data.train, data.val, cfg, info,
-            checkpoint_dir=paths.CHECKPOINTS_DIR / STAGE, tensorboard_dir=tb_dir,
-            class_weight=data.class_weight, resume_key=key,
+            model,
+            data.train,
+            data.val,
+            cfg,
+            info,
+            checkpoint_dir=paths.CHECKPOINTS_DIR / STAGE,
+            tensorboard_dir=tb_dir,
+            class_weight=data.class_weight,
+            resume_key=key,
             epoch_hook=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
-        )  # fmt: skip
+        )
         metrics_path = paths.METRICS_DIR / f"{STAGE}.json"
         metrics = training.save_outputs(
-            model, result, model_path=paths.BASELINE_MODEL, history_path=paths.BASELINE_HISTORY,
-            metrics_path=metrics_path, extra=counts,
-        )  # fmt: skip
+            model,
+            result,
+            model_path=paths.BASELINE_MODEL,
+            history_path=paths.BASELINE_HISTORY,
+            metrics_path=metrics_path,
+            extra=counts,
+        )
         run.log_metrics(training.final_metrics(metrics))
         for path in (paths.BASELINE_MODEL, paths.BASELINE_HISTORY, metrics_path):
             run.log_artifact(path)

@@ -52,18 +52,28 @@ def main() -> int:
         )
     # Decoded once, kept in memory, scored by every model below (and the champion re-score).
     split = evaluation.EvalSplit(
-        test_files, params.pipeline, batch_size=cfg.batch_size, seed=params.seed,
+        test_files,
+        params.pipeline,
+        batch_size=cfg.batch_size,
+        seed=params.seed,
         expected=n_expected,
-    )  # fmt: skip
+    )
     common = dict(image_size=size, top_k=cfg.top_k, calibration_bins=cfg.calibration_bins)
     with tracking.stage_run(
-        STAGE, params, sections=SECTIONS, root=Path.cwd(),
+        STAGE,
+        params,
+        sections=SECTIONS,
+        root=Path.cwd(),
         upstream=[
-            paths.PREPARE_RUN, paths.HEAD_RUN, paths.FINETUNED_RUN, paths.BASELINE_RUN,
+            paths.PREPARE_RUN,
+            paths.HEAD_RUN,
+            paths.FINETUNED_RUN,
+            paths.BASELINE_RUN,
             paths.EXPORT_RUN,
         ],
-        sidecar=paths.EVALUATE_RUN, environment=runtime.environment_info(info),
-    ) as run:  # fmt: skip
+        sidecar=paths.EVALUATE_RUN,
+        environment=runtime.environment_info(info),
+    ) as run:
         metrics, preds = evaluation.evaluate_model_file(
             paths.FINETUNED_MODEL, split, labels, worst_k=cfg.worst_examples, **common
         )
@@ -92,9 +102,11 @@ def main() -> int:
         fsio.atomic_write_json(METRICS, report)
         logger.info(
             "test accuracy: finetuned %.4f, head only %.4f, baseline %.4f (n=%d)",
-            metrics["accuracy"], head_metrics["accuracy"], baseline_metrics["accuracy"],
+            metrics["accuracy"],
+            head_metrics["accuracy"],
+            baseline_metrics["accuracy"],
             report["n_test"],
-        )  # fmt: skip
+        )
 
         timeline = plots.training_timeline(
             [
@@ -103,9 +115,13 @@ def main() -> int:
             ]
         )
         plots.write_evaluation_plots(
-            evaluation.plot_inputs(preds.y_true, preds.probs, labels), labels, timeline,
-            preds.worst, plots_dir=paths.PLOTS_DIR, images_dir=IMAGES_DIR,
-        )  # fmt: skip
+            evaluation.plot_inputs(preds.y_true, preds.probs, labels),
+            labels,
+            timeline,
+            preds.worst,
+            plots_dir=paths.PLOTS_DIR,
+            images_dir=IMAGES_DIR,
+        )
         recalls = {
             name: compare.per_class_recall(p.y_true, p.probs.argmax(axis=1), len(labels))
             for name, p in (

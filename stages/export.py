@@ -33,19 +33,29 @@ def main() -> int:
 
     size = params.model.image_size
     test_images, test_labels = export.load_split(
-        tfrecords.verify_shards(paths.PREPARED_DIR, "test"), params.pipeline,
-        image_size=size, batch_size=cfg.batch_size, seed=params.seed,
-    )  # fmt: skip
+        tfrecords.verify_shards(paths.PREPARED_DIR, "test"),
+        params.pipeline,
+        image_size=size,
+        batch_size=cfg.batch_size,
+        seed=params.seed,
+    )
     calibration = export.calibration_images(
-        tfrecords.verify_shards(paths.PREPARED_DIR, "train"), params.pipeline,
-        image_size=size, count=cfg.calibration_samples, seed=params.seed,
-    )  # fmt: skip
+        tfrecords.verify_shards(paths.PREPARED_DIR, "train"),
+        params.pipeline,
+        image_size=size,
+        count=cfg.calibration_samples,
+        seed=params.seed,
+    )
     shutil.rmtree(paths.EXPORT_DIR, ignore_errors=True)  # no format left from another config
     with tracking.stage_run(
-        STAGE, params, sections=SECTIONS, root=Path.cwd(),
-        upstream=[paths.PREPARE_RUN, paths.FINETUNED_RUN], sidecar=paths.EXPORT_RUN,
+        STAGE,
+        params,
+        sections=SECTIONS,
+        root=Path.cwd(),
+        upstream=[paths.PREPARE_RUN, paths.FINETUNED_RUN],
+        sidecar=paths.EXPORT_RUN,
         environment=runtime.environment_info(info),
-    ) as run:  # fmt: skip
+    ) as run:
         report = export.export_and_verify(
             paths.FINETUNED_MODEL, paths.EXPORT_DIR, test_images, test_labels, calibration, cfg
         )

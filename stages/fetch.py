@@ -23,9 +23,14 @@ def main() -> int:
     result = fetch(data.source, paths.RAW_DIR, mirror=data.mirror, sha256=data.sha256)
     log.info(
         "fetch: %s source %s → %s: %d files (%d copied, %d removed), digest %s",
-        result.kind, result.origin, paths.RAW_DIR, result.files, result.copied,
-        result.removed, result.digest,
-    )  # fmt: skip
+        result.kind,
+        result.origin,
+        paths.RAW_DIR,
+        result.files,
+        result.copied,
+        result.removed,
+        result.digest,
+    )
     return 0
 
 

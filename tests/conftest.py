@@ -261,9 +261,13 @@ def http_server(
     uvicorn); a server that dies or never answers fails the test with its output.
     """
     proc = subprocess.Popen(
-        list(cmd), cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        list(cmd),
+        cwd=cwd,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -455,9 +459,14 @@ def simulate(root: Path, stage: str, upstream=(), sidecar=None, metrics=None, en
 
     params = load_params(root / "params.yaml")
     with tracking.stage_run(
-        stage, params, sections=("seed", stage), root=root, upstream=upstream,
-        sidecar=sidecar, environment=env or {"python": "3.11", "cuda": "none"},
-    ) as r:  # fmt: skip
+        stage,
+        params,
+        sections=("seed", stage),
+        root=root,
+        upstream=upstream,
+        sidecar=sidecar,
+        environment=env or {"python": "3.11", "cuda": "none"},
+    ) as r:
         r.log_metrics({"loss": 1.0}, step=1)
         r.log_metrics({"loss": 0.5}, step=2)
         r.log_metrics(metrics or {"val_accuracy": 0.75})

@@ -324,10 +324,14 @@ def test_server_stops_mid_training_then_rerun_resumes(tmp_path: Path) -> None:
         {
             "data": {"source": str(data), "sha256": None},
             # Enough epochs that the server is down before training ends; no early stop.
-            "train_head": {"epochs": 25, "feature_cache": "off", "early_stopping_patience": 100,
-                           "reduce_lr_patience": 100},
+            "train_head": {
+                "epochs": 25,
+                "feature_cache": "off",
+                "early_stopping_patience": 100,
+                "reduce_lr_patience": 100,
+            },
         },
-    )  # fmt: skip
+    )
     proj = make_project(tmp_path / "proj", params)
     port = free_port()
     server_uri = f"http://127.0.0.1:{port}"
@@ -345,9 +349,13 @@ def test_server_stops_mid_training_then_rerun_resumes(tmp_path: Path) -> None:
 
     with http_server(cmd, tmp_path, ui.server_env(), health, timeout=180, what="mlflow server"):
         repro = subprocess.Popen(
-            ["dvc", "repro", "train_head"], cwd=proj, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            ["dvc", "repro", "train_head"],
+            cwd=proj,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 600
         while _epochs_recorded(proj) < 1:
             if repro.poll() is not None:

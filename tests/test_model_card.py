@@ -67,41 +67,70 @@ def inputs() -> dict:
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     metrics = classification_metrics(y_true, probs, LABELS)
     stats = {
-        "files_seen": 45, "images": 43, "quarantined": 2,
-        "quarantine_reasons": {"empty file": 1, "not an image": 1}, "duplicates": 0,
+        "files_seen": 45,
+        "images": 43,
+        "quarantined": 2,
+        "quarantine_reasons": {"empty file": 1, "not an image": 1},
+        "duplicates": 0,
         "splits": {
             "train": {"total": 3, "classes": {"ants": 1, "bees": 1, "wasps": 1}},
             "test": {"total": 40, "classes": {"ants": 20, "bees": 15, "wasps": 5}},
         },
-    }  # fmt: skip
+    }
     promotion = {
-        "promoted": True, "alias": "champion", "version": 3, "accuracy": metrics["accuracy"],
-        "champion_version": 2, "champion_accuracy": 0.71, "reason": "beats champion v2",
-    }  # fmt: skip
+        "promoted": True,
+        "alias": "champion",
+        "version": 3,
+        "accuracy": metrics["accuracy"],
+        "champion_version": 2,
+        "champion_accuracy": 0.71,
+        "reason": "beats champion v2",
+    }
     export = {
         "keras": {"accuracy": 0.9, "size_bytes": 9_000_000, "latency_ms": 40.0},
         "formats": {
-            "tflite_float16": {"accuracy": 0.9, "agreement": 1.0, "size_bytes": 4_500_000,
-                               "latency_ms": 41.0, "shipped": True, "reason": "shipped: ok"},
-            "tflite_int8": {"accuracy": 0.8, "agreement": 0.95, "size_bytes": 2_700_000,
-                            "latency_ms": 50.0, "shipped": False,
-                            "reason": "not shipped: agreement 0.95 < 0.98"},
+            "tflite_float16": {
+                "accuracy": 0.9,
+                "agreement": 1.0,
+                "size_bytes": 4_500_000,
+                "latency_ms": 41.0,
+                "shipped": True,
+                "reason": "shipped: ok",
+            },
+            "tflite_int8": {
+                "accuracy": 0.8,
+                "agreement": 0.95,
+                "size_bytes": 2_700_000,
+                "latency_ms": 50.0,
+                "shipped": False,
+                "reason": "not shipped: agreement 0.95 < 0.98",
+            },
         },
-    }  # fmt: skip
+    }
     params = {
-        "seed": 42, "data": {"source": "https://example.org/d.zip", "sha256": "ab" * 32},
+        "seed": 42,
+        "data": {"source": "https://example.org/d.zip", "sha256": "ab" * 32},
         "model": {"alpha": 1.0, "image_size": 224, "weights": "imagenet"},
         "prepare": {"max_side": 320},
         "train_head": {"learning_rate": 0.001, "batch_size": 32, "epochs": 10},
         "finetune": {"unfreeze_top": 30, "learning_rate": 1e-5, "epochs": 5, "augment": True},
-    }  # fmt: skip
+    }
     return dict(
-        model_name="reprotrain-classifier", version=3, labels=LABELS, y_true=y_true, probs=probs,
-        metrics=metrics, stats=stats, params=params, run_id="0123abcd",
+        model_name="reprotrain-classifier",
+        version=3,
+        labels=LABELS,
+        y_true=y_true,
+        probs=probs,
+        metrics=metrics,
+        stats=stats,
+        params=params,
+        run_id="0123abcd",
         environment={"tensorflow": "2.21.0", "devices": "CPU:0"},
-        epochs_run={"train_head": 7, "finetune": 5}, promotion=promotion, export=export,
+        epochs_run={"train_head": 7, "finetune": 5},
+        promotion=promotion,
+        export=export,
         reproduce="python -m reprotrain reproduce 0123abcd",
-    )  # fmt: skip
+    )
 
 
 def test_card_figures_match_the_metrics_it_was_given(inputs: dict, tmp_path: Path) -> None:
@@ -153,10 +182,15 @@ def test_grad_cam_on_the_nested_base_and_on_a_plain_cnn(tmp_path: Path) -> None:
     assert heat.min() >= 0 and heat.max() <= 1
 
     cnn = keras.Sequential(
-        [keras.Input((64, 64, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
-         keras.layers.MaxPooling2D(4), keras.layers.Conv2D(4, 3, activation="relu", name="last"),
-         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")]
-    )  # fmt: skip
+        [
+            keras.Input((64, 64, 3)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.MaxPooling2D(4),
+            keras.layers.Conv2D(4, 3, activation="relu", name="last"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     heat = grad_cam(cnn, image, class_index=1)
     assert heat.shape == (13, 13) and heat.min() >= 0 and heat.max() <= 1
     blended = overlay(image, heat)
@@ -164,9 +198,18 @@ def test_grad_cam_on_the_nested_base_and_on_a_plain_cnn(tmp_path: Path) -> None:
 
     worst = [Worst("x.jpg", 0, 1, 0.8, image)]
     path = write_model_card(
-        tmp_path / "card.md", model=cnn, worst=worst, model_name="m", labels=["a", "b"],
-        y_true=np.array([0, 1]), probs=np.array([[0.2, 0.8], [0.3, 0.7]]), metrics={},
-        stats={}, params={}, environment={}, run_id="r",
-    )  # fmt: skip
+        tmp_path / "card.md",
+        model=cnn,
+        worst=worst,
+        model_name="m",
+        labels=["a", "b"],
+        y_true=np.array([0, 1]),
+        probs=np.array([[0.2, 0.8], [0.3, 0.7]]),
+        metrics={},
+        stats={},
+        params={},
+        environment={},
+        run_id="r",
+    )
     assert "![Grad-CAM](model_card/gradcam_1.png)" in path.read_text()
     assert (tmp_path / "model_card" / "gradcam_1.png").is_file()

@@ -239,8 +239,13 @@ def _encodings(photo: Path, out: Path) -> dict[str, Path]:
     yardstick for the last two) an upright JPEG re-encoded at the same quality."""
     out.mkdir(parents=True, exist_ok=True)
     rgb = Image.open(photo).convert("RGB")
-    files = {"jpeg": photo, "png": out / "same.png", "cmyk": out / "cmyk.jpg",
-             "exif": out / "rotated.jpg", "reencoded": out / "reencoded.jpg"}  # fmt: skip
+    files = {
+        "jpeg": photo,
+        "png": out / "same.png",
+        "cmyk": out / "cmyk.jpg",
+        "exif": out / "rotated.jpg",
+        "reencoded": out / "reencoded.jpg",
+    }
     rgb.save(files["png"])
     rgb.save(files["reencoded"], quality=95)
     rgb.convert("CMYK").save(files["cmyk"], quality=95)
@@ -255,9 +260,13 @@ def _probabilities(model_path: Path, files: list[Path], max_side: int, quality: 
 
     norm = predict.Normalization(max_side, quality, "test")
     results = predict.predict_files(
-        load_model(model_path), [str(f) for f in files], LABELS, batch_size=8, top_k=2,
+        load_model(model_path),
+        [str(f) for f in files],
+        LABELS,
+        batch_size=8,
+        top_k=2,
         normalization=norm,
-    )  # fmt: skip
+    )
     assert all(r["error"] is None for r in results), results
     return np.array(
         [[{t["label"]: t["probability"] for t in r["top_k"]}[c] for c in LABELS] for r in results]
@@ -322,9 +331,13 @@ def test_predict_on_a_raw_test_file_matches_the_evaluation_pipeline(
     model = load_model(imagenet_model)
     ds = pipeline.make_dataset(
         pipeline_files := sorted((tmp_path / "prepared").glob("test-*.tfrecord")),
-        PipelineConfig(cache="none"), False, image_size=PARITY_SIZE, batch_size=8, seed=0,
+        PipelineConfig(cache="none"),
+        False,
+        image_size=PARITY_SIZE,
+        batch_size=8,
+        seed=0,
         with_metadata=True,
-    )  # fmt: skip
+    )
     assert pipeline_files
     expected, paths_ = [], []
     for images, _labels, meta in ds:

@@ -78,20 +78,28 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
         return 0.6
 
     common = dict(
-        name=NAME, rescore=rescore, min_accuracy=0.5, min_improvement=0.0, image_size=32,
+        name=NAME,
+        rescore=rescore,
+        min_accuracy=0.5,
+        min_improvement=0.0,
+        image_size=32,
         labels=LABELS,
-    )  # fmt: skip
+    )
     results = []
     with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
-        results.append(gating.register_and_promote(
-            run, model_path, accuracy=0.8, test_digest="d1", **common))  # fmt: skip
-        results.append(gating.register_and_promote(
-            run, model_path, accuracy=0.7, test_digest="d1", **common))  # fmt: skip
+        results.append(
+            gating.register_and_promote(run, model_path, accuracy=0.8, test_digest="d1", **common)
+        )
+        results.append(
+            gating.register_and_promote(run, model_path, accuracy=0.7, test_digest="d1", **common)
+        )
         n_rescored_before = len(rescored)
-        results.append(gating.register_and_promote(
-            run, model_path, accuracy=0.75, test_digest="d2", **common))  # fmt: skip
-        results.append(gating.register_and_promote(
-            run, model_path, accuracy=0.4, test_digest="d2", **common))  # fmt: skip
+        results.append(
+            gating.register_and_promote(run, model_path, accuracy=0.75, test_digest="d2", **common)
+        )
+        results.append(
+            gating.register_and_promote(run, model_path, accuracy=0.4, test_digest="d2", **common)
+        )
     yield root, model, results, rescored, n_rescored_before
     for k, v in saved.items():
         if v is not None:
@@ -111,8 +119,15 @@ def test_versions_aliases_and_rescoring(registry) -> None:
     assert new_test_set["champion_version"] == 1 and new_test_set["champion_accuracy"] == 0.6
     assert new_test_set["promoted"] and new_test_set["version"] == 3
     assert not below_floor["promoted"] and "floor" in below_floor["reason"]
-    assert set(first) >= {"promoted", "alias", "version", "reason", "champion_version",
-                          "champion_accuracy", "accuracy"}  # fmt: skip
+    assert set(first) >= {
+        "promoted",
+        "alias",
+        "version",
+        "reason",
+        "champion_version",
+        "champion_accuracy",
+        "accuracy",
+    }
 
     uri = tracking.default_uri(root)
     client = mlflow.MlflowClient(uri, registry_uri=uri)
@@ -196,9 +211,17 @@ def _register(root: Path, model: Path, labels: list[str], digest: str, rescore, 
     params = load_params(root / "params.yaml")
     with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
         return gating.register_and_promote(
-            run, model, name=NAME, accuracy=0.9, test_digest=digest, rescore=rescore,
-            min_accuracy=0.5, min_improvement=0.0, image_size=size, labels=labels,
-        )  # fmt: skip
+            run,
+            model,
+            name=NAME,
+            accuracy=0.9,
+            test_digest=digest,
+            rescore=rescore,
+            min_accuracy=0.5,
+            min_improvement=0.0,
+            image_size=size,
+            labels=labels,
+        )
 
 
 def _never(path: Path) -> float:
@@ -226,8 +249,9 @@ def test_changed_task_registers_without_promoting(store_project: Path) -> None:
     run = client.get_run(v2.tags["reprotrain.run_id"])
     assert run.data.tags["reprotrain.promotion.reason"] == reason
     # Another input size is not comparable either.
-    other = _register(root, _small_model(root / "big.keras", 2, 48), ["ants", "bees"], "d3",
-                      _never, size=48)  # fmt: skip
+    other = _register(
+        root, _small_model(root / "big.keras", 2, 48), ["ants", "bees"], "d3", _never, size=48
+    )
     assert not other["promoted"] and "takes 32×32 images; this model takes 48×48" in other["reason"]
 
 
@@ -271,9 +295,17 @@ def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
         try:
             with pytest.raises(tracking.TrackingError, match=r"could not look up|cannot be opened"):
                 gating.register_and_promote(
-                    run, model, name=NAME, accuracy=0.99, test_digest="d1", rescore=_never,
-                    min_accuracy=0.0, min_improvement=0.0, image_size=32, labels=LABELS,
-                )  # fmt: skip
+                    run,
+                    model,
+                    name=NAME,
+                    accuracy=0.99,
+                    test_digest="d1",
+                    rescore=_never,
+                    min_accuracy=0.0,
+                    min_improvement=0.0,
+                    image_size=32,
+                    labels=LABELS,
+                )
         finally:
             shutil.copy2(backup, db)
     assert state() == before

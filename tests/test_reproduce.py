@@ -77,8 +77,10 @@ def test_lineage_of_every_stage(repro_project) -> None:
     assert tags["evaluate"]["reprotrain.upstream.train_head"] == ids["train_head"]
     assert tags["finetune"]["reprotrain.env.tensorflow"]
     assert {d.dataset.name for d in runs["finetune"].inputs.dataset_inputs} == {
-        "train", "val", "test",
-    }  # fmt: skip
+        "train",
+        "val",
+        "test",
+    }
     assert all(r.info.status == "FINISHED" for r in runs.values())
     assert client.get_model_version_by_alias("reprotrain-classifier", "champion")
 
@@ -92,8 +94,11 @@ def test_reproduce_train_head_run_is_identical(repro_project, tmp_path: Path) ->
     work = tmp_path / "work"
     proc = run(
         ["python", "-m", "reprotrain", "reproduce", run_id, "--workdir", str(work)],
-        proj, env, check=False, timeout=900,
-    )  # fmt: skip
+        proj,
+        env,
+        check=False,
+        timeout=900,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "identical" in proc.stdout and " NO" not in proc.stdout, proc.stdout

@@ -40,8 +40,19 @@ def test_configure_on_cpu_and_environment_info() -> None:
     assert info.mixed_precision == "float32" == keras.mixed_precision.global_policy().name
     assert info.distribute == "none" and info.replicas == 1
     env = runtime.environment_info(info)
-    for key in ("python", "tensorflow", "keras", "mlflow", "dvc", "devices", "cuda", "cudnn",
-                "mixed_precision", "seed", "deterministic"):  # fmt: skip
+    for key in (
+        "python",
+        "tensorflow",
+        "keras",
+        "mlflow",
+        "dvc",
+        "devices",
+        "cuda",
+        "cudnn",
+        "mixed_precision",
+        "seed",
+        "deterministic",
+    ):
         assert isinstance(env[key], str) and env[key], key
     assert env["seed"] == "3" and env["deterministic"] == "true"
     assert env["mlflow"][0].isdigit() and env["dvc"][0].isdigit()

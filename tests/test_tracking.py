@@ -55,9 +55,12 @@ def test_stages_nest_under_one_pipeline_row_with_lineage(project: Path) -> None:
     prep = simulate(project, "prepare", sidecar=paths.PREPARE_RUN)
     head = simulate(project, "train_head", upstream=[paths.PREPARE_RUN], sidecar=paths.HEAD_RUN)
     fine = simulate(
-        project, "finetune", upstream=[paths.PREPARE_RUN, paths.HEAD_RUN, paths.FINETUNED_RUN],
-        sidecar=paths.FINETUNED_RUN, env={"tensorflow": "2.21.0", "devices": "CPU:0"},
-    )  # fmt: skip
+        project,
+        "finetune",
+        upstream=[paths.PREPARE_RUN, paths.HEAD_RUN, paths.FINETUNED_RUN],
+        sidecar=paths.FINETUNED_RUN,
+        env={"tensorflow": "2.21.0", "devices": "CPU:0"},
+    )
     client = client_for(project)
     parent_ids = {prep.parent_run_id, head.parent_run_id, fine.parent_run_id}
     assert len(parent_ids) == 1
@@ -143,10 +146,17 @@ def test_pipeline_metrics_and_new_executions(project: Path) -> None:
 
 def test_failure_interrupt_and_missing_sidecar(project: Path) -> None:
     params = load_params(project / "params.yaml")
-    with pytest.raises(ValueError, match="boom"), tracking.stage_run(
-        "train_head", params, ("seed",), project, upstream=[paths.PREPARE_RUN],
-        sidecar=paths.HEAD_RUN,
-    ) as failed:  # fmt: skip
+    with (
+        pytest.raises(ValueError, match="boom"),
+        tracking.stage_run(
+            "train_head",
+            params,
+            ("seed",),
+            project,
+            upstream=[paths.PREPARE_RUN],
+            sidecar=paths.HEAD_RUN,
+        ) as failed,
+    ):
         raise ValueError("boom: bad batch")
     client = client_for(project)
     assert client.get_run(failed.parent_run_id).info.status == "FAILED"
@@ -220,9 +230,12 @@ def test_sigterm_ends_the_run_killed(project: Path) -> None:
         "    time.sleep(120)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=project, env=subprocess_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [sys.executable, "-c", script],
+        cwd=project,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 90
         while not (project / "started").exists():
@@ -265,9 +278,12 @@ def test_sigkilled_run_is_marked_killed_by_the_next_stage(project: Path) -> None
         "    time.sleep(120)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=project, env=subprocess_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [sys.executable, "-c", script],
+        cwd=project,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 90
         while not (project / "started").exists():

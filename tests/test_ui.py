@@ -70,9 +70,10 @@ def test_ui_serves_pipeline_rows_and_stage_runs(store_with_runs: Path) -> None:
         kind = {t["key"]: t["value"] for t in exp["experiment"]["tags"]}["mlflow.experimentKind"]
         assert kind == "custom_model_development"  # the UI opens its model-training view
         parents = api(
-            base, "/api/2.0/mlflow/runs/search",
+            base,
+            "/api/2.0/mlflow/runs/search",
             {"experiment_ids": [exp_id], "filter": "tags.`reprotrain.role` = 'pipeline'"},
-        )["runs"]  # fmt: skip
+        )["runs"]
         assert len(parents) == 2  # one row per execution
         by_id = {p["info"]["run_id"]: p for p in parents}
         names = sorted(p["info"]["run_name"] for p in parents)
@@ -88,9 +89,10 @@ def test_ui_serves_pipeline_rows_and_stage_runs(store_with_runs: Path) -> None:
         stages = {}
         for run_id in by_id:
             children = api(
-                base, "/api/2.0/mlflow/runs/search",
+                base,
+                "/api/2.0/mlflow/runs/search",
                 {"experiment_ids": [exp_id], "filter": f"tags.mlflow.parentRunId = '{run_id}'"},
-            )["runs"]  # fmt: skip
+            )["runs"]
             stages[run_id] = sorted(
                 t["value"]
                 for c in children

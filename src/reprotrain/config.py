@@ -338,9 +338,11 @@ class ExportConfig:
         max=1.0,
     )
     max_accuracy_drop: Float = _f(
-        0.01, "largest test-accuracy loss against the Keras model for a format to ship",
-        min=0.0, max=1.0,
-    )  # fmt: skip
+        0.01,
+        "largest test-accuracy loss against the Keras model for a format to ship",
+        min=0.0,
+        max=1.0,
+    )
     calibration_samples: Int = _f(
         100, "train images (seeded sample) that calibrate the int8 activation ranges", min=1
     )

@@ -164,8 +164,9 @@ def test_cache_files_are_per_split_and_keyed_by_the_data(prepared: Path, tmp_pat
     with (copy / "manifest.csv").open() as f:
         assert val == [r["path"] for r in csv.DictReader(f) if r["split"] == "val"]
     names = {p.name.split(".")[0].split("_")[0] for p in (tmp_path / "cache").iterdir()}
-    assert len(names) == 2 and all(n.startswith(("tfdata-train-32px-", "tfdata-val-32px-"))
-                                   for n in names)  # fmt: skip
+    assert len(names) == 2 and all(
+        n.startswith(("tfdata-train-32px-", "tfdata-val-32px-")) for n in names
+    )
     # New data under the same shard names (prepare reran): a new key, not the stale cache.
     files = split_files(copy, "val")
     key_before = pipeline.cache_path(cfg.cache, files, SIZE, True)

@@ -85,9 +85,12 @@ def test_duplicates_never_cross_splits_and_conflicting_labels_are_quarantined(
 ) -> None:
     src = make_class_tree(
         tmp_path / "src",
-        splits={"train": {"ants": 12, "bees": 12}, "val": {"ants": 8, "bees": 8},
-                "test": {"ants": 4, "bees": 4}},
-    )  # fmt: skip
+        splits={
+            "train": {"ants": 12, "bees": 12},
+            "val": {"ants": 8, "bees": 8},
+            "test": {"ants": 4, "bees": 4},
+        },
+    )
     train_ant = sorted((src / "train" / "ants").iterdir())[0]
     shutil.copy(train_ant, src / "test" / "ants" / "leaked.jpg")  # same content in test
     shutil.copy(train_ant, src / "train" / "ants" / "copy.jpg")  # and twice in train

@@ -39,8 +39,13 @@ def test_backbone_builds_unfreezes_trains_and_round_trips(name: str, tmp_path: P
     cfg = ModelConfig(backbone=name, image_size=SIZE, weights="none")
     model = transfer.build_model(cfg, num_classes=2, dropout=0.1)
     assert [lyr.name for lyr in model.layers] == [
-        "image", "preprocess", "base", "pool", "dropout", "predictions",
-    ]  # fmt: skip
+        "image",
+        "preprocess",
+        "base",
+        "pool",
+        "dropout",
+        "predictions",
+    ]
     assert model.input_shape == (None, SIZE, SIZE, 3) and model.output_shape == (None, 2)
     base = transfer.get_base(model)
     assert not any(lyr.trainable for lyr in base.layers)

@@ -38,8 +38,15 @@ def test_each_keras_api() -> None:
     cnn = build("cnn")
     assert type(cnn).__name__ == "Functional" and not isinstance(cnn, keras.Sequential)
     assert [lyr.name for lyr in cnn.layers][1:] == [
-        "rescale", "conv1", "pool1", "conv2", "pool2", "gap", "dropout", "predictions",
-    ]  # fmt: skip
+        "rescale",
+        "conv1",
+        "pool1",
+        "conv2",
+        "pool2",
+        "gap",
+        "dropout",
+        "predictions",
+    ]
     res = build("residual")
     net = res.get_layer("residual_net")
     assert isinstance(net, scratch.ResidualNet)
@@ -97,9 +104,16 @@ def test_bare_subclassed_model_round_trips(tmp_path: Path) -> None:
 def test_trains_with_both_loops(arch: str, loop: str, tmp_path: Path) -> None:
     info = runtime.configure(RuntimeConfig(), 3)
     cfg = BaselineConfig(
-        architecture=arch, loop=loop, clip_norm=1.0, epochs=3, batch_size=8,
-        learning_rate=0.01, image_size=SIZE, filters=(8, 16), hidden=16,
-    )  # fmt: skip
+        architecture=arch,
+        loop=loop,
+        clip_norm=1.0,
+        epochs=3,
+        batch_size=8,
+        learning_rate=0.01,
+        image_size=SIZE,
+        filters=(8, 16),
+        hidden=16,
+    )
     model = scratch.build(arch, SIZE, 2, filters=cfg.filters, hidden=cfg.hidden, dropout=0.0)
     x, y = arrays(24)
     xv, yv = arrays(8, seed=1)
@@ -108,17 +122,26 @@ def test_trains_with_both_loops(arch: str, loop: str, tmp_path: Path) -> None:
     before = [w.copy() for w in model.get_weights()]
     seen: list[int] = []
     result = training.train(
-        model, train_ds, val_ds, cfg, info, checkpoint_dir=tmp_path / "ckpt",
+        model,
+        train_ds,
+        val_ds,
+        cfg,
+        info,
+        checkpoint_dir=tmp_path / "ckpt",
         epoch_hook=lambda epoch, metrics: seen.append(epoch),
-    )  # fmt: skip
+    )
     assert result.epochs_run == len(seen) >= 1
     assert any((a != b).any() for a, b in zip(before, model.get_weights(), strict=True))
     assert np.isfinite(result.history["val_loss"]).all()
     path = tmp_path / "m.keras"
     metrics = training.save_outputs(
-        model, result, model_path=path, history_path=tmp_path / "h.json",
-        metrics_path=tmp_path / "metrics.json", extra=scratch.parameter_count(model),
-    )  # fmt: skip
+        model,
+        result,
+        model_path=path,
+        history_path=tmp_path / "h.json",
+        metrics_path=tmp_path / "metrics.json",
+        extra=scratch.parameter_count(model),
+    )
     assert metrics["trainable_params"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == result.epochs_run
     loading.load_model(path, num_classes=2, image_size=SIZE)

@@ -116,9 +116,12 @@ def test_every_format_is_written_rescored_and_judged(
         assert row["size_bytes"] > 0 and row["latency_ms"] > 0
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["agreement"] <= 1
         expected = ship_decision(
-            row["accuracy"], row["agreement"], report["keras"]["accuracy"],
-            cfg.min_agreement, cfg.max_accuracy_drop,
-        )  # fmt: skip
+            row["accuracy"],
+            row["agreement"],
+            report["keras"]["accuracy"],
+            cfg.min_agreement,
+            cfg.max_accuracy_drop,
+        )
         assert (row["shipped"], row["reason"]) == expected
     # Float formats compute what Keras computes. (float16 halves the weights, but on a
     # 300-parameter model its dequantize ops outweigh that: no size check here.)
@@ -141,8 +144,11 @@ def test_export_stage_runs_under_dvc_and_is_tracked(tiny_project: Path) -> None:
     run(["dvc", "repro", "export"], tiny_project, subprocess_env())
     report = json.loads((tiny_project / "metrics" / "export.json").read_text())
     assert set(report["formats"]) == {
-        "saved_model", "tflite_float32", "tflite_float16", "tflite_int8"
-    }  # fmt: skip
+        "saved_model",
+        "tflite_float32",
+        "tflite_float16",
+        "tflite_int8",
+    }
     assert (tiny_project / "models" / "export" / "saved_model" / "saved_model.pb").is_file()
     sidecar = json.loads((tiny_project / "models" / "export.run.json").read_text())
     client = mlflow.MlflowClient(f"sqlite:///{tiny_project / 'mlruns' / 'mlflow.db'}")

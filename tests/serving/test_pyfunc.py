@@ -53,9 +53,14 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     exp = mlflow.create_experiment("serving", artifact_location=(tmp / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=exp) as active:
         model_uri = log_photo_model(
-            active.info.run_id, keras_path, LABELS, SIZE, MAX_SIDE, QUALITY,
+            active.info.run_id,
+            keras_path,
+            LABELS,
+            SIZE,
+            MAX_SIDE,
+            QUALITY,
             registered_model_name="photos",
-        )  # fmt: skip
+        )
     mlflow.set_tracking_uri("")
     return {"uri": uri, "model_uri": model_uri, "keras": str(keras_path), "dir": str(tmp)}
 
@@ -79,9 +84,20 @@ def test_served_model_answers_a_jpeg_over_http_like_predict(
     port = free_port()
     env = subprocess_env(MLFLOW_TRACKING_URI=logged["uri"])
     cmd = [
-        sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/photos/1",
-        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/photos/1",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     body = {
         "dataframe_split": {
             "columns": ["image"],
@@ -108,8 +124,9 @@ def test_served_model_answers_a_jpeg_over_http_like_predict(
     (Path(logged["keras"]).parent / "labels.json").write_text(json.dumps(LABELS))
     out = run(
         [sys.executable, "-m", "reprotrain", "predict", logged["keras"], str(photo), "--top-k=2"],
-        tmp_path, subprocess_env(),
-    )  # fmt: skip
+        tmp_path,
+        subprocess_env(),
+    )
     [cli] = json.loads(out.stdout)
     cli_probs = np.array([{r["label"]: r["probability"] for r in cli["top_k"]}[n] for n in LABELS])
     assert cli["label"] == good["label"]

@@ -125,8 +125,11 @@ def resolve_labels(
     if registered is not None and explicit is None:
         if len(registered) == num_classes:
             return list(registered)
-        logger.warning("the registered labels list %d classes, the model %d: not using them",
-                       len(registered), num_classes)  # fmt: skip
+        logger.warning(
+            "the registered labels list %d classes, the model %d: not using them",
+            len(registered),
+            num_classes,
+        )
     if explicit is not None:
         labels = _read_labels(explicit)
         if len(labels) != num_classes:
@@ -142,9 +145,11 @@ def resolve_labels(
                 logger.info("class names from %s", candidate)
                 return labels
             logger.warning(
-                "%s has %d classes, the model %d: not using it", candidate, len(labels),
+                "%s has %d classes, the model %d: not using it",
+                candidate,
+                len(labels),
                 num_classes,
-            )  # fmt: skip
+            )
     logger.warning("no labels.json found for the model: reporting class indices (use --labels)")
     return [str(i) for i in range(num_classes)]
 
@@ -348,15 +353,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = resolve_labels(args.labels, model_path, int(model.output_shape[-1]), registered)
     inputs = collect_inputs(args.paths)
     for path in inputs.skipped:
-        logger.warning("skipped %s: not an image file extension (%s)", path,
-                       ", ".join(sorted(IMAGE_EXTENSIONS)))  # fmt: skip
+        logger.warning(
+            "skipped %s: not an image file extension (%s)",
+            path,
+            ", ".join(sorted(IMAGE_EXTENSIONS)),
+        )
     norm = resolve_normalization(args.max_side, args.jpeg_quality, model_path)
-    logger.info("normalising like the training data: max_side=%s, jpeg_quality=%d (from %s)",
-                norm.max_side, norm.jpeg_quality, norm.source)  # fmt: skip
+    logger.info(
+        "normalising like the training data: max_side=%s, jpeg_quality=%d (from %s)",
+        norm.max_side,
+        norm.jpeg_quality,
+        norm.source,
+    )
     results = predict_files(
-        model, inputs.files, labels, batch_size=args.batch_size, top_k=args.top_k,
+        model,
+        inputs.files,
+        labels,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
         normalization=norm,
-    )  # fmt: skip
+    )
     results += [{"path": p, "error": "no such file or directory"} for p in inputs.missing]
     failed = [r for r in results if r.get("error")]
     for r in failed:

@@ -128,8 +128,10 @@ def recorded_hashes(client: Any, run: Any, seen: set[str] | None = None) -> dict
         except MlflowException as exc:  # deleted run, or a store error: state it, go on
             logger.warning(
                 "linked run %s of %s is not readable (%s): its input hashes are not used",
-                run_id, run.info.run_id, exc.message,
-            )  # fmt: skip
+                run_id,
+                run.info.run_id,
+                exc.message,
+            )
             continue
         for path, md5 in recorded_hashes(client, upstream, seen).items():
             out.setdefault(path, md5)

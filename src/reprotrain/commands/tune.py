@@ -163,9 +163,13 @@ def compute_features(params: Params, info: Any) -> Features:
 
     cfg = params.train_head
     data = training.load_stage_data(
-        paths.PREPARED_DIR, params.pipeline, cfg,
-        image_size=params.model.image_size, seed=params.seed, train_as_eval=True,
-    )  # fmt: skip
+        paths.PREPARED_DIR,
+        params.pipeline,
+        cfg,
+        image_size=params.model.image_size,
+        seed=params.seed,
+        train_as_eval=True,
+    )
     with info.strategy.scope():
         model = transfer.build_model(params.model, len(data.labels), cfg.dropout)
     rng_state = random.getstate()
@@ -203,16 +207,27 @@ def train_head_trial(
     val_ds = tf.data.Dataset.from_tensor_slices((feats.x_val, feats.y_val)).batch(cfg.batch_size)
     class_weight = training.class_weights(cfg.class_weight, feats.labels, feats.counts)
     result = training.train(
-        head, train_ds, val_ds, cfg, info, checkpoint_dir=checkpoint_dir,
-        class_weight=class_weight, epoch_hook=epoch_hook,
-    )  # fmt: skip
+        head,
+        train_ds,
+        val_ds,
+        cfg,
+        info,
+        checkpoint_dir=checkpoint_dir,
+        class_weight=class_weight,
+        epoch_hook=epoch_hook,
+    )
     return head, result
 
 
 def finetune_trial(
-    feats: Features, head: Any, params: Params, info: Any, data: Any, checkpoint_dir: Path,
+    feats: Features,
+    head: Any,
+    params: Params,
+    info: Any,
+    data: Any,
+    checkpoint_dir: Path,
     epoch_hook: Any,
-) -> Any:  # fmt: skip
+) -> Any:
     """Put the trial's head on the full model, unfreeze, fine-tune briefly; then restore."""
     from reprotrain import training
     from reprotrain.models import transfer
@@ -226,9 +241,16 @@ def finetune_trial(
             params.finetune.class_weight, feats.labels, feats.counts
         )
         return training.train(
-            model, data.train, data.val, params.finetune, info, checkpoint_dir=checkpoint_dir,
-            class_weight=class_weight, epoch_hook=epoch_hook, keep_start_if_better=True,
-        )  # fmt: skip
+            model,
+            data.train,
+            data.val,
+            params.finetune,
+            info,
+            checkpoint_dir=checkpoint_dir,
+            class_weight=class_weight,
+            epoch_hook=epoch_hook,
+            keep_start_if_better=True,
+        )
     finally:
         transfer.unfreeze_top(model, 0)
         transfer.get_base(model).trainable = False
@@ -257,9 +279,12 @@ class TrialLog:
         self.parent = run.info.run_id
         self.uri = uri
         budget = {"trials": args.trials, "timeout": args.timeout, "seed": args.seed}
-        self.client.log_batch(self.parent, params=self._params(
-            {**{f"tune.{k}": v for k, v in budget.items()}, "tune.finetune": args.finetune}
-        ))  # fmt: skip
+        self.client.log_batch(
+            self.parent,
+            params=self._params(
+                {**{f"tune.{k}": v for k, v in budget.items()}, "tune.finetune": args.finetune}
+            ),
+        )
 
     @staticmethod
     def _params(values: Mapping[str, Any]) -> list[Any]:
@@ -342,9 +367,12 @@ def search(
         ft_cfg = dataclasses.replace(params.finetune, epochs=finetune_epochs)
         params = dataclasses.replace(params, finetune=ft_cfg)
         ft_data = training.load_stage_data(
-            paths.PREPARED_DIR, params.pipeline, ft_cfg,
-            image_size=params.model.image_size, seed=params.seed,
-        )  # fmt: skip
+            paths.PREPARED_DIR,
+            params.pipeline,
+            ft_cfg,
+            image_size=params.model.image_size,
+            seed=params.seed,
+        )
     sampler = optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
@@ -405,9 +433,13 @@ def search(
         )
         logger.info(
             "trial %d %s in %.1fs: val_loss=%.4f val_accuracy=%.4f %s",
-            result.number, result.state, result.seconds, result.val_loss,
-            result.val_accuracy, " ".join(f"{k}={v}" for k, v in result.values.items()),
-        )  # fmt: skip
+            result.number,
+            result.state,
+            result.seconds,
+            result.val_loss,
+            result.val_accuracy,
+            " ".join(f"{k}={v}" for k, v in result.values.items()),
+        )
 
     with progress(trials, "tune", unit="trial") as bar:
         try:
@@ -432,8 +464,10 @@ def queue_experiments(commands: Sequence[str], root: Path) -> None:
         argv = shlex.split(command)
         proc = subprocess.run(
             [sys.executable, "-m", "dvc", *argv[1:]],
-            cwd=root, capture_output=True, text=True,
-        )  # fmt: skip
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise ReprotrainError(
                 f"queueing failed: {command}: {(proc.stderr or proc.stdout).strip()[-500:]}"
@@ -456,13 +490,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--seed", type=int, default=None, help="sampler seed (default: params.yaml seed)"
     )
     parser.add_argument(
-        "--queue", type=int, default=0, metavar="K",
+        "--queue",
+        type=int,
+        default=0,
+        metavar="K",
         help="queue the best K trials as DVC experiments (dvc exp run --queue)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--finetune", action="store_true",
+        "--finetune",
+        action="store_true",
         help="also search finetune.learning_rate and finetune.unfreeze_top (slower)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--finetune-epochs", type=int, default=1, help="fine-tuning epochs per trial (default 1)"
     )
@@ -497,9 +535,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         os.chdir(root)
         results = search(
-            params, info, trials=args.trials, timeout=args.timeout, seed=seed,
-            finetune=args.finetune, finetune_epochs=args.finetune_epochs, log=log,
-        )  # fmt: skip
+            params,
+            info,
+            trials=args.trials,
+            timeout=args.timeout,
+            seed=seed,
+            finetune=args.finetune,
+            finetune_epochs=args.finetune_epochs,
+            log=log,
+        )
         top = ranked(results)
         if not top:
             raise ReprotrainError(

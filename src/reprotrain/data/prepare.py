@@ -72,8 +72,7 @@ class SpooledRecords(Sequence[tfrecords.Record]):
         self._spool.seek(stored.offset)
         jpeg = self._spool.read(stored.length)
         c = d.candidate
-        return tfrecords.Record(jpeg, index, c.label, c.path, d.sha256, stored.height,
-                                stored.width)  # fmt: skip
+        return tfrecords.Record(jpeg, index, c.label, c.path, d.sha256, stored.height, stored.width)
 
     def __getitem__(self, key):  # type: ignore[override]
         if isinstance(key, slice):
@@ -164,20 +163,26 @@ def decode_all(
         pending: deque = deque()
         todo = iter(candidates)
         for c in itertools.islice(todo, window):
-            pending.append((c, pool.submit(decode_one, raw_dir / c.path, cfg.max_side,
-                                           cfg.jpeg_quality)))  # fmt: skip
+            pending.append(
+                (c, pool.submit(decode_one, raw_dir / c.path, cfg.max_side, cfg.jpeg_quality))
+            )
         while pending:
             c, future = pending.popleft()
             sha, result = future.result()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(decode_one, raw_dir / nxt.path, cfg.max_side,
-                                                 cfg.jpeg_quality)))  # fmt: skip
+                pending.append(
+                    (
+                        nxt,
+                        pool.submit(decode_one, raw_dir / nxt.path, cfg.max_side, cfg.jpeg_quality),
+                    )
+                )
             if isinstance(result, images.Normalized):
                 offset = spool.seek(0, io.SEEK_END)
                 spool.write(result.jpeg)
-                out.append(Decoded(c, sha, Stored(offset, len(result.jpeg), result.height,
-                                                  result.width)))  # fmt: skip
+                out.append(
+                    Decoded(c, sha, Stored(offset, len(result.jpeg), result.height, result.width))
+                )
             else:
                 out.append(Decoded(c, sha, result))
             progress.update(1)
@@ -240,8 +245,7 @@ def prepare(
     log.info("prepare: %d files (%s layout) in %s", files_seen, layout, raw_dir)
 
     with tempfile.TemporaryFile(prefix="prepare-spool-") as spool:
-        return _prepare(raw_dir, out_dir, cfg, seed, ledger, layout, candidates, quarantine,
-                        spool)  # fmt: skip
+        return _prepare(raw_dir, out_dir, cfg, seed, ledger, layout, candidates, quarantine, spool)
 
 
 def _prepare(

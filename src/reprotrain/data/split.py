@@ -268,15 +268,18 @@ def write_ledger(path: Path, ledger: Mapping[str, Entry]) -> None:
 def report(assignment: Assignment, ledger_path: Path) -> None:
     """Log what the caller should know about kept-but-contradicted assignments."""
     if assignment.conflicts:
-        shown = ", ".join(f"{sha[:12]} ({g}/ → kept in {s})" for sha, g, s in
-                          assignment.conflicts[:5])  # fmt: skip
+        shown = ", ".join(
+            f"{sha[:12]} ({g}/ → kept in {s})" for sha, g, s in assignment.conflicts[:5]
+        )
         log.warning(
             "%d image(s) sit in a split folder that contradicts %s; the ledger wins (an "
             "assigned image never moves): %s. Delete %s to re-split from scratch",
-            len(assignment.conflicts), ledger_path, shown, ledger_path,
-        )  # fmt: skip
+            len(assignment.conflicts),
+            ledger_path,
+            shown,
+            ledger_path,
+        )
     if assignment.relabelled:
         log.info("%d image(s) changed class and keep their split", len(assignment.relabelled))
     if assignment.removed:
-        log.info("%d image(s) left the data and dropped out of %s", assignment.removed,
-                 ledger_path)  # fmt: skip
+        log.info("%d image(s) left the data and dropped out of %s", assignment.removed, ledger_path)

@@ -110,9 +110,13 @@ def describe_shards(paths: Sequence[Path], records: int, shard_size: int) -> lis
     for i, path in enumerate(paths):
         n = min(shard_size, records - i * shard_size)
         out.append(
-            {"file": path.name, "bytes": path.stat().st_size, "records": n,
-             "sha256": fsio.file_sha256(path)}
-        )  # fmt: skip
+            {
+                "file": path.name,
+                "bytes": path.stat().st_size,
+                "records": n,
+                "sha256": fsio.file_sha256(path),
+            }
+        )
     return out
 
 

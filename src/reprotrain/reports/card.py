@@ -118,13 +118,25 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: Path, bins: in
     rows = [r for r in reliability_bins(y_true, probs, bins) if r["count"]]
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     width = 1.0 / bins
-    ax.bar([r["lo"] for r in rows], [r["accuracy"] for r in rows], width=width, align="edge",
-           edgecolor="black", alpha=0.7, label="accuracy")  # fmt: skip
+    ax.bar(
+        [r["lo"] for r in rows],
+        [r["accuracy"] for r in rows],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy",
+    )
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     for r in rows:
         ax.text(r["lo"] + width / 2, 0.02, str(r["count"]), ha="center", fontsize=7)
-    ax.set(xlabel="confidence (top-1 probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title="Reliability (test split; n per bin)")  # fmt: skip
+    ax.set(
+        xlabel="confidence (top-1 probability)",
+        ylabel="accuracy",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title="Reliability (test split; n per bin)",
+    )
     ax.legend(loc="upper left", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -311,21 +323,30 @@ def render_card(card: CardData) -> str:
     out += _table(
         ["setting", "value"],
         [
-            ["backbone", f"{_param(card.params, 'model.backbone')} (alpha "
-                         f"{_param(card.params, 'model.alpha')}), "
-                         f"{_param(card.params, 'model.weights')} weights"],
+            [
+                "backbone",
+                f"{_param(card.params, 'model.backbone')} (alpha "
+                f"{_param(card.params, 'model.alpha')}), "
+                f"{_param(card.params, 'model.weights')} weights",
+            ],
             ["image size", _param(card.params, "model.image_size")],
             ["seed", _param(card.params, "seed")],
-            ["train_head", f"lr {_param(card.params, 'train_head.learning_rate')}, batch "
-                           f"{_param(card.params, 'train_head.batch_size')}, max epochs "
-                           f"{_param(card.params, 'train_head.epochs')}"],
-            ["finetune", f"top {_param(card.params, 'finetune.unfreeze_top')} layers, lr "
-                         f"{_param(card.params, 'finetune.learning_rate')}, max epochs "
-                         f"{_param(card.params, 'finetune.epochs')}, augment "
-                         f"{_param(card.params, 'finetune.augment')}"],
+            [
+                "train_head",
+                f"lr {_param(card.params, 'train_head.learning_rate')}, batch "
+                f"{_param(card.params, 'train_head.batch_size')}, max epochs "
+                f"{_param(card.params, 'train_head.epochs')}",
+            ],
+            [
+                "finetune",
+                f"top {_param(card.params, 'finetune.unfreeze_top')} layers, lr "
+                f"{_param(card.params, 'finetune.learning_rate')}, max epochs "
+                f"{_param(card.params, 'finetune.epochs')}, augment "
+                f"{_param(card.params, 'finetune.augment')}",
+            ],
             *[[f"epochs run ({stage})", e] for stage, e in card.epochs_run.items()],
         ],
-    )  # fmt: skip
+    )
     env = card.environment
     out += ["", "Environment: " + ", ".join(f"{key} {env[key]}" for key in sorted(env)), ""]
 
@@ -349,16 +370,24 @@ def render_card(card: CardData) -> str:
         pc = per_class.get(name, {})
         support = int((y_true == i).sum())
         hits = int(((y_pred == i) & (y_true == i)).sum())
-        rows.append([
-            name, _pct(pc.get("precision")), _pct(pc.get("recall")),
-            _ci(wilson_interval(hits, support)), _pct(pc.get("f1")), pc.get("support", support),
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                _pct(pc.get("precision")),
+                _pct(pc.get("recall")),
+                _ci(wilson_interval(hits, support)),
+                _pct(pc.get("f1")),
+                pc.get("support", support),
+            ]
+        )
     out += _table(["class", "precision", "recall", "recall 95%", "F1", "support"], rows)
     out += ["", "Confusion matrix (rows: actual, columns: predicted):", ""]
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
-    out += _table(["actual \\ predicted", *card.labels],
-                  [[name, *cm[i].tolist()] for i, name in enumerate(card.labels)])  # fmt: skip
+    out += _table(
+        ["actual \\ predicted", *card.labels],
+        [[name, *cm[i].tolist()] for i, name in enumerate(card.labels)],
+    )
     for key, caption in (("reliability", "Reliability diagram"), ("confusion", "Confusion matrix")):
         if key in card.figures:
             out += ["", f"![{caption}]({card.figures[key]})"]
@@ -386,14 +415,31 @@ def render_card(card: CardData) -> str:
                 ["decision", "promoted" if p.get("promoted") else "not promoted"],
                 ["alias", p.get("alias") or "none"],
                 ["accuracy", _pct(p.get("accuracy"))],
-                ["champion", f"v{p['champion_version']} ({_pct(p.get('champion_accuracy'))})"
-                 if p.get("champion_version") else "none"],
-                *[[k_, p[k_]] for k_ in sorted(p) if k_ not in {
-                    "promoted", "alias", "accuracy", "champion_version", "champion_accuracy",
-                    "reason", "registered_model", "model_uri", "version"}],
+                [
+                    "champion",
+                    f"v{p['champion_version']} ({_pct(p.get('champion_accuracy'))})"
+                    if p.get("champion_version")
+                    else "none",
+                ],
+                *[
+                    [k_, p[k_]]
+                    for k_ in sorted(p)
+                    if k_
+                    not in {
+                        "promoted",
+                        "alias",
+                        "accuracy",
+                        "champion_version",
+                        "champion_accuracy",
+                        "reason",
+                        "registered_model",
+                        "model_uri",
+                        "version",
+                    }
+                ],
                 ["reason", p.get("reason", "")],
             ],
-        )  # fmt: skip
+        )
     else:
         out += ["No gate decision recorded (metrics/promotion.json missing)."]
 
@@ -412,11 +458,16 @@ def render_card(card: CardData) -> str:
             ]
         ]
         rows += [
-            [name, _pct(r["accuracy"]), _pct(r["agreement"]), _mb(r["size_bytes"]),
-             _ms(r["latency_ms"]), "yes" if r["shipped"] else "no: " + r["reason"].removeprefix(
-                 "not shipped: ")]
+            [
+                name,
+                _pct(r["accuracy"]),
+                _pct(r["agreement"]),
+                _mb(r["size_bytes"]),
+                _ms(r["latency_ms"]),
+                "yes" if r["shipped"] else "no: " + r["reason"].removeprefix("not shipped: "),
+            ]
             for name, r in formats.items()
-        ]  # fmt: skip
+        ]
         out += _table(["format", "accuracy", "agreement", "size", "latency/image", "shipped"], rows)
     else:
         out += ["No export report (metrics/export.json missing)."]

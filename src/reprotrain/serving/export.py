@@ -325,9 +325,14 @@ def score_format(
         reason=reason,
     )
     logger.info(
-        "%s: accuracy %.4f, agreement %.4f, %.1f MB, %.2f ms/image → %s", name, acc, agree,
-        result.size_bytes / 1e6, result.latency_ms, reason,
-    )  # fmt: skip
+        "%s: accuracy %.4f, agreement %.4f, %.1f MB, %.2f ms/image → %s",
+        name,
+        acc,
+        agree,
+        result.size_bytes / 1e6,
+        result.latency_ms,
+        reason,
+    )
     return result
 
 
@@ -363,7 +368,7 @@ def export_and_verify(
             "latency_ms": round(keras_latency, 3),
         },
         "formats": {},
-    }  # fmt: skip
+    }
     out_dir = Path(out_dir)
     saved_dir = out_dir / FILENAMES[SAVED_MODEL]
     export_saved_model(model, saved_dir)  # every TFLite model is converted from it
@@ -377,9 +382,16 @@ def export_and_verify(
                 atomic_write_bytes(path, convert_tflite(saved_dir, kind, calibration))
                 predict = TFLiteClassifier(path)
             result = score_format(
-                name, path, predict, test_images, test_labels, reference, reference_accuracy,
-                cfg, batch_size=cfg.batch_size,
-            )  # fmt: skip
+                name,
+                path,
+                predict,
+                test_images,
+                test_labels,
+                reference,
+                reference_accuracy,
+                cfg,
+                batch_size=cfg.batch_size,
+            )
             report["formats"][name] = result.as_dict()
             bar.update(1)
     return report

@@ -158,9 +158,16 @@ def requirements() -> list[str]:
 
     reqs = []
     for dist in (
-        "tensorflow-cpu", "tensorflow", "keras", "mlflow", "numpy", "pandas", "pillow",
-        "pydantic", "pyyaml",
-    ):  # fmt: skip
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "mlflow",
+        "numpy",
+        "pandas",
+        "pillow",
+        "pydantic",
+        "pyyaml",
+    ):
         try:
             reqs.append(f"{dist}=={md.version(dist)}")
         except md.PackageNotFoundError:

@@ -128,8 +128,11 @@ def _rescore_champion(
             f"{what} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); {todo}"
         ) from None
     old = f"{champion.tags.get(VTAG_DIGEST)}:{champion.tags.get(VTAG_ACCURACY)}"
-    for k, val in {VTAG_ACCURACY: repr(accuracy), VTAG_DIGEST: test_digest,
-                   "reprotrain.rescored_from": old}.items():  # fmt: skip
+    for k, val in {
+        VTAG_ACCURACY: repr(accuracy),
+        VTAG_DIGEST: test_digest,
+        "reprotrain.rescored_from": old,
+    }.items():
         client.set_model_version_tag(name, str(v), k, val)
     logger.info("champion v%d re-scored on the current test set: %.4f", v, accuracy)
     return accuracy
@@ -224,8 +227,9 @@ def register_and_promote(
                 "`dvc repro --force -s evaluate`"
             )
     if promoted:
-        set_champion(client, name, version, champion_version,
-                      f"gate (evaluate run {run.run_id})", reason)  # fmt: skip
+        set_champion(
+            client, name, version, champion_version, f"gate (evaluate run {run.run_id})", reason
+        )
     elif alias is not None:
         client.set_registered_model_alias(name, alias, str(version))
     client.set_model_version_tag(name, str(version), VTAG_REASON, reason)

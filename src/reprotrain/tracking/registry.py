@@ -143,10 +143,21 @@ def promote(
         raise TrackingError(f"{name} v{version} is already the champion: nothing to do")
     by = by or current_user()
     set_champion(client, name, int(version), previous, by, f"explicit promotion: {reason}")
-    logger.info("%s champion: %s → v%s by %s (%s)", name,
-                f"v{previous}" if previous else "none", version, by, reason)  # fmt: skip
-    return {"registered_model": name, "champion": int(version), "previous": previous,
-            "by": by, "reason": reason}  # fmt: skip
+    logger.info(
+        "%s champion: %s → v%s by %s (%s)",
+        name,
+        f"v{previous}" if previous else "none",
+        version,
+        by,
+        reason,
+    )
+    return {
+        "registered_model": name,
+        "champion": int(version),
+        "previous": previous,
+        "by": by,
+        "reason": reason,
+    }
 
 
 def rollback(uri: str, name: str, reason: str, by: str | None = None) -> dict[str, Any]:
@@ -164,18 +175,29 @@ def rollback(uri: str, name: str, reason: str, by: str | None = None) -> dict[st
         )
     by = by or current_user()
     when = _now()
-    for k, v in {"reprotrain.rolled_back_by": by, "reprotrain.rolled_back_at": when,
-                 "reprotrain.rollback_reason": reason}.items():  # fmt: skip
+    for k, v in {
+        "reprotrain.rolled_back_by": by,
+        "reprotrain.rolled_back_at": when,
+        "reprotrain.rollback_reason": reason,
+    }.items():
         client.set_model_version_tag(name, str(current.version), k, v)
-    client.set_model_version_tag(name, prev, VTAG_REASON, f"rollback from v{current.version}: "
-                                 f"{reason}")  # fmt: skip
+    client.set_model_version_tag(
+        name, prev, VTAG_REASON, f"rollback from v{current.version}: {reason}"
+    )
     client.set_registered_model_alias(name, promotion.CHAMPION, prev)
-    _audit(client, name, f"{when} champion v{current.version} → v{prev} (rollback) by {by}: "
-           f"{reason}")  # fmt: skip
-    logger.info("%s champion rolled back: v%s → v%s by %s (%s)", name, current.version, prev,
-                by, reason)  # fmt: skip
-    return {"registered_model": name, "champion": int(prev), "previous": int(current.version),
-            "by": by, "reason": reason}  # fmt: skip
+    _audit(
+        client, name, f"{when} champion v{current.version} → v{prev} (rollback) by {by}: {reason}"
+    )
+    logger.info(
+        "%s champion rolled back: v%s → v%s by %s (%s)", name, current.version, prev, by, reason
+    )
+    return {
+        "registered_model": name,
+        "champion": int(prev),
+        "previous": int(current.version),
+        "by": by,
+        "reason": reason,
+    }
 
 
 # --------------------------------------------------------------------------- resolving URIs

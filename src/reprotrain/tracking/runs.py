@@ -181,9 +181,12 @@ def _log_datasets(root: Path, deps: Sequence[str]) -> None:
         with warnings.catch_warnings():  # source-type ambiguity and int-schema hints
             warnings.simplefilter("ignore", UserWarning)
             ds = mlflow.data.from_pandas(
-                rows, source=str(manifest), name=str(split), digest=digest,
+                rows,
+                source=str(manifest),
+                name=str(split),
+                digest=digest,
                 targets="label_index" if "label_index" in rows else None,
-            )  # fmt: skip
+            )
             mlflow.log_input(ds, context=str(split))
 
 
@@ -296,8 +299,13 @@ def stage_run(
             signal.signal(signal.SIGTERM, previous_term)
         _finish(client, run, status)
     if sidecar is not None:
-        body = {"run_id": run.run_id, "stage": stage, "pipeline_run_id": parent,
-                "pipeline_id": common[TAG_PIPELINE], "experiment_id": exp_id}  # fmt: skip
+        body = {
+            "run_id": run.run_id,
+            "stage": stage,
+            "pipeline_run_id": parent,
+            "pipeline_id": common[TAG_PIPELINE],
+            "experiment_id": exp_id,
+        }
         lineage.write_sidecar(root / sidecar, body)
 
 
@@ -318,8 +326,10 @@ def _interrupt_on_sigterm() -> Any:
 def _no_http_retries() -> Iterator[None]:
     """MLflow retries a failing HTTP call for minutes; when the server is known to be down,
     the calls that close a run get one short try."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}  # fmt: skip
+    saved = {
+        k: os.environ.get(k)
+        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    }
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
     try:
         yield
