@@ -34,7 +34,7 @@ def main() -> int:
     info = runtime.configure(params.runtime, params.seed)
     from reprotrain import evaluation  # TensorFlow: after the runtime is configured
     from reprotrain.data import pipeline, tfrecords
-    from reprotrain.evaluation import compare, plots
+    from reprotrain.evaluation import compare, gate, plots
     from reprotrain.models.loading import load_model
     from reprotrain.reports import card
     from reprotrain.serving import pyfunc
@@ -143,6 +143,23 @@ def main() -> int:
         def rescore(model_path: Path) -> float:
             return evaluation.accuracy_of(model_path, split, num_classes=len(labels))
 
+        def paired(champion_file: Path | None) -> dict:
+            champion_probs = None
+            if champion_file is not None:
+                champion = load_model(champion_file, num_classes=len(labels))
+                champion_probs = evaluation.score(champion, split, name="champion").probs
+            return gate.decide_paired(
+                preds.y_true,
+                preds.probs,
+                champion_probs,
+                labels,
+                min_accuracy=cfg.min_accuracy,
+                min_improvement=cfg.min_improvement,
+                alpha=cfg.alpha,
+                max_class_regression=cfg.max_class_regression,
+                seed=params.seed,
+            )
+
         # The registered model takes photos (base64 JPEG/PNG/...), normalised exactly as
         # prepare normalised the training images (stats.json records how).
         norm = stats["normalization"]
@@ -158,6 +175,7 @@ def main() -> int:
             min_improvement=cfg.min_improvement,
             image_size=size,
             labels=labels,
+            paired=paired if cfg.gate == "paired" else None,
             log_model=lambda: pyfunc.log_photo_model(
                 run, paths.FINETUNED_MODEL, labels, size, norm["max_side"], norm["jpeg_quality"]
             ),

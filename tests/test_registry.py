@@ -317,3 +317,68 @@ def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
     with pytest.raises(tracking.TrackingError, match=r"champion v1 .* could not be re-scored"):
         _register(root, model, LABELS, "d2", _never)
     assert state() == before
+
+
+@pytest.mark.slow
+def test_paired_gate_through_the_registry(store_project: Path) -> None:
+    """The paired gate decides with both models' predictions on the same images; its
+    statistics land in the result (promotion.json) and the version's tags."""
+    import json
+
+    import numpy as np
+
+    from reprotrain.evaluation import gate
+
+    root = store_project
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120)
+    good = np.eye(2)[y] * 0.8 + 0.1  # always right, confident
+    bad = good.copy()
+    bad[:40] = bad[:40, ::-1]  # wrong on the first 40 images
+    seen: list[Path | None] = []
+
+    def decide(challenger: np.ndarray, champion: np.ndarray):
+        def paired(champion_file: Path | None) -> dict:
+            seen.append(champion_file)
+            return gate.decide_paired(
+                y,
+                challenger,
+                None if champion_file is None else champion,
+                LABELS,
+                min_accuracy=0.5,
+                seed=0,
+            )
+
+        return paired
+
+    def register(challenger: np.ndarray, champion: np.ndarray) -> dict:
+        params = load_params(root / "params.yaml")
+        with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
+            return gating.register_and_promote(
+                run,
+                _small_model(root / "m.keras", 2),
+                name=NAME,
+                accuracy=0.9,
+                test_digest="d1",
+                rescore=_never,
+                min_accuracy=0.5,
+                min_improvement=0.0,
+                image_size=32,
+                labels=LABELS,
+                paired=decide(challenger, champion),
+            )
+
+    first = register(good, good)
+    assert first["promoted"] and seen == [None]
+    worse = register(bad, good)
+    assert seen[-1] is not None and seen[-1].suffix == ".keras"  # the champion's own file
+    # Worse on 40 of 120 images: the per-class rule and McNemar both say no.
+    assert not worse["promoted"] and "McNemar p = " in worse["reason"]
+    stats = worse["gate"]
+    assert stats["mcnemar"]["p_value"] < 0.05 and stats["bootstrap"]
+    json.dumps(worse)  # promotion.json must be writable
+    tags = project_client(root).get_model_version(NAME, str(worse["version"])).tags
+    assert float(tags["reprotrain.gate.mcnemar.p_value"]) == pytest.approx(
+        stats["mcnemar"]["p_value"]
+    )
+    assert int(project_client(root).get_model_version_by_alias(NAME, "champion").version) == 1

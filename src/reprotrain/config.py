@@ -315,6 +315,16 @@ class EvaluateConfig:
     top_k: Int = _f(5, "k for top-k accuracy (reported when there are more than 5 classes)", min=1)
     calibration_bins: Int = _f(10, "bins for expected calibration error", min=2, max=100)
     worst_examples: Int = _f(16, "misclassified test images shown in the grid", min=0)
+    gate: Literal["paired", "accuracy"] = _f(
+        "paired",
+        "'paired': McNemar + bootstrap + per-class recall on the same test images (see "
+        "evaluation.gate.decide_paired); 'accuracy': beat the champion's accuracy by "
+        "min_improvement",
+    )
+    alpha: Float = _f(0.05, "significance level of the paired gate's McNemar test", gt=0.0, lt=1.0)
+    max_class_regression: Float = _f(
+        0.05, "largest per-class recall drop the paired gate accepts", min=0.0, max=1.0
+    )
 
 
 #: Serving formats the export stage can write (``reprotrain.serving.export.FILENAMES``).

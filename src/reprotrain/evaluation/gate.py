@@ -239,7 +239,8 @@ def decide_paired(
 
     1. the challenger's accuracy must clear ``min_accuracy`` (as in :func:`decide`);
     2. no champion: the floor alone decides;
-    3. no class may lose more than ``max_class_regression`` recall;
+    3. no class may lose more than ``max_class_regression`` recall, and with
+       ``min_improvement > 0`` the accuracy gain must reach it;
     4. promote if the challenger is **significantly better** (exact McNemar, two-sided
        ``p < alpha``, more images only it gets right); never if significantly worse;
     5. otherwise (no significant difference) promote iff the challenger's **log loss is
@@ -306,6 +307,13 @@ def decide_paired(
         names = ", ".join(out["class_recall"]["regressed"])
         return done(
             False, f"recall of {names} drops by more than {max_class_regression:.2f} ({gap})"
+        )
+    gain = ch_acc - out["champion_accuracy"]
+    if min_improvement > 0 and gain < min_improvement - 1e-9:
+        return done(
+            False,
+            f"gain {gain:+.4f} is less than evaluate.min_improvement = {min_improvement:+.4f} "
+            f"({gap})",
         )
     significant = test["p_value"] < alpha
     b, c = test["challenger_only"], test["champion_only"]

@@ -98,6 +98,34 @@ def comparability_problem(champion: Any, labels: Sequence[str], image_size: int)
     return None
 
 
+def _champion_file(name: str, champion: Any) -> Path:
+    """The champion's ``.keras`` file, downloaded; a TrackingError (aliases unchanged) if not."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    v = int(champion.version)
+    try:
+        return find_keras(Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{v}")))
+    except (MlflowException, OSError, ReprotrainError) as exc:
+        raise TrackingError(
+            f"champion v{v} of {name} could not be re-scored on the current test set: its model "
+            f"cannot be downloaded ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+            "no version was registered and the aliases are unchanged. Restore its artifacts or "
+            f"promote a version explicitly (python -m reprotrain promote {name} VERSION)"
+        ) from None
+
+
+def _scalars(data: Any, prefix: str) -> dict[str, str]:
+    """Scalar leaves of a nested dict as ``prefix.a.b`` → str (version tags)."""
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(_scalars(v, f"{prefix}.{k}"))
+    elif isinstance(data, str | int | float | bool) or data is None:
+        out[prefix] = str(data)[:500]
+    return out
+
+
 def _rescore_champion(
     client: Any, name: str, champion: Any, test_digest: str, rescore: Callable[[Path], float]
 ) -> float:
@@ -152,6 +180,7 @@ def register_and_promote(
     labels: list[str],
     artifact_name: str = "model",
     log_model: Callable[[], str] | None = None,
+    paired: Callable[[Path | None], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Log ``model_path`` as an MLflow Keras model on ``run``, register a new version of
     ``name`` and move ``champion`` to it if it passes the gate, else ``challenger``.
@@ -160,6 +189,12 @@ def register_and_promote(
     test set, ``test_digest``) *before* the new version is registered, so a failure there
     leaves the registry exactly as it was. A champion with other classes or another input
     size is not comparable: the version is registered without an alias.
+
+    ``paired``, when given, is the stage's paired gate (``evaluation.gate.decide_paired``
+    bound to the candidate's predictions): it receives the champion's downloaded ``.keras``
+    file (None without a comparable champion) and returns the decision with its statistics,
+    which replace the accuracy-only rule and are stored in the result (``gate``) and as
+    version tags (``reprotrain.gate.*``).
 
     ``log_model``, when given, logs the model to register and returns its URI (the evaluate
     stage passes the photo-taking pyfunc of ``reprotrain.serving``, which tracking must not
@@ -178,7 +213,21 @@ def register_and_promote(
     champion_version = int(champion.version) if champion is not None else None
     champion_accuracy: float | None = None
     problem = comparability_problem(champion, labels, image_size) if champion else None
-    if champion is not None and problem is None:
+    paired_result: dict[str, Any] | None = None
+    if paired is not None and problem is None:
+        keras_file = _champion_file(name, champion) if champion is not None else None
+        try:
+            paired_result = paired(keras_file)
+        except ReprotrainError:
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"the promotion gate could not compare with champion v{champion_version} of "
+                f"{name} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); no version "
+                "was registered and the aliases are unchanged"
+            ) from exc
+        champion_accuracy = paired_result.get("champion_accuracy")
+    elif champion is not None and problem is None:
         champion_accuracy = _rescore_champion(client, name, champion, test_digest, rescore)
 
     tags = {
@@ -211,7 +260,12 @@ def register_and_promote(
             f"python -m reprotrain promote {name} {version} --reason '...'"
         )
     else:
-        decision = promotion.decide(accuracy, champion_accuracy, min_accuracy, min_improvement)
+        if paired_result is not None:
+            decision = promotion.Decision(
+                bool(paired_result["promoted"]), paired_result["alias"], paired_result["reason"]
+            )
+        else:
+            decision = promotion.decide(accuracy, champion_accuracy, min_accuracy, min_improvement)
         alias, promoted, reason = decision.alias, decision.promoted, decision.reason
         exp_name = os.environ.get("DVC_EXP_NAME")
         if run._reproduces:
@@ -233,6 +287,9 @@ def register_and_promote(
     elif alias is not None:
         client.set_registered_model_alias(name, alias, str(version))
     client.set_model_version_tag(name, str(version), VTAG_REASON, reason)
+    if paired_result is not None:
+        for key, value in _scalars(paired_result, "reprotrain.gate").items():
+            client.set_model_version_tag(name, str(version), key, value)
     result = {
         "promoted": promoted,
         "alias": alias,
@@ -245,6 +302,11 @@ def register_and_promote(
         "registered_model": name,
         "model_uri": f"models:/{name}/{version}",
     }
+    if paired_result is not None:
+        result["gate"] = {k: v for k, v in paired_result.items() if k not in ("alias",)}
+        warning = (paired_result.get("power") or {}).get("warning")
+        if warning:
+            logger.warning("promotion gate: %s", warning)
     summary = {
         "reprotrain.registry.model": name,
         "reprotrain.registry.version": str(version),
