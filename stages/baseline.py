@@ -14,9 +14,10 @@ import logging
 import shutil
 from pathlib import Path
 
-from reprotrain import paths, runtime, tracking
+from reprotrain import paths, runtime, stage_io, tracking, training
 from reprotrain.cli import run_main
 from reprotrain.config import load_params, to_dict
+from reprotrain.models import scratch
 
 STAGE = "baseline"
 SECTIONS = ("seed", "pipeline", "runtime", "baseline")
@@ -26,16 +27,15 @@ logger = logging.getLogger("reprotrain.stages.baseline")
 def main() -> int:
     params = load_params()
     cfg = params.baseline
+    # Seeds, dtype policy and strategy: before any model or dataset is built.
     info = runtime.configure(params.runtime, params.seed)
-    from reprotrain import training  # TensorFlow: after the runtime is configured
-    from reprotrain.models import scratch
-
-    data = training.load_stage_data(
+    data = stage_io.load_stage_data(
         paths.PREPARED_DIR, params.pipeline, cfg, image_size=cfg.image_size, seed=params.seed
     )
     tb_dir = paths.TENSORBOARD_DIR / STAGE
     shutil.rmtree(tb_dir, ignore_errors=True)
-    key = training.fingerprint(STAGE, [to_dict(getattr(params, s)) for s in SECTIONS], data.digest)
+    checkpoint_dir = paths.CHECKPOINTS_DIR / STAGE
+    key = stage_io.fingerprint(STAGE, [to_dict(getattr(params, s)) for s in SECTIONS], data.digest)
     with tracking.stage_run(
         STAGE,
         params,
@@ -68,14 +68,14 @@ def main() -> int:
             data.val,
             cfg,
             info,
-            checkpoint_dir=paths.CHECKPOINTS_DIR / STAGE,
+            checkpoint_dir=checkpoint_dir,
             tensorboard_dir=tb_dir,
             class_weight=data.class_weight,
             resume_key=key,
             epoch_hook=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
         )
         metrics_path = paths.METRICS_DIR / f"{STAGE}.json"
-        metrics = training.save_outputs(
+        metrics = stage_io.save_outputs(
             model,
             result,
             model_path=paths.BASELINE_MODEL,
@@ -83,10 +83,12 @@ def main() -> int:
             metrics_path=metrics_path,
             extra=counts,
         )
-        run.log_metrics(training.final_metrics(metrics))
+        run.log_metrics(stage_io.final_metrics(metrics))
         for path in (paths.BASELINE_MODEL, paths.BASELINE_HISTORY, metrics_path):
             run.log_artifact(path)
         run.log_artifact(tb_dir, artifact_path=f"tensorboard/{STAGE}")
+    # Only now: a kill before this line resumes from the backup instead of retraining.
+    training.discard_checkpoint(checkpoint_dir)
     return 0
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reprotrain import paths, runtime, tracking
+from reprotrain import paths, runtime, stage_io, tracking
 from reprotrain.config import Params, load_params
 from reprotrain.errors import ConfigError, DataError, ReprotrainError
 
@@ -162,7 +162,7 @@ def compute_features(params: Params, info: Any) -> Features:
     from reprotrain.models import transfer
 
     cfg = params.train_head
-    data = training.load_stage_data(
+    data = stage_io.load_stage_data(
         paths.PREPARED_DIR,
         params.pipeline,
         cfg,
@@ -177,7 +177,7 @@ def compute_features(params: Params, info: Any) -> Features:
     logger.info("tune: computing pooled base features of the train and val splits once")
     x_train, y_train = training.extract_features(model, data.train)
     x_val, y_val = training.extract_features(model, data.val)
-    counts = training.train_counts(paths.PREPARED_DIR / "manifest.csv", data.labels)
+    counts = stage_io.train_counts(paths.PREPARED_DIR / "manifest.csv", data.labels)
     return Features(
         x_train, y_train, x_val, y_val, data.labels, counts, head_init, rng_state, model
     )
@@ -205,7 +205,7 @@ def train_head_trial(
         .prefetch(tf.data.AUTOTUNE)
     )
     val_ds = tf.data.Dataset.from_tensor_slices((feats.x_val, feats.y_val)).batch(cfg.batch_size)
-    class_weight = training.class_weights(cfg.class_weight, feats.labels, feats.counts)
+    class_weight = stage_io.class_weights(cfg.class_weight, feats.labels, feats.counts)
     result = training.train(
         head,
         train_ds,
@@ -237,7 +237,7 @@ def finetune_trial(
     try:
         transfer.copy_head_weights(head, model)
         transfer.unfreeze_top(model, params.finetune.unfreeze_top)
-        class_weight = training.class_weights(
+        class_weight = stage_io.class_weights(
             params.finetune.class_weight, feats.labels, feats.counts
         )
         return training.train(
@@ -355,7 +355,6 @@ def search(
     """Run the Optuna study; every trial (complete, pruned or failed) is returned and logged."""
     import optuna
 
-    from reprotrain import training
     from reprotrain.progress import progress
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one line per trial
@@ -366,7 +365,7 @@ def search(
     if finetune:
         ft_cfg = dataclasses.replace(params.finetune, epochs=finetune_epochs)
         params = dataclasses.replace(params, finetune=ft_cfg)
-        ft_data = training.load_stage_data(
+        ft_data = stage_io.load_stage_data(
             paths.PREPARED_DIR,
             params.pipeline,
             ft_cfg,
