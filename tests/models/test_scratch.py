@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reprotrain import runtime, training
+from reprotrain import runtime, stage_io, training
 from reprotrain.config import BaselineConfig, RuntimeConfig
 from reprotrain.errors import ConfigError, ModelError
 from reprotrain.models import loading, scratch
@@ -134,7 +134,7 @@ def test_trains_with_both_loops(arch: str, loop: str, tmp_path: Path) -> None:
     assert any((a != b).any() for a, b in zip(before, model.get_weights(), strict=True))
     assert np.isfinite(result.history["val_loss"]).all()
     path = tmp_path / "m.keras"
-    metrics = training.save_outputs(
+    metrics = stage_io.save_outputs(
         model,
         result,
         model_path=path,
