@@ -83,7 +83,7 @@ def curve_rows(name: str, curve: Curve, x: str, y: str, digits: int = 6) -> list
 
 
 def read_history(path: Path | str) -> dict[str, list[Any]]:
-    """A ``*.history.json`` written by ``training.write_history`` (dict of lists)."""
+    """A ``*.history.json`` written by ``stage_io.write_history`` (dict of lists)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} not found: rerun the training stage that writes it (dvc repro)")
