@@ -16,11 +16,13 @@ from reprotrain.commands import reproduce
 from tests.conftest import REPO, TINY_PARAMS, deep_update, make_class_tree, make_project, run
 from tests.conftest import subprocess_env as base_env
 
-STAGES = ("fetch", "prepare", "train_head", "finetune", "evaluate")
+STAGES = ("fetch", "prepare", "train_head", "finetune", "baseline", "export", "evaluate")
 SIDECARS = {
     "prepare": "data/prepare.run.json",
     "train_head": "models/head.run.json",
     "finetune": "models/finetuned.run.json",
+    "baseline": "models/baseline.run.json",
+    "export": "models/export.run.json",
     "evaluate": "metrics/evaluate.run.json",
 }
 
