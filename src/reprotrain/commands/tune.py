@@ -264,7 +264,7 @@ class TrialLog:
     def __init__(self, params: Params, root: Path, args: argparse.Namespace) -> None:
         import mlflow
 
-        uri = tracking.tracking_uri(params, root)
+        uri = tracking.store_uri(root, params.tracking.store)
         self.exp_id = tracking.connect(uri, params.tracking.experiment)
         self.client = mlflow.MlflowClient(uri)
         run = self.client.create_run(
