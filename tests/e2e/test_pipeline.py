@@ -1,8 +1,8 @@
 """The product, end to end: `dvc repro` on the real hymenoptera photos with the real ImageNet
 MobileNetV2 weights (offline cache), on 2 CPU cores, default params.yaml.
 
-Runs once per session (515 s measured on 2 busy cores; see the README); the assertions below share that run. The
-acceptance bars come from the issues: fine-tuned val and test accuracy ≥ 0.93, fine-tuned
+Runs once per session (515 s measured on 2 busy cores; see the README); the assertions
+below share that run. The acceptance bars come from the issues: fine-tuned val and test accuracy ≥ 0.93, fine-tuned
 test accuracy ≥ head-only, DVC metrics/plots commands work on the result, every stage has an
 MLflow run, and the registry holds a version with an alias.
 """
