@@ -55,6 +55,9 @@ from tests.conftest import (
 )
 from tests.models.tiny import tiny_weights
 
+# Real processes, signals, servers and pipelines: the whole module is slow.
+pytestmark = pytest.mark.slow
+
 # ---- Concurrency: two `dvc repro` in one project
 
 
@@ -167,7 +170,6 @@ def test_missing_stray_and_unrecorded_shards(prepared: Path) -> None:
 
 # ---- SIGKILL during training
 
-pytestmark = pytest.mark.slow
 
 EPOCHS = 6
 

@@ -44,6 +44,7 @@ def _outputs(path: Path) -> dict[str, str]:
 # ----------------------------------------------------------------- promote branch
 
 
+@pytest.mark.slow
 def test_first_run_is_promoted_and_committed_on_a_branch(project: Project) -> None:
     proj, env = project.root, project.env
     last = project.first.stdout.strip().splitlines()[-1]
@@ -88,6 +89,7 @@ def test_first_run_is_promoted_and_committed_on_a_branch(project: Project) -> No
     assert Path(out["report"]).read_text() in summary
 
 
+@pytest.mark.slow
 def test_open_pr_pushes_the_branch_and_opens_the_pull_request(project: Project) -> None:
     proj, env = project.root, project.env
     assert project.open_pr.stdout.strip() == f"pr={FAKE_PR_URL}"
@@ -101,6 +103,7 @@ def test_open_pr_pushes_the_branch_and_opens_the_pull_request(project: Project) 
     assert _outputs(project.outputs)["pr-url"] == FAKE_PR_URL
 
 
+@pytest.mark.slow
 def test_push_sent_every_output_to_the_remote(project: Project) -> None:
     assert any(p.is_file() for p in (project.remote / "files" / "md5").rglob("*"))
     status = run(["dvc", "status", "--cloud"], project.root, project.env).stdout
@@ -110,6 +113,7 @@ def test_push_sent_every_output_to_the_remote(project: Project) -> None:
 # ----------------------------------------------------------------- do-not-promote branch
 
 
+@pytest.mark.slow
 def test_stricter_gate_is_not_promoted_and_nothing_is_committed(project: Project) -> None:
     """Raising evaluate.min_improvement reruns only evaluate; the same model cannot beat itself
     (its champion is re-scored on the same test set: gain 0), so the gate says no."""

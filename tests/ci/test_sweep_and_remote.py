@@ -22,6 +22,9 @@ import yaml
 from reprotrain.tracking import TAG_EXP
 from tests.conftest import Project, restore_workspace, retrain, run
 
+# Every test here uses the promoted tiny project (a real retrain run).
+pytestmark = pytest.mark.slow
+
 TRAINING_STAGES = ("prepare", "train_head", "finetune", "evaluate")
 #: -S value as typed → its value. DVC writes 3e-5 back as `3e-05`, which YAML 1.1 (PyYAML)
 #: reads as a string: the sweep also checks that params.yaml still loads as a number.
