@@ -176,6 +176,7 @@ def test_empty_folder_is_a_failure(model_path: Path, tmp_path: Path, capsys) -> 
     assert code == predict.EXIT_FAILED_INPUT and json.loads(out) == []
 
 
+@pytest.mark.slow
 def test_cli_subprocess_exit_codes(model_path: Path, inputs: Path, tmp_path: Path) -> None:
     env = subprocess_env()
     cmd = [sys.executable, "-m", "reprotrain", "predict"]

@@ -158,6 +158,7 @@ def test_versions_aliases_and_rescoring(registry) -> None:
         reg.resolve_model("s3://bucket/model.keras", root)
 
 
+@pytest.mark.slow
 def test_serve_champion_over_rest(registry) -> None:
     """`mlflow models serve -m models:/NAME@champion` answers with the model's predictions."""
     root, model, _, _, _ = registry

@@ -95,6 +95,7 @@ MIRRORED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_over_two_logical_cpus() -> None:
     proc = run([sys.executable, "-c", MIRRORED], REPO, subprocess_env(), timeout=300)
     out = json.loads(proc.stdout.strip().splitlines()[-1])

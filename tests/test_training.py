@@ -97,6 +97,7 @@ def _fit_once(data, tmp: Path):
     return model, result, calls
 
 
+@pytest.mark.slow
 def test_fit_outputs_and_determinism(data, tmp_path: Path) -> None:
     m1, r1, calls = _fit_once(data, tmp_path / "a")
     m2, r2, _ = _fit_once(data, tmp_path / "b")
@@ -125,6 +126,7 @@ def test_fit_outputs_and_determinism(data, tmp_path: Path) -> None:
     assert json.loads(path.read_text())["epoch"] == [1, 2]
 
 
+@pytest.mark.slow
 def test_class_weight_and_custom_loop(data, tmp_path: Path) -> None:
     """One batch per epoch: epoch-1 loss is the loss at the initial weights, so weighting
     both classes by 2 must double it, in fit and in the GradientTape loop alike; the custom
@@ -163,6 +165,7 @@ def test_class_weight_and_custom_loop(data, tmp_path: Path) -> None:
     assert not np.array_equal(init[-2], model.get_layer("predictions").get_weights()[0])
 
 
+@pytest.mark.slow
 def test_feature_cache_path_same_architecture(data, tmp_path: Path) -> None:
     x, y, xv, yv = data
     info, plain = _setup()
@@ -196,6 +199,7 @@ def test_feature_cache_path_same_architecture(data, tmp_path: Path) -> None:
     assert _arch(loaded) == _arch(plain)
 
 
+@pytest.mark.slow
 def test_finetune_keeps_batchnorm_statistics(data, tmp_path: Path) -> None:
     """After save → load, unfreezing and training: unfrozen convs move, BN stats do not."""
     x, y, xv, yv = data
@@ -235,6 +239,7 @@ def test_stale_backup_from_other_inputs_is_discarded(tmp_path: Path, caplog) -> 
     assert not (ckpt / "backup").exists()
 
 
+@pytest.mark.slow
 def test_keep_start_weights_when_no_epoch_beats_them(data, tmp_path: Path) -> None:
     """Fine-tuning on labels that contradict validation only makes val_loss worse: the
     starting weights are kept and reported (best_epoch 0)."""
