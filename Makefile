@@ -17,6 +17,10 @@ STAMP := .venv/.synced-$(TF_EXTRA)$(foreach e,$(EXTRAS),-$(e))
 RUN := $(UV) run --frozen $(EXTRA_FLAGS)
 UI_PORT ?= 5000
 PYTEST_ARGS ?=
+# Two pytest-xdist workers (one per core on the 2-core CI machine); one module per worker at
+# a time, so module fixtures are built once (tests/conftest.py groups them).
+TEST_WORKERS ?= 2
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: setup repro test test-fast lint schema ui screenshot benchmarks clean
 
@@ -35,11 +39,11 @@ repro: setup
 	$(RUN) dvc repro
 
 test: setup
-	$(RUN) pytest $(PYTEST_ARGS)
+	$(RUN) pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # The edit–test loop: unit tests only (no subprocess pipelines, training runs or servers).
 test-fast: setup
-	$(RUN) pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+	$(RUN) pytest $(PYTEST_XDIST) -m "not slow and not e2e" $(PYTEST_ARGS)
 
 # docs/params.schema.json: the JSON Schema editors use to complete params.yaml.
 schema: setup

@@ -47,6 +47,41 @@ def _assets() -> Path | None:
 ASSETS = _assets()
 
 
+#: Test groups that take longest, started first so that the two xdist workers finish
+#: together (`make test` runs `-n 2 --dist loadgroup`).
+LONGEST_FIRST = ("promoted", "e2e/test_pipeline.py", "test_chaos.py")
+
+
+def _group(item: pytest.Item) -> str:
+    """The xdist group of a test: the tests that use the session's promoted project are one
+    group (it is built once), a module with module-scoped fixtures is one group (they are
+    built once), any other test is a group of its own (free to run on either worker)."""
+    module = Path(str(item.path)).relative_to(REPO / "tests").as_posix()
+    if "promoted_project" in getattr(item, "fixturenames", ()):
+        return "promoted"
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else [[]]
+    if info is None or any(d.scope == "module" for ds in defs for d in ds):
+        return module
+    return item.nodeid
+
+
+def _rank(item: pytest.Item) -> int:
+    module = Path(str(item.path)).relative_to(REPO / "tests").as_posix()
+    group = _group(item)
+    for i, name in enumerate(LONGEST_FIRST):
+        if name in (group, module):
+            return i
+    return len(LONGEST_FIRST)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    items.sort(key=_rank)  # stable: the order within a group is kept
+
+
 @pytest.fixture(scope="session")
 def assets() -> Path | None:
     """The offline asset cache, or None on a machine that downloads instead."""
@@ -139,6 +174,8 @@ TINY_PARAMS: dict[str, Any] = {
     "train_head": {"epochs": 2, "batch_size": 8},
     "finetune": {"epochs": 1, "batch_size": 8, "unfreeze_top": 10},
     "evaluate": {"batch_size": 16, "min_accuracy": 0.0, "worst_examples": 4},
+    "baseline": {"image_size": 32, "epochs": 2, "batch_size": 8, "filters": [8, 16]},
+    "export": {"calibration_samples": 8, "latency_samples": 3},
 }
 
 

@@ -1,6 +1,7 @@
-"""The baseline stage through a real `dvc repro` on a tiny project (outputs, MLflow run,
-sidecar), param scoping (a baseline.* change reruns baseline only, a model.backbone change
-train_head only) checked with real `dvc status`, and the comparison helpers evaluate uses."""
+"""The baseline stage as the real `dvc repro` of the session's promoted tiny project left it
+(outputs, MLflow run, sidecar), param scoping (a baseline.* change reruns baseline only, a
+model.backbone change train_head only) checked with real `dvc status`, and the comparison
+helpers evaluate uses."""
 
 from __future__ import annotations
 
@@ -15,10 +16,7 @@ import yaml
 from reprotrain.errors import DataError
 from reprotrain.evaluation import compare
 from reprotrain.models import loading, scratch
-from tests.conftest import TINY_PARAMS, deep_update, make_class_tree, make_project, run
-from tests.conftest import subprocess_env as env_for
-
-BASELINE = {"image_size": 32, "epochs": 2, "batch_size": 8, "filters": [8, 16]}
+from tests.conftest import Project, run
 
 
 def changed_stages(proj: Path, env: dict[str, str], **edits: dict) -> set[str]:
@@ -38,16 +36,10 @@ def changed_stages(proj: Path, env: dict[str, str], **edits: dict) -> set[str]:
 
 
 @pytest.mark.slow
-def test_baseline_stage_and_param_scoping(tmp_path: Path) -> None:
-    images = make_class_tree(tmp_path / "images", {"cats": 16, "dogs": 16})
-    params = deep_update(
-        TINY_PARAMS,
-        {"data": {"source": str(images), "sha256": None}, "baseline": BASELINE},
-    )
-    proj = make_project(tmp_path / "proj", params)
-    env = env_for()
-    out = run(["dvc", "repro", "baseline", "train_head"], proj, env)
-    assert "Running stage 'baseline'" in out.stdout
+def test_baseline_stage_and_param_scoping(promoted_project: Project) -> None:
+    """The tiny project's baseline: TINY_PARAMS (tests/conftest.py), a cnn at 32 px, 2 epochs."""
+    proj, env = promoted_project.root, promoted_project.env
+    assert "Running stage 'baseline'" in promoted_project.first.stderr
 
     model = loading.load_model(proj / "models" / "baseline.keras", num_classes=2, image_size=32)
     assert model.name == "cnn"

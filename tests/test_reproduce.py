@@ -1,4 +1,4 @@
-"""The real DAG on a tiny project (`dvc repro`): MLflow lineage of every stage, then
+"""The real DAG on the promoted tiny project (`dvc repro`): MLflow lineage of every stage, then
 `python -m reprotrain reproduce` of the evaluate run in a separate work tree gives identical
 metrics and leaves the registry aliases alone."""
 
@@ -13,8 +13,7 @@ import yaml
 
 from reprotrain import tracking
 from reprotrain.commands import reproduce
-from tests.conftest import REPO, TINY_PARAMS, deep_update, make_class_tree, make_project, run
-from tests.conftest import subprocess_env as base_env
+from tests.conftest import REPO, Project, run
 
 STAGES = ("fetch", "prepare", "train_head", "finetune", "baseline", "export", "evaluate")
 SIDECARS = {
@@ -27,19 +26,10 @@ SIDECARS = {
 }
 
 
-@pytest.fixture(scope="module")
-def repro_project(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("reproduce")
-    data = make_class_tree(base / "images", {"cats": 16, "dogs": 16})
-    proj = make_project(
-        base / "proj", deep_update(TINY_PARAMS, {"data": {"source": str(data), "sha256": None}})
-    )
-    env = base_env()
-    run(["dvc", "repro"], proj, env, timeout=900)
-    # The usual workflow: commit the results after the run (the runs name the commit before).
-    run(["git", "add", "-A"], proj, env)
-    run(["git", "commit", "-qm", "pipeline results"], proj, env)
-    return proj, env
+@pytest.fixture
+def repro_project(promoted_project: Project) -> tuple[Path, dict[str, str]]:
+    """The session's promoted tiny project: a real `dvc repro` of every stage, committed."""
+    return promoted_project.root, promoted_project.env
 
 
 def test_plan_follows_dvc_stage_graph() -> None:

@@ -1,11 +1,10 @@
-"""The train_head and finetune stages through real `dvc repro` on a tiny project: outputs,
-the logged trainable set, MLflow lineage, and that a finetune.* change invalidates only
-finetune."""
+"""The train_head and finetune stages as the real `dvc repro` of the session's promoted tiny
+project left them: outputs, the logged trainable set, MLflow lineage, and that a finetune.*
+change invalidates only finetune."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import keras
 import pytest
@@ -13,14 +12,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from reprotrain.models import transfer
-from tests.conftest import run, subprocess_env
+from tests.conftest import Project, restore_workspace, run
 
 
 @pytest.mark.slow
-def test_stages_outputs_trainable_set_and_param_scoping(tiny_project: Path) -> None:
-    proj, env = tiny_project, subprocess_env()
-    first = run(["dvc", "repro", "finetune"], proj, env)
-    assert "Running stage 'finetune'" in first.stdout + first.stderr
+def test_stages_outputs_trainable_set_and_param_scoping(promoted_project: Project) -> None:
+    proj, env = promoted_project.root, promoted_project.env
+    assert "Running stage 'finetune'" in promoted_project.first.stderr
 
     for name in ("head", "finetuned"):
         assert (proj / "models" / f"{name}.keras").is_file()
@@ -58,7 +56,10 @@ def test_stages_outputs_trainable_set_and_param_scoping(tiny_project: Path) -> N
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["finetune"]["learning_rate"] = 2e-5
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = json.loads(run(["dvc", "status", "--json"], proj, env).stdout)
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], proj, env).stdout)
+    finally:
+        restore_workspace(promoted_project)
     changed = set(status)
     assert "dvc.yaml:finetune" in changed or "finetune" in changed, status
     assert not changed & {"prepare", "train_head", "dvc.yaml:prepare", "dvc.yaml:train_head"}

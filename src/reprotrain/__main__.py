@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"error: unknown command {name!r}\n{_usage()}\n")
         sys.exit(2)
     module = importlib.import_module(f"reprotrain.commands.{name}")
-    run_main(lambda: module.main(rest))
+    run_main(lambda: module.main(rest), name=name)
 
 
 if __name__ == "__main__":

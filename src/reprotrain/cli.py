@@ -11,7 +11,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
+from reprotrain import timing
 from reprotrain.errors import ReprotrainError
 
 log = logging.getLogger("reprotrain")
@@ -38,9 +40,14 @@ def setup_logging(level: int | str | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_main(main: Callable[[], int | None]) -> None:
-    """Run ``main`` and exit; user errors become one ``error:`` line and exit code 2."""
+def run_main(main: Callable[[], int | None], name: str | None = None) -> None:
+    """Run ``main`` and exit; user errors become one ``error:`` line and exit code 2.
+
+    A run that ends normally logs where its time went (:mod:`reprotrain.timing`), named
+    ``name`` or, for a stage script, after the script.
+    """
     setup_logging()
+    timing.start()
     try:
         code = main()
     except ReprotrainError as exc:
@@ -50,4 +57,5 @@ def run_main(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
+    timing.report(name or Path(sys.argv[0]).stem)
     sys.exit(code or 0)

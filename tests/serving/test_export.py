@@ -11,7 +11,7 @@ import pytest
 
 from reprotrain.config import ExportConfig, PipelineConfig, PrepareConfig
 from reprotrain.serving.export import agreement, ship_decision
-from tests.conftest import make_class_tree, run, subprocess_env
+from tests.conftest import Project, make_class_tree, run
 
 SIZE = 32
 PIPE = PipelineConfig(shuffle_buffer=64)
@@ -137,11 +137,13 @@ def test_every_format_is_written_rescored_and_judged(
 
 
 @pytest.mark.slow
-def test_export_stage_runs_under_dvc_and_is_tracked(tiny_project: Path) -> None:
-    """The real `dvc repro export` on the tiny project: formats, metrics, sidecar, MLflow run."""
+def test_export_stage_runs_under_dvc_and_is_tracked(promoted_project: Project) -> None:
+    """The export stage as the real `dvc repro` of the session's promoted tiny project left
+    it: formats, metrics, sidecar, MLflow run."""
     import mlflow
 
-    run(["dvc", "repro", "export"], tiny_project, subprocess_env())
+    tiny_project, env = promoted_project.root, promoted_project.env
+    assert "Running stage 'export'" in promoted_project.first.stderr
     report = json.loads((tiny_project / "metrics" / "export.json").read_text())
     assert set(report["formats"]) == {
         "saved_model",
@@ -161,5 +163,5 @@ def test_export_stage_runs_under_dvc_and_is_tracked(tiny_project: Path) -> None:
     artifacts = {a.path for a in client.list_artifacts(sidecar["run_id"])}
     assert "export.json" in artifacts
     # A second repro with nothing changed is a no-op for export.
-    status = run(["dvc", "status", "export"], tiny_project, subprocess_env())
+    status = run(["dvc", "status", "export"], tiny_project, env)
     assert "changed" not in status.stdout
