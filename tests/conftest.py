@@ -359,7 +359,9 @@ def retrain(
     proj: Path, env: dict[str, str], *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Run the project's copy of the script from another directory (it must find its root)."""
-    return run([str(proj / "scripts" / "retrain.sh"), *args], proj.parent, env, check=check)
+    # A hang guard, not a speed bar: a busy shared machine can take 10x the ~1.5 min.
+    cmd = [str(proj / "scripts" / "retrain.sh"), *args]
+    return run(cmd, proj.parent, env, check=check, timeout=2400)
 
 
 @pytest.fixture(scope="session")
