@@ -94,6 +94,7 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_params(bad)
 
 
+@pytest.mark.slow
 def test_stage_prints_one_line_and_exits_2_without_traceback(tmp_path: Path) -> None:
     """A real stage process on a broken params.yaml: one error line, exit 2, no traceback."""
     (tmp_path / "params.yaml").write_text("finetune:\n  learning_rate: -3\n")

@@ -133,6 +133,7 @@ def inputs() -> dict:
     )
 
 
+@pytest.mark.slow
 def test_card_figures_match_the_metrics_it_was_given(inputs: dict, tmp_path: Path) -> None:
     worst = [Worst("test/bees/b1.jpg", 1, 0, 0.93, np.zeros((32, 32, 3), np.uint8))]
     path = write_model_card(tmp_path / "reports" / "model_card.md", worst=worst, **inputs)

@@ -101,6 +101,7 @@ def test_read_history_errors(tmp_path: Path) -> None:
         plots.read_history(bad)
 
 
+@pytest.mark.slow
 def test_binary_plots_written_with_contract_columns(tmp_path: Path) -> None:
     written = _write_all(tmp_path, ["ants", "bees"])
     for name in (
@@ -126,6 +127,7 @@ def test_binary_plots_written_with_contract_columns(tmp_path: Path) -> None:
     assert curves[0]["learning_rate"] == "" and curves[4]["val_accuracy"] == "0.85"
 
 
+@pytest.mark.slow
 def test_multiclass_curves_and_no_mistakes(tmp_path: Path) -> None:
     _write_all(tmp_path, ["a", "b", "c", "d"])
     assert {r["class"] for r in _read(tmp_path / "roc.csv")} == {evaluation.MICRO}
@@ -134,6 +136,7 @@ def test_multiclass_curves_and_no_mistakes(tmp_path: Path) -> None:
     assert empty.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow
 def test_a_class_missing_from_the_split_has_no_curve(tmp_path: Path) -> None:
     """Class "c" never occurs: it gets no ROC or PR curve (undefined), the others and the
     micro-average are drawn, and every file is still written."""

@@ -64,6 +64,7 @@ def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str
     return code, capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_good_and_bad_files_json(model_path: Path, inputs: Path, capsys) -> None:
     args = [
         str(model_path),
@@ -101,6 +102,7 @@ def test_good_and_bad_files_json(model_path: Path, inputs: Path, capsys) -> None
     assert errors["missing.png"] == "no such file or directory"
 
 
+@pytest.mark.slow
 def test_same_probabilities_as_the_model_on_the_shared_normalisation(
     model_path: Path, inputs: Path, capsys
 ) -> None:
@@ -119,6 +121,7 @@ def test_same_probabilities_as_the_model_on_the_shared_normalisation(
     assert result["confidence"] == pytest.approx(float(expected.max()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_csv_format_top_k_clipped_and_exit_zero(model_path: Path, inputs: Path, capsys) -> None:
     code, out = _main(
         [str(model_path), str(inputs / "folder"), "--format", "csv", "--top-k", "5"], capsys
@@ -170,6 +173,7 @@ def test_usage_and_model_errors(inputs: Path, tmp_path: Path, capsys) -> None:
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_empty_folder_is_a_failure(model_path: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     code, out = _main([str(model_path), str(tmp_path / "empty")], capsys)

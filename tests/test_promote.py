@@ -50,6 +50,7 @@ def champion(root: Path) -> str:
     return str(_client(root).get_model_version_by_alias(NAME, "champion").version)
 
 
+@pytest.mark.slow
 def test_promote_and_rollback_are_audited(
     registry_project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -81,6 +82,7 @@ def test_promote_and_rollback_are_audited(
     assert champion(root) == "1"
 
 
+@pytest.mark.slow
 def test_promote_errors_are_one_line(registry_project: Path) -> None:
     with pytest.raises(tracking.TrackingError, match="has no champion"):
         promote.main([NAME, "--rollback"])

@@ -106,6 +106,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
             os.environ[k] = v
 
 
+@pytest.mark.slow
 def test_versions_aliases_and_rescoring(registry) -> None:
     root, _, results, rescored, n_before = registry
     first, worse, new_test_set, below_floor = results
@@ -256,6 +257,7 @@ def test_changed_task_registers_without_promoting(store_project: Path) -> None:
     assert not other["promoted"] and "takes 32×32 images; this model takes 48×48" in other["reason"]
 
 
+@pytest.mark.slow
 def test_only_a_missing_alias_means_no_champion(
     store_project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

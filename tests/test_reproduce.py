@@ -32,6 +32,7 @@ def repro_project(promoted_project: Project) -> tuple[Path, dict[str, str]]:
     return promoted_project.root, promoted_project.env
 
 
+@pytest.mark.slow
 def test_plan_follows_dvc_stage_graph() -> None:
     assert reproduce.plan(REPO, "evaluate") == list(STAGES)
     assert reproduce.plan(REPO, "train_head") == ["fetch", "prepare", "train_head"]

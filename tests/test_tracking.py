@@ -51,6 +51,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_db: Path) -> 
 client_for = project_client
 
 
+@pytest.mark.slow
 def test_stages_nest_under_one_pipeline_row_with_lineage(project: Path) -> None:
     prep = simulate(project, "prepare", sidecar=paths.PREPARE_RUN)
     head = simulate(project, "train_head", upstream=[paths.PREPARE_RUN], sidecar=paths.HEAD_RUN)
@@ -107,6 +108,7 @@ def test_stages_nest_under_one_pipeline_row_with_lineage(project: Path) -> None:
     assert sidecar["pipeline_run_id"] == parent.info.run_id
 
 
+@pytest.mark.slow
 def test_pipeline_metrics_and_new_executions(project: Path) -> None:
     first = simulate(project, "prepare", sidecar=paths.PREPARE_RUN)
     params = load_params(project / "params.yaml")
@@ -144,6 +146,7 @@ def test_pipeline_metrics_and_new_executions(project: Path) -> None:
     assert parent.data.metrics["per class/f1 _bees_"] == 0.5
 
 
+@pytest.mark.slow
 def test_failure_interrupt_and_missing_sidecar(project: Path) -> None:
     params = load_params(project / "params.yaml")
     with (
@@ -182,6 +185,7 @@ def test_failure_interrupt_and_missing_sidecar(project: Path) -> None:
     assert running == []
 
 
+@pytest.mark.slow
 def test_store_follows_dvc_root_and_exp_name(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

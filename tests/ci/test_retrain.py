@@ -159,6 +159,7 @@ def bare_project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return proj, subprocess_env(DVC_NO_ANALYTICS="1")
 
 
+@pytest.mark.slow
 def test_without_a_remote_it_says_how_to_add_one(bare_project) -> None:
     proj, env = bare_project
     proc = retrain(proj, env, check=False)

@@ -36,6 +36,7 @@ def _steps() -> list[dict[str, Any]]:
     return [s for job in _workflow()["jobs"].values() for s in job["steps"]]
 
 
+@pytest.mark.slow
 def test_workflow_matches_github_schema() -> None:
     proc = run(
         [

@@ -148,6 +148,7 @@ def test_missing_directory_source(tmp_path: Path) -> None:
         fetch(str(tmp_path / "nope"), tmp_path / "raw")
 
 
+@pytest.mark.slow
 def test_fetch_stage_prints_one_line_error_offline(tmp_path: Path) -> None:
     proj = make_project(tmp_path / "proj", {"data": {"source": OFFLINE_URL}}, git=False)
     env = subprocess_env(XDG_CACHE_HOME=str(tmp_path / "cache"))

@@ -52,6 +52,7 @@ def test_decode_and_resize_eager_equals_in_dataset() -> None:
     np.testing.assert_allclose(eager, graph, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_augment_is_seeded_eager_equals_graph_and_identity_when_off() -> None:
     image = pipeline.decode_and_resize(tf.constant(_jpeg(1)), SIZE)
     cfg = AugmentConfig(flip=True, rotation=0.1, zoom=0.2, brightness=0.2, contrast=0.3)
@@ -66,6 +67,7 @@ def test_augment_is_seeded_eager_equals_graph_and_identity_when_off() -> None:
     np.testing.assert_array_equal(same, image.numpy())
 
 
+@pytest.mark.slow
 def test_decoding_is_cached_and_augmentation_differs_between_epochs(
     prepared: Path, tmp_path: Path
 ) -> None:
@@ -143,6 +145,7 @@ def _paths(ds: tf.data.Dataset) -> list[str]:
     return [p.decode() for _, _, meta in ds for p in meta["path"].numpy()]
 
 
+@pytest.mark.slow
 def test_cache_files_are_per_split_and_keyed_by_the_data(prepared: Path, tmp_path: Path) -> None:
     """One `pipeline.cache` prefix for train and val: each reads its own images, and a cache
     written before the data changed is never read after it."""

@@ -110,6 +110,7 @@ def test_duplicates_never_cross_splits_and_conflicting_labels_are_quarantined(
     assert len(hashes) == len(set(hashes))
 
 
+@pytest.mark.slow
 def test_splits_are_stratified_deterministic_and_byte_identical(tmp_path: Path) -> None:
     src = make_class_tree(tmp_path / "src", {"a": 40, "b": 40, "c": 40})
     s1, out1 = _prepare(src, tmp_path, "one")
@@ -138,6 +139,7 @@ def test_adding_images_never_moves_an_existing_one(tmp_path: Path) -> None:
     assert counts[("a", "val")] == counts[("a", "test")] == 8  # round(55 × 0.15): refilled
 
 
+@pytest.mark.slow
 def test_given_val_without_test_is_carved_stratified(hymenoptera: Path, tmp_path: Path) -> None:
     _summary, out = _prepare(hymenoptera, tmp_path, cfg=PrepareConfig(shard_size=128, max_side=96))
     stats = json.loads((out / "stats.json").read_text())

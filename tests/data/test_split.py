@@ -51,6 +51,7 @@ def test_small_uneven_classes_are_exact_and_covered() -> None:
     assert counts[("a", "train")] == counts[("a", "val")] == counts[("a", "test")] == 1
 
 
+@pytest.mark.slow
 def test_many_random_datasets_and_growth_never_move_an_image() -> None:
     rng = random.Random(0)
     for case in range(300):

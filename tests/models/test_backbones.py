@@ -95,6 +95,7 @@ def test_default_image_size_per_backbone() -> None:
     assert set(backbones.SPECS) == set(BUILTIN_BACKBONES)
 
 
+@pytest.mark.slow
 def test_preprocessing_matches_keras_preprocess_input() -> None:
     """Rescaling backbones equal Keras' own preprocess_input; the others preprocess inside."""
     x, _ = arrays(2)
@@ -184,6 +185,7 @@ def test_mobilenet_v3_imagenet_alpha_is_checked() -> None:
 CUSTOM = "tests.models.custom_backbone"
 
 
+@pytest.mark.slow
 def test_custom_backbone_builds_trains_and_round_trips(tmp_path: Path) -> None:
     cfg = ModelConfig(backbone=f"{CUSTOM}:tiny", image_size=SIZE, weights="none")
     model = transfer.build_model(cfg, num_classes=2, dropout=0.0)

@@ -33,6 +33,7 @@ def build(arch: str, num_classes: int = 2):
     return scratch.build(arch, SIZE, num_classes, filters=(8, 16), hidden=16, dropout=0.1)
 
 
+@pytest.mark.slow
 def test_each_keras_api() -> None:
     assert isinstance(build("mlp"), keras.Sequential)
     cnn = build("cnn")
@@ -74,6 +75,7 @@ def test_residual_block_config_and_projection() -> None:
     assert isinstance(clone, scratch.ResidualBlock) and clone.strides == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_save_and_load_safe_mode(arch: str, tmp_path: Path) -> None:
     keras.utils.set_random_seed(1)

@@ -21,6 +21,7 @@ def model():
     return transfer.build_model(tiny_model_cfg(), num_classes=3, dropout=0.2)
 
 
+@pytest.mark.slow
 def test_shapes_dtypes_and_names(model) -> None:
     assert model.input_shape == (None, SIZE, SIZE, 3)
     assert model.output_shape == (None, 3)
@@ -44,6 +45,7 @@ def test_preprocess_layer_is_mobilenet_preprocess_input(model) -> None:
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mixed_precision_keeps_float32_output() -> None:
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -55,6 +57,7 @@ def test_mixed_precision_keeps_float32_output() -> None:
     assert m.outputs[0].dtype == "float32"
 
 
+@pytest.mark.slow
 def test_unfreeze_top_exact_trainable_set() -> None:
     m = transfer.build_model(tiny_model_cfg("none"), num_classes=2, dropout=0.2)
     base = transfer.get_base(m)
@@ -86,6 +89,7 @@ def test_unfreeze_top_exact_trainable_set() -> None:
     assert transfer.trainable_summary(m)["trainable_base_layer_count"] == 0
 
 
+@pytest.mark.slow
 def test_save_load_safe_mode_identical_predictions(model, tmp_path: Path) -> None:
     path = tmp_path / "m.keras"
     model.save(path)
@@ -96,6 +100,7 @@ def test_save_load_safe_mode_identical_predictions(model, tmp_path: Path) -> Non
     assert transfer.get_base(loaded).trainable is False
 
 
+@pytest.mark.slow
 def test_real_imagenet_weights_load_offline(keras_home: Path, monkeypatch) -> None:
     """weights=imagenet finds the file under $KERAS_HOME/models (no network needed)."""
     monkeypatch.setenv("KERAS_HOME", str(keras_home))
@@ -111,6 +116,7 @@ def test_real_imagenet_weights_load_offline(keras_home: Path, monkeypatch) -> No
     np.testing.assert_array_equal(kernel, stored)
 
 
+@pytest.mark.slow
 def test_missing_imagenet_weights_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     """Not cached and no download possible → ModelError saying how to provide them."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
@@ -125,6 +131,7 @@ def test_missing_imagenet_weights_is_a_clear_error(tmp_path: Path, monkeypatch) 
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_96_no_top.h5" in msg
 
 
+@pytest.mark.slow
 def test_bad_weights_settings_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="sizes 96, 128, 160, 192, 224"):
         transfer.build_base(ModelConfig(alpha=0.35, image_size=200, weights="imagenet"))

@@ -161,6 +161,7 @@ print(out[0]["label"])
     assert label in LABELS
 
 
+@pytest.mark.slow
 def test_export_report_becomes_version_tags(tmp_path: Path) -> None:
     import mlflow
 
