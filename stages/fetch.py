@@ -22,12 +22,13 @@ def main() -> int:
     data = params.data
     result = fetch(data.source, paths.RAW_DIR, mirror=data.mirror, sha256=data.sha256)
     log.info(
-        "fetch: %s source %s → %s: %d files (%d copied, %d removed), digest %s",
+        "fetch: %s source %s → %s: %d files (%d copied, %d unchanged, %d removed), digest %s",
         result.kind,
         result.origin,
         paths.RAW_DIR,
         result.files,
         result.copied,
+        result.unchanged,
         result.removed,
         result.digest,
     )

@@ -18,8 +18,10 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -52,6 +54,16 @@ class FetchResult:
     copied: int
     removed: int
     digest: str
+    unchanged: int = 0  # files already in the snapshot with the same size and mtime
+
+
+@dataclass(frozen=True)
+class SyncCounts:
+    """What :func:`sync_tree` did to the snapshot."""
+
+    copied: int
+    unchanged: int
+    removed: int
 
 
 def source_kind(source: str) -> str:
@@ -178,14 +190,23 @@ def extract_archive(archive: Path, dest: Path) -> Path:
     Members that would escape ``dest`` (``../``, absolute paths, links) are refused: an
     archive from the internet must not write outside the folder it was given. A single
     top-level folder (``hymenoptera_data/``) is taken as the root.
+
+    Extraction streams member by member (never a whole member in memory), and every file
+    keeps its archive mtime (``zipfile`` alone stamps the extraction time), so that
+    :func:`sync_tree` sees an unchanged member as unchanged and a re-fetch copies nothing.
     """
     dest.mkdir(parents=True, exist_ok=True)
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                for member in zf.infolist():
+                members = zf.infolist()
+                for member in members:
                     _check_member(member.filename, archive)
-                zf.extractall(dest)
+                for member in members:
+                    path = zf.extract(member, dest)
+                    if not member.is_dir():  # zip times are local time, 2 s resolution
+                        mtime = time.mktime((*member.date_time, 0, 0, -1))
+                        os.utime(path, (mtime, mtime))
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 tf.extractall(dest, filter="data")
@@ -208,31 +229,35 @@ def _check_member(name: str, archive: Path) -> None:
 # --------------------------------------------------------------------------- syncing
 
 
-def sync_tree(src: Path, dst: Path, files: Iterable[Path] | None = None) -> tuple[int, int]:
-    """Make ``dst`` an exact copy of ``src`` (or of ``files`` in it); return (copied, removed).
+def sync_tree(
+    src: Path, dst: Path, files: Iterable[Path] | None = None, *, move: bool = False
+) -> SyncCounts:
+    """Make ``dst`` an exact copy of ``src`` (or of ``files`` in it).
 
-    Files whose size and mtime match are skipped (``shutil.copy2`` keeps mtimes), so a
-    re-snapshot of an unchanged 10 GB folder costs a directory walk, not a copy.
+    Files whose size and mtime (whole seconds) match are skipped (``shutil.copy2`` keeps
+    mtimes), so a re-snapshot of an unchanged 100k-file folder costs two directory walks and
+    a ``stat`` per file, not a copy; files gone from ``src`` are removed. Memory holds the
+    relative paths, never file contents (``copy2`` streams). ``move=True`` renames instead
+    of copying (for a staging tree of our own, e.g. an extracted archive, on the same
+    filesystem).
     """
     wanted = list(files) if files is not None else list_files(src)
     dst.mkdir(parents=True, exist_ok=True)
     copied = 0
-    progress = progress_bar(len(wanted), "snapshot")
-    for rel in wanted:
-        s, d = src / rel, dst / rel
-        st = s.stat()
-        if not (
-            d.is_file()
-            and (d.stat().st_size, int(d.stat().st_mtime)) == (st.st_size, int(st.st_mtime))
-        ):
-            d.parent.mkdir(parents=True, exist_ok=True)
-            if d.is_symlink() or d.exists():
-                d.unlink()
-            shutil.copy2(s, d)
-            d.chmod(0o644)
-            copied += 1
-        progress.update(1)
-    progress.close()
+    with progress_bar(len(wanted), "snapshot", unit="file") as bar:
+        for rel in wanted:
+            s, d = src / rel, dst / rel
+            if not _same_file(s.stat(), d):
+                d.parent.mkdir(parents=True, exist_ok=True)
+                if d.is_symlink() or d.exists():
+                    d.unlink()
+                if move and not s.is_symlink():
+                    os.replace(s, d)
+                else:
+                    shutil.copy2(s, d)
+                d.chmod(0o644)
+                copied += 1
+            bar.update(1)
     keep = {p.as_posix() for p in wanted}
     removed = 0
     for rel in list_files(dst):
@@ -240,7 +265,21 @@ def sync_tree(src: Path, dst: Path, files: Iterable[Path] | None = None) -> tupl
             (dst / rel).unlink()
             removed += 1
     _remove_empty_dirs(dst)
-    return copied, removed
+    return SyncCounts(copied, len(wanted) - copied, removed)
+
+
+def _same_file(src_stat: os.stat_result, dst: Path) -> bool:
+    """``dst`` is a regular file with ``src``'s size and mtime (whole seconds: some
+    filesystems and archive formats keep no more)."""
+    try:
+        st = dst.lstat()
+    except FileNotFoundError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == src_stat.st_size
+        and int(st.st_mtime) == int(src_stat.st_mtime)
+    )
 
 
 def check_no_empty_dirs(root: Path) -> None:
@@ -273,7 +312,7 @@ def _remove_empty_dirs(root: Path) -> None:
             p.rmdir()
 
 
-def snapshot_manifest(csv_path: Path, dst: Path) -> tuple[int, int]:
+def snapshot_manifest(csv_path: Path, dst: Path) -> SyncCounts:
     """Copy a CSV manifest's files into ``dst`` and write ``dst/snapshot.csv`` pointing at them.
 
     Files are stored under ``files/<path relative to the CSV's folder>`` (or
@@ -380,13 +419,16 @@ def fetch(
                     "or set data.sha256: null if you changed data.source on purpose"
                 )
         if origin_kind == "csv":
-            copied, removed = snapshot_manifest(origin, dst)
+            counts = snapshot_manifest(origin, dst)
         else:
             check_no_empty_dirs(root)
-            copied, removed = sync_tree(root, dst)
+            # An extracted archive is our own staging tree: move its files, do not copy them.
+            counts = sync_tree(root, dst, move=origin_kind == "archive")
     files = len(list_files(dst))
     if files == 0:
         raise DataError(f"data.source = {source!r}: no files found in {origin}")
     if digest is None or origin_kind == "csv":  # else dst is an exact copy of the checked root
         digest = tree_digest(dst)
-    return FetchResult(kind, str(origin), files, copied, removed, digest)
+    return FetchResult(
+        kind, str(origin), files, counts.copied, counts.removed, digest, counts.unchanged
+    )
