@@ -193,3 +193,25 @@ def test_refetching_an_unchanged_archive_copies_nothing(tmp_path: Path, fmt: str
     again = fetch(archive, raw)
     assert (first.copied, again.copied, again.unchanged, again.removed) == (6, 0, 6, 0)
     assert again.digest == first.digest == tree_digest(tree)
+
+
+def test_digest_cache_skips_unchanged_files_and_rehashes_changed_ones(tmp_path: Path) -> None:
+    import json
+
+    src = make_class_tree(tmp_path / "src", {"cats": 3, "dogs": 3})
+    cache = tmp_path / "state" / "digests.json"
+    raw = tmp_path / "raw"
+    first = fetch(str(src), raw, digest_cache=cache)
+    assert first.digest == tree_digest(raw, cache) == tree_digest(raw)
+    # The cache is used: a planted wrong digest for an unchanged file shows through...
+    state = json.loads(cache.read_text())
+    victim = sorted(state["files"])[0]
+    state["files"][victim][3] = "0" * 64
+    cache.write_text(json.dumps(state))
+    assert tree_digest(raw, cache) != first.digest
+    # ...but a changed file is hashed again, whatever the cache says.
+    (raw / victim).write_bytes((raw / victim).read_bytes() + b"\0")
+    assert tree_digest(raw, cache) == tree_digest(raw) != first.digest
+    # A cache written for another folder is ignored.
+    other = fetch(str(src), tmp_path / "raw2", digest_cache=cache)
+    assert other.digest == first.digest
