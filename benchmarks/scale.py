@@ -312,6 +312,58 @@ def measure_prepare(raw: Path, work: Path, workers: int) -> dict[str, Any]:
     return result | {"load_before": before, "out": str(out)}
 
 
+def measure_scaling(raw: Path, cores: int, images: int, rounds: int) -> dict[str, Any]:
+    """Decode throughput with 1 worker and with all cores, alternated ``rounds`` times.
+
+    On a machine shared with other jobs one long run per setting measures the neighbours as
+    much as prepare; alternating short runs and taking the median ratio is fairer, and the
+    CPU seconds per image (parent + pool workers) show whether parallelism adds work.
+    """
+    import statistics
+
+    from reprotrain.config import PrepareConfig
+    from reprotrain.data import sources
+    from reprotrain.data.prepare import decode_all
+
+    _, candidates, _ = sources.scan(raw)
+    candidates = candidates[:images]
+
+    def cpu() -> float:
+        return sum(
+            r.ru_utime + r.ru_stime
+            for r in (
+                resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+            )
+        )
+
+    runs: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        for workers in (1, cores):
+            before, c0, t0 = load(), cpu(), time.perf_counter()
+            with tempfile.TemporaryFile() as spool:
+                decode_all(raw, candidates, PrepareConfig(), spool, workers=workers)
+            seconds, cpu_s = time.perf_counter() - t0, cpu() - c0
+            runs.append(
+                {
+                    "workers": workers,
+                    "images_per_s": round(len(candidates) / seconds, 1),
+                    "cpu_ms_per_image": round(1000 * cpu_s / len(candidates), 1),
+                    "load_before": before,
+                }
+            )
+            logging.info("decode scaling: %s", runs[-1])
+    ratios = [
+        b["images_per_s"] / a["images_per_s"] for a, b in zip(runs[::2], runs[1::2], strict=True)
+    ]
+    return {
+        "images": len(candidates),
+        "runs": runs,
+        "speedup_per_round": [round(r, 2) for r in ratios],
+        "median_speedup_all_cores_vs_1": round(statistics.median(ratios), 2),
+    }
+
+
 def measure_fetch(src: Path, work: Path) -> dict[str, Any]:
     from reprotrain.data.fetch import fetch
 
@@ -417,6 +469,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "scale.json"), type=Path)
     parser.add_argument("--serial-full", action="store_true", help="also 1 worker on --images")
     parser.add_argument("--generate-only", action="store_true")
+    parser.add_argument(
+        "--scaling-only",
+        action="store_true",
+        help="only the alternating 1-vs-all-cores decode runs, merged into --out",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating scaling rounds")
     parser.add_argument("--skip", nargs="*", default=[], choices=["fetch", "dvc", "train"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -442,6 +500,13 @@ def main() -> int:
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    if args.scaling_only:
+        report = json.loads(args.out.read_text())
+    report["decode_scaling"] = measure_scaling(small, cores, min(args.small, 1000), args.rounds)
+    save()
+    if args.scaling_only:
+        return 0
 
     # 1 vs all cores back to back on the small set, then the full set with all cores.
     runs = {
