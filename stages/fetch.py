@@ -20,14 +20,21 @@ log = logging.getLogger("reprotrain.stages.fetch")
 def main() -> int:
     params = load_params()
     data = params.data
-    result = fetch(data.source, paths.RAW_DIR, mirror=data.mirror, sha256=data.sha256)
+    result = fetch(
+        data.source,
+        paths.RAW_DIR,
+        mirror=data.mirror,
+        sha256=data.sha256,
+        digest_cache=paths.RAW_DIGEST_CACHE,
+    )
     log.info(
-        "fetch: %s source %s → %s: %d files (%d copied, %d removed), digest %s",
+        "fetch: %s source %s → %s: %d files (%d copied, %d unchanged, %d removed), digest %s",
         result.kind,
         result.origin,
         paths.RAW_DIR,
         result.files,
         result.copied,
+        result.unchanged,
         result.removed,
         result.digest,
     )

@@ -39,6 +39,9 @@ MODEL_CARD = REPORTS_DIR / "model_card.md"
 #: BackupAndRestore state: outside every DVC output, because DVC deletes a stage's outputs
 #: before running it and a killed run must find its backup on the next `dvc repro`.
 CHECKPOINTS_DIR = Path(".reprotrain/checkpoints")
+#: fetch's per-file digest cache for data/raw (size, mtime, inode → sha256): not data, so
+#: outside DVC and git, like DVC's own state database.
+RAW_DIGEST_CACHE = Path(".reprotrain/raw-digests.json")
 
 
 def split_files(prepared_dir: Path, split: str) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tarfile
@@ -158,3 +159,60 @@ def test_fetch_stage_prints_one_line_error_offline(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert f"error: cannot download {OFFLINE_URL}" in proc.stderr
     assert MIRROR_ENV in proc.stderr
+
+
+def test_refetch_copies_only_changed_files_and_removes_deleted_ones(tmp_path: Path) -> None:
+    src = make_class_tree(tmp_path / "src", {"cats": 4, "dogs": 4})
+    raw = tmp_path / "raw"
+    first = fetch(str(src), raw)
+    assert (first.copied, first.unchanged, first.removed) == (8, 0, 0)
+    again = fetch(str(src), raw)
+    assert (again.copied, again.unchanged, again.removed) == (0, 8, 0)
+    edited, gone = sorted((src / "cats").iterdir())[:2]
+    edited.write_bytes(edited.read_bytes() + b"\0")  # same name, new content and size
+    gone.unlink()
+    changed = fetch(str(src), raw)
+    assert (changed.files, changed.copied, changed.unchanged, changed.removed) == (7, 1, 6, 1)
+    assert (raw / "cats" / edited.name).read_bytes() == edited.read_bytes()
+    assert not (raw / "cats" / gone.name).exists()
+    assert changed.digest == tree_digest(src)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "gztar"])
+def test_refetching_an_unchanged_archive_copies_nothing(tmp_path: Path, fmt: str) -> None:
+    """Extracted members keep their archive mtimes, so the snapshot sees them unchanged."""
+    tree = make_class_tree(tmp_path / "pets" / "dataset", {"cats": 3, "dogs": 3})
+    stamp = 1_600_000_000  # even: zip keeps 2-second times
+    for f in tree.rglob("*.jpg"):
+        os.utime(f, (stamp, stamp))
+    archive = shutil.make_archive(
+        str(tmp_path / "pets"), fmt, root_dir=tree.parent, base_dir="dataset"
+    )
+    raw = tmp_path / "raw"
+    first = fetch(archive, raw)
+    assert {int(f.stat().st_mtime) for f in raw.rglob("*.jpg")} == {stamp}
+    again = fetch(archive, raw)
+    assert (first.copied, again.copied, again.unchanged, again.removed) == (6, 0, 6, 0)
+    assert again.digest == first.digest == tree_digest(tree)
+
+
+def test_digest_cache_skips_unchanged_files_and_rehashes_changed_ones(tmp_path: Path) -> None:
+    import json
+
+    src = make_class_tree(tmp_path / "src", {"cats": 3, "dogs": 3})
+    cache = tmp_path / "state" / "digests.json"
+    raw = tmp_path / "raw"
+    first = fetch(str(src), raw, digest_cache=cache)
+    assert first.digest == tree_digest(raw, cache) == tree_digest(raw)
+    # The cache is used: a planted wrong digest for an unchanged file shows through...
+    state = json.loads(cache.read_text())
+    victim = sorted(state["files"])[0]
+    state["files"][victim][3] = "0" * 64
+    cache.write_text(json.dumps(state))
+    assert tree_digest(raw, cache) != first.digest
+    # ...but a changed file is hashed again, whatever the cache says.
+    (raw / victim).write_bytes((raw / victim).read_bytes() + b"\0")
+    assert tree_digest(raw, cache) == tree_digest(raw) != first.digest
+    # A cache written for another folder is ignored.
+    other = fetch(str(src), tmp_path / "raw2", digest_cache=cache)
+    assert other.digest == first.digest

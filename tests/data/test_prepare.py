@@ -238,3 +238,50 @@ def test_decoding_on_a_process_pool_is_ordered_and_the_same_for_any_worker_count
     assert [d.candidate for d in runs[0][0]] == candidates  # input order
     assert runs[0] == runs[1] == runs[2]
     assert sum(isinstance(d.result, Rejected) for d in runs[0][0]) == 1
+
+
+def test_prepare_output_is_byte_identical_with_1_and_2_workers(tmp_path: Path) -> None:
+    src = make_class_tree(tmp_path / "src", {"a": 14, "b": 14}, size=40)
+    fetch(str(src), tmp_path / "raw")
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"out-{workers}"
+        prepare(tmp_path / "raw", out, CFG, 42, workers=workers)
+        outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert any(name.endswith(".tfrecord") for name in outs[0])
+    assert outs[0] == outs[1]
+
+
+def test_ordered_map_pulls_lazily_keeps_a_bounded_window_and_the_input_order() -> None:
+    """The streaming guarantee of prepare's decode pool, on a real thread pool: results come
+    back in input order although later items finish first, and at no point are more than
+    ``window`` items submitted but not yet handed out (the input generator is never drained
+    ahead)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reprotrain.data.prepare import ordered_map
+
+    n, window = 40, 3
+    pulled = []
+
+    def items():
+        for i in range(n):
+            pulled.append(i)
+            yield i
+
+    def slow_first(i: int) -> int:
+        time.sleep(0.02 if i % window == 0 else 0.0)  # the oldest of each window is slowest
+        return i * i
+
+    got = []
+    with ThreadPoolExecutor(max_workers=window) as pool:
+        for k, (item, result) in enumerate(
+            ordered_map(lambda i: pool.submit(slow_first, i), items(), window), 1
+        ):
+            assert len(pulled) - k <= window  # submitted, not yet handed out
+            assert len(pulled) <= min(n, window + k)
+            got.append((item, result))
+    assert got == [(i, i * i) for i in range(n)]
+    with pytest.raises(ValueError, match="window"):
+        next(ordered_map(lambda i: None, [1], 0))

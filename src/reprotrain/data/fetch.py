@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from reprotrain.errors import DataError
-from reprotrain.fsio import file_sha256
+from reprotrain.fsio import atomic_write_json, file_sha256
 from reprotrain.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,16 @@ class FetchResult:
     copied: int
     removed: int
     digest: str
+    unchanged: int = 0  # files already in the snapshot with the same size and mtime
+
+
+@dataclass(frozen=True)
+class SyncCounts:
+    """What :func:`sync_tree` did to the snapshot."""
+
+    copied: int
+    unchanged: int
+    removed: int
 
 
 def source_kind(source: str) -> str:
@@ -70,26 +84,65 @@ def list_files(root: Path) -> list[Path]:
     """Every regular file under ``root`` as sorted relative paths (hidden files skipped).
 
     Hidden files (``.DS_Store``, ``._foo.jpg`` AppleDouble files) are OS litter, not data.
+    Built from strings (``Path`` arithmetic per file is the slow part of a 100k-file walk).
     """
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    base = os.fspath(root)
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith("."):
-                out.append((Path(dirpath) / name).relative_to(root))
-    return sorted(out, key=lambda p: p.as_posix())
+        rel = os.path.relpath(dirpath, base)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out.extend(prefix + name for name in filenames if not name.startswith("."))
+    out.sort()
+    return [Path(p) for p in out]
 
 
-def tree_digest(root: Path) -> str:
+def tree_digest(root: Path, cache: Path | None = None, files: list[Path] | None = None) -> str:
     """SHA-256 over ``"<sha256>  <relative path>\\n"`` lines sorted by path.
 
     The same format as ``sha256sum`` output (relative to the dataset root), so a published
     checksum list can be compared by eye; independent of mtimes and archive packing.
+    Files are hashed on a few threads (hashlib releases the GIL while hashing), in order.
+
+    ``cache`` (a JSON file) remembers each file's digest with its size, mtime (ns) and
+    inode, as DVC's state database does: fetch runs on every ``dvc repro``, and re-hashing
+    an unchanged 100k-file snapshot would cost minutes; with the cache it costs a ``stat``
+    per file. A file whose size, mtime or inode changed is hashed again. ``files``: the
+    result of ``list_files(root)`` if the caller has it (one walk fewer).
     """
+    files = list_files(root) if files is None else files
+    known = _read_digest_cache(cache, root) if cache is not None else {}
+    seen: dict[str, list] = {}
+
+    def digest(rel: Path) -> str:
+        path, key = root / rel, rel.as_posix()
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        hit = known.get(key)
+        sha = hit[3] if hit is not None and hit[:3] == stamp else file_sha256(path)
+        seen[key] = [*stamp, sha]
+        return sha
+
     h = hashlib.sha256()
-    for rel in list_files(root):
-        h.update(f"{file_sha256(root / rel)}  {rel.as_posix()}\n".encode())
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for rel, sha in zip(files, pool.map(digest, files, chunksize=64), strict=True):
+            h.update(f"{sha}  {rel.as_posix()}\n".encode())
+    if cache is not None:
+        atomic_write_json(cache, {"root": str(root.resolve()), "files": seen}, indent=None)
     return h.hexdigest()
+
+
+def _read_digest_cache(cache: Path, root: Path) -> dict[str, list]:
+    """The cached ``{relative path: [size, mtime_ns, inode, sha256]}`` for ``root`` ({} if
+    none, unreadable or for another folder: the cache is an optimisation, never an error)."""
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("root") != str(root.resolve()):
+        return {}
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
 
 
 # --------------------------------------------------------------------------- resolving
@@ -178,14 +231,23 @@ def extract_archive(archive: Path, dest: Path) -> Path:
     Members that would escape ``dest`` (``../``, absolute paths, links) are refused: an
     archive from the internet must not write outside the folder it was given. A single
     top-level folder (``hymenoptera_data/``) is taken as the root.
+
+    Extraction streams member by member (never a whole member in memory), and every file
+    keeps its archive mtime (``zipfile`` alone stamps the extraction time), so that
+    :func:`sync_tree` sees an unchanged member as unchanged and a re-fetch copies nothing.
     """
     dest.mkdir(parents=True, exist_ok=True)
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                for member in zf.infolist():
+                members = zf.infolist()
+                for member in members:
                     _check_member(member.filename, archive)
-                zf.extractall(dest)
+                for member in members:
+                    path = zf.extract(member, dest)
+                    if not member.is_dir():  # zip times are local time, 2 s resolution
+                        mtime = time.mktime((*member.date_time, 0, 0, -1))
+                        os.utime(path, (mtime, mtime))
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 tf.extractall(dest, filter="data")
@@ -208,31 +270,35 @@ def _check_member(name: str, archive: Path) -> None:
 # --------------------------------------------------------------------------- syncing
 
 
-def sync_tree(src: Path, dst: Path, files: Iterable[Path] | None = None) -> tuple[int, int]:
-    """Make ``dst`` an exact copy of ``src`` (or of ``files`` in it); return (copied, removed).
+def sync_tree(
+    src: Path, dst: Path, files: Iterable[Path] | None = None, *, move: bool = False
+) -> SyncCounts:
+    """Make ``dst`` an exact copy of ``src`` (or of ``files`` in it).
 
-    Files whose size and mtime match are skipped (``shutil.copy2`` keeps mtimes), so a
-    re-snapshot of an unchanged 10 GB folder costs a directory walk, not a copy.
+    Files whose size and mtime (whole seconds) match are skipped (``shutil.copy2`` keeps
+    mtimes), so a re-snapshot of an unchanged 100k-file folder costs two directory walks and
+    a ``stat`` per file, not a copy; files gone from ``src`` are removed. Memory holds the
+    relative paths, never file contents (``copy2`` streams). ``move=True`` renames instead
+    of copying (for a staging tree of our own, e.g. an extracted archive, on the same
+    filesystem).
     """
     wanted = list(files) if files is not None else list_files(src)
     dst.mkdir(parents=True, exist_ok=True)
     copied = 0
-    progress = progress_bar(len(wanted), "snapshot")
-    for rel in wanted:
-        s, d = src / rel, dst / rel
-        st = s.stat()
-        if not (
-            d.is_file()
-            and (d.stat().st_size, int(d.stat().st_mtime)) == (st.st_size, int(st.st_mtime))
-        ):
-            d.parent.mkdir(parents=True, exist_ok=True)
-            if d.is_symlink() or d.exists():
-                d.unlink()
-            shutil.copy2(s, d)
-            d.chmod(0o644)
-            copied += 1
-        progress.update(1)
-    progress.close()
+    with progress_bar(len(wanted), "snapshot", unit="file") as bar:
+        for rel in wanted:
+            s, d = src / rel, dst / rel
+            if not _same_file(s.stat(), d):
+                d.parent.mkdir(parents=True, exist_ok=True)
+                if d.is_symlink() or d.exists():
+                    d.unlink()
+                if move and not s.is_symlink():
+                    os.replace(s, d)
+                else:
+                    shutil.copy2(s, d)
+                d.chmod(0o644)
+                copied += 1
+            bar.update(1)
     keep = {p.as_posix() for p in wanted}
     removed = 0
     for rel in list_files(dst):
@@ -240,7 +306,21 @@ def sync_tree(src: Path, dst: Path, files: Iterable[Path] | None = None) -> tupl
             (dst / rel).unlink()
             removed += 1
     _remove_empty_dirs(dst)
-    return copied, removed
+    return SyncCounts(copied, len(wanted) - copied, removed)
+
+
+def _same_file(src_stat: os.stat_result, dst: Path) -> bool:
+    """``dst`` is a regular file with ``src``'s size and mtime (whole seconds: some
+    filesystems and archive formats keep no more)."""
+    try:
+        st = dst.lstat()
+    except FileNotFoundError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == src_stat.st_size
+        and int(st.st_mtime) == int(src_stat.st_mtime)
+    )
 
 
 def check_no_empty_dirs(root: Path) -> None:
@@ -273,7 +353,7 @@ def _remove_empty_dirs(root: Path) -> None:
             p.rmdir()
 
 
-def snapshot_manifest(csv_path: Path, dst: Path) -> tuple[int, int]:
+def snapshot_manifest(csv_path: Path, dst: Path) -> SyncCounts:
     """Copy a CSV manifest's files into ``dst`` and write ``dst/snapshot.csv`` pointing at them.
 
     Files are stored under ``files/<path relative to the CSV's folder>`` (or
@@ -355,11 +435,13 @@ def fetch(
     mirror: str | None = None,
     sha256: str | None = None,
     cache_dir: Path | None = None,
+    digest_cache: Path | None = None,
 ) -> FetchResult:
     """Snapshot ``source`` into ``dst`` and check ``sha256`` for URL sources.
 
     The digest is checked only for URL sources (a download can be truncated or replaced);
-    a local folder is whatever the user put there.
+    a local folder is whatever the user put there. ``digest_cache``: see :func:`tree_digest`
+    (the snapshot's digest is then computed from a ``stat`` per unchanged file).
     """
     kind = source_kind(source)
     origin_kind, origin = resolve_origin(source, mirror, cache_dir or default_cache_dir())
@@ -380,13 +462,17 @@ def fetch(
                     "or set data.sha256: null if you changed data.source on purpose"
                 )
         if origin_kind == "csv":
-            copied, removed = snapshot_manifest(origin, dst)
+            counts = snapshot_manifest(origin, dst)
         else:
             check_no_empty_dirs(root)
-            copied, removed = sync_tree(root, dst)
-    files = len(list_files(dst))
+            # An extracted archive is our own staging tree: move its files, do not copy them.
+            counts = sync_tree(root, dst, move=origin_kind == "archive")
+    snapshot = list_files(dst)
+    files = len(snapshot)
     if files == 0:
         raise DataError(f"data.source = {source!r}: no files found in {origin}")
     if digest is None or origin_kind == "csv":  # else dst is an exact copy of the checked root
-        digest = tree_digest(dst)
-    return FetchResult(kind, str(origin), files, copied, removed, digest)
+        digest = tree_digest(dst, digest_cache, snapshot)
+    return FetchResult(
+        kind, str(origin), files, counts.copied, counts.removed, digest, counts.unchanged
+    )

@@ -19,11 +19,11 @@ import os
 import shutil
 import tempfile
 from collections import Counter, defaultdict, deque
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from reprotrain.config import PrepareConfig
 from reprotrain.data import images, sources, split, tfrecords
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("path", "label", "label_index", "split", "sha256", "height", "width")
 SPLIT_ORDER = {s: i for i, s in enumerate(SPLITS)}
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,41 @@ def decode_one(
     return hashlib.sha256(data).hexdigest(), images.normalize(data, max_side, quality)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or ``taskset``'s
+    limit, which ``os.cpu_count()`` ignores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def ordered_map(
+    submit: Callable[[T], Future[R]], items: Iterable[T], window: int
+) -> Iterator[tuple[T, R]]:
+    """``(item, result)`` in input order, with at most ``window`` submitted and not yet yielded.
+
+    Why not ``executor.map``: it submits every item up front, so 100k paths become 100k
+    pending futures and, as workers outrun the consumer, 100k finished results (decoded
+    JPEGs) held in memory at once. Here ``items`` is pulled lazily (it may be a generator)
+    and the next one is submitted only when the oldest result is handed out, so memory holds
+    ``window`` results whatever the dataset size, and the order (hence the output bytes) does
+    not depend on which worker finished first.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    pending: deque[tuple[T, Future[R]]] = deque()
+    todo = iter(items)
+    for item in itertools.islice(todo, window):
+        pending.append((item, submit(item)))
+    while pending:
+        item, future = pending.popleft()
+        result = future.result()
+        for nxt in itertools.islice(todo, 1):
+            pending.append((nxt, submit(nxt)))
+        yield item, result
+
+
 def decode_all(
     raw_dir: Path,
     candidates: Sequence[sources.Candidate],
@@ -144,13 +181,12 @@ def decode_all(
     """Read, hash and normalise every candidate once, on all cores, keeping input order.
 
     Why processes: PIL's decode, resize and encode hold the GIL for much of their work, so
-    threads used about one core. Why a bounded window of pending files and a spool file:
-    the normalised JPEGs are appended to ``spool`` as they arrive, in input order, and only
-    their offsets stay in memory, so peak memory does not grow with the dataset. The output
-    is the same for any number of workers (each file is processed on its own).
+    threads used about one core. Why :func:`ordered_map` and a spool file: the normalised
+    JPEGs are appended to ``spool`` as they arrive, in input order, and only their offsets
+    stay in memory (~200 bytes per image), so peak memory does not grow with the dataset.
+    The output is the same for any number of workers (each file is processed on its own).
     """
-    workers = workers or os.cpu_count() or 1
-    window = workers * 4
+    workers = workers or available_cores()
     out: list[Decoded] = []
     # fork where available: spawn would re-import the caller's __main__ in every worker (the
     # stage script imports MLflow: seconds per worker) and breaks in unguarded scripts. The
@@ -159,34 +195,21 @@ def decode_all(
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        progress = progress_bar(len(candidates), "decode")
-        pending: deque = deque()
-        todo = iter(candidates)
-        for c in itertools.islice(todo, window):
-            pending.append(
-                (c, pool.submit(decode_one, raw_dir / c.path, cfg.max_side, cfg.jpeg_quality))
-            )
-        while pending:
-            c, future = pending.popleft()
-            sha, result = future.result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(
-                    (
-                        nxt,
-                        pool.submit(decode_one, raw_dir / nxt.path, cfg.max_side, cfg.jpeg_quality),
-                    )
-                )
-            if isinstance(result, images.Normalized):
-                offset = spool.seek(0, io.SEEK_END)
-                spool.write(result.jpeg)
-                out.append(
-                    Decoded(c, sha, Stored(offset, len(result.jpeg), result.height, result.width))
-                )
-            else:
-                out.append(Decoded(c, sha, result))
-            progress.update(1)
-    progress.close()
+
+        def submit(c: sources.Candidate) -> Future:
+            return pool.submit(decode_one, raw_dir / c.path, cfg.max_side, cfg.jpeg_quality)
+
+        with progress_bar(len(candidates), f"decode ({workers} workers)", unit="img") as bar:
+            # 4 per worker: enough queued that no worker idles while the parent writes.
+            for c, (sha, result) in ordered_map(submit, candidates, window=workers * 4):
+                if isinstance(result, images.Normalized):
+                    offset = spool.seek(0, io.SEEK_END)
+                    spool.write(result.jpeg)
+                    stored = Stored(offset, len(result.jpeg), result.height, result.width)
+                    out.append(Decoded(c, sha, stored))
+                else:
+                    out.append(Decoded(c, sha, result))
+                bar.update(1)
     return out
 
 
@@ -230,12 +253,14 @@ def prepare(
     cfg: PrepareConfig,
     seed: int,
     ledger: Path | None = None,
+    workers: int | None = None,
 ) -> Summary:
     """Turn the snapshot in ``raw_dir`` into ``out_dir`` (recreated from scratch).
 
     ``ledger`` (``data/splits.csv``) holds the previous split assignment: read, kept, and
     rewritten with the new images' splits (see :mod:`reprotrain.data.split`). Without
-    it, the splits are assigned from scratch and not recorded.
+    it, the splits are assigned from scratch and not recorded. ``workers``: decoding
+    processes (default: every available core); the output bytes do not depend on it.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     layout, candidates, quarantine = sources.scan(raw_dir)
@@ -245,7 +270,9 @@ def prepare(
     log.info("prepare: %d files (%s layout) in %s", files_seen, layout, raw_dir)
 
     with tempfile.TemporaryFile(prefix="prepare-spool-") as spool:
-        return _prepare(raw_dir, out_dir, cfg, seed, ledger, layout, candidates, quarantine, spool)
+        return _prepare(
+            raw_dir, out_dir, cfg, seed, ledger, layout, candidates, quarantine, spool, workers
+        )
 
 
 def _prepare(
@@ -258,9 +285,10 @@ def _prepare(
     candidates: list[sources.Candidate],
     quarantine: list[sources.Problem],
     spool: BinaryIO,
+    workers: int | None,
 ) -> Summary:
     files_seen = len(candidates) + len(quarantine)
-    decoded = decode_all(raw_dir, candidates, cfg, spool)
+    decoded = decode_all(raw_dir, candidates, cfg, spool, workers)
     usable = []
     for d in decoded:
         if isinstance(d.result, images.Rejected):
