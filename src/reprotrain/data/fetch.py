@@ -34,6 +34,7 @@ from pathlib import Path
 from reprotrain.errors import DataError
 from reprotrain.fsio import atomic_write_json, file_sha256
 from reprotrain.progress import progress as progress_bar
+from reprotrain.timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +429,7 @@ def _resolved_files(root: Path) -> list[Path]:
 # --------------------------------------------------------------------------- the stage
 
 
+@timed("data")
 def fetch(
     source: str,
     dst: Path,

@@ -30,6 +30,7 @@ from reprotrain.data import images, sources, split, tfrecords
 from reprotrain.data.schema import SPLITS
 from reprotrain.errors import DataError
 from reprotrain.progress import progress as progress_bar
+from reprotrain.timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,7 @@ def drop_duplicates(decoded: Sequence[Decoded]) -> tuple[list[Decoded], list[sou
     return kept, problems
 
 
+@timed("data")
 def prepare(
     raw_dir: Path,
     out_dir: Path,
