@@ -144,16 +144,20 @@ def save_outputs(
     history_path: Path,
     metrics_path: Path,
     extra: Mapping[str, Any] | None = None,
+    write: bool = True,
 ) -> dict[str, Any]:
     """Write the ``.keras`` model, the history JSON and the stage's metrics JSON atomically.
 
     The metrics describe the saved (kept) model: ``val_accuracy``/``val_loss`` are measured
-    on it, ``best_epoch`` is its epoch (0: the starting weights).
+    on it, ``best_epoch`` is its epoch (0: the starting weights). ``write=False`` (a
+    non-chief multi-worker process) returns the metrics and writes nothing.
     """
+    metrics = {**result.summary(), **result.extra, **(extra or {})}
+    if not write:
+        return metrics
     with fsio.atomic_path(model_path) as tmp:
         model.save(tmp)
     write_history(result, history_path)
-    metrics = {**result.summary(), **result.extra, **(extra or {})}
     fsio.atomic_write_json(metrics_path, metrics)
     logger.info(
         "saved %s: val_accuracy=%.4f (epoch %d), best val_accuracy=%.4f",

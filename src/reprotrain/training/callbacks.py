@@ -162,6 +162,50 @@ class CheckpointStore:
                 p.unlink()
 
 
+class WorkerCheckpointStore(CheckpointStore):
+    """The backup as a non-chief worker of a multi-worker run uses it: read, never written.
+
+    Only the chief writes the backup (a second writer would race it on a shared project
+    directory). A non-chief worker still has to resume at the same epoch as the chief and
+    to end on the same (best) weights, or the workers' collective ops would disagree: it
+    reads the chief's committed backup (the project directory is shared) and keeps the
+    weights of this run's epochs in memory instead of in files.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self._key: str | None = None
+        self._weights: dict[int, list[Any]] = {}
+
+    def prepare(self, key: str | None) -> None:
+        self._key = key
+
+    def load(self) -> TrainState | None:
+        fp = self.dir / FINGERPRINT_FILE
+        if self._key is not None and not (fp.is_file() and fp.read_text().strip() == self._key):
+            return None  # no backup, or one of other inputs (the chief discards it)
+        return super().load()
+
+    def discard(self, why: str) -> None:
+        logger.warning("not resuming from the chief's backup in %s: %s", self.dir, why)
+
+    def clear(self) -> None:
+        self._weights.clear()
+
+    def restore(self, model: Any, epoch: int) -> None:
+        if epoch in self._weights:
+            model.set_weights(self._weights[epoch])
+        else:  # an epoch from before a resume: only in the chief's backup
+            super().restore(model, epoch)
+
+    def save_epoch(self, model: Any, epoch: int) -> None:
+        self._weights[epoch] = model.get_weights()
+
+    def commit(self, state: TrainState) -> None:
+        keep = {state.done - 1, state.best_epoch}
+        self._weights = {e: w for e, w in self._weights.items() if e in keep}
+
+
 class TrainingState(keras.callbacks.Callback):
     """Per epoch, in this order: record the logs, track the best epoch, save the epoch's
     weights, commit the state (all atomic), then log a line and call ``hook``.
