@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,38 +38,41 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def _run_workers(stage: str, dirs: list[Path]) -> list[str]:
+def _run_workers(stage: str, dirs: list[Path], logs_dir: Path) -> list[str]:
     """Start ``python stages/<stage>.py`` once per worker (worker i in ``dirs[i]``) with its
-    TF_CONFIG; return each worker's log. Both must exit 0."""
+    TF_CONFIG; return each worker's log. Both must exit 0; when one fails, the others
+    (left waiting in a collective op) are ended after a short grace period."""
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
+    procs, logs = [], []
     for index, cwd in enumerate(dirs):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        env = subprocess_env(TF_CONFIG=tf_config, PYTHONUNBUFFERED="1")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, f"stages/{stage}.py"],
-                cwd=cwd,
-                env=env,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+        logs.append(logs_dir / f"{stage}-{index}.log")
+        with logs[-1].open("w") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, f"stages/{stage}.py"],
+                    cwd=cwd,
+                    env=subprocess_env(TF_CONFIG=tf_config, PYTHONUNBUFFERED="1"),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
             )
-        )
-    logs = []
+    deadline = time.monotonic() + TIMEOUT
     try:
-        for proc in procs:
-            out, _ = proc.communicate(timeout=TIMEOUT)
-            logs.append(out)
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                deadline = min(deadline, time.monotonic() + 30)
+            time.sleep(1)
     finally:
-        for proc in procs:  # a worker left waiting in a collective: end it
+        for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for index, (proc, log) in enumerate(zip(procs, logs, strict=True)):
-        assert proc.returncode == 0, f"{stage} worker {index} exited {proc.returncode}\n{log}"
-    return logs
+    texts = [log.read_text() for log in logs]
+    for index, (proc, text) in enumerate(zip(procs, texts, strict=True)):
+        assert proc.returncode == 0, f"{stage} worker {index} exited {proc.returncode}\n{text}"
+    return texts
 
 
 def _epoch_lines(log: str) -> list[str]:
@@ -88,10 +92,11 @@ def test_two_workers_train_head_and_finetune(tiny_project: Path, tmp_path: Path)
 
     for stage, model in (("train_head", "head"), ("finetune", "finetuned")):
         before = _snapshot(worker_dir)
-        chief_log, worker_log = _run_workers(stage, [chief_dir, worker_dir])
+        chief_log, worker_log = _run_workers(stage, [chief_dir, worker_dir], tmp_path)
 
         assert "this is worker 0 of 2 (chief" in chief_log, chief_log
         assert "this is worker 1 of 2 (not chief" in worker_log, worker_log
+        assert "Collective all_reduce" in worker_log, worker_log
         # Identical per-epoch metrics on both: the workers trained one model together.
         lines = _epoch_lines(chief_log)
         assert len(lines) == 2 and lines == _epoch_lines(worker_log), (chief_log, worker_log)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,10 +151,14 @@ def save_outputs(
 
     The metrics describe the saved (kept) model: ``val_accuracy``/``val_loss`` are measured
     on it, ``best_epoch`` is its epoch (0: the starting weights). ``write=False`` (a
-    non-chief multi-worker process) returns the metrics and writes nothing.
+    non-chief multi-worker process) returns the metrics and writes nothing shared.
     """
     metrics = {**result.summary(), **result.extra, **(extra or {})}
     if not write:
+        # Saved, then deleted: the same ops as the chief's save (a read of a synchronised
+        # variable is a collective op that every worker must join), as Keras recommends.
+        with tempfile.TemporaryDirectory(prefix="reprotrain-worker-") as tmp:
+            model.save(Path(tmp) / Path(model_path).name)
         return metrics
     with fsio.atomic_path(model_path) as tmp:
         model.save(tmp)

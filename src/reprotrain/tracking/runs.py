@@ -300,17 +300,16 @@ def stage_run(
     if mlflow.active_run() is not None:  # a leftover from a caller: never nest by accident
         mlflow.end_run()
     system_metrics = params.tracking.system_metrics and stage in SYSTEM_METRICS_STAGES
-    if system_metrics:
-        mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval)
     try:
-        active = store.retrying(
-            mlflow.start_run,
-            experiment_id=exp_id,
-            run_name=stage,
-            parent_run_id=parent,
-            tags=tags,
-            log_system_metrics=system_metrics,
-        )
+        with _sampling_interval(params.tracking.system_metrics_interval):
+            active = store.retrying(
+                mlflow.start_run,
+                experiment_id=exp_id,
+                run_name=stage,
+                parent_run_id=parent,
+                tags=tags,
+                log_system_metrics=system_metrics,
+            )
     except MlflowException as exc:
         with contextlib.suppress(MlflowException):
             client.set_terminated(parent, status=RunStatus.to_string(RunStatus.FAILED))
@@ -366,6 +365,21 @@ def _interrupt_on_sigterm() -> Any:
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+@contextmanager
+def _sampling_interval(seconds: float) -> Iterator[None]:
+    """MLflow's system-metrics monitor reads its sampling interval from the environment
+    when ``start_run`` creates it; set it only for that call (a user's
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` wins)."""
+    name = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+    saved = os.environ.get(name)
+    os.environ.setdefault(name, str(seconds))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
 
 
 @contextmanager

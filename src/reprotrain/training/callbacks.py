@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -153,6 +154,9 @@ class CheckpointStore:
         with fsio.atomic_path(self.dir / epoch_file(epoch)) as tmp:
             model.save_weights(tmp)
 
+    def close(self) -> None:
+        """Nothing to release (the backup stays until :func:`discard_checkpoint`)."""
+
     def commit(self, state: TrainState) -> None:
         """Make ``state`` the one to resume from, then drop epoch files it no longer names."""
         fsio.atomic_write_json(self.dir / STATE_FILE, state.to_json(), indent=None)
@@ -166,16 +170,17 @@ class WorkerCheckpointStore(CheckpointStore):
     """The backup as a non-chief worker of a multi-worker run uses it: read, never written.
 
     Only the chief writes the backup (a second writer would race it on a shared project
-    directory). A non-chief worker still has to resume at the same epoch as the chief and
-    to end on the same (best) weights, or the workers' collective ops would disagree: it
-    reads the chief's committed backup (the project directory is shared) and keeps the
-    weights of this run's epochs in memory instead of in files.
+    directory). A non-chief worker must still resume at the chief's epoch and end on the
+    same best weights, running the same TensorFlow ops as the chief on the way (the
+    workers' collective ops must match one for one, or they abort). So it reads the chief's
+    committed backup (the project directory is shared) and writes its own epoch files to a
+    private temporary directory, deleted by :meth:`close` (Keras' own multi-worker pattern).
     """
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
         self._key: str | None = None
-        self._weights: dict[int, list[Any]] = {}
+        self.scratch = Path(tempfile.mkdtemp(prefix="reprotrain-worker-"))
 
     def prepare(self, key: str | None) -> None:
         self._key = key
@@ -190,20 +195,26 @@ class WorkerCheckpointStore(CheckpointStore):
         logger.warning("not resuming from the chief's backup in %s: %s", self.dir, why)
 
     def clear(self) -> None:
-        self._weights.clear()
+        for p in self.scratch.glob("epoch-*"):
+            p.unlink()
 
     def restore(self, model: Any, epoch: int) -> None:
-        if epoch in self._weights:
-            model.set_weights(self._weights[epoch])
-        else:  # an epoch from before a resume: only in the chief's backup
-            super().restore(model, epoch)
+        own = self.scratch / epoch_file(epoch)
+        model.optimizer.build(model.trainable_variables)
+        # An epoch of this run from the own file; one from before a resume from the chief's.
+        model.load_weights(own if own.is_file() else self.dir / epoch_file(epoch))
 
     def save_epoch(self, model: Any, epoch: int) -> None:
-        self._weights[epoch] = model.get_weights()
+        model.save_weights(self.scratch / epoch_file(epoch))
 
     def commit(self, state: TrainState) -> None:
-        keep = {state.done - 1, state.best_epoch}
-        self._weights = {e: w for e, w in self._weights.items() if e in keep}
+        keep = {epoch_file(state.done - 1), epoch_file(state.best_epoch)}
+        for p in self.scratch.glob("epoch-*.weights.h5"):
+            if p.name not in keep:
+                p.unlink()
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class TrainingState(keras.callbacks.Callback):

@@ -214,10 +214,40 @@ def train(
     and keep them if no epoch reaches a lower val_loss, so fine-tuning can never hand on a
     model that is worse on validation than the one it started from.
     """
+    options = dict(
+        class_weight=class_weight,
+        epoch_hook=epoch_hook,
+        resume_key=resume_key,
+        compile=compile,
+        keep_start_if_better=keep_start_if_better,
+    )
     if info.num_workers > 1:
         train_ds, val_ds = shard_across_workers(train_ds), shard_across_workers(val_ds)
-    store = (CheckpointStore if info.is_chief else WorkerCheckpointStore)(checkpoint_dir)
-    tensorboard_dir = tensorboard_dir if info.is_chief else None
+    if info.is_chief:
+        store = CheckpointStore(checkpoint_dir)
+    else:  # multi-worker, not the chief: reads the chief's backup, writes no shared file
+        store, tensorboard_dir = WorkerCheckpointStore(checkpoint_dir), None
+    try:
+        return _train(model, train_ds, val_ds, cfg, info, store, tensorboard_dir, **options)
+    finally:
+        store.close()
+
+
+def _train(
+    model: Any,
+    train_ds: Any,
+    val_ds: Any,
+    cfg: TrainConfig,
+    info: RuntimeInfo,
+    store: CheckpointStore,
+    tensorboard_dir: Path | None,
+    *,
+    class_weight: Mapping[int, float] | None,
+    epoch_hook: EpochHook | None,
+    resume_key: str | None,
+    compile: bool,
+    keep_start_if_better: bool,
+) -> TrainResult:
     store.prepare(resume_key)
     if compile:
         compile_model(model, cfg, info)
