@@ -28,7 +28,7 @@ def main() -> int:
     params = load_params()
     cfg = params.baseline
     # Seeds, dtype policy and strategy: before any model or dataset is built.
-    info = runtime.configure(params.runtime, params.seed)
+    info = runtime.configure(params.runtime, params.seed, multi_worker=True)
     data = stage_io.load_stage_data(
         paths.PREPARED_DIR, params.pipeline, cfg, image_size=cfg.image_size, seed=params.seed
     )

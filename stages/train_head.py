@@ -22,7 +22,7 @@ def main() -> int:
     params = load_params()
     cfg = params.train_head
     # Seeds, dtype policy and strategy: before any model or dataset is built.
-    info = runtime.configure(params.runtime, params.seed)
+    info = runtime.configure(params.runtime, params.seed, multi_worker=True)
     cached = training.use_feature_cache(cfg, info.num_workers)
     data = stage_io.load_stage_data(
         paths.PREPARED_DIR,

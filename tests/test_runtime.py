@@ -69,7 +69,10 @@ def test_multi_worker_without_tf_config_is_one_line_error(
 ) -> None:
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="TF_CONFIG"):
-        runtime.configure(RuntimeConfig(distribute="multi_worker"), seed=1)
+        runtime.configure(RuntimeConfig(distribute="multi_worker"), seed=1, multi_worker=True)
+    # Stages that do not train (evaluate, export) run as one process.
+    info = runtime.configure(RuntimeConfig(distribute="multi_worker"), seed=1)
+    assert info.distribute == "none" and info.num_workers == 1 and info.is_chief
 
 
 def test_configure_on_cpu_and_environment_info() -> None:

@@ -15,6 +15,7 @@ chief: it alone writes the model, metrics, training backup and MLflow run.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -133,19 +134,25 @@ class RuntimeInfo:
     is_chief: bool = True  # False: train in step with the others, write nothing shared
 
 
-def configure(cfg: RuntimeConfig, seed: int) -> RuntimeInfo:
+def configure(cfg: RuntimeConfig, seed: int, *, multi_worker: bool = False) -> RuntimeInfo:
     """Seed everything, set determinism and the dtype policy, and pick the strategy.
 
     Call once per process, before building a model: the policy applies to layers created
     afterwards and the strategy's scope must wrap model creation and ``compile``.
     ``multi_worker`` creates its strategy first of all: TensorFlow configures the
     collective ops when the strategy is created, which must happen before any other op.
+    Only callers that pass ``multi_worker=True`` (the training stages) join a cluster;
+    for the others (evaluate, export, tune) ``runtime.distribute: multi_worker`` means one
+    process on one machine (``none``).
     """
     import keras
     import tensorflow as tf
 
     role = WorkerRole(index=0, count=1, is_chief=True)
     multi = None
+    if cfg.distribute == "multi_worker" and not multi_worker:
+        logger.info("runtime.distribute = multi_worker applies to training; one process here")
+        cfg = dataclasses.replace(cfg, distribute="none")
     if cfg.distribute == "multi_worker":
         role = worker_role(os.environ.get("TF_CONFIG"))
         multi = tf.distribute.MultiWorkerMirroredStrategy()
