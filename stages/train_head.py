@@ -81,6 +81,7 @@ def main() -> int:
     # Only now: a kill before this line resumes from the backup instead of retraining.
     if info.is_chief:
         training.discard_checkpoint(checkpoint_dir)
+    runtime.wait_for_workers(info)  # multi-worker: all leave together
     return 0
 
 

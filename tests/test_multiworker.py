@@ -1,6 +1,6 @@
 """Multi-worker training for real: two worker processes on 127.0.0.1 with a real TF_CONFIG
 run train_head (no feature cache) and finetune for two epochs with
-MultiWorkerMirroredStrategy.
+MultiWorkerMirroredStrategy. The chief's stage runs also carry MLflow system metrics.
 
 The non-chief worker runs in its own copy of the project (as on a second machine with the
 same inputs), so "writes nothing" is checked on its files: its copy is unchanged after
@@ -26,7 +26,7 @@ from tests.conftest import free_port, run, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT = 420  # seconds per stage: two TF processes on 2 shared cores
+TIMEOUT = 900  # seconds per stage: two TF processes on 2 shared cores
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -86,6 +86,7 @@ def test_two_workers_train_head_and_finetune(tiny_project: Path, tmp_path: Path)
     params["runtime"]["distribute"] = "multi_worker"
     params["train_head"]["feature_cache"] = "auto"  # resolves to off under multi_worker
     params["finetune"]["epochs"] = 2
+    params["tracking"]["system_metrics_interval"] = 1  # a sample every second
     (chief_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     worker_dir = tmp_path / "worker1"
     shutil.copytree(chief_dir, worker_dir, symlinks=True)
@@ -127,3 +128,7 @@ def test_two_workers_train_head_and_finetune(tiny_project: Path, tmp_path: Path)
         assert len(runs) == 1, f"{stage}: {len(runs)} MLflow runs (only the chief records one)"
         assert runs[0].data.tags["reprotrain.env.workers"] == "2"
         assert runs[0].info.status == "FINISHED"
+        # The training stage's run sampled the (chief's) machine: MLflow system metrics.
+        metrics = runs[0].data.metrics
+        for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+            assert key in metrics, sorted(metrics)

@@ -209,6 +209,33 @@ def configure(cfg: RuntimeConfig, seed: int, *, multi_worker: bool = False) -> R
     return info
 
 
+def gather_from_workers(info: RuntimeInfo, value: int) -> list[int]:
+    """``value`` from every worker, in worker order: a collective op, so every worker of a
+    multi-worker run must call it at the same point (``[value]`` on one process)."""
+    if info.num_workers < 2:
+        return [value]
+    import tensorflow as tf
+
+    strategy = info.strategy
+
+    @tf.function
+    def gather() -> Any:
+        local = strategy.run(lambda: tf.constant([value], tf.int64))
+        return strategy.gather(local, axis=0)
+
+    return [int(v) for v in gather().numpy()]
+
+
+def wait_for_workers(info: RuntimeInfo) -> None:
+    """The end of a multi-worker stage: every worker waits here until all have arrived.
+
+    The chief has more to do after training (saving, MLflow); a worker that exits before
+    it stops sending heartbeats, and TensorFlow then aborts the chief's collectives and
+    leaves it hanging at exit (tensorflow/tensorflow#58434). Leaving together avoids it.
+    """
+    gather_from_workers(info, info.worker_index)
+
+
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)

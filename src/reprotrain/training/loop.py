@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from reprotrain.config import TrainConfig
 from reprotrain.errors import ConfigError, DataError, ModelError
-from reprotrain.runtime import MIXED, RuntimeInfo
+from reprotrain.runtime import MIXED, RuntimeInfo, gather_from_workers
 from reprotrain.training.callbacks import (
     MONITOR,
     CheckpointStore,
@@ -168,11 +168,7 @@ def shard_across_workers(ds: Any) -> Any:
 def _check_workers_agree(info: RuntimeInfo, value: int, what: str, backup: Path) -> None:
     """Every worker must start from the same point, or their collectives mismatch (a hang
     or garbage): compare ``value`` across workers and stop all of them if it differs."""
-    if info.num_workers < 2:
-        return
-    strategy = info.strategy
-    local = strategy.run(lambda: tf.constant([value], tf.int64))
-    seen = sorted({int(v) for v in strategy.gather(local, axis=0).numpy()})
+    seen = sorted(set(gather_from_workers(info, value)))
     if len(seen) > 1:
         raise ConfigError(
             f"multi-worker: the workers see different training backups in {backup} "
@@ -357,7 +353,7 @@ def _custom_fit(
     if info.replicas > 1:
         raise ConfigError(
             "loop = custom runs on one device; use loop: fit with runtime.distribute: "
-            "mirrored (or distribute: none with the custom loop)"
+            "mirrored or multi_worker (or distribute: none with the custom loop)"
         )
     num_classes = int(model.output_shape[-1])
     weights = [float((class_weight or {}).get(i, 1.0)) for i in range(num_classes)]
