@@ -6,8 +6,10 @@ default (on only if the overhead is small). In one process, against a real SQLit
 a temporary directory: the same small CNN (64×64 inputs, 512 random images, batch 32,
 ``--epochs`` epochs of ``fit`` with the per-epoch metrics logged to the run, as the stages
 do) trained inside ``mlflow.start_run(log_system_metrics=...)``, with and without the
-monitor, interleaved (off, on, off, on, ...) so machine load drifts hit both alike. Reported:
-median wall time of each, their ratio (on / off), and the system metrics the monitor logged.
+monitor, interleaved (off, on, on, off, ...) so machine load drifts hit both alike. Reported:
+median wall time and median CPU time of this process (all threads: the monitor's sampling
+and writes included) of each, their ratios (on / off), and the system metrics logged. On a
+shared machine the wall times swing with the other load; the CPU-time ratio does not.
 
 The default interval is the pipeline's (10 s); ``--interval 1`` shows the worst case.
 Expected runtime: ~2-3 min on 2 CPU cores with the defaults.
@@ -51,8 +53,9 @@ def _model():
     return model
 
 
-def one_run(system_metrics: bool, epochs: int, data) -> tuple[float, list[str]]:
-    """Wall time of one tracked training run, and the system/* metric keys it logged."""
+def one_run(system_metrics: bool, epochs: int, data) -> tuple[float, float, list[str]]:
+    """Wall and CPU time (all threads of this process) of one tracked training run, and the
+    system/* metric keys it logged."""
     import keras
     import mlflow
 
@@ -63,12 +66,12 @@ def one_run(system_metrics: bool, epochs: int, data) -> tuple[float, list[str]]:
             mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch)
 
     model = _model()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with mlflow.start_run(log_system_metrics=system_metrics) as run:
         model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[LogEpoch()])
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     metrics = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
-    return elapsed, sorted(k for k in metrics if k.startswith("system/"))
+    return elapsed, cpu, sorted(k for k in metrics if k.startswith("system/"))
 
 
 def main() -> None:
@@ -92,17 +95,24 @@ def main() -> None:
         mlflow.set_experiment("system-metrics-benchmark")
         one_run(False, 1, data)  # warm-up: imports, tracing, database creation
         times: dict[bool, list[float]] = {False: [], True: []}
+        cpus: dict[bool, list[float]] = {False: [], True: []}
         logged: list[str] = []
         for i in range(args.repeats):
             for flag in (False, True) if i % 2 == 0 else (True, False):
-                elapsed, keys = one_run(flag, args.epochs, data)
+                elapsed, cpu, keys = one_run(flag, args.epochs, data)
                 times[flag].append(elapsed)
+                cpus[flag].append(cpu)
                 logged = keys or logged
-                print(f"system_metrics={flag!s:5} {elapsed:6.2f} s", flush=True)
+                print(f"system_metrics={flag!s:5} {elapsed:6.2f} s, cpu {cpu:6.2f} s", flush=True)
     off, on = statistics.median(times[False]), statistics.median(times[True])
+    cpu_off, cpu_on = statistics.median(cpus[False]), statistics.median(cpus[True])
     result = {
         "what": "median wall time of a tracked 64px CNN fit with/without MLflow system metrics",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        },
         "mlflow": mlflow.__version__,
         "epochs": args.epochs,
         "repeats": args.repeats,
@@ -110,8 +120,13 @@ def main() -> None:
         "off_s": round(off, 3),
         "on_s": round(on, 3),
         "ratio_on_over_off": round(on / off, 4),
+        "cpu_off_s": round(cpu_off, 3),
+        "cpu_on_s": round(cpu_on, 3),
+        "cpu_ratio_on_over_off": round(cpu_on / cpu_off, 4),
         "runs_off_s": [round(t, 3) for t in times[False]],
         "runs_on_s": [round(t, 3) for t in times[True]],
+        "runs_cpu_off_s": [round(t, 3) for t in cpus[False]],
+        "runs_cpu_on_s": [round(t, 3) for t in cpus[True]],
         "system_metrics_logged": logged,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
