@@ -70,8 +70,12 @@ def _run_workers(stage: str, dirs: list[Path], logs_dir: Path) -> list[str]:
                 proc.kill()
                 proc.wait()
     texts = [log.read_text() for log in logs]
-    for index, (proc, text) in enumerate(zip(procs, texts, strict=True)):
-        assert proc.returncode == 0, f"{stage} worker {index} exited {proc.returncode}\n{text}"
+    codes = [proc.returncode for proc in procs]
+    shown = "\n".join(
+        f"--- worker {i} (exit {c})\n{t[-5000:]}"
+        for i, (c, t) in enumerate(zip(codes, texts, strict=True))
+    )
+    assert codes == [0, 0], f"{stage}: workers exited {codes}\n{shown}"
     return texts
 
 
@@ -111,7 +115,8 @@ def test_two_workers_train_head_and_finetune(tiny_project: Path, tmp_path: Path)
             assert metrics["feature_cache"] is False
             # The non-chief worker's inputs for finetune, as a shared file system or
             # `dvc pull` would give it.
-            shutil.copy2(chief_dir / "models" / "head.keras", worker_dir / "models")
+            (worker_dir / "models").mkdir(exist_ok=True)
+            shutil.copy2(chief_dir / "models" / "head.keras", worker_dir / "models" / "head.keras")
 
     import keras
 
