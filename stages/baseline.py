@@ -28,12 +28,13 @@ def main() -> int:
     params = load_params()
     cfg = params.baseline
     # Seeds, dtype policy and strategy: before any model or dataset is built.
-    info = runtime.configure(params.runtime, params.seed)
+    info = runtime.configure(params.runtime, params.seed, multi_worker=True)
     data = stage_io.load_stage_data(
         paths.PREPARED_DIR, params.pipeline, cfg, image_size=cfg.image_size, seed=params.seed
     )
     tb_dir = paths.TENSORBOARD_DIR / STAGE
-    shutil.rmtree(tb_dir, ignore_errors=True)
+    if info.is_chief:  # multi-worker: the other workers write nothing shared
+        shutil.rmtree(tb_dir, ignore_errors=True)
     checkpoint_dir = paths.CHECKPOINTS_DIR / STAGE
     key = stage_io.fingerprint(STAGE, [to_dict(getattr(params, s)) for s in SECTIONS], data.digest)
     with tracking.stage_run(
@@ -44,6 +45,7 @@ def main() -> int:
         upstream=[paths.PREPARE_RUN],
         sidecar=paths.BASELINE_RUN,
         environment=runtime.environment_info(info),
+        chief=info.is_chief,
     ) as run:
         with info.strategy.scope():
             model = scratch.build(
@@ -81,6 +83,7 @@ def main() -> int:
             model_path=paths.BASELINE_MODEL,
             history_path=paths.BASELINE_HISTORY,
             metrics_path=metrics_path,
+            write=info.is_chief,
             extra=counts,
         )
         run.log_metrics(stage_io.final_metrics(metrics))
@@ -88,7 +91,9 @@ def main() -> int:
             run.log_artifact(path)
         run.log_artifact(tb_dir, artifact_path=f"tensorboard/{STAGE}")
     # Only now: a kill before this line resumes from the backup instead of retraining.
-    training.discard_checkpoint(checkpoint_dir)
+    if info.is_chief:
+        training.discard_checkpoint(checkpoint_dir)
+    runtime.wait_for_workers(info)  # multi-worker: all leave together
     return 0
 
 

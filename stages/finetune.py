@@ -26,7 +26,7 @@ def main() -> int:
     params = load_params()
     cfg = params.finetune
     # Seeds, dtype policy and strategy: before any model or dataset is built.
-    info = runtime.configure(params.runtime, params.seed)
+    info = runtime.configure(params.runtime, params.seed, multi_worker=True)
     size = params.model.image_size
     data = stage_io.load_stage_data(
         paths.PREPARED_DIR, params.pipeline, cfg, image_size=size, seed=params.seed
@@ -48,7 +48,8 @@ def main() -> int:
         ", ".join(names) or "-",
     )
     tb_dir = paths.TENSORBOARD_DIR / STAGE
-    shutil.rmtree(tb_dir, ignore_errors=True)
+    if info.is_chief:  # multi-worker: the other workers write nothing shared
+        shutil.rmtree(tb_dir, ignore_errors=True)
     checkpoint_dir = paths.CHECKPOINTS_DIR / STAGE
     sections = [to_dict(getattr(params, s)) for s in SECTIONS]
     key = stage_io.fingerprint(STAGE, sections, data.digest, fsio.file_sha256(paths.HEAD_MODEL))
@@ -61,6 +62,7 @@ def main() -> int:
         upstream=[paths.PREPARE_RUN, paths.HEAD_RUN],
         sidecar=paths.FINETUNED_RUN,
         environment=runtime.environment_info(info),
+        chief=info.is_chief,
     ) as run:
         run.set_tags(
             {
@@ -88,6 +90,7 @@ def main() -> int:
             model_path=paths.FINETUNED_MODEL,
             history_path=paths.FINETUNED_HISTORY,
             metrics_path=metrics_path,
+            write=info.is_chief,
             extra=stage_io.trainable_counts(model),
         )
         run.log_metrics(stage_io.final_metrics(metrics))
@@ -95,7 +98,9 @@ def main() -> int:
             run.log_artifact(path)
         run.log_artifact(tb_dir, artifact_path=f"tensorboard/{STAGE}")
     # Only now: a kill before this line resumes from the backup instead of retraining.
-    training.discard_checkpoint(checkpoint_dir)
+    if info.is_chief:
+        training.discard_checkpoint(checkpoint_dir)
+    runtime.wait_for_workers(info)  # multi-worker: all leave together
     return 0
 
 

@@ -22,8 +22,8 @@ def main() -> int:
     params = load_params()
     cfg = params.train_head
     # Seeds, dtype policy and strategy: before any model or dataset is built.
-    info = runtime.configure(params.runtime, params.seed)
-    cached = training.use_feature_cache(cfg)
+    info = runtime.configure(params.runtime, params.seed, multi_worker=True)
+    cached = training.use_feature_cache(cfg, info.num_workers)
     data = stage_io.load_stage_data(
         paths.PREPARED_DIR,
         params.pipeline,
@@ -33,7 +33,8 @@ def main() -> int:
         train_as_eval=cached,
     )
     tb_dir = paths.TENSORBOARD_DIR / STAGE
-    shutil.rmtree(tb_dir, ignore_errors=True)
+    if info.is_chief:  # multi-worker: the other workers write nothing shared
+        shutil.rmtree(tb_dir, ignore_errors=True)
     checkpoint_dir = paths.CHECKPOINTS_DIR / STAGE
     sections = [to_dict(getattr(params, s)) for s in SECTIONS]
     key = stage_io.fingerprint(STAGE, sections, data.digest)
@@ -46,6 +47,7 @@ def main() -> int:
         upstream=[paths.PREPARE_RUN],
         sidecar=paths.HEAD_RUN,
         environment=runtime.environment_info(info),
+        chief=info.is_chief,
     ) as run:
         with info.strategy.scope():
             model = transfer.build_model(params.model, len(data.labels), cfg.dropout)
@@ -68,6 +70,7 @@ def main() -> int:
             model_path=paths.HEAD_MODEL,
             history_path=paths.HEAD_HISTORY,
             metrics_path=metrics_path,
+            write=info.is_chief,
             extra={"feature_cache": cached, **stage_io.trainable_counts(model)},
         )
         run.set_tags({"reprotrain.feature_cache": cached})
@@ -76,7 +79,9 @@ def main() -> int:
             run.log_artifact(path)
         run.log_artifact(tb_dir, artifact_path=f"tensorboard/{STAGE}")
     # Only now: a kill before this line resumes from the backup instead of retraining.
-    training.discard_checkpoint(checkpoint_dir)
+    if info.is_chief:
+        training.discard_checkpoint(checkpoint_dir)
+    runtime.wait_for_workers(info)  # multi-worker: all leave together
     return 0
 
 

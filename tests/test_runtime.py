@@ -31,8 +31,48 @@ def test_resolve_distribute() -> None:
     assert runtime.resolve_distribute("auto", gpus=2) == "mirrored"
     assert runtime.resolve_distribute("none", gpus=8) == "none"
     assert runtime.resolve_distribute("mirrored", gpus=0, cpus=2) == "mirrored"
+    assert runtime.resolve_distribute("multi_worker", gpus=0) == "multi_worker"
     with pytest.raises(ConfigError):
         runtime.resolve_distribute("tpu", gpus=0)
+
+
+def test_worker_role_from_tf_config() -> None:
+    two = {"worker": ["a:1", "b:1"]}
+    role = runtime.worker_role(json.dumps({"cluster": two, "task": {"type": "worker", "index": 1}}))
+    assert role == runtime.WorkerRole(index=1, count=2, is_chief=False)
+    role = runtime.worker_role(json.dumps({"cluster": two, "task": {"type": "worker", "index": 0}}))
+    assert role.is_chief and role.index == 0
+    # With a chief task, it is the chief and the workers come after it.
+    cluster = {"chief": ["c:1"], "worker": ["a:1", "b:1"]}
+    chief = runtime.worker_role(
+        json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}})
+    )
+    assert chief == runtime.WorkerRole(index=0, count=3, is_chief=True)
+    w0 = runtime.worker_role(
+        json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    )
+    assert w0 == runtime.WorkerRole(index=1, count=3, is_chief=False)
+    for bad, message in (
+        (None, "needs the TF_CONFIG environment variable"),
+        ("", "needs the TF_CONFIG environment variable"),
+        ("{not json", "TF_CONFIG is malformed"),
+        (json.dumps({"cluster": two}), "TF_CONFIG is malformed"),
+        (json.dumps({"cluster": two, "task": {"type": "worker", "index": 2}}), "not in its"),
+        (json.dumps({"cluster": two, "task": {"type": "ps", "index": 0}}), "not in its"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            runtime.worker_role(bad)
+
+
+def test_multi_worker_without_tf_config_is_one_line_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        runtime.configure(RuntimeConfig(distribute="multi_worker"), seed=1, multi_worker=True)
+    # Stages that do not train (evaluate, export) run as one process.
+    info = runtime.configure(RuntimeConfig(distribute="multi_worker"), seed=1)
+    assert info.distribute == "none" and info.num_workers == 1 and info.is_chief
 
 
 def test_configure_on_cpu_and_environment_info() -> None:

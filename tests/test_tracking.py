@@ -8,6 +8,7 @@ No TensorFlow here: stages are simulated by calling ``stage_run`` the way stages
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -183,6 +184,42 @@ def test_failure_interrupt_and_missing_sidecar(project: Path) -> None:
         [failed.experiment_id], filter_string="attributes.status = 'RUNNING'"
     )
     assert running == []
+
+
+def test_non_chief_worker_records_nothing(project: Path) -> None:
+    params = load_params(project / "params.yaml")
+    with tracking.stage_run(
+        "train_head", params, ("seed",), project, sidecar=paths.HEAD_RUN, chief=False
+    ) as r:
+        assert isinstance(r, tracking.NoRun)
+        r.log_metrics({"loss": 1.0}, step=1)
+        r.set_tags({"a": 1})
+        r.log_artifact(project / "params.yaml")
+    assert not (project / paths.HEAD_RUN).exists()
+    client = client_for(project)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+@pytest.mark.slow
+def test_training_runs_log_system_metrics(project: Path) -> None:
+    text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(
+        text.replace("system_metrics_interval: 10", "system_metrics_interval: 1")
+    )
+    params = load_params(project / "params.yaml")
+    assert params.tracking.system_metrics and params.tracking.system_metrics_interval == 1
+    with tracking.stage_run("baseline", params, ("seed",), project) as r:
+        time.sleep(1.6)  # one sample is logged after each interval
+    with tracking.stage_run("evaluate", params, ("seed",), project) as other:
+        time.sleep(1.6)
+    client = client_for(project)
+    metrics = client.get_run(r.run_id).data.metrics
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        assert key in metrics, sorted(metrics)
+    assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0
+    # Only the training stages sample; the interval setting does not leak.
+    assert not any(k.startswith("system/") for k in client.get_run(other.run_id).data.metrics)
+    assert "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL" not in os.environ
 
 
 @pytest.mark.slow

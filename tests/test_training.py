@@ -49,6 +49,10 @@ def _train_ds(x, y, seed=SEED):
 
 def test_use_feature_cache() -> None:
     assert training.use_feature_cache(TrainHeadConfig(augment=False)) is True
+    # Multi-worker: auto means off, on is an error.
+    assert training.use_feature_cache(TrainHeadConfig(augment=False), num_workers=2) is False
+    with pytest.raises(ConfigError, match="multi_worker"):
+        training.use_feature_cache(TrainHeadConfig(feature_cache="on"), num_workers=2)
     assert training.use_feature_cache(TrainHeadConfig(augment=True)) is False
     assert training.use_feature_cache(TrainHeadConfig(feature_cache="off")) is False
     with pytest.raises(ConfigError, match="augment"):

@@ -219,8 +219,10 @@ class RuntimeConfig:
         "auto", "'auto' = mixed_float16 on GPU, float32 on CPU"
     )
     jit_compile: Bool = _f(False, "XLA-compile the train step")
-    distribute: Literal["auto", "none", "mirrored"] = _f(
-        "auto", "'auto' = MirroredStrategy when more than one GPU is visible"
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = _f(
+        "auto",
+        "'auto' = MirroredStrategy when more than one GPU is visible; 'multi_worker' = "
+        "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (docs/scale-out.md)",
     )
 
 
@@ -367,6 +369,10 @@ class TrackingConfig:
     experiment: Str = _f("reprotrain", "MLflow experiment name")
     registered_model: Str = _f("reprotrain-classifier", "MLflow registered model name")
     store: Str = _f("mlruns", "project-relative directory for mlflow.db and artifacts")
+    system_metrics: Bool = _f(
+        True, "log CPU, memory (and GPU) use of the training stages' runs (MLflow system metrics)"
+    )
+    system_metrics_interval: Float = _f(10.0, "seconds between system-metrics samples", min=1.0)
 
 
 @section

@@ -5,12 +5,21 @@ strategy are process-global in TensorFlow/Keras and must be set *before* the mod
 built; doing it in one ``configure`` call makes the order right every time and gives the
 stage one object (:class:`RuntimeInfo`) to log. The decisions themselves (``auto`` → what?)
 are pure functions of the visible devices so they can be unit-tested on a CPU-only machine.
+
+``multi_worker`` trains one model over several processes (usually one per machine) with
+``tf.distribute.MultiWorkerMirroredStrategy``: the cluster comes from the standard
+``TF_CONFIG`` environment variable, which any scheduler can set per process (see
+docs/scale-out.md). Worker 0 (or the ``chief`` task, when the cluster names one) is the
+chief: it alone writes the model, metrics, training backup and MLflow run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
+import json
 import logging
+import os
 import platform
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,14 +49,15 @@ def resolve_mixed_precision(setting: str, gpus: int) -> str:
 
 
 def resolve_distribute(setting: str, gpus: int, cpus: int = 1) -> str:
-    """``'none'`` or ``'mirrored'`` for ``runtime.distribute``.
+    """``'none'``, ``'mirrored'`` or ``'multi_worker'`` for ``runtime.distribute``.
 
     ``auto`` mirrors only across more than one GPU (one device gains nothing from a
     strategy). An explicit ``mirrored`` mirrors over the GPUs, or over the logical CPU
     devices when there are no GPUs (how the strategy is tested on a CPU machine).
+    ``multi_worker`` is never chosen automatically: it needs a cluster (``TF_CONFIG``).
     """
-    if setting == "none":
-        return "none"
+    if setting in ("none", "multi_worker"):
+        return setting
     if setting == "auto":
         return "mirrored" if gpus > 1 else "none"
     if setting == "mirrored":
@@ -57,7 +67,54 @@ def resolve_distribute(setting: str, gpus: int, cpus: int = 1) -> str:
                 "MirroredStrategy will run one replica"
             )
         return "mirrored"
-    raise ConfigError(f"runtime.distribute = {setting!r}: must be 'auto', 'none' or 'mirrored'")
+    raise ConfigError(
+        f"runtime.distribute = {setting!r}: must be 'auto', 'none', 'mirrored' or 'multi_worker'"
+    )
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process's place in a multi-worker cluster."""
+
+    index: int  # 0..count-1: the chief task first (when there is one), then the workers
+    count: int  # number of training tasks (chief + workers)
+    is_chief: bool
+
+
+def worker_role(tf_config: str | None) -> WorkerRole:
+    """Parse ``TF_CONFIG`` (TensorFlow's cluster spec) into this process's role.
+
+    The chief follows TensorFlow's rule: the ``chief`` task when the cluster has one,
+    else worker 0. A missing or malformed value is a one-line ConfigError, not a hang:
+    MultiWorkerMirroredStrategy without a cluster silently trains alone.
+    """
+    example = (
+        '\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+        '"task": {"type": "worker", "index": 0}}\''
+    )
+    if not tf_config or not tf_config.strip():
+        raise ConfigError(
+            "runtime.distribute = multi_worker needs the TF_CONFIG environment variable, "
+            f"e.g. TF_CONFIG={example} (see docs/scale-out.md)"
+        )
+    try:
+        spec = json.loads(tf_config)
+        cluster, task = spec["cluster"], spec["task"]
+        kind, index = str(task["type"]), int(task["index"])
+        jobs = {name: list(cluster[name]) for name in ("chief", "worker") if name in cluster}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"TF_CONFIG is malformed ({type(exc).__name__}: {exc}); expected {example}"
+        ) from None
+    if kind not in jobs or not 0 <= index < len(jobs[kind]):
+        raise ConfigError(
+            f"TF_CONFIG: task {kind}:{index} is not in its cluster "
+            f"({', '.join(f'{k}: {len(v)}' for k, v in jobs.items()) or 'no chief/worker job'})"
+        )
+    count = sum(len(v) for v in jobs.values())
+    is_chief = kind == "chief" or ("chief" not in jobs and index == 0)
+    rank = index + (1 if kind == "worker" and "chief" in jobs else 0)
+    return WorkerRole(index=rank, count=count, is_chief=is_chief)
 
 
 @dataclass
@@ -72,17 +129,34 @@ class RuntimeInfo:
     replicas: int
     devices: list[str] = field(default_factory=list)
     strategy: Any = None  # tf.distribute.Strategy
+    worker_index: int = 0
+    num_workers: int = 1
+    is_chief: bool = True  # False: train in step with the others, write nothing shared
 
 
-def configure(cfg: RuntimeConfig, seed: int) -> RuntimeInfo:
+def configure(cfg: RuntimeConfig, seed: int, *, multi_worker: bool = False) -> RuntimeInfo:
     """Seed everything, set determinism and the dtype policy, and pick the strategy.
 
     Call once per process, before building a model: the policy applies to layers created
     afterwards and the strategy's scope must wrap model creation and ``compile``.
+    ``multi_worker`` creates its strategy first of all: TensorFlow configures the
+    collective ops when the strategy is created, which must happen before any other op.
+    Only callers that pass ``multi_worker=True`` (the training stages) join a cluster;
+    for the others (evaluate, export, tune) ``runtime.distribute: multi_worker`` means one
+    process on one machine (``none``).
     """
     import keras
     import tensorflow as tf
 
+    role = WorkerRole(index=0, count=1, is_chief=True)
+    multi = None
+    if cfg.distribute == "multi_worker" and not multi_worker:
+        logger.info("runtime.distribute = multi_worker applies to training; one process here")
+        cfg = dataclasses.replace(cfg, distribute="none")
+    if cfg.distribute == "multi_worker":
+        role = worker_role(os.environ.get("TF_CONFIG"))
+        multi = tf.distribute.MultiWorkerMirroredStrategy()
+        _patch_keras_for_multi_worker()
     keras.utils.set_random_seed(seed)
     if cfg.deterministic:
         # Same inputs → bit-identical weights on CPU; costs a little speed on GPU.
@@ -95,7 +169,9 @@ def configure(cfg: RuntimeConfig, seed: int) -> RuntimeInfo:
 
     distribute = resolve_distribute(cfg.distribute, len(gpus), len(cpus))
     devices = [d.name for d in (gpus or cpus)]
-    if distribute == "mirrored":
+    if multi is not None:
+        strategy = multi
+    elif distribute == "mirrored":
         strategy = tf.distribute.MirroredStrategy(devices=devices)
     else:
         strategy = tf.distribute.get_strategy()  # the default, single-device strategy
@@ -108,7 +184,17 @@ def configure(cfg: RuntimeConfig, seed: int) -> RuntimeInfo:
         replicas=int(strategy.num_replicas_in_sync),
         devices=devices,
         strategy=strategy,
+        worker_index=role.index,
+        num_workers=role.count,
+        is_chief=role.is_chief,
     )
+    if multi is not None:
+        logger.info(
+            "multi-worker: this is worker %d of %d (%s)",
+            role.index,
+            role.count,
+            "chief: writes the outputs" if role.is_chief else "not chief: writes nothing shared",
+        )
     logger.info(
         "runtime: seed=%d deterministic=%s precision=%s jit=%s distribute=%s replicas=%d "
         "devices=%s",
@@ -121,6 +207,33 @@ def configure(cfg: RuntimeConfig, seed: int) -> RuntimeInfo:
         ",".join(devices),
     )
     return info
+
+
+def gather_from_workers(info: RuntimeInfo, value: int) -> list[int]:
+    """``value`` from every worker, in worker order: a collective op, so every worker of a
+    multi-worker run must call it at the same point (``[value]`` on one process)."""
+    if info.num_workers < 2:
+        return [value]
+    import tensorflow as tf
+
+    strategy = info.strategy
+
+    @tf.function
+    def gather() -> Any:
+        local = strategy.run(lambda: tf.constant([value], tf.int64))
+        return strategy.gather(local, axis=0)
+
+    return [int(v) for v in gather().numpy()]
+
+
+def wait_for_workers(info: RuntimeInfo) -> None:
+    """The end of a multi-worker stage: every worker waits here until all have arrived.
+
+    The chief has more to do after training (saving, MLflow); a worker that exits before
+    it stops sending heartbeats, and TensorFlow then aborts the chief's collectives and
+    leaves it hanging at exit (tensorflow/tensorflow#58434). Leaving together avoids it.
+    """
+    gather_from_workers(info, info.worker_index)
 
 
 def _version(dist: str) -> str:
@@ -160,6 +273,55 @@ def environment_info(info: RuntimeInfo | None = None) -> dict[str, str]:
                 "jit_compile": str(info.jit_compile).lower(),
                 "distribute": info.distribute,
                 "replicas": str(info.replicas),
+                "workers": str(info.num_workers),
             }
         )
     return env
+
+
+def _patch_keras_for_multi_worker() -> None:
+    """Work around Keras 3's two MultiWorkerMirroredStrategy bugs (keras-team/keras#20585,
+    open at Keras 3.15), so ``fit``/``evaluate`` run across workers.
+
+    1. ``_maybe_symbolic_build`` all-reduces the whole first batch (a tuple) with
+       ``strategy.reduce``, which MWMS rejects ("Attempt to convert a value (PerReplica...)").
+       It only needs the batch's shapes and dtypes, so we build from this worker's part.
+    2. ``reduce_per_replica`` averages per-replica metric values with ``axis=0``, which fails
+       on scalars; ``axis=None`` is the cross-worker mean Keras means.
+
+    Patched on the classes (process-wide) only in a multi-worker process; the multi-worker
+    test (tests/test_multiworker.py) fails loudly if a Keras upgrade changes these internals.
+    """
+    import tensorflow as tf
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer, "_reprotrain_patched", False):
+        return
+    original_reduce = trainer.reduce_per_replica
+
+    def local_part(strategy: Any, value: Any) -> Any:
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
+        if self._distribute_strategy is None:
+            return
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(
+                    lambda v: local_part(self.distribute_strategy, v), next(it)
+                )
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str = "auto") -> Any:
+        if reduction in ("auto", "mean") and not isinstance(strategy, tf.distribute.TPUStrategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original_reduce(values, strategy, reduction)
+
+    trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    trainer.reduce_per_replica = reduce_per_replica
+    trainer._reprotrain_patched = True

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,16 +145,24 @@ def save_outputs(
     history_path: Path,
     metrics_path: Path,
     extra: Mapping[str, Any] | None = None,
+    write: bool = True,
 ) -> dict[str, Any]:
     """Write the ``.keras`` model, the history JSON and the stage's metrics JSON atomically.
 
     The metrics describe the saved (kept) model: ``val_accuracy``/``val_loss`` are measured
-    on it, ``best_epoch`` is its epoch (0: the starting weights).
+    on it, ``best_epoch`` is its epoch (0: the starting weights). ``write=False`` (a
+    non-chief multi-worker process) returns the metrics and writes nothing shared.
     """
+    metrics = {**result.summary(), **result.extra, **(extra or {})}
+    if not write:
+        # Saved, then deleted: the same ops as the chief's save (a read of a synchronised
+        # variable is a collective op that every worker must join), as Keras recommends.
+        with tempfile.TemporaryDirectory(prefix="reprotrain-worker-") as tmp:
+            model.save(Path(tmp) / Path(model_path).name)
+        return metrics
     with fsio.atomic_path(model_path) as tmp:
         model.save(tmp)
     write_history(result, history_path)
-    metrics = {**result.summary(), **result.extra, **(extra or {})}
     fsio.atomic_write_json(metrics_path, metrics)
     logger.info(
         "saved %s: val_accuracy=%.4f (epoch %d), best val_accuracy=%.4f",

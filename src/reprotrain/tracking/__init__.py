@@ -47,7 +47,7 @@ from reprotrain.tracking.lineage import (
     upstream_stages,
 )
 from reprotrain.tracking.pipeline import PARAMS_ARTIFACT
-from reprotrain.tracking.runs import StageRun, stage_run
+from reprotrain.tracking.runs import NoRun, StageRun, stage_run
 from reprotrain.tracking.store import (
     HEALTH_TIMEOUT,
     artifact_location,
@@ -100,6 +100,7 @@ __all__ = [
     "VTAG_PREVIOUS",
     "VTAG_RUN",
     "ModelError",
+    "NoRun",
     "StageRun",
     "TrackingError",
     "artifact_location",

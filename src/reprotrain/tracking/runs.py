@@ -17,6 +17,14 @@ it (host, pid, process start time): the next stage run on that host marks a RUNN
 process is gone KILLED, with a note saying so. A tracking server that stops answering while a
 stage runs ends the stage with one :class:`TrackingError` line (restart it and rerun; the
 training backup resumes), never a raw traceback.
+
+The training stages' runs also sample the machine while they run (MLflow system metrics:
+``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``, GPU
+utilisation and memory where ``nvidia-ml-py`` sees a GPU), every
+``tracking.system_metrics_interval`` seconds, when ``tracking.system_metrics`` is on.
+
+In a multi-worker run only the chief records the stage: on the other workers ``stage_run``
+yields a :class:`NoRun` (every call a no-op, no sidecar), so they write nothing shared.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ from reprotrain.tracking.tags import (
 logger = logging.getLogger(__name__)
 
 MANIFEST = Path("data/prepared/manifest.csv")
+# The long, hardware-bound stages: their runs log MLflow system metrics (CPU, memory, GPU).
+SYSTEM_METRICS_STAGES = frozenset({"train_head", "finetune", "baseline"})
 
 
 def _metric_key(key: str) -> str:
@@ -158,6 +168,26 @@ class StageRun:
             mlflow.log_dict(dict(data), artifact_file)
 
 
+class NoRun(StageRun):
+    """The run handle of a non-chief multi-worker process: records nothing (the chief's run
+    holds the stage), so the stage's code stays the same on every worker."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_pipeline_metrics(self, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        pass
+
+
 def _log_datasets(root: Path, deps: Sequence[str]) -> None:
     """Each split of ``data/prepared/manifest.csv`` as an ``mlflow.data`` input (name = split,
     digest = sha256 of the split's rows: which images, labels and content hashes)."""
@@ -226,10 +256,18 @@ def stage_run(
     upstream: Sequence[Path] = (),
     sidecar: Path | None = None,
     environment: Mapping[str, Any] | None = None,
+    chief: bool = True,
 ) -> Iterator[StageRun]:
     """Start an MLflow run for ``stage`` nested under its pipeline run; log params, lineage,
     environment and datasets; write ``sidecar`` on success. FAILED (with the error message)
-    on an exception, KILLED on Ctrl-C/SIGTERM; the exception propagates."""
+    on an exception, KILLED on Ctrl-C/SIGTERM; the exception propagates.
+
+    ``chief=False`` (a non-chief worker of a multi-worker run): no run, no sidecar; yields
+    a :class:`NoRun`."""
+    if not chief:
+        logger.info("MLflow: not the chief worker, the chief records the %s run", stage)
+        yield NoRun("", stage)
+        return
     import mlflow
     from mlflow.entities import RunStatus
     from mlflow.exceptions import MlflowException
@@ -261,10 +299,17 @@ def stage_run(
     }
     if mlflow.active_run() is not None:  # a leftover from a caller: never nest by accident
         mlflow.end_run()
+    system_metrics = params.tracking.system_metrics and stage in SYSTEM_METRICS_STAGES
     try:
-        active = store.retrying(
-            mlflow.start_run, experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=tags
-        )
+        with _sampling_interval(params.tracking.system_metrics_interval):
+            active = store.retrying(
+                mlflow.start_run,
+                experiment_id=exp_id,
+                run_name=stage,
+                parent_run_id=parent,
+                tags=tags,
+                log_system_metrics=system_metrics,
+            )
     except MlflowException as exc:
         with contextlib.suppress(MlflowException):
             client.set_terminated(parent, status=RunStatus.to_string(RunStatus.FAILED))
@@ -320,6 +365,21 @@ def _interrupt_on_sigterm() -> Any:
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+@contextmanager
+def _sampling_interval(seconds: float) -> Iterator[None]:
+    """MLflow's system-metrics monitor reads its sampling interval from the environment
+    when ``start_run`` creates it; set it only for that call (a user's
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` wins)."""
+    name = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+    saved = os.environ.get(name)
+    os.environ.setdefault(name, str(seconds))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from reprotrain.training.callbacks import (
     ScalarTensorBoard,
     TrainingState,
     TrainState,
+    WorkerCheckpointStore,
     epoch_file,
 )
 from reprotrain.training.feature_cache import extract_features, train_head_cached, use_feature_cache
@@ -23,6 +24,7 @@ from reprotrain.training.loop import (
     compile_model,
     discard_checkpoint,
     make_optimizer,
+    shard_across_workers,
     train,
 )
 
@@ -36,11 +38,13 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "TrainingState",
+    "WorkerCheckpointStore",
     "compile_model",
     "discard_checkpoint",
     "epoch_file",
     "extract_features",
     "make_optimizer",
+    "shard_across_workers",
     "train",
     "train_head_cached",
     "use_feature_cache",

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -153,6 +154,9 @@ class CheckpointStore:
         with fsio.atomic_path(self.dir / epoch_file(epoch)) as tmp:
             model.save_weights(tmp)
 
+    def close(self) -> None:
+        """Nothing to release (the backup stays until :func:`discard_checkpoint`)."""
+
     def commit(self, state: TrainState) -> None:
         """Make ``state`` the one to resume from, then drop epoch files it no longer names."""
         fsio.atomic_write_json(self.dir / STATE_FILE, state.to_json(), indent=None)
@@ -160,6 +164,57 @@ class CheckpointStore:
         for p in self.dir.glob("epoch-*.weights.h5"):
             if p.name not in keep:
                 p.unlink()
+
+
+class WorkerCheckpointStore(CheckpointStore):
+    """The backup as a non-chief worker of a multi-worker run uses it: read, never written.
+
+    Only the chief writes the backup (a second writer would race it on a shared project
+    directory). A non-chief worker must still resume at the chief's epoch and end on the
+    same best weights, running the same TensorFlow ops as the chief on the way (the
+    workers' collective ops must match one for one, or they abort). So it reads the chief's
+    committed backup (the project directory is shared) and writes its own epoch files to a
+    private temporary directory, deleted by :meth:`close` (Keras' own multi-worker pattern).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self._key: str | None = None
+        self.scratch = Path(tempfile.mkdtemp(prefix="reprotrain-worker-"))
+
+    def prepare(self, key: str | None) -> None:
+        self._key = key
+
+    def load(self) -> TrainState | None:
+        fp = self.dir / FINGERPRINT_FILE
+        if self._key is not None and not (fp.is_file() and fp.read_text().strip() == self._key):
+            return None  # no backup, or one of other inputs (the chief discards it)
+        return super().load()
+
+    def discard(self, why: str) -> None:
+        logger.warning("not resuming from the chief's backup in %s: %s", self.dir, why)
+
+    def clear(self) -> None:
+        for p in self.scratch.glob("epoch-*"):
+            p.unlink()
+
+    def restore(self, model: Any, epoch: int) -> None:
+        own = self.scratch / epoch_file(epoch)
+        model.optimizer.build(model.trainable_variables)
+        # An epoch of this run from the own file; one from before a resume from the chief's.
+        model.load_weights(own if own.is_file() else self.dir / epoch_file(epoch))
+
+    def save_epoch(self, model: Any, epoch: int) -> None:
+        model.save_weights(self.scratch / epoch_file(epoch))
+
+    def commit(self, state: TrainState) -> None:
+        keep = {epoch_file(state.done - 1), epoch_file(state.best_epoch)}
+        for p in self.scratch.glob("epoch-*.weights.h5"):
+            if p.name not in keep:
+                p.unlink()
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class TrainingState(keras.callbacks.Callback):

@@ -25,11 +25,21 @@ from reprotrain.training.loop import TrainResult, compile_model, train
 logger = logging.getLogger(__name__)
 
 
-def use_feature_cache(cfg: TrainHeadConfig) -> bool:
+def use_feature_cache(cfg: TrainHeadConfig, num_workers: int = 1) -> bool:
     """``auto`` caches features exactly when the head trains without augmentation.
 
     With augmentation every epoch sees different pixels, so features cannot be reused.
+    Multi-worker runs train without it: every worker would compute every feature (the
+    extraction is not sharded) and then all-reduce the gradients of a tiny head each step,
+    slower than one machine; ``auto`` turns it off there and ``on`` is an error.
     """
+    if num_workers > 1:
+        if cfg.feature_cache == "on":
+            raise ConfigError(
+                "train_head.feature_cache = on does not work with runtime.distribute = "
+                "multi_worker; set train_head.feature_cache: auto (or off)"
+            )
+        return False
     if cfg.feature_cache == "on":
         if cfg.augment:
             raise ConfigError(

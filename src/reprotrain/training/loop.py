@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from reprotrain.config import TrainConfig
 from reprotrain.errors import ConfigError, DataError, ModelError
-from reprotrain.runtime import MIXED, RuntimeInfo
+from reprotrain.runtime import MIXED, RuntimeInfo, gather_from_workers
 from reprotrain.training.callbacks import (
     MONITOR,
     CheckpointStore,
@@ -34,6 +34,7 @@ from reprotrain.training.callbacks import (
     ScalarTensorBoard,
     TrainingState,
     TrainState,
+    WorkerCheckpointStore,
     epoch_file,
 )
 
@@ -149,6 +150,33 @@ def _resume(
     return state
 
 
+def shard_across_workers(ds: Any) -> Any:
+    """``ds`` with its multi-worker auto-shard policy set explicitly to ``DATA``.
+
+    Each worker then reads every TFRecord shard and keeps every N-th batch. ``FILE`` (each
+    worker reads its own shard files) saves reading, but needs at least one file per
+    worker and gives workers different numbers of batches when the files differ in size;
+    a worker that runs out first leaves the others waiting in a collective op. Prepared
+    splits have few shards (``prepare.shard_size`` images each), so ``DATA`` is the safe
+    choice; TensorFlow's default (``AUTO``) would pick ``FILE`` for TFRecords.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def _check_workers_agree(info: RuntimeInfo, value: int, what: str, backup: Path) -> None:
+    """Every worker must start from the same point, or their collectives mismatch (a hang
+    or garbage): compare ``value`` across workers and stop all of them if it differs."""
+    seen = sorted(set(gather_from_workers(info, value)))
+    if len(seen) > 1:
+        raise ConfigError(
+            f"multi-worker: the workers see different training backups in {backup} "
+            f"({what}: {seen}); put the project directory on a file system all workers "
+            f"share (docs/scale-out.md), or delete {backup} and rerun"
+        )
+
+
 def discard_checkpoint(checkpoint_dir: Path) -> None:
     """Delete a run's resumable state: call it once the run's outputs are saved."""
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -171,6 +199,9 @@ def train(
 ) -> TrainResult:
     """Train ``model`` per ``cfg`` (``loop: fit|custom``) and return the merged history.
 
+    Multi-worker (``info.num_workers > 1``): the datasets are sharded across workers
+    (:func:`shard_across_workers`); only the chief writes the backup and TensorBoard logs.
+
     The kept (best) weights are in ``model`` when this returns. ``checkpoint_dir`` keeps
     the resumable state until the caller has saved its outputs and calls
     :func:`discard_checkpoint`, so a kill between the two loses no training.
@@ -179,11 +210,45 @@ def train(
     and keep them if no epoch reaches a lower val_loss, so fine-tuning can never hand on a
     model that is worse on validation than the one it started from.
     """
-    store = CheckpointStore(checkpoint_dir)
+    options = dict(
+        class_weight=class_weight,
+        epoch_hook=epoch_hook,
+        resume_key=resume_key,
+        compile=compile,
+        keep_start_if_better=keep_start_if_better,
+    )
+    if info.num_workers > 1:
+        train_ds, val_ds = shard_across_workers(train_ds), shard_across_workers(val_ds)
+    if info.is_chief:
+        store = CheckpointStore(checkpoint_dir)
+    else:  # multi-worker, not the chief: reads the chief's backup, writes no shared file
+        store, tensorboard_dir = WorkerCheckpointStore(checkpoint_dir), None
+    try:
+        return _train(model, train_ds, val_ds, cfg, info, store, tensorboard_dir, **options)
+    finally:
+        store.close()
+
+
+def _train(
+    model: Any,
+    train_ds: Any,
+    val_ds: Any,
+    cfg: TrainConfig,
+    info: RuntimeInfo,
+    store: CheckpointStore,
+    tensorboard_dir: Path | None,
+    *,
+    class_weight: Mapping[int, float] | None,
+    epoch_hook: EpochHook | None,
+    resume_key: str | None,
+    compile: bool,
+    keep_start_if_better: bool,
+) -> TrainResult:
     store.prepare(resume_key)
     if compile:
         compile_model(model, cfg, info)
     state = store.load() or TrainState()
+    _check_workers_agree(info, state.done, "finished epochs", store.dir)
     start_weights = model.get_weights() if keep_start_if_better else None
     if keep_start_if_better and state.start is None:
         state.start = _val_metrics(model, val_ds)
@@ -193,6 +258,7 @@ def train(
             state.start["val_accuracy"],
         )
     state = _resume(store, model, state, cfg.epochs, info.strategy)
+    _check_workers_agree(info, state.done, "resumable epochs", store.dir)
     initial = state.done
     if not state.stopped and state.done < cfg.epochs:
         callbacks = _callbacks(cfg, store, state, tensorboard_dir, epoch_hook)
@@ -287,7 +353,7 @@ def _custom_fit(
     if info.replicas > 1:
         raise ConfigError(
             "loop = custom runs on one device; use loop: fit with runtime.distribute: "
-            "mirrored (or distribute: none with the custom loop)"
+            "mirrored or multi_worker (or distribute: none with the custom loop)"
         )
     num_classes = int(model.output_shape[-1])
     weights = [float((class_weight or {}).get(i, 1.0)) for i in range(num_classes)]
