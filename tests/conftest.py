@@ -49,7 +49,7 @@ ASSETS = _assets()
 
 #: Test groups that take longest, started first so that the two xdist workers finish
 #: together (`make test` runs `-n 2 --dist loadgroup`).
-LONGEST_FIRST = ("promoted", "e2e/test_pipeline.py", "test_chaos.py")
+LONGEST_FIRST = ("promoted", "e2e/test_pipeline.py", "test_multiworker.py", "test_chaos.py")
 
 
 def _group(item: pytest.Item) -> str:
