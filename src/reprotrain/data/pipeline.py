@@ -2,13 +2,24 @@
 
 Order matters and is the point of this module::
 
-    interleave(shards) → parse → decode → resize → cache → shuffle → augment → batch → prefetch
+    interleave(shards) → parse → decode → resize → cache → shuffle → batch → augment → prefetch
 
 Decoding and resizing are the expensive, deterministic part, so they sit *before*
 ``cache()``: from epoch 2 on, images come from memory (or a cache file). Augmentation is
 random and must differ every epoch, so it sits *after* the cache; caching augmented images
 would replay the same "random" crops forever. ``shuffle`` reshuffles each epoch from a
 seeded generator, so a run is reproducible yet not the same order every epoch.
+
+Augmentation works on whole batches (:func:`augment_batch`): each op runs once per batch
+with per-image random parameters drawn in one op, instead of a dozen small ops per image.
+Determinism: ``Dataset.random(seed)`` (re-randomised each epoch) gives every batch one
+``[2]`` seed, zipped to the batch in order; everything else is a stateless function of that
+seed. Same ``seed`` and data → the same augmented batches, epoch by epoch; another epoch →
+other augmentations.
+
+Caching (``pipeline.cache``): ``auto`` (default) keeps the decoded split in memory when it
+fits ``pipeline.cache_memory_mb`` and otherwise writes a tf.data cache file keyed by the
+shards' digest (:func:`choose_cache`, :func:`cache_path`).
 """
 
 from __future__ import annotations
@@ -18,8 +29,9 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tensorflow as tf
 
@@ -48,7 +60,14 @@ def read_labels(prepared_dir: Path | str) -> list[str]:
 # --------------------------------------------------------------------------- map functions
 # Pure tensor → tensor functions: tested eagerly and inside tf.data (tests/data/).
 # ``decode_and_resize`` lives in ``images`` (shared with predict and serving); re-exported.
-__all__ = ["decode_and_resize", "make_dataset", "parse_example", "read_labels"]
+__all__ = [
+    "augment_batch",
+    "choose_cache",
+    "decode_and_resize",
+    "make_dataset",
+    "parse_example",
+    "read_labels",
+]
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -56,52 +75,140 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     return tf.io.parse_single_example(serialized, schema.feature_spec())
 
 
-def augment_image(image: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
-    """Random flip, rotation, zoom, brightness and contrast of one image (0..255 float32).
+def augment_batch(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """Random flip, rotation, zoom, brightness and contrast of a batch ``[B, H, W, 3]``.
 
-    Stateless ops keyed by ``seed`` (a ``[2]`` int tensor derived per element and epoch):
-    deterministic for a run, different across epochs and elements.
+    Float 0..255 in and out. Every image gets its own parameters, all drawn at once from
+    ``seed`` (a ``[2]`` int tensor) with stateless ops: the same seed gives the same batch,
+    eagerly and in a graph. Cost is per batch, not per image: flip, rotation and zoom are
+    one affine matrix per image and one ``ImageProjectiveTransformV3`` call for the batch
+    (bilinear, reflected borders, as ``keras.layers.RandomRotation``); brightness and
+    contrast are one multiply-add per pixel (``(x - mean) * c + mean + b``, the formula of
+    ``tf.image.adjust_contrast`` after ``adjust_brightness``).
     """
-    size = tf.shape(image)[0:2]
+    n = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, num=5)
-    if cfg.flip:
-        image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    images = tf.cast(images, tf.float32)
+    flip = (
+        tf.random.stateless_uniform([n], seeds[0]) < 0.5
+        if cfg.flip
+        else tf.zeros([n], dtype=tf.bool)
+    )
     if cfg.rotation > 0 or cfg.zoom > 0:
-        angle = tf.random.stateless_uniform(
-            [], seeds[1], -cfg.rotation * 2 * math.pi, cfg.rotation * 2 * math.pi
-        )
-        scale = tf.random.stateless_uniform([], seeds[2], 1.0 - cfg.zoom, 1.0 + cfg.zoom)
-        image = _rotate_zoom(image, angle, scale, size)
-    if cfg.brightness > 0:
-        image = tf.image.stateless_random_brightness(image, cfg.brightness * 255.0, seeds[3])
-    if cfg.contrast > 0:
-        image = tf.image.stateless_random_contrast(
-            image, 1.0 - cfg.contrast, 1.0 + cfg.contrast, seeds[4]
-        )
-    return tf.clip_by_value(image, 0.0, 255.0)
+        turn = cfg.rotation * 2 * math.pi
+        angle = tf.random.stateless_uniform([n], seeds[1], -turn, turn)
+        scale = tf.random.stateless_uniform([n], seeds[2], 1.0 - cfg.zoom, 1.0 + cfg.zoom)
+        images = _flip_rotate_zoom(images, flip, angle, scale)
+    elif cfg.flip:
+        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    if cfg.brightness > 0 or cfg.contrast > 0:
+        shape = tf.stack([n, 1, 1, 1])
+        offset = tf.zeros(shape)
+        if cfg.brightness > 0:
+            delta = cfg.brightness * 255.0
+            offset = tf.random.stateless_uniform(shape, seeds[3], -delta, delta)
+        if cfg.contrast > 0:
+            factor = tf.random.stateless_uniform(
+                shape, seeds[4], 1.0 - cfg.contrast, 1.0 + cfg.contrast
+            )
+            mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)  # per image and channel
+            offset += mean * (1.0 - factor)
+            images = images * factor
+        images = images + offset
+    return tf.clip_by_value(images, 0.0, 255.0)
 
 
-def _rotate_zoom(
-    image: tf.Tensor, angle: tf.Tensor, scale: tf.Tensor, size: tf.Tensor
+def _flip_rotate_zoom(
+    images: tf.Tensor, flip: tf.Tensor, angle: tf.Tensor, scale: tf.Tensor
 ) -> tf.Tensor:
-    """Rotate by ``angle`` and zoom by ``scale`` around the centre (reflect at the borders)."""
+    """Mirror (where ``flip``), rotate by ``angle`` and zoom by ``scale`` around the centre.
+
+    One inverse affine map per image (output pixel ``p`` samples the input at
+    ``c + F·R(angle)·(p - c) / scale``, ``F`` the mirror), so the three cost one resampling.
+    """
+    size = tf.shape(images)[1:3]
     h = tf.cast(size[0], tf.float32)
     w = tf.cast(size[1], tf.float32)
+    mirror = tf.where(flip, -1.0, 1.0)
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
     cx, cy = (w - 1) / 2, (h - 1) / 2
-    # Output pixel (x, y) samples input at A·(x - c) + c: the inverse transform.
-    transform = tf.stack(
-        [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]
+    a0, a1 = mirror * cos, -mirror * sin
+    zeros = tf.zeros_like(cos)
+    transforms = tf.stack(
+        [a0, a1, cx - a0 * cx - a1 * cy, sin, cos, cy - sin * cx - cos * cy, zeros, zeros],
+        axis=1,
     )
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[tf.newaxis],
-        transforms=transform[tf.newaxis],
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
         output_shape=size,
         fill_value=0.0,
         interpolation="BILINEAR",
         fill_mode="REFLECT",
     )
-    return out[0]
+
+
+# --------------------------------------------------------------------------- caching
+
+#: Where ``cache: auto`` writes its cache files when a split exceeds the memory budget:
+#: the project's untracked state folder (relative to the working directory, the project
+#: root when DVC runs a stage), beside the training checkpoints.
+AUTO_CACHE_PREFIX = Path(".reprotrain") / "tfdata-cache" / "tfdata"
+
+
+@dataclass(frozen=True)
+class CacheChoice:
+    """How one split is cached and why (logged)."""
+
+    kind: Literal["memory", "file", "none"]
+    reason: str
+    prefix: str | None = None  # the file prefix when ``kind == "file"``
+
+
+def cache_bytes(images: int, image_size: int) -> int:
+    """What the cache holds per split: uint8 ``S×S×3`` pixels plus an int32 label each."""
+    return images * (image_size * image_size * 3 + 4)
+
+
+def choose_cache(setting: str, images: int | None, image_size: int, budget_mb: int) -> CacheChoice:
+    """``pipeline.cache`` → memory, file or none, for a split of ``images`` images.
+
+    ``auto`` caches in memory when the split's decoded pixels fit ``budget_mb`` and in a
+    file (:data:`AUTO_CACHE_PREFIX`) otherwise; an unknown count (no ``shards.json``) goes
+    to a file, which is safe for any size. Pure: tested without TensorFlow data.
+    """
+    if setting == "none":
+        return CacheChoice("none", "pipeline.cache is 'none'")
+    if setting == "memory":
+        return CacheChoice("memory", "pipeline.cache is 'memory'")
+    if setting != "auto":
+        return CacheChoice("file", "pipeline.cache is a file prefix", setting)
+    prefix = str(AUTO_CACHE_PREFIX)
+    if images is None:
+        return CacheChoice("file", "image count unknown (no shards.json record)", prefix)
+    need = cache_bytes(images, image_size) / 2**20
+    sizes = f"{images} images at {image_size}px ≈ {need:,.0f} MB"
+    if need <= budget_mb:
+        return CacheChoice("memory", f"{sizes} fit pipeline.cache_memory_mb={budget_mb}")
+    return CacheChoice("file", f"{sizes} exceed pipeline.cache_memory_mb={budget_mb}", prefix)
+
+
+def count_records(files: Sequence[Path | str]) -> int | None:
+    """Examples in ``files``, from ``shards.json`` (None when a shard is not recorded)."""
+    total = 0
+    indexes: dict[Path, dict[str, dict]] = {}
+    for f in (Path(x) for x in files):
+        if f.parent not in indexes:
+            try:
+                index = tfrecords.read_shard_index(f.parent)
+            except DataError:
+                index = {}
+            indexes[f.parent] = {e["file"]: e for es in index.values() for e in es}
+        entry = indexes[f.parent].get(f.name)
+        if not entry or "records" not in entry or entry.get("bytes") != f.stat().st_size:
+            return None
+        total += int(entry["records"])
+    return total
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -158,18 +265,37 @@ def make_dataset(
         return image, label, meta
 
     ds = ds.map(_decode, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
-    if cfg.cache not in ("none", "memory"):
-        ds = ds.cache(str(cache_path(cfg.cache, files, image_size, with_metadata)))
-    elif cfg.cache == "memory":
-        ds = ds.cache()
+    ds = _cache(ds, cfg, files, image_size, with_metadata)
     if training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if augment:
-        ds = _augment(ds, cfg.augment, seed)
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
-    # float32 for the model, converted once per batch rather than per image.
-    ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
+    if augment:
+        ds = _augment(ds, cfg, seed)
+    else:  # float32 for the model, converted once per batch rather than per image.
+        ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
     return ds.prefetch(AUTOTUNE).with_options(options)
+
+
+def _cache(
+    ds: tf.data.Dataset,
+    cfg: PipelineConfig,
+    files: Sequence[str],
+    image_size: int,
+    with_metadata: bool,
+) -> tf.data.Dataset:
+    """Apply :func:`choose_cache`'s decision, logging which cache and why."""
+    count = count_records(files) if cfg.cache == "auto" else None
+    choice = choose_cache(cfg.cache, count, image_size, cfg.cache_memory_mb)
+    split = "+".join(sorted({Path(f).name.split("-")[0] for f in files}))
+    if choice.kind == "memory":
+        log.info("tf.data cache for %s: memory (%s)", split, choice.reason)
+        return ds.cache()
+    if choice.kind == "file":
+        path = cache_path(choice.prefix, files, image_size, with_metadata)
+        log.info("tf.data cache for %s: file %s (%s)", split, path, choice.reason)
+        return ds.cache(str(path))
+    log.info("tf.data cache for %s: none (%s)", split, choice.reason)
+    return ds
 
 
 def _to_float(image: tf.Tensor, *rest: Any) -> tuple[Any, ...]:
@@ -212,19 +338,20 @@ def cache_path(
     return path
 
 
-def _augment(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int) -> tf.data.Dataset:
-    """Augment with per-element, per-epoch seeds.
+def _augment(ds: tf.data.Dataset, cfg: PipelineConfig, seed: int) -> tf.data.Dataset:
+    """Augment batches (:func:`augment_batch`) with one seed per batch and epoch.
 
     A ``tf.data`` random generator seeded once would replay the same sequence each epoch
     when the pipeline is re-iterated; ``Dataset.random(seed)`` with
-    ``reshuffle_each_iteration`` yields fresh seeds every epoch and is still reproducible.
+    ``rerandomize_each_iteration`` yields fresh seeds every epoch and is still reproducible.
+    The seeds are zipped to the batches in order, so which batch gets which seed does not
+    depend on the parallel map's scheduling.
     """
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     zipped = tf.data.Dataset.zip((ds, seeds))
 
     def _apply(element: tuple[Any, ...], s: tf.Tensor) -> tuple[Any, ...]:
         image, *rest = element
-        out = augment_image(tf.cast(image, tf.float32), cfg, s)
-        return (tf.cast(tf.round(out), tf.uint8), *rest)
+        return (augment_batch(image, cfg.augment, s), *rest)
 
-    return zipped.map(_apply, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return zipped.map(_apply, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
