@@ -93,14 +93,28 @@ def test_augment_batch_draws_parameters_per_image() -> None:
     assert 0 < sum(mirrored) < 8
 
 
-def test_augment_batch_flip_inside_the_affine_map_mirrors_exactly() -> None:
-    """With rotation/zoom on, the flip is folded into the one resampling: at zero angle and
-    scale 1 it must be the exact mirror (and the identity without flip)."""
-    images = _batch(2)
-    flip = tf.constant([True, False])
-    out = pipeline._flip_rotate_zoom(images, flip, tf.zeros([2]), tf.ones([2])).numpy()
-    np.testing.assert_allclose(out[0], images.numpy()[0, :, ::-1], atol=1e-3)
-    np.testing.assert_allclose(out[1], images.numpy()[1], atol=1e-3)
+def test_fused_resampling_equals_tensorflows_projective_transform() -> None:
+    """The XLA-fused bilinear/reflect resampling samples exactly what
+    ``ImageProjectiveTransformV3`` (BILINEAR, REFLECT) does with the same maps, borders
+    included; at angle 0 and scale 1 the flip is the exact mirror."""
+    images = tf.cast(tf.round(_batch(6)), tf.uint8)
+    flip = tf.constant([True, False, True, False, True, False])
+    angle = tf.constant([0.0, 0.0, 0.3, -0.3, 1.2, 3.0])
+    scale = tf.constant([1.0, 1.0, 0.9, 1.1, 0.5, 0.2])  # far outside: several reflections
+    transforms = pipeline.affine_transforms(tf.constant([SIZE, SIZE]), flip, angle, scale)
+    ones, zeros = tf.ones([6, 1, 1, 1]), tf.zeros([6, 1, 1, 1])
+    ours = pipeline._resample_adjust(images, transforms, ones, zeros).numpy()
+    reference = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32),
+        transforms=transforms,
+        output_shape=[SIZE, SIZE],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    ).numpy()
+    np.testing.assert_allclose(ours, reference, atol=0.05)
+    np.testing.assert_allclose(ours[0], images.numpy()[0, :, ::-1], atol=1e-3)
+    np.testing.assert_allclose(ours[1], images.numpy()[1], atol=1e-3)
 
 
 def test_decoding_is_cached_and_augmentation_differs_between_epochs(

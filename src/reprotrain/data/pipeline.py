@@ -78,55 +78,49 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 def augment_batch(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
     """Random flip, rotation, zoom, brightness and contrast of a batch ``[B, H, W, 3]``.
 
-    Float 0..255 in and out. Every image gets its own parameters, all drawn at once from
-    ``seed`` (a ``[2]`` int tensor) with stateless ops: the same seed gives the same batch,
-    eagerly and in a graph. Cost is per batch, not per image: flip, rotation and zoom are
-    one affine matrix per image and one ``ImageProjectiveTransformV3`` call for the batch
-    (bilinear, reflected borders, as ``keras.layers.RandomRotation``); brightness and
-    contrast are one multiply-add per pixel (``(x - mean) * c + mean + b``, the formula of
-    ``tf.image.adjust_contrast`` after ``adjust_brightness``).
+    uint8 or float 0..255 in, float32 0..255 out. Every image gets its own parameters, all
+    drawn at once from ``seed`` (a ``[2]`` int tensor) with stateless ops: the same seed
+    gives the same batch, eagerly and in a graph. The pixel work is one XLA-compiled
+    function per batch (:func:`_resample_adjust` or :func:`_flip_adjust`): flip, rotation
+    and zoom are one inverse affine map per image, sampled bilinearly with reflected borders
+    (``ImageProjectiveTransformV3``'s ``BILINEAR``/``REFLECT``, tested equal), and
+    brightness/contrast are one multiply-add, ``(x - mean) * c + mean + b`` (the formula of
+    ``tf.image.adjust_contrast`` after ``adjust_brightness``; ``mean`` is the input image's
+    per-channel mean). Fused, each output pixel is computed in one pass over memory instead
+    of one pass per op: on a CPU that is what makes augmentation cheap.
     """
     n = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, num=5)
-    images = tf.cast(images, tf.float32)
     flip = (
         tf.random.stateless_uniform([n], seeds[0]) < 0.5
         if cfg.flip
         else tf.zeros([n], dtype=tf.bool)
     )
+    shape = tf.stack([n, 1, 1, 1])
+    delta = tf.zeros(shape)
+    if cfg.brightness > 0:
+        top = cfg.brightness * 255.0
+        delta = tf.random.stateless_uniform(shape, seeds[3], -top, top)
+    factor = tf.ones(shape)
+    if cfg.contrast > 0:
+        factor = tf.random.stateless_uniform(
+            shape, seeds[4], 1.0 - cfg.contrast, 1.0 + cfg.contrast
+        )
     if cfg.rotation > 0 or cfg.zoom > 0:
         turn = cfg.rotation * 2 * math.pi
         angle = tf.random.stateless_uniform([n], seeds[1], -turn, turn)
         scale = tf.random.stateless_uniform([n], seeds[2], 1.0 - cfg.zoom, 1.0 + cfg.zoom)
-        images = _flip_rotate_zoom(images, flip, angle, scale)
-    elif cfg.flip:
-        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    if cfg.brightness > 0 or cfg.contrast > 0:
-        shape = tf.stack([n, 1, 1, 1])
-        offset = tf.zeros(shape)
-        if cfg.brightness > 0:
-            delta = cfg.brightness * 255.0
-            offset = tf.random.stateless_uniform(shape, seeds[3], -delta, delta)
-        if cfg.contrast > 0:
-            factor = tf.random.stateless_uniform(
-                shape, seeds[4], 1.0 - cfg.contrast, 1.0 + cfg.contrast
-            )
-            mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)  # per image and channel
-            offset += mean * (1.0 - factor)
-            images = images * factor
-        images = images + offset
-    return tf.clip_by_value(images, 0.0, 255.0)
+        transforms = affine_transforms(tf.shape(images)[1:3], flip, angle, scale)
+        return _resample_adjust(images, transforms, factor, delta)
+    return _flip_adjust(images, flip, factor, delta)
 
 
-def _flip_rotate_zoom(
-    images: tf.Tensor, flip: tf.Tensor, angle: tf.Tensor, scale: tf.Tensor
+def affine_transforms(
+    size: tf.Tensor, flip: tf.Tensor, angle: tf.Tensor, scale: tf.Tensor
 ) -> tf.Tensor:
-    """Mirror (where ``flip``), rotate by ``angle`` and zoom by ``scale`` around the centre.
-
-    One inverse affine map per image (output pixel ``p`` samples the input at
-    ``c + F·R(angle)·(p - c) / scale``, ``F`` the mirror), so the three cost one resampling.
-    """
-    size = tf.shape(images)[1:3]
+    """``[B, 8]`` inverse maps (``ImageProjectiveTransformV3``'s layout) that mirror (where
+    ``flip``), rotate by ``angle`` and zoom by ``scale`` around the image centre: output
+    pixel ``p`` samples the input at ``c + F·R(angle)·(p - c) / scale``, ``F`` the mirror."""
     h = tf.cast(size[0], tf.float32)
     w = tf.cast(size[1], tf.float32)
     mirror = tf.where(flip, -1.0, 1.0)
@@ -134,18 +128,69 @@ def _flip_rotate_zoom(
     cx, cy = (w - 1) / 2, (h - 1) / 2
     a0, a1 = mirror * cos, -mirror * sin
     zeros = tf.zeros_like(cos)
-    transforms = tf.stack(
+    return tf.stack(
         [a0, a1, cx - a0 * cx - a1 * cy, sin, cos, cy - sin * cx - cos * cy, zeros, zeros],
         axis=1,
     )
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=size,
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="REFLECT",
-    )
+
+
+def _adjust(images: tf.Tensor, pixels: tf.Tensor, factor: tf.Tensor, delta: tf.Tensor) -> Any:
+    """``(x - mean) * factor + mean + delta``, clipped to 0..255 (mean of ``images``)."""
+    mean = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2], keepdims=True)
+    return tf.clip_by_value(pixels * factor + (mean * (1.0 - factor) + delta), 0.0, 255.0)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _flip_adjust(
+    images: tf.Tensor, flip: tf.Tensor, factor: tf.Tensor, delta: tf.Tensor
+) -> tf.Tensor:
+    """Mirror where ``flip``, then brightness/contrast: one fused XLA pass."""
+    x = tf.cast(images, tf.float32)
+    x = tf.where(flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
+    return _adjust(images, x, factor, delta)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _resample_adjust(
+    images: tf.Tensor, transforms: tf.Tensor, factor: tf.Tensor, delta: tf.Tensor
+) -> tf.Tensor:
+    """Bilinear affine resampling with reflected borders, then brightness/contrast.
+
+    Why not ``ImageProjectiveTransformV3`` itself: it has no XLA kernel, and unfused it
+    costs more per image than decoding the JPEG (benchmarks/input_pipeline.py). Here XLA
+    compiles the coordinates, the four-neighbour gather and the blend into one loop.
+    """
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    xs = tf.range(w, dtype=tf.float32)[None, None, :]
+    ys = tf.range(h, dtype=tf.float32)[None, :, None]
+    t = [transforms[:, i][:, None, None] for i in range(6)]
+    sx = _reflect(t[0] * xs + t[1] * ys + t[2], w)
+    sy = _reflect(t[3] * xs + t[4] * ys + t[5], h)
+    x0f, y0f = tf.floor(sx), tf.floor(sy)
+    wx, wy = (sx - x0f)[..., None], (sy - y0f)[..., None]
+    x0, y0 = tf.cast(x0f, tf.int32), tf.cast(y0f, tf.int32)
+    x1, y1 = tf.minimum(x0 + 1, w - 1), tf.minimum(y0 + 1, h - 1)
+    flat = tf.reshape(images, [-1, 3])
+    first = (tf.range(b) * h * w)[:, None, None]
+
+    def pixel(yy: tf.Tensor, xx: tf.Tensor) -> tf.Tensor:
+        return tf.cast(tf.gather(flat, first + yy * w + xx), tf.float32)
+
+    p00, p01, p10, p11 = pixel(y0, x0), pixel(y0, x1), pixel(y1, x0), pixel(y1, x1)
+    top = p00 + (p01 - p00) * wx
+    bottom = p10 + (p11 - p10) * wx
+    return _adjust(images, top + (bottom - top) * wy, factor, delta)
+
+
+def _reflect(coord: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Pixel-centre coordinates reflected into ``[0, size - 1]`` (``d c b a | a b c d | d c``:
+    ``ImageProjectiveTransformV3``'s ``REFLECT``), for any distance outside the image."""
+    n = tf.cast(size, tf.float32)
+    period = 2.0 * n
+    c = tf.math.floormod(coord + 0.5, period)
+    c = tf.where(c >= n, period - c, c) - 0.5
+    return tf.clip_by_value(c, 0.0, n - 1.0)
 
 
 # --------------------------------------------------------------------------- caching
