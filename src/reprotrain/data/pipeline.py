@@ -338,6 +338,7 @@ def _cache(
     if choice.kind == "file":
         path = cache_path(choice.prefix, files, image_size, with_metadata)
         log.info("tf.data cache for %s: file %s (%s)", split, path, choice.reason)
+        clear_unfinished_cache(path)
         return ds.cache(str(path))
     log.info("tf.data cache for %s: none (%s)", split, choice.reason)
     return ds
@@ -381,6 +382,30 @@ def cache_path(
     path = Path(f"{prefix}-{'+'.join(split)}-{image_size}px-{key}")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def clear_unfinished_cache(path: Path) -> list[Path]:
+    """Delete what a killed writer left of the cache file ``path``; returns what was deleted.
+
+    tf.data writes ``<path>.index`` last, when an epoch completes. A process killed during
+    its first epoch leaves ``<path>_<n>.lockfile`` and partial ``.data`` files, and every
+    later run then fails with "There appears to be a concurrent caching iterator running".
+    Without the index the cache is unusable anyway, so its leftovers go (a complete cache is
+    never touched). Caches are keyed by the data and written by one stage at a time (DVC's
+    repro lock), so a lockfile without an index here is a dead writer's.
+    """
+    if Path(f"{path}.index").exists():
+        return []
+    leftovers = [p for p in path.parent.glob(f"{path.name}[._]*") if p.is_file()]
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    if leftovers:
+        log.warning(
+            "removed an unfinished tf.data cache (%s): a run stopped before its first epoch "
+            "completed",
+            ", ".join(p.name for p in leftovers),
+        )
+    return leftovers
 
 
 def _augment(ds: tf.data.Dataset, cfg: PipelineConfig, seed: int) -> tf.data.Dataset:
