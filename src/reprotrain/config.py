@@ -191,7 +191,7 @@ class ModelConfig:
 
 @section
 class AugmentConfig:
-    """Random augmentation applied to training batches only (after the cache)."""
+    """Random augmentation of training batches only (after the cache, per batch)."""
 
     flip: Bool = _f(True, "random horizontal flip")
     rotation: Float = _f(0.05, "max rotation as a fraction of a full turn", min=0.0, max=0.5)
@@ -204,7 +204,15 @@ class AugmentConfig:
 class PipelineConfig:
     """The tf.data input pipeline shared by training and evaluation."""
 
-    cache: Str = _f("memory", "'memory', 'none', or a file path prefix for tf.data cache files")
+    cache: Str = _f(
+        "auto",
+        "'auto' (memory when a split fits cache_memory_mb, else a cache file under "
+        ".reprotrain/tfdata-cache/), 'memory', 'none', or a file path prefix for tf.data "
+        "cache files",
+    )
+    cache_memory_mb: Int = _f(
+        2048, "cache: auto keeps a split in memory up to this size (uint8 pixels)", min=0
+    )
     shuffle_buffer: Int = _f(1024, "shuffle buffer size (examples)", min=1)
     deterministic: Bool = _f(True, "keep element order deterministic in parallel maps")
     augment: AugmentConfig = _f(AugmentConfig(), "augmentation knobs")

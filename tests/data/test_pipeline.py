@@ -52,19 +52,70 @@ def test_decode_and_resize_eager_equals_in_dataset() -> None:
     np.testing.assert_allclose(eager, graph, atol=1e-4)
 
 
+def _batch(n: int = 4) -> tf.Tensor:
+    return tf.stack([pipeline.decode_and_resize(tf.constant(_jpeg(i)), SIZE) for i in range(n)])
+
+
 @pytest.mark.slow
-def test_augment_is_seeded_eager_equals_graph_and_identity_when_off() -> None:
-    image = pipeline.decode_and_resize(tf.constant(_jpeg(1)), SIZE)
+def test_augment_batch_is_seeded_eager_equals_graph_and_identity_when_off() -> None:
+    images = _batch()
     cfg = AugmentConfig(flip=True, rotation=0.1, zoom=0.2, brightness=0.2, contrast=0.3)
     seed = tf.constant([3, 4], dtype=tf.int64)
-    a = pipeline.augment_image(image, cfg, seed).numpy()
-    fn = tf.function(lambda im, s: pipeline.augment_image(im, cfg, s))
-    np.testing.assert_allclose(a, fn(image, seed).numpy(), atol=1e-3)
-    b = pipeline.augment_image(image, cfg, tf.constant([5, 6], dtype=tf.int64)).numpy()
+    a = pipeline.augment_batch(images, cfg, seed).numpy()
+    np.testing.assert_array_equal(a, pipeline.augment_batch(images, cfg, seed).numpy())
+    fn = tf.function(lambda im, s: pipeline.augment_batch(im, cfg, s))
+    np.testing.assert_allclose(a, fn(images, seed).numpy(), atol=1e-3)
+    b = pipeline.augment_batch(images, cfg, tf.constant([5, 6], dtype=tf.int64)).numpy()
     assert np.abs(a - b).mean() > 1.0  # another seed, another augmentation
-    assert a.shape == image.shape and a.min() >= 0 and a.max() <= 255
-    same = pipeline.augment_image(image, NO_AUG, seed).numpy()
-    np.testing.assert_array_equal(same, image.numpy())
+    assert a.shape == images.shape and a.dtype == np.float32 and a.min() >= 0 and a.max() <= 255
+    pixels = tf.cast(tf.round(images), tf.uint8)  # what the cache holds
+    same = pipeline.augment_batch(pixels, NO_AUG, seed).numpy()
+    np.testing.assert_array_equal(same, pixels.numpy().astype(np.float32))  # off: identity
+    # A partial last batch works too (the parameters are drawn for the batch's own size).
+    assert pipeline.augment_batch(images[:1], cfg, seed).shape == (1, SIZE, SIZE, 3)
+
+
+def test_augment_batch_draws_parameters_per_image() -> None:
+    """Identical images in one batch come out differently: the randomness is per image,
+    not one draw for the whole batch."""
+    one = pipeline.decode_and_resize(tf.constant(_jpeg(2)), SIZE)
+    images = tf.stack([one] * 8)
+    for cfg in (
+        AugmentConfig(flip=False, rotation=0.1, zoom=0.0, brightness=0.0, contrast=0.0),
+        AugmentConfig(flip=False, rotation=0.0, zoom=0.0, brightness=0.3, contrast=0.0),
+    ):
+        out = pipeline.augment_batch(images, cfg, tf.constant([1, 2], dtype=tf.int64)).numpy()
+        assert len({o.tobytes() for o in out}) == 8
+    # Flip alone: each image is either itself or its exact mirror, and both occur.
+    flip_only = dataclasses.replace(NO_AUG, flip=True)
+    out = pipeline.augment_batch(images, flip_only, tf.constant([7, 8], dtype=tf.int64)).numpy()
+    mirrored = [np.array_equal(o, one.numpy()[:, ::-1]) for o in out]
+    assert all(m or np.array_equal(o, one.numpy()) for m, o in zip(mirrored, out, strict=True))
+    assert 0 < sum(mirrored) < 8
+
+
+def test_fused_resampling_equals_tensorflows_projective_transform() -> None:
+    """The XLA-fused bilinear/reflect resampling samples exactly what
+    ``ImageProjectiveTransformV3`` (BILINEAR, REFLECT) does with the same maps, borders
+    included; at angle 0 and scale 1 the flip is the exact mirror."""
+    images = tf.cast(tf.round(_batch(6)), tf.uint8)
+    flip = tf.constant([True, False, True, False, True, False])
+    angle = tf.constant([0.0, 0.0, 0.3, -0.3, 1.2, 3.0])
+    scale = tf.constant([1.0, 1.0, 0.9, 1.1, 0.5, 0.2])  # far outside: several reflections
+    transforms = pipeline.affine_transforms(tf.constant([SIZE, SIZE]), flip, angle, scale)
+    ones, zeros = tf.ones([6, 1, 1, 1]), tf.zeros([6, 1, 1, 1])
+    ours = pipeline._resample_adjust(images, transforms, ones, zeros).numpy()
+    reference = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32),
+        transforms=transforms,
+        output_shape=[SIZE, SIZE],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    ).numpy()
+    np.testing.assert_allclose(ours, reference, atol=0.05)
+    np.testing.assert_allclose(ours[0], images.numpy()[0, :, ::-1], atol=1e-3)
+    np.testing.assert_allclose(ours[1], images.numpy()[1], atol=1e-3)
 
 
 @pytest.mark.slow
@@ -188,3 +239,65 @@ def test_cache_files_are_per_split_and_keyed_by_the_data(prepared: Path, tmp_pat
     assert pipeline.cache_path(cfg.cache, new_val, 64, True) != (
         pipeline.cache_path(cfg.cache, new_val, SIZE, True)
     )
+
+
+def test_choose_cache_memory_when_the_split_fits_else_a_file() -> None:
+    fits = pipeline.choose_cache("auto", 1000, 224, 2048)  # 1000 × 224² × 3 ≈ 144 MB
+    assert fits.kind == "memory" and "fit pipeline.cache_memory_mb=2048" in fits.reason
+    big = pipeline.choose_cache("auto", 100_000, 224, 2048)  # ≈ 14 GB
+    assert big.kind == "file" and big.prefix == str(pipeline.AUTO_CACHE_PREFIX)
+    assert "exceed pipeline.cache_memory_mb=2048" in big.reason and "100000 images" in big.reason
+    edge = pipeline.cache_bytes(1000, 224) / 2**20
+    assert pipeline.choose_cache("auto", 1000, 224, int(edge)).kind == "file"
+    assert pipeline.choose_cache("auto", 1000, 224, int(edge) + 1).kind == "memory"
+    assert pipeline.choose_cache("auto", None, 224, 2048).kind == "file"  # unknown: safe
+    assert pipeline.choose_cache("auto", 10, 32, 0).kind == "file"
+    assert pipeline.choose_cache("memory", 10**9, 224, 0).kind == "memory"  # explicit wins
+    assert pipeline.choose_cache("none", 1, 32, 2048).kind == "none"
+    explicit = pipeline.choose_cache("/tmp/c/tfdata", 1, 32, 2048)
+    assert explicit.kind == "file" and explicit.prefix == "/tmp/c/tfdata"
+
+
+def test_cache_auto_over_budget_writes_a_keyed_cache_file(
+    prepared: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A budget of 0 MB forces the file cache: it lands under .reprotrain/tfdata-cache/ of
+    the working directory, keyed like an explicit prefix, and serves epoch 2 after the shards
+    are gone. The choice and its reason are logged."""
+    import logging
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy)
+    files = split_files(copy, "val")
+    assert pipeline.count_records(files) == sum(
+        1 for _ in tf.data.TFRecordDataset([str(f) for f in files])
+    )
+    cfg = PipelineConfig(cache="auto", cache_memory_mb=0)
+    with caplog.at_level(logging.INFO, logger="reprotrain.data.pipeline"):
+        ds = pipeline.make_dataset(files, cfg, False, image_size=SIZE, batch_size=8, seed=0)
+    assert "tf.data cache for val: file" in caplog.text and "exceed" in caplog.text
+    first, labels = _epoch(ds)
+    written = list((tmp_path / ".reprotrain" / "tfdata-cache").iterdir())
+    key = pipeline.cache_path(pipeline.AUTO_CACHE_PREFIX, files, SIZE, False).name
+    assert written and all(p.name.startswith(key) for p in written)
+    for f in files:
+        f.unlink()
+    again, labels2 = _epoch(ds)  # only the cache file can serve this
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(labels, labels2)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reprotrain.data.pipeline"):
+        pipeline.make_dataset(
+            split_files(prepared, "val"),
+            PipelineConfig(),
+            False,
+            image_size=SIZE,
+            batch_size=8,
+            seed=0,
+        )
+    assert "tf.data cache for val: memory" in caplog.text and "fit" in caplog.text
