@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +25,10 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+# The project-copy helpers live outside the tests (benchmarks use them too); re-exported
+# here, where the test modules import them from.
+from scripts.project_copy import deep_update, make_project, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -142,44 +145,6 @@ TINY_PARAMS: dict[str, Any] = {
 }
 
 
-def deep_update(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = (
-            deep_update(out.get(k, {}), v)
-            if isinstance(v, Mapping) and isinstance(out.get(k), dict)
-            else v
-        )
-    return out
-
-
-PROJECT_FILES = (
-    "dvc.yaml",
-    "params.yaml",
-    "stages",
-    "src",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".gitignore",
-    "scripts",
-)
-
-
-def subprocess_env(keras_home: Path | None = None, **extra: str) -> dict[str, str]:
-    """Environment for real `dvc`/`python` subprocesses: the venv first on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.setdefault("GIT_AUTHOR_NAME", "reprotrain-tests")
-    env.setdefault("GIT_AUTHOR_EMAIL", "tests@reprotrain.invalid")
-    env.setdefault("GIT_COMMITTER_NAME", "reprotrain-tests")
-    env.setdefault("GIT_COMMITTER_EMAIL", "tests@reprotrain.invalid")
-    if keras_home is not None:
-        env["KERAS_HOME"] = str(keras_home)
-    env.update(extra)
-    return env
-
-
 def run(
     cmd: list[str],
     cwd: Path,
@@ -202,31 +167,6 @@ def run(
             f"\n--- stderr\n{proc.stderr[-6000:]}"
         )
     return proc
-
-
-def make_project(dest: Path, params: Mapping[str, Any] | None = None, git: bool = True) -> Path:
-    """Copy the project's pipeline files into ``dest`` (a git + DVC repo), with params merged.
-
-    Stages still import ``reprotrain`` from the installed (editable) package; the copied
-    ``src/`` is there because ``dvc.yaml`` lists its files as dependencies.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
-    merged = deep_update(base, params or {})
-    (dest / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
-    if git:
-        env = subprocess_env()
-        run(["git", "init", "-q", "-b", "main"], dest, env)
-        run(["git", "add", "-A"], dest, env)
-        run(["git", "commit", "-q", "-m", "project"], dest, env)
-    return dest
 
 
 @pytest.fixture
