@@ -413,14 +413,33 @@ def simulate(root: Path, stage: str, upstream=(), sidecar=None, metrics=None, en
     return r
 
 
-def project_client(root: Path) -> Any:
-    """An MlflowClient on the SQLite store of the project at ``root``."""
+def project_client(root: Path, store: str = "mlruns") -> Any:
+    """An MlflowClient on the SQLite store of the project at ``root`` (``tracking.store``)."""
     import mlflow
 
     from reprotrain import tracking
 
-    uri = tracking.default_uri(root)
+    uri = tracking.default_uri(root, store)
     return mlflow.MlflowClient(uri, registry_uri=uri)
 
 
 TRACKING_ENV = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "REPROTRAIN_REPRODUCES")
+
+
+def params_project(root: Path) -> Path:
+    """``root`` holding the repo's ``dvc.yaml`` and ``params.yaml``: enough for
+    ``load_params`` and a project-local tracking store."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(REPO / name, root / name)
+    return root
+
+
+@pytest.fixture
+def store_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A :func:`params_project` as the working directory, no tracking environment inherited."""
+    for var in TRACKING_ENV:
+        monkeypatch.delenv(var, raising=False)
+    root = params_project(tmp_path / "proj")
+    monkeypatch.chdir(root)
+    return root
