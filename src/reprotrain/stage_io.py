@@ -217,17 +217,10 @@ class TrainingStage:
     history_path: Path
     resume_key: str
 
-    @property
-    def metrics_path(self) -> Path:
-        return paths.METRICS_DIR / f"{self.name}.json"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return paths.TENSORBOARD_DIR / self.name
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return paths.CHECKPOINTS_DIR / self.name
+    def __post_init__(self) -> None:
+        self.metrics_path = paths.METRICS_DIR / f"{self.name}.json"
+        self.tensorboard_dir = paths.TENSORBOARD_DIR / self.name
+        self.checkpoint_dir = paths.CHECKPOINTS_DIR / self.name
 
     def fit_options(self) -> dict[str, Any]:
         """The ``training.train`` keywords every training stage passes alike: resumable

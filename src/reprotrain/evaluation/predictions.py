@@ -347,26 +347,12 @@ def evaluate_model_file(
     calibration_bins: int,
     worst_k: int = 0,
 ) -> tuple[dict[str, Any], SplitPredictions]:
-    """:func:`evaluate_model` of a saved model.
-
-    The loader checks first that the model fits the data (class count, input size): a
-    stale model from another dataset would otherwise produce confident nonsense.
-    """
-    model = load_model(
-        model_path,
-        num_classes=len(labels),
-        image_size=image_size,
-        hint="rerun training (dvc repro)",
-    )
-    return evaluate_model(
-        model,
-        split,
-        labels,
-        top_k=top_k,
-        calibration_bins=calibration_bins,
-        worst_k=worst_k,
-        name=Path(model_path).stem,
-    )
+    """:func:`evaluate_model` of a saved model, loaded with the class/size checks (a stale
+    model from another dataset would otherwise produce confident nonsense)."""
+    hint = "rerun training (dvc repro)"
+    model = load_model(model_path, num_classes=len(labels), image_size=image_size, hint=hint)
+    options = dict(top_k=top_k, calibration_bins=calibration_bins, worst_k=worst_k)
+    return evaluate_model(model, split, labels, name=Path(model_path).stem, **options)
 
 
 # --------------------------------------------------------------------------- manifest, rows

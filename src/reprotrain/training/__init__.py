@@ -17,7 +17,12 @@ from reprotrain.training.callbacks import (
     TrainState,
     epoch_file,
 )
-from reprotrain.training.feature_cache import extract_features, train_head_cached, use_feature_cache
+from reprotrain.training.feature_cache import (
+    extract_features,
+    fit_head,
+    train_head_cached,
+    use_feature_cache,
+)
 from reprotrain.training.loop import (
     TrainResult,
     compile_model,
@@ -40,6 +45,7 @@ __all__ = [
     "discard_checkpoint",
     "epoch_file",
     "extract_features",
+    "fit_head",
     "make_optimizer",
     "train",
     "train_head_cached",

@@ -41,17 +41,11 @@ from reprotrain.commands.tune.record import (
     TAG_TRIAL,
     TAG_TUNE,
     TrialLog,
-    queue_experiments,
-)
-from reprotrain.commands.tune.search import search
-from reprotrain.commands.tune.space import (
-    TrialResult,
-    apply_values,
     exp_run_command,
-    ranked,
-    suggest,
+    queue_experiments,
     yaml_value,
 )
+from reprotrain.commands.tune.search import TrialResult, apply_values, ranked, search, suggest
 from reprotrain.config import load_params
 from reprotrain.errors import ConfigError, DataError, ReprotrainError
 

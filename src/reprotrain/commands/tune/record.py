@@ -1,4 +1,5 @@
-"""Where a search is recorded and handed on: nested MLflow runs, queued DVC experiments."""
+"""Where a search is recorded and handed on: nested MLflow runs, the ``dvc exp run -S ...``
+command of a trial, queued DVC experiments."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reprotrain import tracking
-from reprotrain.commands.tune.space import TrialResult
+from reprotrain.commands.tune.search import TrialResult
 from reprotrain.config import Params
 from reprotrain.errors import ReprotrainError
 
@@ -108,6 +109,35 @@ class TrialLog:
             )
             self.client.set_tag(self.parent, TAG_COMMAND, command or "")
         self.client.set_terminated(self.parent, status)
+
+
+def exp_run_command(values: Mapping[str, Any], params: Params, queue: bool = False) -> str:
+    """The ``dvc exp run -S key=value ...`` command that trains these values in the pipeline.
+
+    Tuning ran on cached features (no augmentation), so the command turns train_head's
+    augmentation off when params.yaml has it on.
+    """
+    sets = dict(values)
+    if params.train_head.augment:
+        sets["train_head.augment"] = False
+    parts = ["dvc", "exp", "run", *(["--queue"] if queue else [])]
+    for key, value in sets.items():
+        parts += ["-S", f"{key}={yaml_value(value)}"]
+    return shlex.join(parts)
+
+
+def yaml_value(value: Any) -> str:
+    """A value as YAML reads it back: ``true``, ``0.003``, ``1.0e-05`` (a YAML 1.1 float
+    needs the dot), ``balanced``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        if e and "." not in mantissa:
+            text = f"{mantissa}.0e{exponent}"
+        return text
+    return str(value)
 
 
 def queue_experiments(commands: Sequence[str], root: Path) -> None:

@@ -1,26 +1,79 @@
-"""The Optuna study: base features computed once, each trial a head trained on them (and,
-with ``--finetune``, a short fine-tune of the full model), scored on the validation split."""
+"""The search space and the Optuna study: base features computed once, each trial a head
+trained on them (and, with ``--finetune``, a short fine-tune of the full model), scored on
+the validation split."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reprotrain import stage_io
-from reprotrain.commands.tune.record import TrialLog
-from reprotrain.commands.tune.space import TrialResult, apply_values, ranked, suggest
 from reprotrain.config import Params
 from reprotrain.errors import ReprotrainError
 
+if TYPE_CHECKING:
+    from reprotrain.commands.tune.record import TrialLog
+
 logger = logging.getLogger(__name__)
+
+
+def suggest(trial: Any, finetune: bool) -> dict[str, Any]:
+    """The trial's values as ``params.yaml`` dotted keys, already rounded to what the
+    printed command will say (so the command reproduces the trial exactly)."""
+    lr = trial.suggest_float("train_head.learning_rate", 1e-4, 1e-1, log=True)
+    values: dict[str, Any] = {
+        "train_head.learning_rate": float(f"{lr:.3g}"),
+        "train_head.dropout": round(
+            trial.suggest_float("train_head.dropout", 0.0, 0.6, step=0.05), 2
+        ),
+        "train_head.epochs": trial.suggest_int("train_head.epochs", 3, 30),
+        "train_head.class_weight": trial.suggest_categorical(
+            "train_head.class_weight", ["none", "balanced"]
+        ),
+    }
+    if finetune:
+        ft_lr = trial.suggest_float("finetune.learning_rate", 1e-6, 1e-4, log=True)
+        values["finetune.learning_rate"] = float(f"{ft_lr:.3g}")
+        values["finetune.unfreeze_top"] = trial.suggest_int("finetune.unfreeze_top", 0, 60, step=10)
+    return values
+
+
+def apply_values(params: Params, values: Mapping[str, Any]) -> Params:
+    """``params`` with dotted ``section.key`` values replaced (validated by the dataclasses)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        sections.setdefault(section, {})[name] = value
+    return dataclasses.replace(
+        params,
+        **{s: dataclasses.replace(getattr(params, s), **kv) for s, kv in sections.items()},
+    )
+
+
+@dataclass
+class TrialResult:
+    number: int
+    values: dict[str, Any]
+    state: str  # COMPLETE | PRUNED | FAIL
+    val_loss: float = math.nan
+    val_accuracy: float = math.nan
+    history: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def ranked(results: Sequence[TrialResult]) -> list[TrialResult]:
+    """Completed trials, best (lowest val_loss, then highest val_accuracy) first."""
+    done = [r for r in results if r.state == "COMPLETE" and math.isfinite(r.val_loss)]
+    return sorted(done, key=lambda r: (r.val_loss, -r.val_accuracy, r.number))
 
 
 @dataclass
@@ -62,35 +115,20 @@ def train_head_trial(
 ) -> Any:
     """Train a head on the cached features with ``params.train_head`` (what train_head's
     feature-cache path does: same initial weights, same seeded shuffle, same callbacks)."""
-    import tensorflow as tf
-
     from reprotrain import training
-    from reprotrain.models import transfer
 
     cfg = params.train_head
     random.setstate(feats.rng_state)  # the Dropout seed train_head's head would get
-    with info.strategy.scope():
-        head = transfer.build_head_only(feats.x_train.shape[1], len(feats.labels), cfg.dropout)
-    head.get_layer(transfer.OUTPUT_NAME).set_weights(feats.head_init)
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((feats.x_train, feats.y_train))
-        .shuffle(len(feats.y_train), seed=params.seed, reshuffle_each_iteration=True)
-        .batch(cfg.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    val_ds = tf.data.Dataset.from_tensor_slices((feats.x_val, feats.y_val)).batch(cfg.batch_size)
-    class_weight = stage_io.class_weights(cfg.class_weight, feats.labels, feats.counts)
-    result = training.train(
-        head,
-        train_ds,
-        val_ds,
+    return training.fit_head(
+        (feats.x_train, feats.y_train, feats.x_val, feats.y_val),
+        feats.head_init,
         cfg,
         info,
+        seed=params.seed,
         checkpoint_dir=checkpoint_dir,
-        class_weight=class_weight,
+        class_weight=stage_io.class_weights(cfg.class_weight, feats.labels, feats.counts),
         epoch_hook=epoch_hook,
     )
-    return head, result
 
 
 def finetune_trial(
