@@ -435,11 +435,15 @@ def params_project(root: Path) -> Path:
     return root
 
 
+def enter_project(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``root`` as the working directory, with no tracking environment inherited."""
+    for var in TRACKING_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(root)
+    return root
+
+
 @pytest.fixture
 def store_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A :func:`params_project` as the working directory, no tracking environment inherited."""
-    for var in TRACKING_ENV:
-        monkeypatch.delenv(var, raising=False)
-    root = params_project(tmp_path / "proj")
-    monkeypatch.chdir(root)
-    return root
+    return enter_project(params_project(tmp_path / "proj"), monkeypatch)

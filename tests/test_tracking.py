@@ -24,7 +24,7 @@ from reprotrain.errors import TrackingError
 from tests.conftest import (
     HEAD_MD5,
     PREPARED_MD5,
-    TRACKING_ENV,
+    enter_project,
     make_empty_db,
     make_tracking_project,
     project_client,
@@ -43,11 +43,7 @@ def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_db: Path) -> Path:
     """dvc.yaml + params.yaml + the dep sources in a git repo, a dvc.lock and a manifest."""
-    for var in TRACKING_ENV:
-        monkeypatch.delenv(var, raising=False)
-    root = make_tracking_project(tmp_path / "proj", empty_db)
-    monkeypatch.chdir(root)
-    return root
+    return enter_project(make_tracking_project(tmp_path / "proj", empty_db), monkeypatch)
 
 
 client_for = project_client
