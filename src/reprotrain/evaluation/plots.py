@@ -23,6 +23,7 @@ import numpy as np
 
 from reprotrain.errors import DataError
 from reprotrain.evaluation.metrics import MICRO, Curve, PlotInputs
+from reprotrain.fsio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +131,11 @@ def new_figure(width: float, height: float) -> Any:
 
 
 def save_png(fig: Any, path: Path | str) -> Path:
-    """Write ``fig`` as PNG to ``path`` (parents created)."""
+    """Write ``fig`` as PNG to ``path`` atomically (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
