@@ -17,7 +17,7 @@ import math
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +216,9 @@ class TrainingStage:
     model_path: Path
     history_path: Path
     resume_key: str
+    metrics_path: Path = field(init=False)
+    tensorboard_dir: Path = field(init=False)
+    checkpoint_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics_path = paths.METRICS_DIR / f"{self.name}.json"
@@ -271,6 +274,7 @@ def training_stage(
     :meth:`TrainingStage.finish`; the checkpoint is discarded only after the run closed, so a
     kill before that resumes from the backup instead of retraining.
     """
+    # Here, not at the top: the data helpers above serve tests and `tune` without MLflow.
     from reprotrain import runtime, tracking, training
     from reprotrain.config import to_dict
 
