@@ -274,7 +274,7 @@ def training_stage(
     :meth:`TrainingStage.finish`; the checkpoint is discarded only after the run closed, so a
     kill before that resumes from the backup instead of retraining.
     """
-    # Here, not at the top: the data helpers above serve tests and `tune` without MLflow.
+    # Here, not at the top: importing stage_io for its data helpers needs no MLflow.
     from reprotrain import runtime, tracking, training
     from reprotrain.config import to_dict
 
