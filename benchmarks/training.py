@@ -30,36 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
-#: What a project needs to run `dvc repro` (the copied src/ is a dvc.yaml dependency; the
-#: stages import reprotrain from the installed package).
-PROJECT_FILES = (
-    "dvc.yaml",
-    "params.yaml",
-    "stages",
-    "src",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".gitignore",
-    "scripts",
-)
+sys.path.insert(0, str(REPO))  # for scripts.project_copy (run as `python benchmarks/...`)
+
+from scripts.project_copy import make_project, subprocess_env  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "training.json"
-
-
-def bench_env(keras_home: Path) -> dict[str, str]:
-    """Environment for the `dvc`/`python` children: this venv first on PATH, local MLflow."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env["KERAS_HOME"] = str(keras_home)
-    for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
-        env.setdefault(key, "reprotrain-bench")
-    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
-        env.setdefault(key, "bench@reprotrain.invalid")
-    return env
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 1800) -> None:
@@ -67,24 +43,6 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 1800) -
     proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-
-
-def make_project(dest: Path, data_source: Path, env: dict[str, str]) -> Path:
-    """A throw-away git + DVC project with the repo's pipeline and default params."""
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update({"source": str(data_source), "sha256": None})
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], dest, env)
-    run(["git", "add", "-A"], dest, env)
-    run(["git", "commit", "-q", "-m", "project"], dest, env)
-    return dest
 
 
 def run_stage_measured(stage: str, proj: Path, env: dict[str, str]) -> dict[str, float]:
@@ -139,21 +97,14 @@ def in_process_measurements(proj: Path, epochs: int) -> dict[str, object]:
     import numpy as np
     import tensorflow as tf
 
-    from reprotrain import paths, runtime, stage_io, training
+    from reprotrain import runtime, stage_io, training
     from reprotrain.config import load_params
     from reprotrain.models import transfer
 
     params = load_params()
     cfg = params.train_head
     info = runtime.configure(params.runtime, params.seed)
-    data = stage_io.load_stage_data(
-        paths.PREPARED_DIR,
-        params.pipeline,
-        cfg,
-        image_size=params.model.image_size,
-        seed=params.seed,
-        train_as_eval=False,
-    )
+    data = stage_io.load_transfer_data(params, cfg)
     n_classes = len(data.labels)
 
     # The same images, decoded once, as in-memory tensors (shuffled + batched the same way).
@@ -219,8 +170,8 @@ def main() -> None:
     (keras_home / "models").mkdir(parents=True)
     for f in (args.assets / "keras" / "models").glob("*.h5"):
         (keras_home / "models" / f.name).symlink_to(f.resolve())
-    env = bench_env(keras_home)
-    proj = make_project(tmp / "proj", data, env)
+    env = subprocess_env(keras_home)
+    proj = make_project(tmp / "proj", {"data": {"source": str(data), "sha256": None}})
     os.environ["KERAS_HOME"] = str(keras_home)  # for the in-process measurements
 
     t = time.perf_counter()

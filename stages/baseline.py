@@ -11,12 +11,10 @@ defaults (cnn, 64 px, 10 epochs).
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
 
-from reprotrain import paths, runtime, stage_io, tracking, training
+from reprotrain import paths, runtime, stage_io, training
 from reprotrain.cli import run_main
-from reprotrain.config import load_params, to_dict
+from reprotrain.config import load_params
 from reprotrain.models import scratch
 
 STAGE = "baseline"
@@ -32,21 +30,17 @@ def main() -> int:
     data = stage_io.load_stage_data(
         paths.PREPARED_DIR, params.pipeline, cfg, image_size=cfg.image_size, seed=params.seed
     )
-    tb_dir = paths.TENSORBOARD_DIR / STAGE
-    if info.is_chief:  # multi-worker: the other workers write nothing shared
-        shutil.rmtree(tb_dir, ignore_errors=True)
-    checkpoint_dir = paths.CHECKPOINTS_DIR / STAGE
-    key = stage_io.fingerprint(STAGE, [to_dict(getattr(params, s)) for s in SECTIONS], data.digest)
-    with tracking.stage_run(
+    with stage_io.training_stage(
         STAGE,
         params,
+        info,
         sections=SECTIONS,
-        root=Path.cwd(),
         upstream=[paths.PREPARE_RUN],
         sidecar=paths.BASELINE_RUN,
-        environment=runtime.environment_info(info),
-        chief=info.is_chief,
-    ) as run:
+        model_path=paths.BASELINE_MODEL,
+        history_path=paths.BASELINE_HISTORY,
+        digests=[data.digest],
+    ) as stage:
         with info.strategy.scope():
             model = scratch.build(
                 cfg.architecture,
@@ -63,37 +57,17 @@ def main() -> int:
             model.name,
             counts["trainable_params"],
         )
-        run.set_tags({"reprotrain.architecture": cfg.architecture})
+        stage.run.set_tags({"reprotrain.architecture": cfg.architecture})
         result = training.train(
             model,
             data.train,
             data.val,
             cfg,
             info,
-            checkpoint_dir=checkpoint_dir,
-            tensorboard_dir=tb_dir,
             class_weight=data.class_weight,
-            resume_key=key,
-            epoch_hook=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
+            **stage.fit_options(),
         )
-        metrics_path = paths.METRICS_DIR / f"{STAGE}.json"
-        metrics = stage_io.save_outputs(
-            model,
-            result,
-            model_path=paths.BASELINE_MODEL,
-            history_path=paths.BASELINE_HISTORY,
-            metrics_path=metrics_path,
-            write=info.is_chief,
-            extra=counts,
-        )
-        run.log_metrics(stage_io.final_metrics(metrics))
-        for path in (paths.BASELINE_MODEL, paths.BASELINE_HISTORY, metrics_path):
-            run.log_artifact(path)
-        run.log_artifact(tb_dir, artifact_path=f"tensorboard/{STAGE}")
-    # Only now: a kill before this line resumes from the backup instead of retraining.
-    if info.is_chief:
-        training.discard_checkpoint(checkpoint_dir)
-    runtime.wait_for_workers(info)  # multi-worker: all leave together
+        stage.finish(model, result, counts)
     return 0
 
 

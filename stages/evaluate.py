@@ -13,10 +13,15 @@ import json
 import logging
 from pathlib import Path
 
-from reprotrain import fsio, paths, runtime, tracking
+from reprotrain import evaluation, fsio, paths, runtime, tracking
 from reprotrain.cli import run_main
 from reprotrain.config import load_params, to_dict
+from reprotrain.data import pipeline, tfrecords
 from reprotrain.errors import DataError
+from reprotrain.evaluation import compare, gate, plots
+from reprotrain.models.loading import load_model
+from reprotrain.reports import card
+from reprotrain.serving import pyfunc
 from reprotrain.tracking import gating
 
 STAGE = "evaluate"
@@ -31,14 +36,8 @@ logger = logging.getLogger("reprotrain.stages.evaluate")
 def main() -> int:
     params = load_params()
     cfg = params.evaluate
+    # Seeds, determinism and strategy: before any model or dataset is built.
     info = runtime.configure(params.runtime, params.seed)
-    from reprotrain import evaluation  # TensorFlow: after the runtime is configured
-    from reprotrain.data import pipeline, tfrecords
-    from reprotrain.evaluation import compare, gate, plots
-    from reprotrain.models.loading import load_model
-    from reprotrain.reports import card
-    from reprotrain.serving import pyfunc
-
     size = params.model.image_size
     labels = pipeline.read_labels(paths.PREPARED_DIR)
     stats = _read_json(paths.PREPARED_DIR / "stats.json") or {}
@@ -74,8 +73,21 @@ def main() -> int:
         sidecar=paths.EVALUATE_RUN,
         environment=runtime.environment_info(info),
     ) as run:
-        metrics, preds = evaluation.evaluate_model_file(
-            paths.FINETUNED_MODEL, split, labels, worst_k=cfg.worst_examples, **common
+        # Loaded once: scored here, and its Grad-CAM drawn on the model card below.
+        finetuned = load_model(
+            paths.FINETUNED_MODEL,
+            num_classes=len(labels),
+            image_size=size,
+            hint="rerun training (dvc repro)",
+        )
+        metrics, preds = evaluation.evaluate_model(
+            finetuned,
+            split,
+            labels,
+            worst_k=cfg.worst_examples,
+            top_k=cfg.top_k,
+            calibration_bins=cfg.calibration_bins,
+            name="finetuned",
         )
         head_metrics, head_preds = evaluation.evaluate_model_file(
             paths.HEAD_MODEL, split, labels, **common
@@ -193,7 +205,7 @@ def main() -> int:
 
         card.write_model_card(
             paths.MODEL_CARD,
-            model=load_model(paths.FINETUNED_MODEL),
+            model=finetuned,
             worst=preds.worst,
             worst_k=4,
             model_name=name,

@@ -17,7 +17,9 @@ from pathlib import Path
 from reprotrain import paths, runtime, tracking
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
+from reprotrain.data import tfrecords
 from reprotrain.fsio import atomic_write_json
+from reprotrain.serving import export
 
 STAGE = "export"
 SECTIONS = ("seed", "model", "pipeline", "runtime", "export")
@@ -27,9 +29,8 @@ logger = logging.getLogger("reprotrain.stages.export")
 def main() -> int:
     params = load_params()
     cfg = params.export
+    # Seeds, determinism and strategy: before any model or dataset is built.
     info = runtime.configure(params.runtime, params.seed)
-    from reprotrain.data import tfrecords
-    from reprotrain.serving import export  # TensorFlow: after the runtime is configured
 
     size = params.model.image_size
     test_images, test_labels = export.load_split(

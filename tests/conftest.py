@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +25,10 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+# The project-copy helpers live outside the tests (benchmarks use them too); re-exported
+# here, where the test modules import them from.
+from scripts.project_copy import deep_update, make_project, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -179,44 +182,6 @@ TINY_PARAMS: dict[str, Any] = {
 }
 
 
-def deep_update(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = (
-            deep_update(out.get(k, {}), v)
-            if isinstance(v, Mapping) and isinstance(out.get(k), dict)
-            else v
-        )
-    return out
-
-
-PROJECT_FILES = (
-    "dvc.yaml",
-    "params.yaml",
-    "stages",
-    "src",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".gitignore",
-    "scripts",
-)
-
-
-def subprocess_env(keras_home: Path | None = None, **extra: str) -> dict[str, str]:
-    """Environment for real `dvc`/`python` subprocesses: the venv first on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.setdefault("GIT_AUTHOR_NAME", "reprotrain-tests")
-    env.setdefault("GIT_AUTHOR_EMAIL", "tests@reprotrain.invalid")
-    env.setdefault("GIT_COMMITTER_NAME", "reprotrain-tests")
-    env.setdefault("GIT_COMMITTER_EMAIL", "tests@reprotrain.invalid")
-    if keras_home is not None:
-        env["KERAS_HOME"] = str(keras_home)
-    env.update(extra)
-    return env
-
-
 def run(
     cmd: list[str],
     cwd: Path,
@@ -239,31 +204,6 @@ def run(
             f"\n--- stderr\n{proc.stderr[-6000:]}"
         )
     return proc
-
-
-def make_project(dest: Path, params: Mapping[str, Any] | None = None, git: bool = True) -> Path:
-    """Copy the project's pipeline files into ``dest`` (a git + DVC repo), with params merged.
-
-    Stages still import ``reprotrain`` from the installed (editable) package; the copied
-    ``src/`` is there because ``dvc.yaml`` lists its files as dependencies.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
-    merged = deep_update(base, params or {})
-    (dest / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
-    if git:
-        env = subprocess_env()
-        run(["git", "init", "-q", "-b", "main"], dest, env)
-        run(["git", "add", "-A"], dest, env)
-        run(["git", "commit", "-q", "-m", "project"], dest, env)
-    return dest
 
 
 @pytest.fixture
@@ -512,14 +452,37 @@ def simulate(root: Path, stage: str, upstream=(), sidecar=None, metrics=None, en
     return r
 
 
-def project_client(root: Path) -> Any:
-    """An MlflowClient on the SQLite store of the project at ``root``."""
+def project_client(root: Path, store: str = "mlruns") -> Any:
+    """An MlflowClient on the SQLite store of the project at ``root`` (``tracking.store``)."""
     import mlflow
 
     from reprotrain import tracking
 
-    uri = tracking.default_uri(root)
+    uri = tracking.default_uri(root, store)
     return mlflow.MlflowClient(uri, registry_uri=uri)
 
 
 TRACKING_ENV = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "REPROTRAIN_REPRODUCES")
+
+
+def params_project(root: Path) -> Path:
+    """``root`` holding the repo's ``dvc.yaml`` and ``params.yaml``: enough for
+    ``load_params`` and a project-local tracking store."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(REPO / name, root / name)
+    return root
+
+
+def enter_project(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``root`` as the working directory, with no tracking environment inherited."""
+    for var in TRACKING_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture
+def store_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A :func:`params_project` as the working directory, no tracking environment inherited."""
+    return enter_project(params_project(tmp_path / "proj"), monkeypatch)

@@ -4,7 +4,6 @@ files)."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,23 +12,17 @@ import pytest
 from reprotrain import tracking
 from reprotrain.commands import promote
 from reprotrain.errors import ConfigError
-from tests.conftest import REPO, TRACKING_ENV, run, subprocess_env
+from tests.conftest import project_client, run, subprocess_env
 
 NAME = "tiny-classifier"
 
 
 @pytest.fixture
-def registry_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def registry_project(store_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project (params.yaml with tracking.store) whose store holds three versions."""
-    for var in TRACKING_ENV:
-        monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "proj"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy2(REPO / name, root / name)
+    root = store_project
     text = (root / "params.yaml").read_text().replace("store: mlruns", "store: registry-store")
     (root / "params.yaml").write_text(text)
-    monkeypatch.chdir(root)
     monkeypatch.setenv("USER", "alice")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-gitconfig"))
     client = _client(root)
@@ -40,10 +33,7 @@ def registry_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _client(root: Path):
-    import mlflow
-
-    uri = tracking.default_uri(root, "registry-store")
-    return mlflow.MlflowClient(uri, registry_uri=uri)
+    return project_client(root, "registry-store")
 
 
 def champion(root: Path) -> str:

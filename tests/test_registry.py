@@ -23,10 +23,9 @@ from reprotrain.models import transfer
 from reprotrain.tracking import gating
 from reprotrain.tracking import registry as reg
 from tests.conftest import (
-    REPO,
-    TRACKING_ENV,
     free_port,
     http_server,
+    params_project,
     project_client,
     subprocess_env,
 )
@@ -62,10 +61,7 @@ def test_decide_floor_champion_and_improvement() -> None:
 def registry(tmp_path_factory: pytest.TempPathFactory):
     """A project root with a store, a saved tiny model, and four registered versions."""
     saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    root = tmp_path_factory.mktemp("registry") / "proj"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy2(REPO / name, root / name)
+    root = params_project(tmp_path_factory.mktemp("registry") / "proj")
     model = transfer.build_model(tiny_model_cfg(), len(LABELS), 0.0)
     model_path = root / "model.keras"
     model.save(model_path)
@@ -197,33 +193,25 @@ def _small_model(path: Path, num_classes: int, size: int = 32) -> Path:
     return path
 
 
-@pytest.fixture
-def store_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in TRACKING_ENV:
-        monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "proj"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy2(REPO / name, root / name)
-    monkeypatch.chdir(root)
-    return root
+def _promote(run, model: Path, labels: list[str], digest: str, rescore, **options) -> dict:
+    """``register_and_promote`` with this module's defaults (``options`` override them)."""
+    settings = dict(accuracy=0.9, min_accuracy=0.5, min_improvement=0.0, image_size=32)
+    return gating.register_and_promote(
+        run,
+        model,
+        name=NAME,
+        test_digest=digest,
+        rescore=rescore,
+        labels=labels,
+        **{**settings, **options},
+    )
 
 
-def _register(root: Path, model: Path, labels: list[str], digest: str, rescore, size: int = 32):
+def _register(root: Path, model: Path, labels: list[str], digest: str, rescore, **options):
+    """:func:`_promote` in its own evaluate run."""
     params = load_params(root / "params.yaml")
     with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
-        return gating.register_and_promote(
-            run,
-            model,
-            name=NAME,
-            accuracy=0.9,
-            test_digest=digest,
-            rescore=rescore,
-            min_accuracy=0.5,
-            min_improvement=0.0,
-            image_size=size,
-            labels=labels,
-        )
+        return _promote(run, model, labels, digest, rescore, **options)
 
 
 def _never(path: Path) -> float:
@@ -252,7 +240,7 @@ def test_changed_task_registers_without_promoting(store_project: Path) -> None:
     assert run.data.tags["reprotrain.promotion.reason"] == reason
     # Another input size is not comparable either.
     other = _register(
-        root, _small_model(root / "big.keras", 2, 48), ["ants", "bees"], "d3", _never, size=48
+        root, _small_model(root / "big.keras", 2, 48), ["ants", "bees"], "d3", _never, image_size=48
     )
     assert not other["promoted"] and "takes 32×32 images; this model takes 48×48" in other["reason"]
 
@@ -297,18 +285,7 @@ def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
         db.write_bytes(b"this is not a database" * 400)
         try:
             with pytest.raises(tracking.TrackingError, match=r"could not look up|cannot be opened"):
-                gating.register_and_promote(
-                    run,
-                    model,
-                    name=NAME,
-                    accuracy=0.99,
-                    test_digest="d1",
-                    rescore=_never,
-                    min_accuracy=0.0,
-                    min_improvement=0.0,
-                    image_size=32,
-                    labels=LABELS,
-                )
+                _promote(run, model, LABELS, "d1", _never, accuracy=0.99, min_accuracy=0.0)
         finally:
             shutil.copy2(backup, db)
     assert state() == before
@@ -355,21 +332,8 @@ def test_paired_gate_through_the_registry(store_project: Path) -> None:
         return paired
 
     def register(challenger: np.ndarray, champion: np.ndarray) -> dict:
-        params = load_params(root / "params.yaml")
-        with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
-            return gating.register_and_promote(
-                run,
-                _small_model(root / "m.keras", 2),
-                name=NAME,
-                accuracy=0.9,
-                test_digest="d1",
-                rescore=_never,
-                min_accuracy=0.5,
-                min_improvement=0.0,
-                image_size=32,
-                labels=LABELS,
-                paired=decide(challenger, champion),
-            )
+        model = _small_model(root / "m.keras", 2)
+        return _register(root, model, LABELS, "d1", _never, paired=decide(challenger, champion))
 
     first = register(good, good)
     assert first["promoted"] and seen == [None]

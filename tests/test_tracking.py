@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from reprotrain.errors import TrackingError
 from tests.conftest import (
     HEAD_MD5,
     PREPARED_MD5,
-    TRACKING_ENV,
+    enter_project,
     make_empty_db,
     make_tracking_project,
     project_client,
@@ -42,11 +44,7 @@ def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_db: Path) -> Path:
     """dvc.yaml + params.yaml + the dep sources in a git repo, a dvc.lock and a manifest."""
-    for var in TRACKING_ENV:
-        monkeypatch.delenv(var, raising=False)
-    root = make_tracking_project(tmp_path / "proj", empty_db)
-    monkeypatch.chdir(root)
-    return root
+    return enter_project(make_tracking_project(tmp_path / "proj", empty_db), monkeypatch)
 
 
 client_for = project_client
@@ -257,49 +255,6 @@ def test_unreachable_server_fails_fast(project: Path, monkeypatch: pytest.Monkey
     assert time.monotonic() - start < tracking.HEALTH_TIMEOUT + 2
 
 
-@pytest.mark.slow
-def test_sigterm_ends_the_run_killed(project: Path) -> None:
-    """`kill`/`dvc queue kill` sends SIGTERM: the run must not stay RUNNING."""
-    script = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
-        "from reprotrain import tracking\n"
-        "from reprotrain.config import load_params\n"
-        "root = Path.cwd()\n"
-        "with tracking.stage_run('train_head', load_params(), ('seed',), root):\n"
-        "    (root / 'started').write_text('1')\n"
-        "    time.sleep(120)\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=project,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while not (project / "started").exists():
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the stage never started"
-            time.sleep(0.2)
-        proc.terminate()
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    client = client_for(project)
-    [stage] = client.search_runs(
-        [client.get_experiment_by_name("reprotrain").experiment_id],
-        filter_string="tags.`reprotrain.stage` = 'train_head'",
-    )
-    assert stage.info.status == "KILLED"
-    assert "signal 15" in stage.data.tags["reprotrain.error"]
-    parent = client.get_run(stage.data.tags["mlflow.parentRunId"])
-    assert parent.info.status == "KILLED"
-
-
 def _stage_script(body: str) -> str:
     return (
         "import sys, time\n"
@@ -310,9 +265,10 @@ def _stage_script(body: str) -> str:
     )
 
 
-@pytest.mark.slow
-def test_sigkilled_run_is_marked_killed_by_the_next_stage(project: Path) -> None:
-    """SIGKILL cannot be caught: the next stage run notices the owner is gone."""
+@contextmanager
+def _sleeping_stage(project: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real process inside a train_head stage run (sleeping), once the run has started;
+    killed afterwards if the test left it running."""
     script = _stage_script(
         "with tracking.stage_run('train_head', load_params(), ('seed',), root):\n"
         "    (root / 'started').write_text('1')\n"
@@ -331,12 +287,36 @@ def test_sigkilled_run_is_marked_killed_by_the_next_stage(project: Path) -> None
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "the stage never started"
             time.sleep(0.2)
-        proc.kill()
-        proc.wait(timeout=30)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_killed(project: Path) -> None:
+    """`kill`/`dvc queue kill` sends SIGTERM: the run must not stay RUNNING."""
+    with _sleeping_stage(project) as proc:
+        proc.terminate()
+        proc.wait(timeout=60)
+    client = client_for(project)
+    [stage] = client.search_runs(
+        [client.get_experiment_by_name("reprotrain").experiment_id],
+        filter_string="tags.`reprotrain.stage` = 'train_head'",
+    )
+    assert stage.info.status == "KILLED"
+    assert "signal 15" in stage.data.tags["reprotrain.error"]
+    parent = client.get_run(stage.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_sigkilled_run_is_marked_killed_by_the_next_stage(project: Path) -> None:
+    """SIGKILL cannot be caught: the next stage run notices the owner is gone."""
+    with _sleeping_stage(project) as proc:
+        proc.kill()
+        proc.wait(timeout=30)
     client = client_for(project)
     exp_id = client.get_experiment_by_name("reprotrain").experiment_id
     [stage] = client.search_runs([exp_id], filter_string="tags.`reprotrain.stage` = 'train_head'")

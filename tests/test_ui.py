@@ -15,7 +15,7 @@ import pytest
 from reprotrain import paths, tracking
 from reprotrain.commands import ui
 from tests.conftest import (
-    TRACKING_ENV,
+    enter_project,
     free_port,
     http_server,
     make_tracking_project,
@@ -36,10 +36,7 @@ def api(base: str, path: str, body: dict | None = None) -> dict:
 @pytest.fixture
 def store_with_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Two executions: prepare → train_head → finetune, then a finetune param change."""
-    for var in TRACKING_ENV:
-        monkeypatch.delenv(var, raising=False)
-    root = make_tracking_project(tmp_path / "proj")
-    monkeypatch.chdir(root)
+    root = enter_project(make_tracking_project(tmp_path / "proj"), monkeypatch)
     simulate(root, "prepare", sidecar=paths.PREPARE_RUN)
     simulate(root, "train_head", upstream=[paths.PREPARE_RUN], sidecar=paths.HEAD_RUN)
     simulate(root, "finetune", upstream=[paths.PREPARE_RUN, paths.HEAD_RUN])

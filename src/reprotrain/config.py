@@ -4,7 +4,8 @@ Why pydantic (it replaced a hand-written validator): it checks types, ranges, ch
 unknown keys from the annotations alone, and it emits a JSON Schema of ``params.yaml``
 (``docs/params.schema.json``, referenced from the file's first line) that editors use for
 completion and inline help. Its multi-line error reports are turned into the one line users
-want (``params.yaml: finetune.learning_rate = -1.0: must be > 0.0``) by :func:`_one_line`.
+want (``params.yaml: finetune.learning_rate = -1.0: must be > 0.0``) by
+:func:`reprotrain.config_validation.one_line`, beside the field types and rules.
 The sections are pydantic *dataclasses*, so ``dataclasses.replace``/``asdict`` keep working.
 
 Each field's ``description`` is its help text. ``load_params`` reads the file once and the
@@ -14,71 +15,33 @@ stages pass the typed sections down; nothing in ``src/`` reads ``params.yaml`` i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BeforeValidator, ConfigDict, Field, Strict, StringConstraints
-from pydantic_core import PydanticCustomError
+from pydantic import BeforeValidator
 
+from reprotrain.config_validation import (
+    Bool,
+    ClassWeight,
+    Float,
+    Int,
+    Str,
+    builtin_or_ref,
+    one_line,
+    rule_error,
+    section,
+)
+from reprotrain.config_validation import field as _f  # short: one section field per line
 from reprotrain.errors import ConfigError
 
 #: Public URL of the default dataset (the PyTorch transfer-learning tutorial's ants/bees).
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 #: Content digest of that dataset (see ``reprotrain.data.fetch.tree_digest``).
 HYMENOPTERA_DIGEST = "b0e3506710bc375be5996e1c9b29818c80cdfc19bcc324e560091da6690149ec"
-
-
-def _no_bool(value: Any) -> Any:
-    """YAML ``yes``/``true`` must not pass as the number 1."""
-    if isinstance(value, bool):
-        raise ValueError("must be a number")
-    return value
-
-
-#: Strict where YAML would otherwise coerce surprisingly (``true`` → 1, ``"yes"`` → True);
-#: lax for floats, because YAML 1.1 reads ``1e-5`` (no dot) as a string.
-Int = Annotated[int, Strict()]
-Bool = Annotated[bool, Strict()]
-Float = Annotated[float, BeforeValidator(_no_bool)]
-Str = Annotated[str, StringConstraints(min_length=1)]
-_SECTION = ConfigDict(extra="forbid")
-
-
-def _f(default: Any, help: str, *, min: Any = None, max: Any = None, **rules: Any) -> Any:
-    """A field with its help text and range rules (``min``/``max`` inclusive, ``gt``/``lt``)."""
-    return Field(default=default, description=help, ge=min, le=max, **rules)
-
-
-def _class_weight(value: Any) -> str | dict[str, float]:
-    """``'none'``, ``'balanced'`` or ``{class_name: weight > 0}`` (a union pydantic would
-    report as several errors; one rule, one message)."""
-    if isinstance(value, str) and value in ("none", "balanced"):
-        return value
-    if isinstance(value, dict):
-        out = {}
-        for name, w in value.items():
-            if isinstance(w, bool) or not isinstance(w, int | float) or w <= 0:
-                raise PydanticCustomError(
-                    "reprotrain",
-                    "{rule}",
-                    {"suffix": f".{name}", "value": w, "rule": "must be > 0"},
-                )
-            out[str(name)] = float(w)
-        return out
-    raise PydanticCustomError(
-        "reprotrain", "{rule}", {"rule": "must be 'none', 'balanced' or a map"}
-    )
-
-
-ClassWeight = Annotated[str | dict[str, float], BeforeValidator(_class_weight)]
-
-
-def section(cls: type) -> type:
-    """A frozen pydantic dataclass that rejects unknown keys."""
-    return pydantic.dataclasses.dataclass(cls, frozen=True, config=_SECTION)
 
 
 @section
@@ -111,41 +74,11 @@ BUILTIN_BACKBONES: dict[str, int] = {
     "resnet50_v2": 224,
     "convnext_tiny": 224,
 }
-_CUSTOM_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-
-
-def _backbone_name(value: Any) -> str:
-    """A built-in name or ``package.module:function`` (a user-supplied base)."""
-    import re
-
-    if isinstance(value, str) and (value in BUILTIN_BACKBONES or re.match(_CUSTOM_REF, value)):
-        return value
-    raise PydanticCustomError(
-        "reprotrain",
-        "{rule}",
-        {"rule": f"must be one of {', '.join(BUILTIN_BACKBONES)} or 'package.module:function'"},
-    )
-
-
-Backbone = Annotated[str, BeforeValidator(_backbone_name)]
-
-
-def _architecture_name(value: Any) -> str:
-    """A built-in from-scratch architecture or ``package.module:function``."""
-    import re
-
-    if isinstance(value, str) and (value in SCRATCH_ARCHITECTURES or re.match(_CUSTOM_REF, value)):
-        return value
-    raise PydanticCustomError(
-        "reprotrain",
-        "{rule}",
-        {"rule": f"must be one of {', '.join(SCRATCH_ARCHITECTURES)} or 'package.module:function'"},
-    )
-
+Backbone = Annotated[str, BeforeValidator(builtin_or_ref(BUILTIN_BACKBONES))]
 
 #: From-scratch architectures of the baseline stage (``reprotrain.models.scratch``).
 SCRATCH_ARCHITECTURES = ("cnn", "mlp", "residual")
-Architecture = Annotated[str, BeforeValidator(_architecture_name)]
+Architecture = Annotated[str, BeforeValidator(builtin_or_ref(SCRATCH_ARCHITECTURES))]
 
 
 @section
@@ -177,15 +110,8 @@ class ModelConfig:
         sees the same int."""
         if self.image_size is None:
             if self.backbone not in BUILTIN_BACKBONES:
-                raise PydanticCustomError(
-                    "reprotrain",
-                    "{rule}",
-                    {
-                        "suffix": ".image_size",
-                        "value": None,
-                        "rule": f"must be set for a custom backbone ({self.backbone})",
-                    },
-                )
+                rule = f"must be set for a custom backbone ({self.backbone})"
+                raise rule_error(rule, suffix=".image_size", value=None)
             object.__setattr__(self, "image_size", BUILTIN_BACKBONES[self.backbone])
 
 
@@ -401,97 +327,10 @@ class Params:
     tracking: TrackingConfig = _f(TrackingConfig(), "tracking")
 
 
-# --------------------------------------------------------------------------- validation
-
-_RULES = {
-    "greater_than": ">",
-    "greater_than_equal": ">=",
-    "less_than": "<",
-    "less_than_equal": "<=",
-}
-_TYPES = {
-    "int_type": "must be an integer",
-    "int_from_float": "must be an integer",
-    "int_parsing": "must be an integer",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false",
-    "string_type": "must be a non-empty string",
-    "string_too_short": "must be a non-empty string",
-    "dataclass_type": "must be a mapping (a section)",
-    "dataclass_exact_type": "must be a mapping (a section)",
-    "dict_type": "must be a mapping",
-}
-_PARAMS_ADAPTER: pydantic.TypeAdapter[Params] | None = None
-
-
+@functools.cache
 def _adapter() -> pydantic.TypeAdapter[Params]:
-    global _PARAMS_ADAPTER
-    if _PARAMS_ADAPTER is None:
-        _PARAMS_ADAPTER = pydantic.TypeAdapter(Params)
-    return _PARAMS_ADAPTER
-
-
-def _key_path(loc: tuple[Any, ...], raw: Any) -> list[str]:
-    """The part of pydantic's ``loc`` that names keys of the input (drops union-branch tags
-    such as ``'int'`` or ``'function-before[...]'``)."""
-    keys, node = [], raw
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            keys.append(str(part))
-            node = node[part]
-        else:
-            break
-    return keys
-
-
-def _section_fields(raw: dict[str, Any], keys: list[str]) -> list[str]:
-    cls: Any = Params
-    for k in keys:
-        cls = {f.name: f.type for f in dataclasses.fields(cls)}.get(k)
-        cls = _dataclass_in(cls)
-        if cls is None:
-            return []
-    return sorted(f.name for f in dataclasses.fields(cls))
-
-
-def _dataclass_in(tp: Any) -> Any:
-    if isinstance(tp, str):
-        tp = globals().get(tp)
-    return tp if dataclasses.is_dataclass(tp) else None
-
-
-def _one_line(err: dict[str, Any], raw: dict[str, Any]) -> str:
-    """One pydantic error → ``params.yaml: KEY = VALUE: RULE`` (or the unknown-key line)."""
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    keys = _key_path(tuple(err["loc"]), raw)
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        where = ".".join(keys[:-1])
-        allowed = ", ".join(_section_fields(raw, keys[:-1]))
-        return (
-            f"params.yaml: unknown key '{'.'.join(keys)}'; allowed in "
-            f"{where or 'the top level'}: {allowed}"
-        )
-    key = ".".join(keys)
-    if kind == "reprotrain":
-        key += ctx.get("suffix", "")
-        value = ctx.get("value", value)
-        rule = ctx["rule"]
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-    elif kind in _RULES:
-        bound = next(iter(ctx.values()))
-        if isinstance(bound, float) and isinstance(value, int | str):
-            value = float(value)
-        rule = f"must be {_RULES[kind]} {bound}"
-    elif kind == "literal_error":
-        rule = f"must be one of {ctx.get('expected', '')}"
-    elif kind in _TYPES:
-        rule = _TYPES[kind]
-    else:
-        rule = err["msg"].removeprefix("Value error, ")
-    return f"params.yaml: {key} = {value!r}: {rule}"
+    """Built once, on first use (building it compiles every section's validator)."""
+    return pydantic.TypeAdapter(Params)
 
 
 def params_from_dict(raw: dict[str, Any] | None) -> Params:
@@ -503,7 +342,7 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
     try:
         return _adapter().validate_python(raw)
     except pydantic.ValidationError as exc:
-        raise ConfigError(_one_line(exc.errors()[0], raw)) from None
+        raise ConfigError(one_line(exc.errors()[0], raw, Params)) from None
 
 
 def json_schema() -> dict[str, Any]:

@@ -4,6 +4,7 @@ Beside ``cli.py`` and ``paths.py``: the stages' shared plumbing. Reads the prepa
 (datasets, labels, class weights, a digest for the resume fingerprint) and writes a
 stage's outputs (``.keras`` model, history JSON, metrics JSON), each atomically, so a
 stage killed while saving leaves the previous file or the new one, never half of one.
+:func:`training_stage` is the run around it that train_head, finetune and baseline share.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reprotrain import fsio
+from reprotrain import fsio, paths
 from reprotrain.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from reprotrain.config import TrainConfig
+    from reprotrain.config import Params, PipelineConfig, TrainConfig
+    from reprotrain.runtime import RuntimeInfo
     from reprotrain.training import TrainResult
 
 logger = logging.getLogger(__name__)
@@ -86,11 +90,12 @@ class StageData:
     labels: list[str]
     class_weight: dict[int, float] | None
     digest: str  # of labels + manifest: part of the resume fingerprint
+    counts: dict[str, int]  # train images per class
 
 
 def load_stage_data(
     prepared_dir: Path,
-    pipeline_cfg: Any,
+    pipeline_cfg: PipelineConfig,
     cfg: TrainConfig,
     *,
     image_size: int,
@@ -129,7 +134,23 @@ def load_stage_data(
     val = pipeline.make_dataset(files["val"], pipeline_cfg, training=False, **common)
     counts = train_counts(manifest, labels)
     digest = fingerprint(fsio.file_sha256(manifest), labels)
-    return StageData(train, val, labels, class_weights(cfg.class_weight, labels, counts), digest)
+    weights = class_weights(cfg.class_weight, labels, counts)
+    return StageData(train, val, labels, weights, digest, counts)
+
+
+def load_transfer_data(
+    params: Params, cfg: TrainConfig, *, train_as_eval: bool = False
+) -> StageData:
+    """:func:`load_stage_data` of ``data/prepared`` at the backbone's input size (what
+    train_head, finetune and ``reprotrain tune`` train on)."""
+    return load_stage_data(
+        paths.PREPARED_DIR,
+        params.pipeline,
+        cfg,
+        image_size=params.model.image_size,
+        seed=params.seed,
+        train_as_eval=train_as_eval,
+    )
 
 
 def write_history(result: TrainResult, path: Path) -> None:
@@ -193,3 +214,98 @@ def final_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         for k, v in metrics.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     }
+
+
+@dataclass
+class TrainingStage:
+    """An open training-stage run and where its outputs go (``paths`` names them by stage)."""
+
+    name: str
+    run: Any  # tracking.StageRun (a no-op NoRun on a non-chief multi-worker process)
+    model_path: Path
+    history_path: Path
+    resume_key: str
+    chief: bool = True  # multi-worker: only the chief writes shared files
+    metrics_path: Path = field(init=False)
+    tensorboard_dir: Path = field(init=False)
+    checkpoint_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics_path = paths.METRICS_DIR / f"{self.name}.json"
+        self.tensorboard_dir = paths.TENSORBOARD_DIR / self.name
+        self.checkpoint_dir = paths.CHECKPOINTS_DIR / self.name
+
+    def fit_options(self) -> dict[str, Any]:
+        """The ``training.train`` keywords every training stage passes alike: resumable
+        checkpoints, TensorBoard scalars, per-epoch metrics to the run."""
+        return {
+            "checkpoint_dir": self.checkpoint_dir,
+            "tensorboard_dir": self.tensorboard_dir,
+            "resume_key": self.resume_key,
+            "epoch_hook": lambda epoch, metrics: self.run.log_metrics(metrics, step=epoch),
+        }
+
+    def finish(
+        self, model: Any, result: TrainResult, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Save the outputs (:func:`save_outputs`), log the final metrics and the files
+        (model, history, metrics, TensorBoard logs) to the run; the saved metrics."""
+        metrics = save_outputs(
+            model,
+            result,
+            model_path=self.model_path,
+            history_path=self.history_path,
+            metrics_path=self.metrics_path,
+            write=self.chief,
+            extra=extra,
+        )
+        self.run.log_metrics(final_metrics(metrics))
+        for path in (self.model_path, self.history_path, self.metrics_path):
+            self.run.log_artifact(path)
+        self.run.log_artifact(self.tensorboard_dir, artifact_path=f"tensorboard/{self.name}")
+        return metrics
+
+
+@contextmanager
+def training_stage(
+    name: str,
+    params: Params,
+    info: RuntimeInfo,
+    *,
+    sections: Sequence[str],
+    upstream: Sequence[Path],
+    sidecar: Path,
+    model_path: Path,
+    history_path: Path,
+    digests: Sequence[str],
+) -> Iterator[TrainingStage]:
+    """The stage's MLflow run (``tracking.stage_run``) with a fresh TensorBoard directory and
+    the resume key (the stage's params ``sections`` plus the input ``digests``): a rerun with
+    other params or data starts over instead of resuming. The stage calls
+    :meth:`TrainingStage.finish`; the checkpoint is discarded only after the run closed, so a
+    kill before that resumes from the backup instead of retraining. Under multi-worker
+    training only the chief writes (run, outputs, TensorBoard, checkpoint), and every worker
+    leaves together (``runtime.wait_for_workers``).
+    """
+    # Here, not at the top: importing stage_io for its data helpers needs no MLflow.
+    from reprotrain import runtime, tracking, training
+    from reprotrain.config import to_dict
+
+    if info.is_chief:
+        shutil.rmtree(paths.TENSORBOARD_DIR / name, ignore_errors=True)
+    key = fingerprint(name, [to_dict(getattr(params, s)) for s in sections], *digests)
+    with tracking.stage_run(
+        name,
+        params,
+        sections=sections,
+        root=Path.cwd(),
+        upstream=upstream,
+        sidecar=sidecar,
+        environment=runtime.environment_info(info),
+        chief=info.is_chief,
+    ) as run:
+        stage = TrainingStage(name, run, Path(model_path), Path(history_path), key, info.is_chief)
+        yield stage
+    if info.is_chief:
+        training.discard_checkpoint(stage.checkpoint_dir)
+    runtime.wait_for_workers(info)

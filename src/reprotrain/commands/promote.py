@@ -23,19 +23,11 @@ import sys
 from pathlib import Path
 
 from reprotrain import paths, tracking
-from reprotrain.config import load_params
+from reprotrain.commands.ui import store_uri  # the same store as the UI shows
 from reprotrain.errors import ConfigError
 from reprotrain.tracking import registry
 
 logger = logging.getLogger(__name__)
-
-
-def store_uri(root: Path, store: str | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` or the project's store (``--store`` or params.yaml)."""
-    if store is None:
-        params_file = root / "params.yaml"
-        store = load_params(params_file).tracking.store if params_file.is_file() else "mlruns"
-    return tracking.store_uri(root, store)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from reprotrain.errors import DataError
+from reprotrain.evaluation.plots import new_figure, save_png
 from reprotrain.fsio import atomic_path
 
 #: File names evaluate writes (plot data for ``dvc plots`` and the picture for people).
@@ -82,13 +83,11 @@ def plot_recall_comparison(
     labels: Sequence[str], recalls: Mapping[str, Sequence[float]], path: Path | str
 ) -> Path:
     """Grouped horizontal bars: per class, one bar per model (e.g. finetuned/head/baseline)."""
-    from matplotlib.figure import Figure
-
     recall_rows(labels, recalls)  # validates the lengths
     models = list(recalls)
     n = len(labels)
     height = 0.8 / max(len(models), 1)
-    fig = Figure(figsize=(7, 1.2 + 0.45 * n * max(len(models), 1)), dpi=100, layout="constrained")
+    fig = new_figure(7, 1.2 + 0.45 * n * max(len(models), 1))
     ax = fig.add_subplot()
     ys = np.arange(n)
     for j, model in enumerate(models):
@@ -101,8 +100,4 @@ def plot_recall_comparison(
     ax.set_xlabel("recall (test split)")
     ax.set_title("Per-class recall by model")
     ax.legend(loc="lower right", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_png(fig, path)

@@ -147,24 +147,93 @@ def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
     return float(skm.top_k_accuracy_score(y_true, probs, k=k, labels=np.arange(probs.shape[1])))
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int) -> float:
-    """ECE: ``Σ_b |B_b|/n · |accuracy(B_b) − mean confidence(B_b)|`` over equal-width bins
-    of the top-class confidence, bin ``b`` = ``(b/bins, (b+1)/bins]`` (0 goes to bin 0).
-
-    Hand-written because scikit-learn has no ECE (``calibration_curve`` gives the bins of
-    one class's probability, without their weights).
-    """
+def reliability_bins(
+    y_true: np.ndarray, probs: np.ndarray, bins: int = 10
+) -> list[dict[str, float]]:
+    """Per equal-width bin of the top-class confidence, bin ``b`` = ``(b/bins, (b+1)/bins]``
+    (0 goes to bin 0): its range, count, mean confidence and accuracy (NaN when empty). The
+    reliability diagram's data, and the ECE's."""
     probs = np.asarray(probs, dtype=np.float64)
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    n = len(confidence)
-    ece = 0.0
+    rows = []
     for b in range(bins):
         mask = index == b
-        if mask.any():
-            ece += mask.sum() / n * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
+        n = int(mask.sum())
+        rows.append(
+            {
+                "lo": b / bins,
+                "hi": (b + 1) / bins,
+                "count": n,
+                "confidence": float(confidence[mask].mean()) if n else math.nan,
+                "accuracy": float(correct[mask].mean()) if n else math.nan,
+            }
+        )
+    return rows
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int) -> float:
+    """ECE: ``Σ_b |B_b|/n · |accuracy(B_b) − mean confidence(B_b)|`` over
+    :func:`reliability_bins`.
+
+    Hand-written because scikit-learn has no ECE (``calibration_curve`` gives the bins of
+    one class's probability, without their weights).
+    """
+    n = len(probs)
+    rows = [r for r in reliability_bins(y_true, probs, bins) if r["count"]]
+    return float(sum(r["count"] / n * abs(r["accuracy"] - r["confidence"]) for r in rows))
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n``.
+
+    Why Wilson: on a test split of ~80 images a 95% accuracy has an interval several points
+    wide, and the normal approximation breaks down near 0 and 1; Wilson's does not
+    (statsmodels is not a dependency; the formula is four lines with scipy's normal quantile).
+    """
+    from scipy.stats import norm
+
+    if n <= 0:
+        return (math.nan, math.nan)
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_interval(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric(y_true, y_pred)`` over resampled images
+    (for metrics without a closed-form interval, such as macro-F1)."""
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    if n == 0:
+        return (math.nan, math.nan)
+    values = []
+    for _ in range(rounds):
+        idx = rng.integers(0, n, n)
+        values.append(metric(y_true[idx], y_pred[idx]))
+    lo, hi = np.percentile(values, [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
+    return (float(lo), float(hi))
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Macro-averaged F1 over all ``num_classes`` (absent ones count as 0)."""
+    return float(
+        skm.f1_score(
+            y_true, y_pred, labels=np.arange(num_classes), average="macro", zero_division=0
+        )
+    )
 
 
 def classification_metrics(

@@ -23,6 +23,7 @@ import numpy as np
 
 from reprotrain.errors import DataError
 from reprotrain.evaluation.metrics import MICRO, Curve, PlotInputs
+from reprotrain.fsio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -122,16 +123,19 @@ def timeline_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------- PNG
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A figure without pyplot: no global state, no GUI backend to select."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _save(fig: Any, path: Path | str) -> Path:
+def save_png(fig: Any, path: Path | str) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -139,7 +143,7 @@ def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: Path | st
     """Counts with each row's recall shade (so a rare class's errors stay visible)."""
     n = len(labels)
     side = min(4 + 0.5 * n, 20)
-    fig = _figure(side + 1, side)
+    fig = new_figure(side + 1, side)
     ax = fig.add_subplot()
     totals = cm.sum(axis=1, keepdims=True)
     shade = np.divide(cm, totals, out=np.zeros(cm.shape, dtype=float), where=totals > 0)
@@ -155,7 +159,7 @@ def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: Path | st
             for j in range(n):
                 color = "white" if shade[i, j] > 0.5 else "black"
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=color)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def curves_figure(
@@ -166,7 +170,7 @@ def curves_figure(
 ) -> Any:
     """ROC (``kind="roc"``, with the chance diagonal) or precision-recall curves, one line
     per curve given, labelled with its score."""
-    fig = _figure(6, 5)
+    fig = new_figure(6, 5)
     ax = fig.add_subplot()
     scores = scores or {}
     for name, (x, y, _) in curves.items():
@@ -200,14 +204,14 @@ def plot_curves(
     scores: Mapping[str, float | None] | None = None,
 ) -> Path:
     """:func:`curves_figure` written as a PNG."""
-    return _save(curves_figure(curves, kind=kind, scores=scores), path)
+    return save_png(curves_figure(curves, kind=kind, scores=scores), path)
 
 
 def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: Path | str) -> Path:
     """Accuracy and loss over the joint timeline, with a line where fine-tuning starts."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(10, 4)
+    fig = new_figure(10, 4)
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
@@ -235,7 +239,7 @@ def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: Path | str) ->
             ax.legend(fontsize="small")
     if not rows:
         axes[0].text(0.5, 0.5, "no training history", ha="center", transform=axes[0].transAxes)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _short(text: str, width: int = 28) -> str:
@@ -247,12 +251,12 @@ def plot_worst_examples(
 ) -> Path:
     """A grid of the most confidently wrong images (``evaluation.WorstExample``)."""
     if not examples:
-        fig = _figure(6, 2)
+        fig = new_figure(6, 2)
         fig.text(0.5, 0.5, "No misclassified test images.", ha="center", va="center", size=14)
-        return _save(fig, path)
+        return save_png(fig, path)
     cols = min(columns, len(examples))
     rows = math.ceil(len(examples) / cols)
-    fig = _figure(3 * cols, 3.5 * rows)
+    fig = new_figure(3 * cols, 3.5 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax in axes:
         ax.axis("off")
@@ -265,7 +269,7 @@ def plot_worst_examples(
             color="firebrick",
         )
     fig.suptitle("Most confidently wrong test images")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def summary_curve(curves: Mapping[str, Curve], labels: Sequence[str]) -> tuple[str, Curve] | None:

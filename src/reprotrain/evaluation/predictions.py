@@ -312,6 +312,31 @@ def accuracy_of(model_path: Path | str, split: EvalSplit, *, num_classes: int) -
     return float(np.mean(preds.probs.argmax(axis=1) == preds.y_true))
 
 
+def evaluate_model(
+    model: Any,
+    split: EvalSplit,
+    labels: Sequence[str],
+    *,
+    top_k: int,
+    calibration_bins: int,
+    worst_k: int = 0,
+    name: str = "model",
+) -> tuple[dict[str, Any], SplitPredictions]:
+    """Metrics and predictions of a loaded model on the test split."""
+    preds = score(model, split, worst_k=worst_k, name=name)
+    metrics = classification_metrics(
+        preds.y_true, preds.probs, labels, top_k=top_k, calibration_bins=calibration_bins
+    )
+    logger.info(
+        "%s: test accuracy %.4f, loss %.4f (n=%d)",
+        name,
+        metrics["accuracy"],
+        metrics["loss"],
+        len(preds.y_true),
+    )
+    return metrics, preds
+
+
 def evaluate_model_file(
     model_path: Path | str,
     split: EvalSplit,
@@ -322,29 +347,12 @@ def evaluate_model_file(
     calibration_bins: int,
     worst_k: int = 0,
 ) -> tuple[dict[str, Any], SplitPredictions]:
-    """Metrics and predictions of one saved model on the test split.
-
-    The loader checks first that the model fits the data (class count, input size): a
-    stale model from another dataset would otherwise produce confident nonsense.
-    """
-    model = load_model(
-        model_path,
-        num_classes=len(labels),
-        image_size=image_size,
-        hint="rerun training (dvc repro)",
-    )
-    preds = score(model, split, worst_k=worst_k, name=Path(model_path).stem)
-    metrics = classification_metrics(
-        preds.y_true, preds.probs, labels, top_k=top_k, calibration_bins=calibration_bins
-    )
-    logger.info(
-        "%s: test accuracy %.4f, loss %.4f (n=%d)",
-        model_path,
-        metrics["accuracy"],
-        metrics["loss"],
-        len(preds.y_true),
-    )
-    return metrics, preds
+    """:func:`evaluate_model` of a saved model, loaded with the class/size checks (a stale
+    model from another dataset would otherwise produce confident nonsense)."""
+    hint = "rerun training (dvc repro)"
+    model = load_model(model_path, num_classes=len(labels), image_size=image_size, hint=hint)
+    options = dict(top_k=top_k, calibration_bins=calibration_bins, worst_k=worst_k)
+    return evaluate_model(model, split, labels, name=Path(model_path).stem, **options)
 
 
 # --------------------------------------------------------------------------- manifest, rows

@@ -1,14 +1,11 @@
 """A model card per registered version: ``reports/model_card.md`` and its figures.
 
 Everything on the card is something the pipeline already measured; this module only
-arranges it, adds the uncertainty that a single test accuracy hides (95% intervals) and
-shows where the model looked on its worst mistakes (Grad-CAM). Pure functions: data in,
-text or files out. :func:`write_model_card` is the one entry point (called by evaluate).
-
-Why Wilson intervals: on a test split of ~80 images a 95% accuracy has an interval several
-points wide, and the normal approximation breaks down near 0 and 1; Wilson's does not
-(statsmodels is not a dependency, and the formula is four lines with scipy's normal
-quantile). Macro-F1 has no closed form: a seeded bootstrap over test images gives its interval.
+arranges it, adds the uncertainty that a single test accuracy hides (95% intervals: Wilson
+for proportions, a seeded bootstrap for macro-F1, from ``evaluation.metrics``) and shows
+where the model looked on its worst mistakes (Grad-CAM, :mod:`.figures`). Pure functions:
+data in, text or files out. :func:`write_model_card` is the one entry point (called by
+evaluate).
 """
 
 from __future__ import annotations
@@ -22,211 +19,31 @@ from typing import Any
 
 import numpy as np
 
+from reprotrain.evaluation.metrics import (
+    bootstrap_interval,
+    confusion_matrix,
+    macro_f1,
+    reliability_bins,
+    wilson_interval,
+)
 from reprotrain.fsio import atomic_write_text
+from reprotrain.reports.figures import grad_cam, overlay, plot_grad_cam, plot_reliability
+
+#: Also importable from here (the card's statistics and figures, as callers used them).
+__all__ = [
+    "CardData",
+    "bootstrap_interval",
+    "grad_cam",
+    "overlay",
+    "reliability_bins",
+    "render_card",
+    "wilson_interval",
+    "write_model_card",
+]
 
 logger = logging.getLogger(__name__)
 
 FIGURES = "model_card"  # sub-folder of the card's directory holding its PNGs
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``successes / n``."""
-    from scipy.stats import norm
-
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def bootstrap_interval(
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    metric: Any,
-    *,
-    rounds: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``metric(y_true, y_pred)`` over resampled images."""
-    rng = np.random.default_rng(seed)
-    n = len(y_true)
-    if n == 0:
-        return (float("nan"), float("nan"))
-    values = []
-    for _ in range(rounds):
-        idx = rng.integers(0, n, n)
-        values.append(metric(y_true[idx], y_pred[idx]))
-    lo, hi = np.percentile(values, [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
-    return (float(lo), float(hi))
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(
-        f1_score(y_true, y_pred, labels=list(range(num_classes)), average="macro", zero_division=0)
-    )
-
-
-def reliability_bins(
-    y_true: np.ndarray, probs: np.ndarray, bins: int = 10
-) -> list[dict[str, float]]:
-    """Per confidence bin: its range, count, mean confidence and accuracy (the diagram's data)."""
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    out = []
-    for i in range(bins):
-        lo, hi = edges[i], edges[i + 1]
-        mask = (conf > lo) & (conf <= hi) if i else (conf >= lo) & (conf <= hi)
-        n = int(mask.sum())
-        out.append(
-            {
-                "lo": float(lo),
-                "hi": float(hi),
-                "count": n,
-                "confidence": float(conf[mask].mean()) if n else float("nan"),
-                "accuracy": float(correct[mask].mean()) if n else float("nan"),
-            }
-        )
-    return out
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: Path, bins: int = 10) -> Path:
-    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
-    plt = _pyplot()
-    rows = [r for r in reliability_bins(y_true, probs, bins) if r["count"]]
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
-    width = 1.0 / bins
-    ax.bar(
-        [r["lo"] for r in rows],
-        [r["accuracy"] for r in rows],
-        width=width,
-        align="edge",
-        edgecolor="black",
-        alpha=0.7,
-        label="accuracy",
-    )
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    for r in rows:
-        ax.text(r["lo"] + width / 2, 0.02, str(r["count"]), ha="center", fontsize=7)
-    ax.set(
-        xlabel="confidence (top-1 probability)",
-        ylabel="accuracy",
-        xlim=(0, 1),
-        ylim=(0, 1),
-        title="Reliability (test split; n per bin)",
-    )
-    ax.legend(loc="upper left", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _nested_base(model: Any, name: str) -> Any:
-    try:
-        layer = model.get_layer(name)
-    except ValueError:
-        return None
-    return layer if hasattr(layer, "layers") else None
-
-
-def grad_cam(
-    model: Any, image: np.ndarray, class_index: int | None = None, base_name: str = "base"
-) -> np.ndarray:
-    """Grad-CAM heat map ``[h, w]`` in 0..1 on the last convolutional feature map.
-
-    For the transfer model that map is the output of the nested backbone layer
-    (``base_name``), so the outer model is replayed layer by layer with the tape watching the
-    base's output; for any other model, the last layer with a 4-D output is used.
-    """
-    import keras
-    import tensorflow as tf
-
-    x = tf.constant(np.asarray(image, dtype=np.float32)[np.newaxis])
-    base = _nested_base(model, base_name)
-    with tf.GradientTape() as tape:
-        if base is not None:
-            h = x
-            for layer in model.layers:
-                if isinstance(layer, keras.layers.InputLayer):
-                    continue
-                h = layer(h, training=False)
-                if layer is base:
-                    features = h
-                    tape.watch(features)
-            preds = h
-        else:
-            conv = [layer for layer in model.layers if len(layer.output.shape) == 4][-1]
-            sub = keras.Model(model.inputs, [conv.output, model.outputs[0]])
-            features, preds = sub(x, training=False)
-            tape.watch(features)
-        index = int(tf.argmax(preds[0])) if class_index is None else int(class_index)
-        score = preds[:, index]
-    grads = tape.gradient(score, features)
-    weights = tf.reduce_mean(grads, axis=(1, 2))  # one weight per channel
-    cam = tf.nn.relu(tf.reduce_sum(features * weights[:, tf.newaxis, tf.newaxis, :], axis=-1))[0]
-    cam = cam.numpy().astype(np.float64)
-    top = cam.max()
-    return cam / top if top > 0 else cam
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """The heat map upsampled to the image (bilinear), coloured (jet) and blended: uint8."""
-    from matplotlib import colormaps
-    from PIL import Image
-
-    img = np.asarray(image, dtype=np.float32)
-    h, w = img.shape[:2]
-    up = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(
-        (w, h), Image.Resampling.BILINEAR
-    )
-    colour = colormaps["jet"](np.asarray(up, dtype=np.float32) / 255.0)[..., :3] * 255.0
-    return np.clip((1 - alpha) * img + alpha * colour, 0, 255).astype(np.uint8)
-
-
-def plot_grad_cam(
-    image: np.ndarray, heat: np.ndarray, title: str, path: Path
-) -> Path:  # pragma: no cover - drawing only
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(6, 3.3), dpi=100)
-    axes[0].imshow(np.asarray(image, dtype=np.uint8))
-    axes[0].set_title("image", fontsize=8)
-    axes[1].imshow(overlay(image, heat))
-    axes[1].set_title("Grad-CAM: where the model looked", fontsize=8)
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-# --------------------------------------------------------------------------- the card
 
 
 @dataclass
@@ -382,8 +199,7 @@ def render_card(card: CardData) -> str:
         )
     out += _table(["class", "precision", "recall", "recall 95%", "F1", "support"], rows)
     out += ["", "Confusion matrix (rows: actual, columns: predicted):", ""]
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
+    cm = confusion_matrix(y_true, y_pred, k)
     out += _table(
         ["actual \\ predicted", *card.labels],
         [[name, *cm[i].tolist()] for i, name in enumerate(card.labels)],
@@ -517,9 +333,7 @@ def write_model_card(
     y_true = np.asarray(card.y_true, dtype=np.int64)
     probs = np.asarray(card.probs, dtype=np.float64)
     figures = {"reliability": plot_reliability(y_true, probs, fig_dir / "reliability.png")}
-    from sklearn.metrics import confusion_matrix
-
-    cm = confusion_matrix(y_true, probs.argmax(axis=1), labels=list(range(len(card.labels))))
+    cm = confusion_matrix(y_true, probs.argmax(axis=1), len(card.labels))
     figures["confusion"] = plots.plot_confusion_matrix(cm, card.labels, fig_dir / "confusion.png")
     rows = []
     for i, w in enumerate(list(worst)[:worst_k]):

@@ -109,10 +109,15 @@ def _champion_file(name: str, champion: Any) -> Path:
     except (MlflowException, OSError, ReprotrainError) as exc:
         raise TrackingError(
             f"champion v{v} of {name} could not be re-scored on the current test set: its model "
-            f"cannot be downloaded ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
-            "no version was registered and the aliases are unchanged. Restore its artifacts or "
-            f"promote a version explicitly (python -m reprotrain promote {name} VERSION)"
+            f"cannot be downloaded ({_cause(exc)}); no version was registered and the aliases "
+            "are unchanged. Restore its artifacts or promote a version explicitly "
+            f"(python -m reprotrain promote {name} VERSION)"
         ) from None
+
+
+def _cause(exc: BaseException) -> str:
+    """``Type: message`` on one line, cut at 300 characters (for the one-line errors)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 def _scalars(data: Any, prefix: str) -> dict[str, str]:
@@ -131,29 +136,17 @@ def _rescore_champion(
 ) -> float:
     """The champion's accuracy on the current test set (downloaded and re-scored when it was
     scored on another one); a failure is a ModelError/TrackingError naming the cause."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     v = int(champion.version)
     known = _version_accuracy(champion)
     if champion.tags.get(VTAG_DIGEST) == test_digest and known is not None:
         return known
-    what = f"champion v{v} of {name} could not be re-scored on the current test set"
-    todo = "no version was registered and the aliases are unchanged"
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{v}"))
-        keras_file = find_keras(local)
-    except (MlflowException, OSError, ReprotrainError) as exc:
-        raise TrackingError(
-            f"{what}: its model cannot be downloaded ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:300]}); {todo}. Restore its artifacts or promote a "
-            f"version explicitly (python -m reprotrain promote {name} VERSION)"
-        ) from None
+    keras_file = _champion_file(name, champion)
     try:
         accuracy = float(rescore(keras_file))
     except Exception as exc:
         raise ModelError(
-            f"{what} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); {todo}"
+            f"champion v{v} of {name} could not be re-scored on the current test "
+            f"set ({_cause(exc)}); no version was registered and the aliases are unchanged"
         ) from None
     old = f"{champion.tags.get(VTAG_DIGEST)}:{champion.tags.get(VTAG_ACCURACY)}"
     for k, val in {
@@ -223,8 +216,7 @@ def register_and_promote(
         except Exception as exc:
             raise ModelError(
                 f"the promotion gate could not compare with champion v{champion_version} of "
-                f"{name} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); no version "
-                "was registered and the aliases are unchanged"
+                f"{name} ({_cause(exc)}); no version was registered and the aliases are unchanged"
             ) from exc
         champion_accuracy = paired_result.get("champion_accuracy")
     elif champion is not None and problem is None:

@@ -18,7 +18,12 @@ from reprotrain.training.callbacks import (
     WorkerCheckpointStore,
     epoch_file,
 )
-from reprotrain.training.feature_cache import extract_features, train_head_cached, use_feature_cache
+from reprotrain.training.feature_cache import (
+    extract_features,
+    fit_head,
+    train_head_cached,
+    use_feature_cache,
+)
 from reprotrain.training.loop import (
     TrainResult,
     compile_model,
@@ -43,6 +48,7 @@ __all__ = [
     "discard_checkpoint",
     "epoch_file",
     "extract_features",
+    "fit_head",
     "make_optimizer",
     "shard_across_workers",
     "train",

@@ -93,25 +93,12 @@ def train_head_cached(
     logger.info("feature cache: computing pooled base features once per split")
     x_train, y_train = extract_features(model, train_ds)
     x_val, y_val = extract_features(model, val_ds)
-    num_classes = int(model.output_shape[-1])
-    with info.strategy.scope():
-        head = transfer.build_head_only(x_train.shape[1], num_classes, cfg.dropout)
-    head.get_layer(transfer.OUTPUT_NAME).set_weights(
-        model.get_layer(transfer.OUTPUT_NAME).get_weights()
-    )
-    train_feats = (
-        tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        .shuffle(len(y_train), seed=seed, reshuffle_each_iteration=True)
-        .batch(cfg.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    val_feats = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(cfg.batch_size)
-    result = train(
-        head,
-        train_feats,
-        val_feats,
+    head, result = fit_head(
+        (x_train, y_train, x_val, y_val),
+        model.get_layer(transfer.OUTPUT_NAME).get_weights(),
         cfg,
         info,
+        seed=seed,
         checkpoint_dir=checkpoint_dir,
         tensorboard_dir=tensorboard_dir,
         class_weight=class_weight,
@@ -124,3 +111,32 @@ def train_head_cached(
     result.extra["feature_cache"] = True
     result.extra["feature_dim"] = int(x_train.shape[1])
     return result
+
+
+def fit_head(
+    features: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    initial: list[np.ndarray],
+    cfg: TrainHeadConfig,
+    info: RuntimeInfo,
+    *,
+    seed: int,
+    **fit: Any,
+) -> tuple[Any, TrainResult]:
+    """A head-only model trained on pooled ``(x_train, y_train, x_val, y_val)`` features.
+
+    It starts from ``initial`` (the full model's Dense weights, so both training paths start
+    from the same point); ``fit`` are :func:`train`'s keywords. Also what each trial of
+    ``reprotrain tune`` trains.
+    """
+    x_train, y_train, x_val, y_val = features
+    with info.strategy.scope():
+        head = transfer.build_head_only(x_train.shape[1], initial[0].shape[-1], cfg.dropout)
+    head.get_layer(transfer.OUTPUT_NAME).set_weights(initial)
+    train_feats = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(len(y_train), seed=seed, reshuffle_each_iteration=True)
+        .batch(cfg.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val_feats = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(cfg.batch_size)
+    return head, train(head, train_feats, val_feats, cfg, info, **fit)
