@@ -34,7 +34,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from training import bench_env, make_project, run  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # for scripts.project_copy
+from training import run  # noqa: E402
+
+from scripts.project_copy import make_project, subprocess_env  # noqa: E402
 
 RESULTS = HERE / "results" / "pipeline.json"
 STAGES = ("fetch", "prepare", "train_head", "finetune", "baseline", "export", "evaluate")
@@ -105,8 +108,8 @@ def main() -> None:
     (keras_home / "models").mkdir(parents=True)
     for f in (args.assets / "keras" / "models").glob("*.h5"):
         (keras_home / "models" / f.name).symlink_to(f.resolve())
-    env = bench_env(keras_home)
-    proj = make_project(tmp / "proj", data, env)
+    env = subprocess_env(keras_home)
+    proj = make_project(tmp / "proj", {"data": {"source": str(data), "sha256": None}})
 
     first = timed(["dvc", "repro"], proj, env)
     rounds = [one_round(proj, data, env, tmp, i) for i in range(args.rounds)]

@@ -45,18 +45,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))  # for scripts.project_copy (run as `python benchmarks/...`)
+
+from scripts.project_copy import make_project  # noqa: E402
+
 CLASSES = 10
-#: What ``tests/conftest.py`` copies into a test project (``make_project``).
-PROJECT_FILES = (
-    "dvc.yaml",
-    "params.yaml",
-    "stages",
-    "src",
-    "scripts",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".gitignore",
-)
 
 # --------------------------------------------------------------------------- the images
 
@@ -410,24 +403,9 @@ def _timed(cmd: list[str], cwd: Path) -> float:
 
 def measure_dvc(src: Path, prepared: Path, work: Path, repeats: int = 3) -> dict[str, Any]:
     """A real project whose data/raw holds the generated files: first run, then no-ops."""
-    import yaml
-
     proj = work / "dvc-project"
     shutil.rmtree(proj, ignore_errors=True)
-    proj.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        s = REPO / name
-        if s.is_dir():
-            shutil.copytree(s, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif s.exists():
-            (proj / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(s, proj / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(source=str(src), sha256=None)
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"]):
-        _timed(cmd, proj)
-    _timed(["git", "commit", "-q", "-m", "project"], proj)
+    make_project(proj, {"data": {"source": str(src), "sha256": None}})
     dvc = [sys.executable, "-m", "dvc"]
     out: dict[str, Any] = {"load_before": load()}
     out["first_repro_fetch_seconds"] = _timed([*dvc, "repro", "fetch"], proj)
