@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from reprotrain import fsio, paths
 from reprotrain.errors import ConfigError, DataError
+from reprotrain.timing import timed
 
 if TYPE_CHECKING:
     from reprotrain.config import Params, PipelineConfig, TrainConfig
@@ -93,6 +94,7 @@ class StageData:
     counts: dict[str, int]  # train images per class
 
 
+@timed("data")
 def load_stage_data(
     prepared_dir: Path,
     pipeline_cfg: PipelineConfig,

@@ -31,6 +31,7 @@ from reprotrain.errors import DataError
 from reprotrain.evaluation.metrics import classification_metrics
 from reprotrain.models.loading import load_model, model_image_size
 from reprotrain.progress import progress
+from reprotrain.timing import timed
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +285,7 @@ def predict_split(
     )
 
 
+@timed("score")
 def score(
     model: Any, split: EvalSplit, *, worst_k: int = 0, name: str = "model"
 ) -> SplitPredictions:
@@ -312,6 +314,7 @@ def accuracy_of(model_path: Path | str, split: EvalSplit, *, num_classes: int) -
     return float(np.mean(preds.probs.argmax(axis=1) == preds.y_true))
 
 
+@timed("score")
 def evaluate_model(
     model: Any,
     split: EvalSplit,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reprotrain.errors import ModelError
+from reprotrain.timing import timed
 
 
 def model_image_size(model: Any) -> int:
@@ -23,6 +24,7 @@ def model_image_size(model: Any) -> int:
     return int(shape[1])
 
 
+@timed("model")
 def load_model(
     path: Path | str,
     *,

@@ -26,6 +26,7 @@ import keras
 
 from reprotrain.config import SCRATCH_ARCHITECTURES
 from reprotrain.errors import ModelError
+from reprotrain.timing import timed
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "predictions"
@@ -182,6 +183,7 @@ def residual(
     return keras.Model(inputs, net(inputs), name="residual")
 
 
+@timed("model")
 def build(
     architecture: str,
     image_size: int,

@@ -21,6 +21,7 @@ from typing import Any
 from reprotrain.config import ModelConfig
 from reprotrain.errors import ModelError
 from reprotrain.models import backbones
+from reprotrain.timing import timed
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def model_name(cfg: ModelConfig) -> str:
     return f"{tag}_{cfg.image_size}_transfer"
 
 
+@timed("model")
 def build_model(cfg: ModelConfig, num_classes: int, dropout: float) -> Any:
     """Raw RGB → preprocess → frozen base (inference mode) → GAP → Dropout → Dense softmax.
 

@@ -38,6 +38,7 @@ from reprotrain.serving.runners import (
     predict_batched,
     saved_model_predictor,
 )
+from reprotrain.timing import timed
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +251,7 @@ def score_format(
     return result
 
 
+@timed("export")
 def export_and_verify(
     model_path: Path,
     out_dir: Path,

@@ -16,6 +16,7 @@ from typing import Any
 
 from reprotrain.errors import ModelError, ReprotrainError, TrackingError
 from reprotrain.evaluation import gate as promotion
+from reprotrain.timing import timed
 from reprotrain.tracking import store
 from reprotrain.tracking.registry import find_keras, get_champion, set_champion
 from reprotrain.tracking.runs import StageRun, store_errors
@@ -159,6 +160,7 @@ def _rescore_champion(
     return accuracy
 
 
+@timed("logging")
 def register_and_promote(
     run: StageRun,
     model_path: Path,

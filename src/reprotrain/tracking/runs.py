@@ -42,8 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reprotrain import timing
 from reprotrain.config import Params, flatten
 from reprotrain.errors import ReprotrainError, TrackingError
+from reprotrain.timing import timed
 from reprotrain.tracking import lineage, store
 from reprotrain.tracking.owners import process_tags, reap_dead_runs
 from reprotrain.tracking.pipeline import open_parent, param_value
@@ -110,6 +112,7 @@ class StageRun:
     _reproduces: str | None = field(default=None, repr=False)
     uri: str = ""
 
+    @timed("logging")
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Per-epoch (``step``) or final metrics; final ones are also copied into the
         pipeline row as ``<stage>.<name>`` so executions compare side by side."""
@@ -125,6 +128,7 @@ class StageRun:
                     metrics=_metric_list({f"{self.stage}.{k}": v for k, v in values.items()}),
                 )
 
+    @timed("logging")
     def log_pipeline_metrics(self, metrics: Mapping[str, float]) -> None:
         """Metrics of the whole execution (evaluate: the final test metrics), logged both on
         this run and, un-prefixed, on the pipeline row; ``accuracy`` also goes in its note."""
@@ -143,6 +147,7 @@ class StageRun:
                 line = f"**Test accuracy: {values['accuracy']:.4f}**"
                 client.set_tag(self.parent_run_id, TAG_NOTE, f"{note}\n\n{line}".strip())
 
+    @timed("logging")
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         import mlflow
 
@@ -155,12 +160,14 @@ class StageRun:
             else:
                 logger.warning("artifact %s does not exist; not logged", path)
 
+    @timed("logging")
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         import mlflow
 
         with store_errors(self.uri, f"tagging the {self.stage} run"):
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    @timed("logging")
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         import mlflow
 
@@ -248,7 +255,15 @@ def _common_tags(root: Path) -> dict[str, str]:
 
 
 @contextmanager
-def stage_run(
+def stage_run(*args: Any, **kwargs: Any) -> Iterator[StageRun]:
+    """:func:`_stage_run`, timed: its set-up and close count as ``mlflow``, the stage's own
+    work inside it as its own phases (``reprotrain.timing``)."""
+    with timing.phase("mlflow"), _stage_run(*args, **kwargs) as run, timing.phase("other"):
+        yield run
+
+
+@contextmanager
+def _stage_run(
     stage: str,
     params: Params,
     sections: Sequence[str],

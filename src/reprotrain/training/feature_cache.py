@@ -19,6 +19,7 @@ from reprotrain.config import TrainHeadConfig
 from reprotrain.errors import ConfigError, DataError
 from reprotrain.models import transfer
 from reprotrain.runtime import RuntimeInfo
+from reprotrain.timing import timed
 from reprotrain.training.callbacks import EpochHook
 from reprotrain.training.loop import TrainResult, compile_model, train
 
@@ -70,6 +71,7 @@ def extract_features(model: Any, ds: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(feats), np.concatenate(labels)
 
 
+@timed("train")
 def train_head_cached(
     model: Any,
     train_ds: Any,

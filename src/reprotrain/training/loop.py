@@ -27,6 +27,7 @@ import tensorflow as tf
 from reprotrain.config import TrainConfig
 from reprotrain.errors import ConfigError, DataError, ModelError
 from reprotrain.runtime import MIXED, RuntimeInfo, gather_from_workers
+from reprotrain.timing import timed
 from reprotrain.training.callbacks import (
     MONITOR,
     CheckpointStore,
@@ -182,6 +183,7 @@ def discard_checkpoint(checkpoint_dir: Path) -> None:
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
+@timed("train")
 def train(
     model: Any,
     train_ds: Any,
