@@ -62,6 +62,7 @@ screenshot: setup
 benchmarks: setup
 	$(RUN) python benchmarks/input_pipeline.py
 	$(RUN) python benchmarks/training.py
+	$(RUN) python benchmarks/pipeline.py
 
 clean:
 	rm -rf .venv .uv .pytest_cache .ruff_cache
