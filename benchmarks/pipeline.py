@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # for scripts.project_copy
 from training import run  # noqa: E402
 
-from scripts.project_copy import make_project, subprocess_env  # noqa: E402
+from scripts.project_copy import hymenoptera_project  # noqa: E402
 
 RESULTS = HERE / "results" / "pipeline.json"
 STAGES = ("fetch", "prepare", "train_head", "finetune", "baseline", "export", "evaluate")
@@ -102,14 +102,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="reprotrain-pipeline-"))
-    data = tmp / "hymenoptera_data"
-    shutil.copytree(args.assets / "datasets" / "hymenoptera_data", data)
-    keras_home = tmp / "keras_home"
-    (keras_home / "models").mkdir(parents=True)
-    for f in (args.assets / "keras" / "models").glob("*.h5"):
-        (keras_home / "models" / f.name).symlink_to(f.resolve())
-    env = subprocess_env(keras_home)
-    proj = make_project(tmp / "proj", {"data": {"source": str(data), "sha256": None}})
+    proj, data, env = hymenoptera_project(tmp, args.assets)
 
     first = timed(["dvc", "repro"], proj, env)
     rounds = [one_round(proj, data, env, tmp, i) for i in range(args.rounds)]

@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for scripts.project_copy (run as `python benchmarks/...`)
 
-from scripts.project_copy import make_project, subprocess_env  # noqa: E402
+from scripts.project_copy import hymenoptera_project  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "training.json"
 
@@ -164,15 +164,8 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="reprotrain-bench-"))
-    data = tmp / "hymenoptera_data"
-    shutil.copytree(args.assets / "datasets" / "hymenoptera_data", data)
-    keras_home = tmp / "keras_home"
-    (keras_home / "models").mkdir(parents=True)
-    for f in (args.assets / "keras" / "models").glob("*.h5"):
-        (keras_home / "models" / f.name).symlink_to(f.resolve())
-    env = subprocess_env(keras_home)
-    proj = make_project(tmp / "proj", {"data": {"source": str(data), "sha256": None}})
-    os.environ["KERAS_HOME"] = str(keras_home)  # for the in-process measurements
+    proj, _, env = hymenoptera_project(tmp, args.assets)
+    os.environ["KERAS_HOME"] = env["KERAS_HOME"]  # for the in-process measurements
 
     t = time.perf_counter()
     run(["dvc", "repro", "prepare"], proj, env, timeout=1800)

@@ -84,3 +84,17 @@ def make_project(dest: Path, params: Mapping[str, Any] | None = None, git: bool 
             if proc.returncode != 0:
                 raise RuntimeError(f"git {' '.join(cmd)} in {dest} failed: {proc.stderr.strip()}")
     return dest
+
+
+def hymenoptera_project(tmp: Path, assets: Path) -> tuple[Path, Path, dict[str, str]]:
+    """A default-params project on a copy of the hymenoptera photos, with a KERAS_HOME whose
+    models/ links the cached ImageNet weights (both from ``assets``, the offline cache):
+    the project, the photos and the environment for its `dvc`/`python` children."""
+    data = tmp / "hymenoptera_data"
+    shutil.copytree(assets / "datasets" / "hymenoptera_data", data)
+    keras_home = tmp / "keras_home"
+    (keras_home / "models").mkdir(parents=True)
+    for f in (assets / "keras" / "models").glob("*.h5"):
+        (keras_home / "models" / f.name).symlink_to(f.resolve())
+    proj = make_project(tmp / "proj", {"data": {"source": str(data), "sha256": None}})
+    return proj, data, subprocess_env(keras_home)
