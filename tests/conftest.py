@@ -55,10 +55,10 @@ ASSETS = _assets()
 LONGEST_FIRST = ("promoted", "e2e/test_pipeline.py", "test_multiworker.py", "test_chaos.py")
 
 
-def _group(item: pytest.Item) -> str:
+def _group(item: pytest.Item) -> str | None:
     """The xdist group of a test: the tests that use the session's promoted project are one
     group (it is built once), a module with module-scoped fixtures is one group (they are
-    built once), any other test is a group of its own (free to run on either worker)."""
+    built once), any other test has none (free to run on either worker)."""
     module = Path(str(item.path)).relative_to(REPO / "tests").as_posix()
     if "promoted_project" in getattr(item, "fixturenames", ()):
         return "promoted"
@@ -66,7 +66,7 @@ def _group(item: pytest.Item) -> str:
     defs = info.name2fixturedefs.values() if info is not None else [[]]
     if info is None or any(d.scope == "module" for ds in defs for d in ds):
         return module
-    return item.nodeid
+    return None
 
 
 def _rank(item: pytest.Item) -> int:
@@ -81,8 +81,26 @@ def _rank(item: pytest.Item) -> int:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
+        if (group := _group(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=_rank)  # stable: the order within a group is kept
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail loudly when xdist does not group: each worker would then build the session's
+    pipelines itself (pytest 9.2 with xdist 3.8 did that silently, doubling the suite time;
+    pytest-dev/pytest-xdist#1386, hence the `pytest<9.2` pin in pyproject.toml)."""
+    if not session.config.getoption("loadgroup", default=False):
+        return  # the controller, or a run without `--dist loadgroup`
+    grouped = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group")]
+    ungrouped = [nodeid for nodeid in grouped if "@" not in nodeid]
+    if ungrouped:
+        raise pytest.UsageError(
+            f"pytest-xdist did not tag {len(ungrouped)} tests with their xdist_group "
+            f"(e.g. {ungrouped[0]}); this pytest/pytest-xdist pair cannot group, see "
+            "pytest-dev/pytest-xdist#1386"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +196,12 @@ TINY_PARAMS: dict[str, Any] = {
     "finetune": {"epochs": 1, "batch_size": 8, "unfreeze_top": 10},
     "evaluate": {"batch_size": 16, "min_accuracy": 0.0, "worst_examples": 4},
     "baseline": {"image_size": 32, "epochs": 2, "batch_size": 8, "filters": [8, 16]},
-    "export": {"calibration_samples": 8, "latency_samples": 3},
+    # Two of the four formats: each tiny pipeline then exports in ~25 s instead of ~40 s.
+    "export": {
+        "formats": ["saved_model", "tflite_float32"],
+        "calibration_samples": 8,
+        "latency_samples": 3,
+    },
 }
 
 

@@ -69,8 +69,9 @@ pytestmark = pytest.mark.slow
 @pytest.mark.slow
 def test_second_repro_in_the_same_project_refuses_and_corrupts_nothing(tiny_project: Path) -> None:
     env = subprocess_env()
+    # Up to train_head: long enough to overlap, without paying for the whole DAG.
     first = subprocess.Popen(
-        ["dvc", "repro"],
+        ["dvc", "repro", "train_head"],
         cwd=tiny_project,
         env=env,
         stdout=subprocess.PIPE,
@@ -96,9 +97,9 @@ def test_second_repro_in_the_same_project_refuses_and_corrupts_nothing(tiny_proj
     assert first.returncode == 0, out_first[-4000:]
     # Nothing corrupted: everything is up to date and the metrics are readable.
     status = run(["dvc", "status"], tiny_project, env).stdout
-    for stage in ("prepare", "train_head", "finetune", "evaluate"):
+    for stage in ("prepare", "train_head"):  # fetch is `always_changed`
         assert f"{stage}:" not in status, status
-    assert (tiny_project / "metrics" / "evaluate.json").is_file()
+    assert json.loads((tiny_project / "metrics" / "train_head.json").read_text())["epochs_run"]
 
 
 # ---- Corrupt data: TFRecord shards

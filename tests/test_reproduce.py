@@ -96,6 +96,7 @@ def test_reproduce_train_head_run_is_identical(repro_project, tmp_path: Path) ->
     assert proc.returncode == 0, out[-6000:]
     assert "identical" in proc.stdout and " NO" not in proc.stdout, proc.stdout
     assert "val_accuracy" in proc.stdout
+    assert "system/" not in proc.stdout  # samples of the machine are not compared
     # data/raw came from the DVC cache at the recorded hash; the snapshot stage did not rerun.
     assert "rerunning prepare → train_head" in proc.stderr, out[-6000:]
     assert (work / "models" / "head.keras").is_file()

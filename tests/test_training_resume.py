@@ -16,9 +16,8 @@ import pytest
 
 from reprotrain import runtime, training
 from reprotrain.config import RuntimeConfig, TrainHeadConfig
-from reprotrain.models import transfer
 from tests.conftest import REPO, run, subprocess_env
-from tests.models.tiny import tiny_arrays, tiny_dataset, tiny_model_cfg
+from tests.models.tiny import tiny_arrays, tiny_cnn, tiny_dataset
 
 CFG = TrainHeadConfig(
     epochs=4, batch_size=8, feature_cache="off", early_stopping_patience=9, learning_rate=0.02
@@ -31,7 +30,7 @@ class HookFailed(RuntimeError):
 
 def _model():
     info = runtime.configure(RuntimeConfig(), seed=5)
-    return info, transfer.build_model(tiny_model_cfg(), 2, 0.2)
+    return info, tiny_cnn()
 
 
 def _train(ckpt: Path, hook=None, cfg=CFG):

@@ -14,15 +14,14 @@ from pathlib import Path
 
 from reprotrain import runtime, training
 from reprotrain.config import RuntimeConfig, TrainHeadConfig
-from reprotrain.models import transfer
-from tests.models.tiny import tiny_arrays, tiny_dataset, tiny_model_cfg
+from tests.models.tiny import tiny_arrays, tiny_cnn, tiny_dataset
 
 
 def main() -> None:
     ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
     slow = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     info = runtime.configure(RuntimeConfig(), seed=5)
-    model = transfer.build_model(tiny_model_cfg(), 2, 0.2)
+    model = tiny_cnn()
     x, y = tiny_arrays(16)
     cfg = TrainHeadConfig(epochs=4, batch_size=8, feature_cache="off", early_stopping_patience=9)
     seen: list[int] = []

@@ -35,6 +35,15 @@ def tiny_model_cfg(weights: str | None = None) -> ModelConfig:
     return ModelConfig(alpha=ALPHA, image_size=SIZE, weights=weights or str(tiny_weights()))
 
 
+def tiny_cnn(num_classes: int = 2):
+    """A two-block from-scratch CNN at 32×32: for tests of the training loop itself (resume,
+    backups), where what is trained does not matter and a MobileNetV2 only costs tracing
+    time."""
+    from reprotrain.models import scratch
+
+    return scratch.build("cnn", SIZE, num_classes, filters=(8, 16))
+
+
 def tiny_arrays(n: int = 24, num_classes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Raw 0–255 images whose class is their dominant colour, and int32 labels."""
     rng = np.random.default_rng(seed)

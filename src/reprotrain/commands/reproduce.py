@@ -17,7 +17,9 @@ What "exact inputs" means here, and where each comes from:
   do not move).
 
 The exit code is 0 when every metric (final values and per-step histories) is identical,
-1 when any differs: on CPU with ``runtime.deterministic`` they are identical.
+1 when any differs: on CPU with ``runtime.deterministic`` they are identical. MLflow's
+``system/*`` metrics (CPU, memory, disk of the machine while it trained) are not compared:
+they describe the machine at that moment, not the result.
 """
 
 from __future__ import annotations
@@ -252,10 +254,14 @@ def restore_params(uri: str, parent_id: str, work: Path) -> bool:
 # --------------------------------------------------------------------------- comparing
 
 
+#: MLflow's system-metrics prefix: samples of the machine, never expected to repeat.
+SYSTEM_PREFIX = "system/"
+
+
 def metric_histories(client: Any, run: Any) -> dict[str, list[tuple[int, float]]]:
-    """``{metric: [(step, value), ...]}`` of a run, ordered by step."""
+    """``{metric: [(step, value), ...]}`` of a run's result metrics, ordered by step."""
     out = {}
-    for key in sorted(run.data.metrics):
+    for key in sorted(k for k in run.data.metrics if not k.startswith(SYSTEM_PREFIX)):
         hist = client.get_metric_history(run.info.run_id, key)
         out[key] = sorted((int(m.step), float(m.value)) for m in hist)
     return out
