@@ -4,7 +4,7 @@ What the pretrained backbone buys is only visible next to a model without it: th
 trains ``baseline.architecture`` (cnn | mlp | residual | package.module:function, see
 reprotrain.models.scratch) on the same TFRecords at a small input size, and evaluate
 reports the transfer gain. Reads data/prepared, writes models/baseline.keras (+ history,
-TensorBoard logs, metrics and the MLflow run sidecar). ≈ 20-30 s on 2 CPU cores with the
+TensorBoard logs, metrics and the MLflow run sidecar). ≈ 18 s on 2 CPU cores with the
 defaults (cnn, 64 px, 10 epochs).
 """
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from reprotrain.config import HYMENOPTERA_DIGEST
-from reprotrain.data.fetch import MIRROR_ENV, fetch, source_kind, tree_digest
+from reprotrain.data.fetch import fetch, tree_digest
+from reprotrain.data.origin import MIRROR_ENV, source_kind
 from reprotrain.data.sources import scan
 from reprotrain.errors import DataError
 from tests.conftest import make_class_tree, make_project, run, subprocess_env

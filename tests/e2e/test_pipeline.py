@@ -1,7 +1,7 @@
 """The product, end to end: `dvc repro` on the real hymenoptera photos with the real ImageNet
 MobileNetV2 weights (offline cache), on 2 CPU cores, default params.yaml.
 
-Runs once per session (515 s measured on 2 busy cores; see the README); the assertions
+Runs once per session (376 s in `.ci/run`, 2 cores shared with the suite); the assertions
 below share that run. The acceptance bars come from the issues: fine-tuned val and test
 accuracy ≥ 0.93, fine-tuned test accuracy ≥ head-only, a positive transfer gain over the
 from-scratch baseline, DVC metrics/plots commands work on the result, every stage has an

@@ -17,7 +17,8 @@ Modules, by concern:
 - :mod:`.lineage`: git, ``dvc.yaml``/``dvc.lock``, content hashes, ``*.run.json`` sidecars;
 - :mod:`.runs`: the stage-run lifecycle (nested stage runs, FAILED/KILLED endings, a
   stopped server as one clear error), with :mod:`.pipeline` (the one parent row per
-  execution) and :mod:`.owners` (runs of SIGKILLed processes marked KILLED);
+  execution), :mod:`.owners` (runs of SIGKILLed processes marked KILLED) and
+  :mod:`.process` (SIGTERM as Ctrl-C, MLflow's environment knobs, the server-down check);
 - :mod:`.registry`: versions, aliases, explicit promotion and rollback, ``models:/`` and
   ``runs:/`` URIs resolved to local files; :mod:`.gating` registers a candidate and applies
   the promotion gate;

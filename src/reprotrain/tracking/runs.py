@@ -34,7 +34,6 @@ import hashlib
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -46,7 +45,7 @@ from reprotrain import timing
 from reprotrain.config import Params, flatten
 from reprotrain.errors import ReprotrainError, TrackingError
 from reprotrain.timing import timed
-from reprotrain.tracking import lineage, store
+from reprotrain.tracking import lineage, process, store
 from reprotrain.tracking.owners import process_tags, reap_dead_runs
 from reprotrain.tracking.pipeline import open_parent, param_value
 from reprotrain.tracking.tags import (
@@ -316,7 +315,7 @@ def _stage_run(
         mlflow.end_run()
     system_metrics = params.tracking.system_metrics and stage in SYSTEM_METRICS_STAGES
     try:
-        with _sampling_interval(params.tracking.system_metrics_interval):
+        with process.sampling_interval(params.tracking.system_metrics_interval):
             active = store.retrying(
                 mlflow.start_run,
                 experiment_id=exp_id,
@@ -331,7 +330,7 @@ def _stage_run(
         raise TrackingError(f"MLflow store {uri}: {exc.message}") from None
     run = StageRun(active.info.run_id, stage, parent, exp_id, common.get(TAG_REPRODUCES), uri)
     status = RunStatus.to_string(RunStatus.FAILED)
-    previous_term = _interrupt_on_sigterm()
+    previous_term = process.interrupt_on_sigterm()
     try:
         with store_errors(uri, f"starting the {stage} run"):
             logged: dict[str, Any] = {}
@@ -369,67 +368,8 @@ def _stage_run(
         lineage.write_sidecar(root / sidecar, body)
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _interrupt_on_sigterm() -> Any:
-    """Treat SIGTERM (``kill``, ``dvc queue kill``, a CI timeout) like Ctrl-C while a stage
-    runs, so the run ends KILLED instead of staying RUNNING. Returns the previous handler
-    (None when not in the main thread, where handlers cannot be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
-@contextmanager
-def _sampling_interval(seconds: float) -> Iterator[None]:
-    """MLflow's system-metrics monitor reads its sampling interval from the environment
-    when ``start_run`` creates it; set it only for that call (a user's
-    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` wins)."""
-    name = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
-    saved = os.environ.get(name)
-    os.environ.setdefault(name, str(seconds))
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-
-
-@contextmanager
-def _no_http_retries() -> Iterator[None]:
-    """MLflow retries a failing HTTP call for minutes; when the server is known to be down,
-    the calls that close a run get one short try."""
-    saved = {
-        k: os.environ.get(k)
-        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    }
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _server_down(uri: str) -> str | None:
-    problem = store.server_problem(uri, timeout=3)
-    if problem:
-        logger.warning(
-            "MLflow tracking server %s is down (%s): the run stays RUNNING until the next "
-            "stage run marks it KILLED",
-            uri,
-            problem,
-        )
-    return problem
-
-
 def _note_error(client: Any, run: StageRun, message: str) -> None:
-    if _server_down(run.uri):
+    if process.server_down(run.uri):
         return
     message = message[:4000]
     try:
@@ -446,8 +386,8 @@ def _finish(client: Any, run: StageRun, status: str) -> None:
     store answers; a store error here is logged, never raised over the stage's own error)."""
     import mlflow
 
-    down = _server_down(run.uri) if status != "FINISHED" else None
-    with _no_http_retries() if down else contextlib.nullcontext():
+    down = process.server_down(run.uri) if status != "FINISHED" else None
+    with process.no_http_retries() if down else contextlib.nullcontext():
         try:
             active = mlflow.active_run()
             if active is not None and active.info.run_id == run.run_id:
