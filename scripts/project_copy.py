@@ -92,9 +92,16 @@ def hymenoptera_project(tmp: Path, assets: Path) -> tuple[Path, Path, dict[str, 
     the project, the photos and the environment for its `dvc`/`python` children."""
     data = tmp / "hymenoptera_data"
     shutil.copytree(assets / "datasets" / "hymenoptera_data", data)
-    keras_home = tmp / "keras_home"
-    (keras_home / "models").mkdir(parents=True)
-    for f in (assets / "keras" / "models").glob("*.h5"):
-        (keras_home / "models" / f.name).symlink_to(f.resolve())
+    keras_home = linked_keras_home(tmp / "keras_home", assets)
     proj = make_project(tmp / "proj", {"data": {"source": str(data), "sha256": None}})
     return proj, data, subprocess_env(keras_home)
+
+
+def linked_keras_home(home: Path, assets: Path | None) -> Path:
+    """A writable KERAS_HOME at ``home`` whose models/ links the cached ImageNet weights of
+    ``assets`` (none without assets: Keras then downloads them)."""
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    if assets is not None:
+        for f in (assets / "keras" / "models").glob("*.h5"):
+            (home / "models" / f.name).symlink_to(f.resolve())
+    return home

@@ -28,7 +28,7 @@ from PIL import Image
 
 # The project-copy helpers live outside the tests (benchmarks use them too); re-exported
 # here, where the test modules import them from.
-from scripts.project_copy import deep_update, make_project, subprocess_env
+from scripts.project_copy import deep_update, linked_keras_home, make_project, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -112,12 +112,7 @@ def assets() -> Path | None:
 @pytest.fixture(scope="session")
 def keras_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A writable KERAS_HOME whose models/ holds the cached ImageNet weights (symlinks)."""
-    home = tmp_path_factory.mktemp("keras_home")
-    (home / "models").mkdir()
-    if ASSETS is not None:
-        for f in (ASSETS / "keras" / "models").glob("*.h5"):
-            (home / "models" / f.name).symlink_to(f)
-    return home
+    return linked_keras_home(tmp_path_factory.mktemp("keras_home"), ASSETS)
 
 
 @pytest.fixture(scope="session")

@@ -128,7 +128,8 @@ def extract_archive(archive: Path, dest: Path) -> Path:
 
     Extraction streams member by member (never a whole member in memory), and every file
     keeps its archive mtime (``zipfile`` alone stamps the extraction time), so that
-    :func:`sync_tree` sees an unchanged member as unchanged and a re-fetch copies nothing.
+    :func:`reprotrain.data.fetch.sync_tree` sees an unchanged member as unchanged and a
+    re-fetch copies nothing.
     """
     dest.mkdir(parents=True, exist_ok=True)
     try:

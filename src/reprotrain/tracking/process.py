@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from reprotrain.tracking import store
@@ -20,7 +20,7 @@ from reprotrain.tracking import store
 logger = logging.getLogger(__name__)
 
 
-def raise_interrupt(signum: int, frame: Any) -> None:
+def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -30,33 +30,15 @@ def interrupt_on_sigterm() -> Any:
     (None when not in the main thread, where handlers cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGTERM, raise_interrupt)
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 @contextmanager
-def sampling_interval(seconds: float) -> Iterator[None]:
-    """MLflow's system-metrics monitor reads its sampling interval from the environment
-    when ``start_run`` creates it; set it only for that call (a user's
-    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` wins)."""
-    name = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
-    saved = os.environ.get(name)
-    os.environ.setdefault(name, str(seconds))
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-
-
-@contextmanager
-def no_http_retries() -> Iterator[None]:
-    """MLflow retries a failing HTTP call for minutes; when the server is known to be down,
-    the calls that close a run get one short try."""
-    saved = {
-        k: os.environ.get(k)
-        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    }
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for one block, then restore exactly what was there: MLflow
+    reads these knobs from the environment, not from arguments."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -67,7 +49,22 @@ def no_http_retries() -> Iterator[None]:
                 os.environ[k] = v
 
 
+def sampling_interval(seconds: float) -> AbstractContextManager[None]:
+    """MLflow's system-metrics monitor reads its sampling interval from the environment
+    when ``start_run`` creates it; set it only for that call (a user's
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` wins)."""
+    name = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+    return _environ(**{name: os.environ.get(name, str(seconds))})
+
+
+def no_http_retries() -> AbstractContextManager[None]:
+    """MLflow retries a failing HTTP call for minutes; when the server is known to be down,
+    the calls that close a run get one short try."""
+    return _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
+
+
 def server_down(uri: str) -> str | None:
+    """What is wrong with the tracking server at ``uri`` (logged), or None if it answers."""
     problem = store.server_problem(uri, timeout=3)
     if problem:
         logger.warning(
