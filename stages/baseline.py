@@ -65,6 +65,7 @@ def main() -> int:
             cfg,
             info,
             class_weight=data.class_weight,
+            augment=data.augment_in_model,
             **stage.fit_options(),
         )
         stage.finish(model, result, counts)

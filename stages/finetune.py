@@ -67,6 +67,7 @@ def main() -> int:
             cfg,
             info,
             class_weight=data.class_weight,
+            augment=data.augment_in_model,
             keep_start_if_better=True,
             **stage.fit_options(),
         )

@@ -35,7 +35,9 @@ def main() -> int:
     ) as stage:
         with info.strategy.scope():
             model = transfer.build_model(params.model, len(data.labels), cfg.dropout)
-        fit = dict(class_weight=data.class_weight, **stage.fit_options())
+        fit = dict(
+            class_weight=data.class_weight, augment=data.augment_in_model, **stage.fit_options()
+        )
         if cached:
             result = training.train_head_cached(
                 model, data.train, data.val, cfg, info, seed=params.seed, **fit

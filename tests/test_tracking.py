@@ -131,6 +131,7 @@ def test_pipeline_metrics_and_new_executions(project: Path) -> None:
     )
     assert tags["reprotrain.upstream.prepare"] == again.run_id
     assert tags["reprotrain.git.dirty"] == "true"  # params.yaml differs from HEAD
+    assert tags["reprotrain.git.dirty_paths"] == "params.yaml"  # the whole name (" M params…")
     # The new row is named after the changed param; its note lists it, and the headline test
     # accuracy is added to the note when evaluate logs it.
     with tracking.stage_run("evaluate", params, ("evaluate",), project) as ev2:

@@ -250,12 +250,14 @@ def test_keep_start_weights_when_no_epoch_beats_them(data, tmp_path: Path) -> No
     x, y, xv, yv = data
     info, model = _setup(dropout=0.0)
     start = [w.copy() for w in model.get_weights()]
-    cfg = dataclasses.replace(HEAD, epochs=2, learning_rate=0.05)
+    cfg = dataclasses.replace(HEAD, epochs=5, learning_rate=0.05, early_stopping_patience=2)
     train_ds, val_ds = _train_ds(x, 1 - y), tiny_dataset(xv, yv)
     result = training.train(
         model, train_ds, val_ds, cfg, info, checkpoint_dir=tmp_path / "c", keep_start_if_better=True
     )
     assert result.best_epoch == 0
+    # Patience counts from the starting weights: two epochs that do not beat them stop it.
+    assert result.epochs_run == 2 and result.stopped_early
     for a, b in zip(start, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     summary = result.summary()

@@ -148,3 +148,65 @@ def test_unreadable_backup_is_discarded_with_a_warning(
     assert "discarding the training backup" in caplog.text
     assert "restarts from epoch 1" in caplog.text
     assert result.initial_epoch == 0 and result.history["epoch"] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_trains_what_an_uninterrupted_one_trains(tmp_path: Path) -> None:
+    """Through the real shuffled, augmented pipeline, with dropout: a run that failed after
+    epoch 2 and resumed with new datasets (as a new process builds them) ends with the same
+    weights and history as a run that never stopped.
+
+    The custom loop: under ``fit`` the resumed epochs still differ slightly (the pipeline's
+    per-epoch seeds and the dropout state are restored the same way; the remaining cause is
+    not found yet)."""
+    from reprotrain.config import PipelineConfig, PrepareConfig
+    from reprotrain.data import pipeline
+    from reprotrain.data.fetch import fetch
+    from reprotrain.data.prepare import prepare
+    from reprotrain.paths import split_files
+    from tests.conftest import make_class_tree
+    from tests.models.tiny import SIZE
+
+    src = make_class_tree(tmp_path / "src", {"cats": 12, "dogs": 12}, size=40)
+    fetch(str(src), tmp_path / "raw")
+    prepare(tmp_path / "raw", tmp_path / "prep", PrepareConfig(shard_size=4, max_side=None), 1)
+    pipe = PipelineConfig(shuffle_buffer=64)
+
+    def attempt(ckpt: Path, hook=None):
+        info, model = _model()
+        train_ds, val_ds = (
+            pipeline.make_dataset(
+                split_files(tmp_path / "prep", split),
+                pipe,
+                split == "train",
+                image_size=SIZE,
+                batch_size=4,
+                seed=11,
+            )
+            for split in ("train", "val")
+        )
+        result = training.train(
+            model,
+            train_ds,
+            val_ds,
+            dataclasses.replace(CFG, loop="custom"),
+            info,
+            checkpoint_dir=ckpt,
+            epoch_hook=hook,
+            resume_key="k",
+        )
+        return model, result
+
+    whole, whole_result = attempt(tmp_path / "a")
+
+    def fail_after_second(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise HookFailed("stop")
+
+    with pytest.raises(HookFailed):
+        attempt(tmp_path / "b", fail_after_second)
+    resumed, resumed_result = attempt(tmp_path / "b")
+    assert resumed_result.initial_epoch == 2
+    assert resumed_result.history == whole_result.history
+    for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

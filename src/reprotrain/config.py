@@ -124,6 +124,12 @@ class AugmentConfig:
     zoom: Float = _f(0.1, "max zoom in/out fraction", min=0.0, max=0.9)
     brightness: Float = _f(0.1, "max brightness delta as a fraction of 255", min=0.0, max=1.0)
     contrast: Float = _f(0.1, "max contrast change factor", min=0.0, max=1.0)
+    placement: Literal["auto", "input", "model"] = _f(
+        "auto",
+        "where augmentation runs: 'input' (tf.data, on the host CPU), 'model' (inside the "
+        "train step, on the device that trains; the input pipeline then delivers uint8 "
+        "batches), 'auto' = model when a GPU is visible, else input",
+    )
 
 
 @section

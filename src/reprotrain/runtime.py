@@ -33,6 +33,30 @@ MIXED = "mixed_float16"
 FLOAT32 = "float32"
 
 
+def resolve_augment_placement(setting: str, gpus: int) -> str:
+    """``input`` or ``model`` for ``pipeline.augment.placement``.
+
+    On a GPU the host's cores cannot keep up with the per-pixel resampling of rotation and
+    zoom (on 2 CPU cores it costs about as much as decoding the JPEG): there ``auto`` runs it
+    in the train step, on the GPU. On a CPU-only machine both places share the same cores,
+    and tf.data overlaps it with the step, so ``auto`` keeps it in the input pipeline.
+    """
+    if setting in ("input", "model"):
+        return setting
+    if setting == "auto":
+        return "model" if gpus > 0 else "input"
+    raise ConfigError(
+        f"pipeline.augment.placement = {setting!r}: must be 'auto', 'input' or 'model'"
+    )
+
+
+def gpu_count() -> int:
+    """Logical GPUs TensorFlow sees (initialises TensorFlow's devices)."""
+    import tensorflow as tf
+
+    return len(tf.config.list_logical_devices("GPU"))
+
+
 def resolve_mixed_precision(setting: str, gpus: int) -> str:
     """The Keras dtype policy for ``runtime.mixed_precision``.
 

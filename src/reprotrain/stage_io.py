@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reprotrain import fsio, paths
+from reprotrain import fsio, paths, runtime
 from reprotrain.errors import ConfigError, DataError
 from reprotrain.timing import timed
 
 if TYPE_CHECKING:
-    from reprotrain.config import Params, PipelineConfig, TrainConfig
+    from reprotrain.config import AugmentConfig, Params, PipelineConfig, TrainConfig
     from reprotrain.runtime import RuntimeInfo
     from reprotrain.training import TrainResult
 
@@ -92,6 +92,8 @@ class StageData:
     class_weight: dict[int, float] | None
     digest: str  # of labels + manifest: part of the resume fingerprint
     counts: dict[str, int]  # train images per class
+    #: Augmentation the train step applies (``placement: model``), for ``training.train``.
+    augment_in_model: AugmentConfig | None = None
 
 
 @timed("data")
@@ -126,18 +128,29 @@ def load_stage_data(
                 "(add images or adjust prepare.val_fraction), then rerun prepare"
             )
     common = dict(image_size=image_size, batch_size=cfg.batch_size, seed=seed)
+    augment = cfg.augment and not train_as_eval
+    placement = (
+        runtime.resolve_augment_placement(pipeline_cfg.augment.placement, runtime.gpu_count())
+        if augment
+        else "input"
+    )
     train = pipeline.make_dataset(
         files["train"],
         pipeline_cfg,
         training=not train_as_eval,
-        augment=cfg.augment and not train_as_eval,
+        augment=augment,
+        augment_in=placement,
         **common,
     )
+    if augment:
+        where = "train step" if placement == "model" else "input pipeline"
+        logger.info("augmentation: in the %s (pipeline.augment.placement)", where)
     val = pipeline.make_dataset(files["val"], pipeline_cfg, training=False, **common)
     counts = train_counts(manifest, labels)
     digest = fingerprint(fsio.file_sha256(manifest), labels)
     weights = class_weights(cfg.class_weight, labels, counts)
-    return StageData(train, val, labels, weights, digest, counts)
+    in_model = pipeline_cfg.augment if placement == "model" else None
+    return StageData(train, val, labels, weights, digest, counts, in_model)
 
 
 def load_transfer_data(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from reprotrain.config import ExportConfig, PipelineConfig, PrepareConfig
-from reprotrain.serving.export import agreement, ship_decision
+from reprotrain.serving.export import TFLiteConversions, agreement, ship_decision
 from tests.conftest import TINY_PARAMS, Project, make_class_tree, run
 
 SIZE = 32
@@ -35,6 +35,16 @@ def test_agreement_is_the_share_of_equal_top1_labels() -> None:
     a = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     b = np.array([[0.6, 0.4], [0.4, 0.6], [0.4, 0.6], [0.1, 0.9]])
     assert agreement(a, b) == 0.75
+
+
+def test_the_slowest_conversion_goes_to_the_second_process() -> None:
+    pick = TFLiteConversions.pick_background
+    assert pick(["float32", "float16", "int8"], cpus=2) == "int8"
+    assert pick(["int8", "float32"], cpus=8) == "int8"
+    assert pick(["float32", "float16"], cpus=2) == "float16"
+    # One conversion, or one core: nothing to overlap, no second process.
+    assert pick(["int8"], cpus=2) is None
+    assert pick(["float32", "int8"], cpus=1) is None
 
 
 @pytest.fixture(scope="module")

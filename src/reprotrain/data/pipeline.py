@@ -269,12 +269,18 @@ def make_dataset(
     seed: int,
     augment: bool | None = None,
     with_metadata: bool = False,
+    augment_in: Literal["input", "model"] = "input",
 ) -> tf.data.Dataset:
     """Batches of ``(images, labels)`` (or ``(images, labels, metadata)``) from TFRecord shards.
 
     ``training`` turns on shuffling (and augmentation unless ``augment`` says otherwise);
     evaluation reads in file order, so predictions line up with the manifest. Images are
     float32 0..255 ``[B, S, S, 3]``; labels int32 ``[B]``; metadata ``{"path", "sha256"}``.
+
+    ``augment_in="model"`` (with augmentation on) leaves the augmentation to the train step
+    (:class:`reprotrain.training.AugmentingModel`): batches are then
+    ``((uint8 images, seeds [B, 2]), labels)``, the seeds being the ones this pipeline
+    would have used, so the step draws the same augmentation.
     """
     files = [str(f) for f in files]
     if not files:
@@ -285,7 +291,11 @@ def make_dataset(
 
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        # One seeded shard order, not a new one per epoch: what is cached is the first full
+        # pass, and which pass that is differs between a run and its resumption (a resumed
+        # run must see the same cached order). The element shuffle after the cache varies
+        # the order every epoch.
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
     # Interleave shard reads: sequential order when evaluating (cycle_length=1) keeps the
     # predictions aligned with the manifest; parallel when training.
     if training:
@@ -310,11 +320,19 @@ def make_dataset(
         return image, label, meta
 
     ds = ds.map(_decode, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
-    ds = _cache(ds, cfg, files, image_size, with_metadata)
+    count = count_records(files)
+    ds = _cache(ds, cfg, files, image_size, with_metadata, count)
     if training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
-    if augment:
+    if count is not None:
+        # Reading TFRecords, tf.data cannot know the length: Keras then learns it by running
+        # out of data in the first epoch and warns "Your input ran out of data" in every
+        # stage. shards.json records it (checked against each shard's size).
+        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(count / batch_size)))
+    if augment and augment_in == "model":
+        ds = _with_seeds(ds, cfg, seed)
+    elif augment:
         ds = _augment(ds, cfg, seed)
     else:  # float32 for the model, converted once per batch rather than per image.
         ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
@@ -327,9 +345,10 @@ def _cache(
     files: Sequence[str],
     image_size: int,
     with_metadata: bool,
+    count: int | None,
 ) -> tf.data.Dataset:
-    """Apply :func:`choose_cache`'s decision, logging which cache and why."""
-    count = count_records(files) if cfg.cache == "auto" else None
+    """Apply :func:`choose_cache`'s decision (``count``: images, if known), logging which
+    cache and why."""
     choice = choose_cache(cfg.cache, count, image_size, cfg.cache_memory_mb)
     split = "+".join(sorted({Path(f).name.split("-")[0] for f in files}))
     if choice.kind == "memory":
@@ -408,8 +427,8 @@ def clear_unfinished_cache(path: Path) -> list[Path]:
     return leftovers
 
 
-def _augment(ds: tf.data.Dataset, cfg: PipelineConfig, seed: int) -> tf.data.Dataset:
-    """Augment batches (:func:`augment_batch`) with one seed per batch and epoch.
+def _batch_seeds(seed: int) -> tf.data.Dataset:
+    """One ``[2]`` seed per batch and epoch.
 
     A ``tf.data`` random generator seeded once would replay the same sequence each epoch
     when the pipeline is re-iterated; ``Dataset.random(seed)`` with
@@ -417,11 +436,31 @@ def _augment(ds: tf.data.Dataset, cfg: PipelineConfig, seed: int) -> tf.data.Dat
     The seeds are zipped to the batches in order, so which batch gets which seed does not
     depend on the parallel map's scheduling.
     """
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    zipped = tf.data.Dataset.zip((ds, seeds))
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
+def _augment(ds: tf.data.Dataset, cfg: PipelineConfig, seed: int) -> tf.data.Dataset:
+    """Augment batches (:func:`augment_batch`) with one seed per batch and epoch."""
+    zipped = tf.data.Dataset.zip((ds, _batch_seeds(seed)))
 
     def _apply(element: tuple[Any, ...], s: tf.Tensor) -> tuple[Any, ...]:
         image, *rest = element
         return (augment_batch(image, cfg.augment, s), *rest)
 
     return zipped.map(_apply, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
+
+
+def _with_seeds(ds: tf.data.Dataset, cfg: PipelineConfig, seed: int) -> tf.data.Dataset:
+    """``((uint8 images, seeds), labels, ...)``: the batch's seed repeated on every row.
+
+    Per row, not one ``[2]`` tensor: a distribution strategy splits every input along the
+    batch axis, and each replica then still finds its seed in row 0.
+    """
+    zipped = tf.data.Dataset.zip((ds, _batch_seeds(seed)))
+
+    def _pair(element: tuple[Any, ...], s: tf.Tensor) -> tuple[Any, ...]:
+        image, *rest = element
+        seeds = tf.tile(s[tf.newaxis], [tf.shape(image)[0], 1])
+        return ((image, seeds), *rest)
+
+    return zipped.map(_pair, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)

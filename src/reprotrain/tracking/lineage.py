@@ -113,7 +113,8 @@ def git(root: Path, *args: str) -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    # Only the trailing newline goes: `status --porcelain` lines start with a space (" M x").
+    return proc.stdout.rstrip("\n") if proc.returncode == 0 else None
 
 
 def changed_paths(root: Path, paths: Sequence[str]) -> list[str] | None:

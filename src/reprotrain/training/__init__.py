@@ -1,11 +1,12 @@
 """Training: compile, fit (or a GradientTape loop), resumable state, the feature cache.
 
-``loop`` trains, ``callbacks`` keeps the resumable state (atomic backups, best weights,
-merged history) and TensorBoard scalars, ``feature_cache`` trains a head on features
-computed once. Stage plumbing (reading prepared data, writing outputs) is in
-:mod:`reprotrain.stage_io`.
+``loop`` trains, ``augment`` wraps a model to augment inside the train step, ``callbacks``
+keeps the resumable state (atomic backups, best weights, merged history) and TensorBoard
+scalars, ``feature_cache`` trains a head on features computed once. Stage plumbing (reading
+prepared data, writing outputs) is in :mod:`reprotrain.stage_io`.
 """
 
+from reprotrain.training.augment import AugmentingModel
 from reprotrain.training.callbacks import (
     FINGERPRINT_FILE,
     MONITOR,
@@ -37,6 +38,7 @@ __all__ = [
     "FINGERPRINT_FILE",
     "MONITOR",
     "STATE_FILE",
+    "AugmentingModel",
     "CheckpointStore",
     "EpochHook",
     "ScalarTensorBoard",

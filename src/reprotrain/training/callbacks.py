@@ -10,8 +10,12 @@ file, then rename) and then commits ``state.json`` atomically, which names the e
 to resume from and the best epoch's file. A kill at any moment leaves the previous commit
 intact; an unreadable backup is discarded with a warning (training restarts from epoch 1).
 
-``state.json`` also carries the per-epoch history and the early-stopping and learning-rate
-schedule state, so a resumed run takes the same decisions an uninterrupted one would.
+``state.json`` also carries the per-epoch history, the early-stopping and learning-rate
+schedule state and the layers' random-seed state (dropout), so a resumed run takes its
+decisions from the whole history and draws the dropout masks an uninterrupted one would (the
+input pipeline's per-epoch randomness: ``loop.skip_epochs``). With ``loop: custom`` a resumed
+run ends bit-identical to one that never stopped (tested); under ``fit`` its later epochs
+still differ slightly.
 """
 
 from __future__ import annotations
@@ -41,6 +45,23 @@ FINGERPRINT_FILE = "fingerprint.txt"
 FORMAT = 1
 
 
+def rng_variables(model: Any) -> list[Any]:
+    """The model's random-seed state (``keras.random.SeedGenerator``s: dropout and other
+    random layers), which ``save_weights`` leaves out: its variables that are not weights."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def restore_rng(model: Any, saved: list[list[int]]) -> None:
+    """Set the seed state saved by :class:`TrainingState` (ignored if the layers differ)."""
+    variables = rng_variables(model)
+    if len(variables) != len(saved):
+        logger.warning("the backup's random-seed state does not fit this model: not restored")
+        return
+    for v, value in zip(variables, saved, strict=True):
+        v.assign(tf.constant(value, dtype=v.dtype))
+
+
 def epoch_file(epoch: int) -> str:
     """Name of the weights + optimizer file written after epoch index ``epoch`` (0-based)."""
     return f"epoch-{epoch + 1:04d}.weights.h5"
@@ -61,6 +82,7 @@ class TrainState:
     stopped: bool = False
     start: dict[str, float] | None = None  # val metrics of the starting weights
     reduce_lr: dict[str, float] = field(default_factory=dict)
+    rng: list[list[int]] = field(default_factory=list)  # seed states after epoch done - 1
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -267,7 +289,12 @@ class TrainingState(keras.callbacks.Callback):
         value = rec.get(MONITOR, math.nan)
         if state.best_epoch < 0 or value < state.best_value:
             state.best_epoch, state.best_value = epoch, value
-        if epoch - state.best_epoch >= self.patience:
+        # Patience counts from the best weights seen, the starting ones included (fine-tuning
+        # measures them first): epochs that never beat the start are not an improvement.
+        since = state.best_epoch
+        if state.start is not None and state.start.get(MONITOR, math.inf) <= state.best_value:
+            since = -1
+        if epoch - since >= self.patience:
             state.stopped = True
             self.model.stop_training = True
         if self.reduce_lr is not None:
@@ -277,6 +304,7 @@ class TrainingState(keras.callbacks.Callback):
                 "cooldown_counter": r.cooldown_counter,
                 **({"best": float(r.best)} if r.best is not None else {}),
             }
+        state.rng = [v.numpy().tolist() for v in rng_variables(self.model)]
         self.store.save_epoch(self.model, epoch)
         self.store.commit(state)
         if self.log_lines:

@@ -24,10 +24,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from reprotrain.config import TrainConfig
+from reprotrain.config import AugmentConfig, TrainConfig
 from reprotrain.errors import ConfigError, DataError, ModelError
 from reprotrain.runtime import MIXED, RuntimeInfo, gather_from_workers
 from reprotrain.timing import timed
+from reprotrain.training.augment import AugmentingModel
 from reprotrain.training.callbacks import (
     MONITOR,
     CheckpointStore,
@@ -37,6 +38,7 @@ from reprotrain.training.callbacks import (
     TrainState,
     WorkerCheckpointStore,
     epoch_file,
+    restore_rng,
 )
 
 logger = logging.getLogger(__name__)
@@ -139,6 +141,7 @@ def _resume(
     try:
         with strategy.scope():
             store.restore(model, state.done - 1)
+            restore_rng(model, state.rng)
     except Exception as exc:  # truncated/garbage h5, shape mismatch: start over, say why
         store.discard(f"{epoch_file(state.done - 1)} is unreadable ({type(exc).__name__}: {exc})")
         return TrainState(start=state.start)
@@ -178,6 +181,21 @@ def _check_workers_agree(info: RuntimeInfo, value: int, what: str, backup: Path)
         )
 
 
+def skip_epochs(ds: Any, epochs: int) -> None:
+    """Advance ``ds``'s per-epoch randomness past ``epochs`` epochs, reading nothing.
+
+    Why: the pipeline reshuffles and draws fresh augmentation seeds each time an iterator is
+    created (``reshuffle_each_iteration``, ``Dataset.random(rerandomize_each_iteration)``),
+    and a new process starts that sequence over. A run resumed after epoch 3 would train
+    epoch 4 on epoch 1's order and augmentation, and end with other weights than the run
+    that was never stopped. Creating (and dropping) one iterator per finished epoch draws
+    those epochs' seeds, so the resumed epochs see what they would have seen. Not on
+    multi-worker clusters, where the strategy rebuilds each worker's dataset.
+    """
+    for _ in range(epochs):
+        iter(ds)
+
+
 def discard_checkpoint(checkpoint_dir: Path) -> None:
     """Delete a run's resumable state: call it once the run's outputs are saved."""
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -198,8 +216,13 @@ def train(
     resume_key: str | None = None,
     compile: bool = True,
     keep_start_if_better: bool = False,
+    augment: AugmentConfig | None = None,
 ) -> TrainResult:
     """Train ``model`` per ``cfg`` (``loop: fit|custom``) and return the merged history.
+
+    ``augment``: augment inside the train step (``train_ds`` then yields
+    ``((uint8 images, seeds), labels)``, ``make_dataset(augment_in="model")``); ``model`` is
+    trained through an :class:`AugmentingModel` and holds the weights afterwards.
 
     Multi-worker (``info.num_workers > 1``): the datasets are sharded across workers
     (:func:`shard_across_workers`); only the chief writes the backup and TensorBoard logs.
@@ -221,6 +244,9 @@ def train(
     )
     if info.num_workers > 1:
         train_ds, val_ds = shard_across_workers(train_ds), shard_across_workers(val_ds)
+    if augment is not None:
+        with info.strategy.scope():
+            model = AugmentingModel(model, augment)
     if info.is_chief:
         store = CheckpointStore(checkpoint_dir)
     else:  # multi-worker, not the chief: reads the chief's backup, writes no shared file
@@ -262,6 +288,8 @@ def _train(
     state = _resume(store, model, state, cfg.epochs, info.strategy)
     _check_workers_agree(info, state.done, "resumable epochs", store.dir)
     initial = state.done
+    if initial and info.num_workers == 1:
+        skip_epochs(train_ds, initial)
     if not state.stopped and state.done < cfg.epochs:
         callbacks = _callbacks(cfg, store, state, tensorboard_dir, epoch_hook)
         cw = dict(class_weight) if class_weight else None

@@ -162,6 +162,7 @@ def finetune_trial(
             class_weight=class_weight,
             epoch_hook=epoch_hook,
             keep_start_if_better=True,
+            augment=data.augment_in_model,
         )
     finally:
         transfer.unfreeze_top(model, 0)
