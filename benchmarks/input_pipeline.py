@@ -14,7 +14,12 @@ Measures images/s at 224×224, batch 32, on the same photos (the hymenoptera tra
 * ``cached_batch_augmentation``: today's ``make_dataset`` with the default augmentation,
   applied per batch after ``batch()`` (:func:`reprotrain.data.pipeline.augment_batch`);
 * ``cached_batch_geometric_only`` / ``cached_batch_photometric_only``: the same with only
-  flip+rotation+zoom, or only flip+brightness+contrast, to show where the time goes.
+  flip+rotation+zoom, or only flip+brightness+contrast, to show where the time goes;
+* ``cached_for_augmentation_in_step``: ``pipeline.augment.placement: model`` (the default on
+  a GPU): the pipeline delivers the cached uint8 batches and their seeds, and the train step
+  augments them on the accelerator (the same function and seeds: the same pixels). What the
+  host must sustain to keep a GPU fed; on a CPU-only machine the step would do the work of
+  ``cached_batch_augmentation`` itself.
 
 The machine may be shared, so absolute numbers drift: all variants are measured in one
 process, interleaved round by round (each round: every variant once, ``EPOCHS`` epochs
@@ -49,7 +54,8 @@ def measure(ds: Any, epochs: int = EPOCHS) -> tuple[float, float, int]:
     """Iterate ``epochs`` epochs; (wall images/s, images per CPU-second, images)."""
     wall, cpu, n = time.perf_counter(), time.process_time(), 0
     for batch in ds.repeat(epochs):
-        n += int(batch[0].shape[0])
+        images = batch[0][0] if isinstance(batch[0], tuple) else batch[0]
+        n += int(images.shape[0])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return n / wall, n / max(cpu, 1e-9), n
 
@@ -169,9 +175,17 @@ def main() -> int:
         prepare_seconds = time.perf_counter() - t
         files = split_files(tmp / "prepared", "train")
 
-        def ours(augment: AugmentConfig) -> Any:
+        def ours(augment: AugmentConfig, augment_in: str = "input") -> Any:
             cfg = dataclasses.replace(default, augment=augment)
-            return make_dataset(files, cfg, True, image_size=SIZE, batch_size=BATCH, seed=SEED)
+            return make_dataset(
+                files,
+                cfg,
+                True,
+                image_size=SIZE,
+                batch_size=BATCH,
+                seed=SEED,
+                augment_in=augment_in,
+            )
 
         variants = {
             "directory_loader": keras.utils.image_dataset_from_directory(
@@ -182,6 +196,7 @@ def main() -> int:
             "cached_batch_augmentation": ours(default.augment),
             "cached_batch_geometric_only": ours(geometric),
             "cached_batch_photometric_only": ours(photometric),
+            "cached_for_augmentation_in_step": ours(default.augment, "model"),
         }
         epoch1 = {}
         for name, ds in variants.items():  # warm-up: tracing, file listing, filling caches
@@ -223,6 +238,9 @@ def main() -> int:
             ),
             "augmented_cached_vs_directory_loader": round(
                 wall["cached_batch_augmentation"] / wall[base], 2
+            ),
+            "host_side_with_augmentation_in_step_vs_directory_loader": round(
+                wall["cached_for_augmentation_in_step"] / wall[base], 2
             ),
             "target_augmented_cached_vs_directory_loader": 3,
         },

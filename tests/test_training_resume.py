@@ -151,14 +151,11 @@ def test_unreadable_backup_is_discarded_with_a_warning(
 
 
 @pytest.mark.slow
-def test_a_resumed_run_trains_what_an_uninterrupted_one_trains(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_a_resumed_run_trains_what_an_uninterrupted_one_trains(tmp_path: Path, loop: str) -> None:
     """Through the real shuffled, augmented pipeline, with dropout: a run that failed after
     epoch 2 and resumed with new datasets (as a new process builds them) ends with the same
-    weights and history as a run that never stopped.
-
-    The custom loop: under ``fit`` the resumed epochs still differ slightly (the pipeline's
-    per-epoch seeds and the dropout state are restored the same way; the remaining cause is
-    not found yet)."""
+    weights and history as a run that never stopped."""
     from reprotrain.config import PipelineConfig, PrepareConfig
     from reprotrain.data import pipeline
     from reprotrain.data.fetch import fetch
@@ -189,7 +186,7 @@ def test_a_resumed_run_trains_what_an_uninterrupted_one_trains(tmp_path: Path) -
             model,
             train_ds,
             val_ds,
-            dataclasses.replace(CFG, loop="custom"),
+            dataclasses.replace(CFG, loop=loop),
             info,
             checkpoint_dir=ckpt,
             epoch_hook=hook,

@@ -20,8 +20,6 @@ from typing import NoReturn
 from reprotrain import timing
 from reprotrain.errors import ReprotrainError
 
-log = logging.getLogger("reprotrain")
-
 #: Exit code for errors the user can fix (bad params, bad data, missing weights, ...).
 EXIT_USER_ERROR = 2
 #: Exit code when the user interrupts with Ctrl-C (the shell convention 128 + SIGINT).
@@ -54,7 +52,7 @@ def run_main(main: Callable[[], int | None], name: str | None = None) -> None:
     try:
         code = main()
     except ReprotrainError as exc:
-        log.error("%s", exc)
+        # One line, once (not also as a log record): what the user has to fix.
         sys.stderr.write(f"error: {exc}\n")
         exit_now(EXIT_USER_ERROR)
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from reprotrain import fsio, paths, runtime
 from reprotrain.errors import ConfigError, DataError
+from reprotrain.models.loading import save_model
 from reprotrain.timing import timed
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ def save_outputs(
             model.save(Path(tmp) / Path(model_path).name)
         return metrics
     with fsio.atomic_path(model_path) as tmp:
-        model.save(tmp)
+        save_model(model, tmp)
     write_history(result, history_path)
     fsio.atomic_write_json(metrics_path, metrics)
     logger.info(

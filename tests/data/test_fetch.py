@@ -114,7 +114,19 @@ def test_offline_url_without_mirror_says_what_to_set(
     assert not list((tmp_path / "cache").rglob("*.part"))  # no half-written download left
 
 
-def test_csv_manifest_relative_paths_missing_files_and_splits(tmp_path: Path) -> None:
+def test_csv_manifest_whose_files_are_all_missing_says_where_it_looked(tmp_path: Path) -> None:
+    tree = make_class_tree(tmp_path / "photos", {"cats": 2, "dogs": 2})
+    manifest = tmp_path / "lists" / "labels.csv"  # paths written relative to photos/, not here
+    manifest.parent.mkdir()
+    rows = [f"{f.relative_to(tree).as_posix()},{f.parent.name}" for f in tree.rglob("*.jpg")]
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"none of the 4 files it lists exists .*own folder"):
+        fetch(str(manifest), tmp_path / "raw")
+
+
+def test_csv_manifest_relative_paths_missing_files_and_splits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     tree = make_class_tree(tmp_path / "photos", {"cats": 2, "dogs": 2})
     files = sorted(tree.rglob("*.jpg"))
     outside = make_class_tree(tmp_path / "elsewhere", {"x": 1})
@@ -126,6 +138,7 @@ def test_csv_manifest_relative_paths_missing_files_and_splits(tmp_path: Path) ->
     manifest.write_text("\n".join(lines) + "\n")
     result = fetch(str(manifest), tmp_path / "raw")
     assert result.kind == "csv" and result.files == 6  # 5 images + snapshot.csv
+    assert "1 of 6 listed files do not exist" in caplog.text
     assert (tmp_path / "raw" / "snapshot.csv").is_file()
     assert not (tmp_path / "raw" / "manifest.csv").exists()  # that name is prepare's
     layout, candidates, problems = scan(tmp_path / "raw")

@@ -139,6 +139,24 @@ def test_adding_images_never_moves_an_existing_one(tmp_path: Path) -> None:
     assert counts[("a", "val")] == counts[("a", "test")] == 8  # round(55 × 0.15): refilled
 
 
+def test_a_class_the_ledger_keeps_out_of_train_names_the_ledger(tmp_path: Path) -> None:
+    """A second dataset in the same project: its new class is made of images the ledger
+    already put in val/test. The error names the ledger and the way out, not the
+    fractions (which only place new images)."""
+    src = make_class_tree(tmp_path / "src", {"a": 20, "b": 20})
+    ledger = tmp_path / "splits.csv"
+    _, out = _prepare(src, tmp_path, "first", ledger=ledger)
+    held_out = [p for p, row in _manifest(out).items() if row["split"] != "train"]
+    (src / "c").mkdir()
+    for i, rel in enumerate(p for p in held_out if p.startswith("a/")):
+        shutil.move(src / rel, src / "c" / f"{i}.jpg")
+    with pytest.raises(DataError, match=r"keep the split .*splits\.csv gave them.*delete"):
+        _prepare(src, tmp_path, "second", ledger=ledger)
+    ledger.unlink()
+    summary, _ = _prepare(src, tmp_path, "third", ledger=ledger)
+    assert summary.counts["train"]["c"] > 0
+
+
 @pytest.mark.slow
 def test_given_val_without_test_is_carved_stratified(hymenoptera: Path, tmp_path: Path) -> None:
     _summary, out = _prepare(hymenoptera, tmp_path, cfg=PrepareConfig(shard_size=128, max_side=96))

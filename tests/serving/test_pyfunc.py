@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import sys
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,18 +53,43 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     exp = mlflow.create_experiment("serving", artifact_location=(tmp / "artifacts").as_uri())
-    with mlflow.start_run(experiment_id=exp) as active:
-        model_uri = log_photo_model(
-            active.info.run_id,
-            keras_path,
-            LABELS,
-            SIZE,
-            MAX_SIDE,
-            QUALITY,
-            registered_model_name="photos",
-        )
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("mlflow").addHandler(handler)
+    try:
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            mlflow.start_run(experiment_id=exp) as active,
+        ):
+            warnings.simplefilter("always")
+            model_uri = log_photo_model(
+                active.info.run_id,
+                keras_path,
+                LABELS,
+                SIZE,
+                MAX_SIDE,
+                QUALITY,
+                registered_model_name="photos",
+            )
+    finally:
+        logging.getLogger("mlflow").removeHandler(handler)
     mlflow.set_tracking_uri("")
-    return {"uri": uri, "model_uri": model_uri, "keras": str(keras_path), "dir": str(tmp)}
+    seen += [str(w.message) for w in caught]
+    return {
+        "uri": uri,
+        "model_uri": model_uri,
+        "keras": str(keras_path),
+        "dir": str(tmp),
+        "messages": "\n".join(seen),
+    }
+
+
+def test_logging_the_model_shows_none_of_the_settled_warnings(logged: dict[str, str]) -> None:
+    from reprotrain.serving.pyfunc import SETTLED_WARNINGS
+
+    for text in SETTLED_WARNINGS:
+        assert text not in logged["messages"]
 
 
 def _expected(keras_path: str, data: bytes) -> np.ndarray:

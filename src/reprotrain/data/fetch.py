@@ -267,6 +267,12 @@ def snapshot_manifest(csv_path: Path, dst: Path) -> SyncCounts:
             else:
                 stored = f"missing:{raw}"
             rows.append({"path": stored, **{k: row[k].strip() for k in columns if k != "path"}})
+        check_listed_files(
+            csv_path,
+            base,
+            len(rows),
+            [r["path"][8:] for r in rows if r["path"].startswith("missing:")],
+        )
         # Mirror the referenced files into a temporary tree, then sync it (with mtimes)
         # into dst, so re-fetching an unchanged manifest copies nothing.
         for src, rel in links:
@@ -280,6 +286,26 @@ def snapshot_manifest(csv_path: Path, dst: Path) -> SyncCounts:
         return sync_tree(stage_root, dst, files=_resolved_files(stage_root))
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)
+
+
+def check_listed_files(csv_path: Path, base: Path, listed: int, missing: list[str]) -> None:
+    """Stop when no file a manifest lists exists (paths resolved against the wrong folder,
+    most likely); warn when some are missing (prepare quarantines those rows)."""
+    if not missing:
+        return
+    example = f"{missing[0]!r} → {base / missing[0]}"
+    if len(missing) == listed:
+        raise DataError(
+            f"{csv_path}: none of the {listed} files it lists exists (e.g. {example}). "
+            f"Paths are relative to the CSV's own folder {base}, or absolute"
+        )
+    log.warning(
+        "%s: %d of %d listed files do not exist (e.g. %s): prepare quarantines those rows",
+        csv_path,
+        len(missing),
+        listed,
+        example,
+    )
 
 
 def _resolved_files(root: Path) -> list[Path]:

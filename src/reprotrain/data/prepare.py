@@ -332,7 +332,10 @@ def _prepare(
         counts[s][c.label] += 1
         rows.append([c.path, c.label, index, s, d.sha256, img.height, img.width])
     by_split = {s: SpooledRecords(items[s], spool) for s in SPLITS}
-    split.check_coverage({(s, c): n for s, cs in counts.items() for c, n in cs.items()}, labels)
+    pinned = Counter(d.candidate.label for d in usable if d.sha256 in previous)
+    split.check_coverage(
+        {(s, c): n for s, cs in counts.items() for c, n in cs.items()}, labels, pinned, ledger
+    )
 
     if out_dir.exists():
         shutil.rmtree(out_dir)

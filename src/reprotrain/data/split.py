@@ -203,23 +203,41 @@ def assign_splits(
     return Assignment(ledger, sorted(conflicts), sorted(relabelled), removed)
 
 
-def check_coverage(counts: Mapping[tuple[str, str], int], labels: Iterable[str]) -> None:
+def check_coverage(
+    counts: Mapping[tuple[str, str], int],
+    labels: Iterable[str],
+    pinned: Mapping[str, int] | None = None,
+    ledger: Path | None = None,
+) -> None:
     """Every class must appear in every split: a class missing from val or test makes its
-    metrics meaningless (and a missing train class cannot be learned). Reachable only
-    when given split folders leave a class without images for a split."""
+    metrics meaningless (and a missing train class cannot be learned). Reachable when given
+    split folders leave a class without images for a split, or when the ledger pins a
+    class's images (``pinned``: per class, images whose split ``ledger`` decided, e.g. in
+    an earlier dataset of the same project) away from a split."""
     labels = list(labels)
+    pinned = pinned or {}
     per_class: Counter[str] = Counter()
     for (_, label), n in counts.items():
         per_class[label] += n
     for split in SPLITS:
         missing = [c for c in labels if counts.get((split, c), 0) == 0]
-        if missing:
-            shown = ", ".join(f"{c} ({per_class[c]} usable images)" for c in missing[:5])
+        if not missing:
+            continue
+        shown = ", ".join(f"{c} ({per_class[c]} usable images)" for c in missing[:5])
+        held = [c for c in missing if pinned.get(c)]
+        if held and ledger is not None:
+            c = held[0]
             raise DataError(
-                f"the {split} split has no images of class {shown}. Add images to that class "
-                f"(or put some in a {split}/ folder), or adjust prepare.val_fraction / "
-                "prepare.test_fraction / prepare.test_from_val"
+                f"the {split} split has no images of class {shown}: {pinned[c]} of the "
+                f"{per_class[c]} images of {c} keep the split {ledger} gave them earlier (the "
+                f"split ledger keeps the test set fixed). If this is a new dataset, delete "
+                f"{ledger} to split it from scratch; else add images to {c}"
             )
+        raise DataError(
+            f"the {split} split has no images of class {shown}. Add images to that class "
+            f"(or put some in a {split}/ folder), or adjust prepare.val_fraction / "
+            "prepare.test_fraction / prepare.test_from_val"
+        )
 
 
 # --------------------------------------------------------------------------- the ledger file

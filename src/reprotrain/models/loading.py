@@ -1,6 +1,7 @@
-"""Load a saved ``.keras`` model and check that it fits the data it is about to see.
+"""Save a ``.keras`` model reproducibly; load one and check that it fits the data it is
+about to see.
 
-Why one function: a model trained on another dataset (other classes, another input size)
+Why one loader: a model trained on another dataset (other classes, another input size)
 loads fine and then produces confident nonsense, or fails deep inside TensorFlow. Every
 caller (finetune, evaluate, the champion re-score, predict) loads through here, so the
 check and its message are the same everywhere, and the cause of a failed load is kept.
@@ -8,6 +9,8 @@ check and its message are the same everywhere, and the cause of a failed load is
 
 from __future__ import annotations
 
+import json
+import zipfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -69,3 +72,39 @@ def load_model(
             f"needs {want}; {hint}"
         )
     return model
+
+
+#: The date every entry of a saved ``.keras`` archive gets (the zip format's earliest).
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+METADATA = "metadata.json"
+
+
+def save_model(model: Any, path: Path | str) -> None:
+    """``model.save(path)``, then the same bytes for the same model (:func:`normalize_archive`).
+
+    Why: Keras stamps the wall clock into every ``.keras`` file (``date_saved`` in
+    ``metadata.json``, and the zip date of the weights entry). A training stage rerun with
+    the same result then still changes its output's hash, and DVC reruns export and evaluate
+    (≈ 1.5 min, and a new registered version) for nothing.
+    """
+    model.save(path)
+    normalize_archive(Path(path))
+
+
+def normalize_archive(path: Path) -> None:
+    """Rewrite a ``.keras`` zip in place with fixed entry dates and without ``date_saved``.
+
+    Entries keep their order, compression and contents (Keras reads ``date_saved`` only to
+    display it)."""
+    with zipfile.ZipFile(path) as src:
+        entries = [(info, src.read(info)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w") as dst:
+        for info, data in entries:
+            if info.filename == METADATA:
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta, sort_keys=True).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = info.external_attr
+            dst.writestr(fixed, data)

@@ -19,7 +19,9 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,45 @@ def _as_bytes(value: Any) -> bytes:
         except (binascii.Error, ValueError) as exc:
             raise ValueError(f"not base64: {exc}") from None
     raise ValueError(f"expected bytes or a base64 string, got {type(value).__name__}")
+
+
+#: What MLflow warns about at every ``log_model`` that this module settles on purpose: the
+#: pickled ``python_model`` (our own class, packaged with its code), the missing input
+#: example (MLflow 3.17's ``input_example`` fails for this model; the signature is given),
+#: pip's version (uv environments have no pip; ``pip_requirements`` are given) and type
+#: hints on ``predict`` (the signature validates the input instead).
+SETTLED_WARNINGS = (
+    "Passing a Python object as `python_model`",
+    "An input example was not provided",
+    "Failed to resolve installed pip version",
+    "Add type hints to the `predict` method",
+)
+
+
+class _DropSettled(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in SETTLED_WARNINGS)
+
+
+@contextmanager
+def _settled_warnings_hidden() -> Iterator[None]:
+    """Hide :data:`SETTLED_WARNINGS` (log records and ``warnings``), nothing else."""
+    drop = _DropSettled()
+    loggers = [logging.getLogger(n) for n in ("mlflow.pyfunc", "mlflow.utils.environment")]
+    for log in loggers:
+        log.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            for text in SETTLED_WARNINGS:
+                warnings.filterwarnings("ignore", message=f".*{text}")
+            yield
+    finally:
+        for log in loggers:
+            log.removeFilter(drop)
+
+
+# MLflow checks ``predict``'s type hints when the class is defined, outside any call.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
 
 class PhotoClassifier(mlflow.pyfunc.PythonModel):
@@ -212,11 +253,12 @@ def log_photo_model(
             pip_requirements=requirements(),
             registered_model_name=registered_model_name,
         )
-        if active is not None and active.info.run_id == run_id:
-            info = mlflow.pyfunc.log_model(**kwargs)
-        else:
-            with mlflow.start_run(run_id=run_id, nested=active is not None):
+        with _settled_warnings_hidden():
+            if active is not None and active.info.run_id == run_id:
                 info = mlflow.pyfunc.log_model(**kwargs)
+            else:
+                with mlflow.start_run(run_id=run_id, nested=active is not None):
+                    info = mlflow.pyfunc.log_model(**kwargs)
     logger.info("photo model logged on run %s: %s", run_id, info.model_uri)
     return str(info.model_uri)
 

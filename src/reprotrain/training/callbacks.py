@@ -13,9 +13,8 @@ intact; an unreadable backup is discarded with a warning (training restarts from
 ``state.json`` also carries the per-epoch history, the early-stopping and learning-rate
 schedule state and the layers' random-seed state (dropout), so a resumed run takes its
 decisions from the whole history and draws the dropout masks an uninterrupted one would (the
-input pipeline's per-epoch randomness: ``loop.skip_epochs``). With ``loop: custom`` a resumed
-run ends bit-identical to one that never stopped (tested); under ``fit`` its later epochs
-still differ slightly.
+input pipeline's per-epoch randomness: ``loop.skip_epochs``): it ends bit-identical to one
+that never stopped (tested with both loops).
 """
 
 from __future__ import annotations
