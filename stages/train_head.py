@@ -35,15 +35,15 @@ def main() -> int:
     ) as stage:
         with info.strategy.scope():
             model = transfer.build_model(params.model, len(data.labels), cfg.dropout)
-        fit = dict(
-            class_weight=data.class_weight, augment=data.augment_in_model, **stage.fit_options()
-        )
-        if cached:
+        fit = dict(class_weight=data.class_weight, **stage.fit_options())
+        if cached:  # features of unaugmented images: nothing to augment in the step
             result = training.train_head_cached(
                 model, data.train, data.val, cfg, info, seed=params.seed, **fit
             )
         else:
-            result = training.train(model, data.train, data.val, cfg, info, **fit)
+            result = training.train(
+                model, data.train, data.val, cfg, info, augment=data.augment_in_model, **fit
+            )
         stage.run.set_tags({"reprotrain.feature_cache": cached})
         stage.finish(model, result, {"feature_cache": cached, **stage_io.trainable_counts(model)})
     return 0

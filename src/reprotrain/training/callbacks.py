@@ -13,7 +13,7 @@ intact; an unreadable backup is discarded with a warning (training restarts from
 ``state.json`` also carries the per-epoch history, the early-stopping and learning-rate
 schedule state and the layers' random-seed state (dropout), so a resumed run takes its
 decisions from the whole history and draws the dropout masks an uninterrupted one would (the
-input pipeline's per-epoch randomness: ``loop.skip_epochs``): it ends bit-identical to one
+input pipeline's per-epoch randomness: ``loop.skip_iterators``): it ends bit-identical to one
 that never stopped (tested with both loops).
 """
 

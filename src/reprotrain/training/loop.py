@@ -195,7 +195,7 @@ def iterators_created(loop: str, epochs: int, *, known_length: bool) -> int:
     return 2 * epochs if known_length else 2 * epochs - 1
 
 
-def skip_epochs(ds: Any, iterators: int) -> None:
+def skip_iterators(ds: Any, iterators: int) -> None:
     """Advance ``ds``'s per-iteration randomness past ``iterators`` iterators, reading nothing.
 
     Why: the pipeline reshuffles and draws fresh augmentation seeds each time an iterator is
@@ -305,7 +305,7 @@ def _train(
     initial = state.done
     if initial and info.num_workers == 1:
         known = int(train_ds.cardinality()) >= 0
-        skip_epochs(train_ds, iterators_created(cfg.loop, initial, known_length=known))
+        skip_iterators(train_ds, iterators_created(cfg.loop, initial, known_length=known))
     if not state.stopped and state.done < cfg.epochs:
         callbacks = _callbacks(cfg, store, state, tensorboard_dir, epoch_hook)
         cw = dict(class_weight) if class_weight else None
