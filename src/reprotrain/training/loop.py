@@ -185,14 +185,12 @@ def iterators_created(loop: str, epochs: int, *, known_length: bool) -> int:
     """Iterators a training loop creates over the train dataset in its first ``epochs``.
 
     The custom loop: one per epoch. Keras 3's ``fit`` (its ``EpochIterator``): for a dataset
-    of known length, two per epoch, one at the end of each epoch that the next epoch replaces
-    with its own; for an unknown length, one in the first epoch (which finds the length) and
-    two in each later one. ``test_a_resumed_run_trains_what_an_uninterrupted_one_trains``
-    fails if Keras changes this.
+    of known length, two per epoch (one at the end of each epoch, which the next epoch
+    replaces with its own); for an unknown length, one per epoch (counted on Keras 3.15).
+    ``test_a_resumed_run_trains_what_an_uninterrupted_one_trains`` fails if Keras changes
+    this.
     """
-    if loop != "fit" or epochs == 0:
-        return epochs
-    return 2 * epochs if known_length else 2 * epochs - 1
+    return 2 * epochs if loop == "fit" and known_length else epochs
 
 
 def skip_iterators(ds: Any, iterators: int) -> None:
