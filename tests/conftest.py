@@ -176,6 +176,22 @@ def make_class_tree(
     return root
 
 
+def prepared_tree(
+    tmp: Path, classes: Mapping[str, int], *, shard_size: int, seed: int = 42
+) -> Path:
+    """``tmp/prepared``: a generated 40 px class tree through the real fetch and prepare
+    (images kept at full size), for tests that need TFRecord shards."""
+    from reprotrain.config import PrepareConfig
+    from reprotrain.data.fetch import fetch
+    from reprotrain.data.prepare import prepare
+
+    src = make_class_tree(tmp / "src", classes, size=40)
+    fetch(str(src), tmp / "raw")
+    cfg = PrepareConfig(shard_size=shard_size, max_side=None)
+    prepare(tmp / "raw", tmp / "prepared", cfg, seed)
+    return tmp / "prepared"
+
+
 @pytest.fixture
 def class_tree(tmp_path: Path) -> Path:
     """24 tiny JPEGs in cats/ and dogs/."""

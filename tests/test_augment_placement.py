@@ -12,13 +12,11 @@ import pytest
 import tensorflow as tf
 
 from reprotrain import runtime, training
-from reprotrain.config import PipelineConfig, PrepareConfig, RuntimeConfig, TrainHeadConfig
+from reprotrain.config import PipelineConfig, RuntimeConfig, TrainHeadConfig
 from reprotrain.data import pipeline
-from reprotrain.data.fetch import fetch
-from reprotrain.data.prepare import prepare
 from reprotrain.errors import ConfigError
 from reprotrain.paths import split_files
-from tests.conftest import make_class_tree
+from tests.conftest import prepared_tree
 from tests.models.tiny import SIZE, tiny_cnn
 
 CFG = PipelineConfig(shuffle_buffer=64)
@@ -27,11 +25,10 @@ HEAD = TrainHeadConfig(epochs=2, batch_size=8, learning_rate=0.01, feature_cache
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[Path]]:
-    tmp = tmp_path_factory.mktemp("placement")
-    src = make_class_tree(tmp / "src", {"cats": 16, "dogs": 16}, size=40)
-    fetch(str(src), tmp / "raw")
-    prepare(tmp / "raw", tmp / "prepared", PrepareConfig(shard_size=8, max_side=None), 42)
-    return split_files(tmp / "prepared", "train"), split_files(tmp / "prepared", "val")
+    prepared = prepared_tree(
+        tmp_path_factory.mktemp("placement"), {"cats": 16, "dogs": 16}, shard_size=8
+    )
+    return split_files(prepared, "train"), split_files(prepared, "val")
 
 
 def _train_ds(files: list[Path], augment_in: str) -> tf.data.Dataset:

@@ -161,24 +161,20 @@ def test_a_resumed_run_trains_what_an_uninterrupted_one_trains(
     epoch 2 and resumed with new datasets (as a new process builds them) ends with the same
     weights and history as a run that never stopped (also for a dataset whose length
     tf.data cannot know, which Keras iterates differently)."""
-    from reprotrain.config import PipelineConfig, PrepareConfig
+    from reprotrain.config import PipelineConfig
     from reprotrain.data import pipeline
-    from reprotrain.data.fetch import fetch
-    from reprotrain.data.prepare import prepare
     from reprotrain.paths import split_files
-    from tests.conftest import make_class_tree
+    from tests.conftest import prepared_tree
     from tests.models.tiny import SIZE
 
-    src = make_class_tree(tmp_path / "src", {"cats": 12, "dogs": 12}, size=40)
-    fetch(str(src), tmp_path / "raw")
-    prepare(tmp_path / "raw", tmp_path / "prep", PrepareConfig(shard_size=4, max_side=None), 1)
+    prepared = prepared_tree(tmp_path, {"cats": 12, "dogs": 12}, shard_size=4, seed=1)
     pipe = PipelineConfig(shuffle_buffer=64)
 
     def attempt(ckpt: Path, hook=None):
         info, model = _model()
         train_ds, val_ds = (
             pipeline.make_dataset(
-                split_files(tmp_path / "prep", split),
+                split_files(prepared, split),
                 pipe,
                 split == "train",
                 image_size=SIZE,

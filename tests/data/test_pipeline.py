@@ -16,7 +16,7 @@ from reprotrain.data import pipeline
 from reprotrain.data.fetch import fetch
 from reprotrain.data.prepare import prepare
 from reprotrain.paths import split_files
-from tests.conftest import make_class_tree
+from tests.conftest import make_class_tree, prepared_tree
 
 SIZE = 32
 NO_AUG = AugmentConfig(flip=False, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0)
@@ -25,10 +25,7 @@ NO_AUG = AugmentConfig(flip=False, rotation=0.0, zoom=0.0, brightness=0.0, contr
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("pipeline")
-    src = make_class_tree(tmp / "src", {"cats": 24, "dogs": 24}, size=40)
-    fetch(str(src), tmp / "raw")
-    prepare(tmp / "raw", tmp / "prepared", PrepareConfig(shard_size=8, max_side=None), 42)
-    return tmp / "prepared"
+    return prepared_tree(tmp, {"cats": 24, "dogs": 24}, shard_size=8)
 
 
 def _jpeg(seed: int = 0) -> bytes:

@@ -249,7 +249,7 @@ def snapshot_manifest(csv_path: Path, dst: Path) -> SyncCounts:
     base = csv_path.parent.resolve()
     staging = tempfile.mkdtemp(prefix="manifest-", dir=dst.parent)
     stage_root = Path(staging)
-    rows, links = [], []
+    rows, links, missing = [], [], []
     try:
         for i, row in enumerate(df.to_dict("records"), start=2):
             raw = row["path"].strip()
@@ -266,13 +266,9 @@ def snapshot_manifest(csv_path: Path, dst: Path) -> SyncCounts:
                 stored = rel.as_posix()
             else:
                 stored = f"missing:{raw}"
+                missing.append(raw)
             rows.append({"path": stored, **{k: row[k].strip() for k in columns if k != "path"}})
-        check_listed_files(
-            csv_path,
-            base,
-            len(rows),
-            [r["path"][8:] for r in rows if r["path"].startswith("missing:")],
-        )
+        check_listed_files(csv_path, base, len(rows), missing)
         # Mirror the referenced files into a temporary tree, then sync it (with mtimes)
         # into dst, so re-fetching an unchanged manifest copies nothing.
         for src, rel in links:

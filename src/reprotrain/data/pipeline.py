@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -439,15 +439,25 @@ def _batch_seeds(seed: int) -> tf.data.Dataset:
     return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
 
-def _augment(ds: tf.data.Dataset, cfg: PipelineConfig, seed: int) -> tf.data.Dataset:
-    """Augment batches (:func:`augment_batch`) with one seed per batch and epoch."""
+def _per_batch(
+    ds: tf.data.Dataset,
+    cfg: PipelineConfig,
+    seed: int,
+    fn: Callable[[tf.Tensor, tf.Tensor], Any],
+) -> tf.data.Dataset:
+    """``(fn(images, batch_seed), labels, ...)`` for every batch (seeds: :func:`_batch_seeds`)."""
     zipped = tf.data.Dataset.zip((ds, _batch_seeds(seed)))
 
     def _apply(element: tuple[Any, ...], s: tf.Tensor) -> tuple[Any, ...]:
         image, *rest = element
-        return (augment_batch(image, cfg.augment, s), *rest)
+        return (fn(image, s), *rest)
 
     return zipped.map(_apply, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
+
+
+def _augment(ds: tf.data.Dataset, cfg: PipelineConfig, seed: int) -> tf.data.Dataset:
+    """Augment batches (:func:`augment_batch`) with one seed per batch and epoch."""
+    return _per_batch(ds, cfg, seed, lambda image, s: augment_batch(image, cfg.augment, s))
 
 
 def _with_seeds(ds: tf.data.Dataset, cfg: PipelineConfig, seed: int) -> tf.data.Dataset:
@@ -456,11 +466,8 @@ def _with_seeds(ds: tf.data.Dataset, cfg: PipelineConfig, seed: int) -> tf.data.
     Per row, not one ``[2]`` tensor: a distribution strategy splits every input along the
     batch axis, and each replica then still finds its seed in row 0.
     """
-    zipped = tf.data.Dataset.zip((ds, _batch_seeds(seed)))
 
-    def _pair(element: tuple[Any, ...], s: tf.Tensor) -> tuple[Any, ...]:
-        image, *rest = element
-        seeds = tf.tile(s[tf.newaxis], [tf.shape(image)[0], 1])
-        return ((image, seeds), *rest)
+    def pair(image: tf.Tensor, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return image, tf.tile(s[tf.newaxis], [tf.shape(image)[0], 1])
 
-    return zipped.map(_pair, num_parallel_calls=AUTOTUNE, deterministic=cfg.deterministic)
+    return _per_batch(ds, cfg, seed, pair)
