@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,10 @@ def _start_workers(proj: Path, env: dict[str, str]) -> None:
     assert proc.returncode == 0, log.read_text()
 
 
+def _all_finished(status: str, names: Iterable[str]) -> bool:
+    return all(re.search(rf"\b{name}\b.*\b(Success|Failed)\b", status) for name in names)
+
+
 def _stalled(status: str) -> bool:
     """Experiments wait in the queue, none runs, and no worker is there to take them."""
     return "Queued" in status and "Running" not in status and "0 active, 0 idle" in status
@@ -124,6 +129,7 @@ def sweep(promoted_project: Project) -> dict[str, Any]:
     started = time.monotonic()
     status = ""
     restarts = 0
+    finished: float | None = None
     try:
         _start_workers(proj, env)
         while time.monotonic() - started < SWEEP_TIMEOUT:
@@ -131,6 +137,15 @@ def sweep(promoted_project: Project) -> dict[str, Any]:
             status = _queue_status(proj, env)
             if not re.search(r"\b(Queued|Running)\b", status) and "0 active" in status:
                 break
+            if not _all_finished(status, names):
+                finished = None
+            elif finished is None:
+                finished = time.monotonic()
+            elif time.monotonic() - finished > 60:
+                # Every experiment is done (workers leave ~10 s after the queue empties) but
+                # a worker stays: stop it rather than wait for it.
+                run(["dvc", "queue", "stop"], proj, env, check=False)
+                finished = time.monotonic()
             if _stalled(status) and restarts < 2:
                 # Workers can leave with tasks still queued (treeverse/dvc#10562); DVC's
                 # answer, which docs/retraining.md gives users, is to start them again.
