@@ -158,8 +158,9 @@ def main() -> int:
         def paired(champion_file: Path | None) -> dict:
             champion_probs = None
             if champion_file is not None:
-                champion = load_model(champion_file, num_classes=len(labels))
-                champion_probs = evaluation.score(champion, split, name="champion").probs
+                champion_probs = evaluation.champion_predictions(
+                    champion_file, paths.FINETUNED_MODEL, preds, split, num_classes=len(labels)
+                ).probs
             return gate.decide_paired(
                 preds.y_true,
                 preds.probs,

@@ -341,6 +341,20 @@ def test_evaluate_library_path_on_a_saved_model(tmp_path: Path) -> None:
     acc = evaluation.accuracy_of(model_path, split, num_classes=3)
     assert acc == pytest.approx(metrics["accuracy"])
     assert split.passes == {32: 1}
+    # A champion saved from the same weights is the same bytes: its predictions are reused.
+    from reprotrain.models.loading import save_model
+
+    save_model(model, tmp_path / "a.keras")
+    save_model(model, tmp_path / "champion.keras")
+    same = evaluation.champion_predictions(
+        tmp_path / "champion.keras", tmp_path / "a.keras", preds, split, num_classes=3
+    )
+    assert same is preds
+    other = evaluation.champion_predictions(
+        tmp_path / "champion.keras", model_path, preds, split, num_classes=3
+    )
+    assert other is not preds
+    np.testing.assert_allclose(other.probs, preds.probs, atol=1e-6)
     with pytest.raises(ModelError, match="cannot be scored"):
         evaluation.accuracy_of(model_path, split, num_classes=2)
     with pytest.raises(ModelError, match="rerun training"):

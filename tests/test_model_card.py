@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from reprotrain.reports.card import (
-    bootstrap_interval,
+    bootstrap_macro_f1,
     grad_cam,
     overlay,
     reliability_bins,
@@ -30,14 +30,39 @@ def test_wilson_interval_matches_the_published_values() -> None:
     assert wilson_interval(0, 10)[0] == 0.0
 
 
-def test_bootstrap_interval_is_seeded_and_brackets_the_value() -> None:
+def test_f1_from_confusion_is_sklearns_macro_f1() -> None:
+    from sklearn.metrics import f1_score
+
+    from reprotrain.evaluation.metrics import f1_from_confusion
+
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 200)
-    p = np.where(rng.random(200) < 0.8, y, 1 - y)
-    acc = lambda a, b: float(np.mean(a == b))  # noqa: E731
-    lo, hi = bootstrap_interval(y, p, acc, seed=3)
-    assert (lo, hi) == bootstrap_interval(y, p, acc, seed=3)
-    assert lo < acc(y, p) < hi
+    for k, n in ((2, 50), (3, 40), (5, 12)):  # 5 classes in 12 images: some never occur
+        y, p = rng.integers(0, k, n), rng.integers(0, k, n)
+        counts = np.bincount(y * k + p, minlength=k * k).reshape(k, k)
+        expected = f1_score(y, p, labels=np.arange(k), average="macro", zero_division=0)
+        assert f1_from_confusion(counts) == pytest.approx(expected, abs=1e-12)
+
+
+def test_bootstrap_macro_f1_is_seeded_and_matches_resampling_images() -> None:
+    from sklearn.metrics import f1_score
+
+    from reprotrain.evaluation.metrics import f1_from_confusion
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    p = np.where(rng.random(200) < 0.8, y, rng.integers(0, 3, 200))
+    lo, hi = bootstrap_macro_f1(y, p, 3, seed=3)
+    assert (lo, hi) == bootstrap_macro_f1(y, p, 3, seed=3)
+    value = f1_score(y, p, average="macro")
+    assert lo < value < hi
+    # The same interval as the textbook bootstrap over resampled image indices (scored with
+    # f1_from_confusion, which the test above ties to scikit-learn: 1000× faster).
+    draws = rng.integers(0, 200, (4000, 200))
+    cells = (y[draws] * 3 + p[draws]) + 9 * np.arange(4000)[:, None]
+    confusions = np.bincount(cells.ravel(), minlength=4000 * 9).reshape(4000, 3, 3)
+    textbook = np.percentile(f1_from_confusion(confusions), [2.5, 97.5])
+    assert (lo, hi) == pytest.approx(tuple(textbook), abs=0.01)
+    assert bootstrap_macro_f1(y, y, 3) == (1.0, 1.0)
 
 
 def test_reliability_bins_count_every_prediction() -> None:

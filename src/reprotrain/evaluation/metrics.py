@@ -204,36 +204,46 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def bootstrap_interval(
+def f1_from_confusion(counts: np.ndarray) -> np.ndarray:
+    """Macro-F1 of confusion matrices ``[..., true, predicted]``, every class counted
+    (``zero_division=0``: a class never true nor predicted scores 0), as
+    ``sklearn.metrics.f1_score(average="macro", labels=range(k))`` computes it."""
+    tp = np.diagonal(counts, axis1=-2, axis2=-1).astype(np.float64)
+    denominator = counts.sum(axis=-1) + counts.sum(axis=-2)  # 2·tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return f1.mean(axis=-1)
+
+
+def bootstrap_macro_f1(
     y_true: np.ndarray,
     y_pred: np.ndarray,
-    metric: Callable[[np.ndarray, np.ndarray], float],
+    num_classes: int,
     *,
     rounds: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``metric(y_true, y_pred)`` over resampled images
-    (for metrics without a closed-form interval, such as macro-F1)."""
-    rng = np.random.default_rng(seed)
+    """Percentile bootstrap interval of the macro-F1, resampling images.
+
+    Macro-F1 depends on a resample only through its confusion matrix, so one multinomial
+    draw over the ``k × k`` cells (shares = the observed matrix) is a resample: exactly the
+    distribution of resampling indices, in O(rounds · k²) instead of O(rounds · n). Why not
+    1000 ``f1_score`` calls on resampled indices: scikit-learn validates its input on every
+    call, 7 s for the model card's 1000 rounds; this takes milliseconds. Seeded.
+    """
     n = len(y_true)
     if n == 0:
         return (math.nan, math.nan)
-    values = []
-    for _ in range(rounds):
-        idx = rng.integers(0, n, n)
-        values.append(metric(y_true[idx], y_pred[idx]))
-    lo, hi = np.percentile(values, [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
-    return (float(lo), float(hi))
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Macro-averaged F1 over all ``num_classes`` (absent ones count as 0)."""
-    return float(
-        skm.f1_score(
-            y_true, y_pred, labels=np.arange(num_classes), average="macro", zero_division=0
-        )
+    k = num_classes
+    cells = np.bincount(
+        np.asarray(y_true, dtype=np.int64) * k + np.asarray(y_pred, dtype=np.int64),
+        minlength=k * k,
     )
+    counts = np.random.default_rng(seed).multinomial(n, cells / n, size=rounds)
+    values = f1_from_confusion(counts.reshape(rounds, k, k))
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(values, [tail, 1 - tail])
+    return (float(lo), float(hi))
 
 
 def classification_metrics(

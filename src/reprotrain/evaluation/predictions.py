@@ -29,6 +29,7 @@ import numpy as np
 
 from reprotrain.errors import DataError
 from reprotrain.evaluation.metrics import classification_metrics
+from reprotrain.fsio import file_sha256
 from reprotrain.models.loading import load_model, model_image_size
 from reprotrain.progress import progress
 from reprotrain.timing import timed
@@ -312,6 +313,30 @@ def accuracy_of(model_path: Path | str, split: EvalSplit, *, num_classes: int) -
     )
     preds = score(model, split, name=Path(model_path).name)
     return float(np.mean(preds.probs.argmax(axis=1) == preds.y_true))
+
+
+def champion_predictions(
+    champion_file: Path | str,
+    candidate_file: Path | str,
+    candidate: SplitPredictions,
+    split: EvalSplit,
+    *,
+    num_classes: int,
+) -> SplitPredictions:
+    """The champion's predictions on ``split``: the candidate's own when both are one file.
+
+    Why: a forced rerun (a scheduled retrain on unchanged data, ``dvc repro --force``) saves
+    byte-identical ``.keras`` files (``models.loading.save_model``), and the same bytes on
+    the same images predict the same probabilities (TensorFlow runs deterministic ops here).
+    Loading and scoring them again cost ~7 s of evaluate for nothing.
+    """
+    if file_sha256(champion_file) == file_sha256(candidate_file):
+        logger.info("the champion is the candidate's own file: its predictions are reused")
+        return candidate
+    champion = load_model(
+        champion_file, num_classes=num_classes, hint="it cannot be scored on this test set"
+    )
+    return score(champion, split, name="champion")
 
 
 @timed("score")

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from reprotrain.evaluation.metrics import (
-    bootstrap_interval,
+    bootstrap_macro_f1,
     confusion_matrix,
-    macro_f1,
     reliability_bins,
     wilson_interval,
 )
@@ -32,7 +31,7 @@ from reprotrain.reports.figures import grad_cam, overlay, plot_grad_cam, plot_re
 #: Also importable from here (the card's statistics and figures, as callers used them).
 __all__ = [
     "CardData",
-    "bootstrap_interval",
+    "bootstrap_macro_f1",
     "grad_cam",
     "overlay",
     "reliability_bins",
@@ -168,7 +167,7 @@ def render_card(card: CardData) -> str:
     out += ["", "Environment: " + ", ".join(f"{key} {env[key]}" for key in sorted(env)), ""]
 
     acc_ci = wilson_interval(correct, n)
-    f1_ci = bootstrap_interval(y_true, y_pred, lambda a, b: macro_f1(a, b, k), seed=card.seed)
+    f1_ci = bootstrap_macro_f1(y_true, y_pred, k, seed=card.seed)
     out += [f"## Test metrics (n = {n}, 95% intervals)", ""]
     rows = [
         ["accuracy", _pct(m.get("accuracy")), _ci(acc_ci) + " Wilson"],
