@@ -207,9 +207,10 @@ TINY_PARAMS: dict[str, Any] = {
     "finetune": {"epochs": 1, "batch_size": 8, "unfreeze_top": 10},
     "evaluate": {"batch_size": 16, "min_accuracy": 0.0, "worst_examples": 4},
     "baseline": {"image_size": 32, "epochs": 2, "batch_size": 8, "filters": [8, 16]},
-    # Two of the four formats: each tiny pipeline then exports in ~25 s instead of ~40 s.
+    # One of the four formats (tests/serving/test_export.py converts and checks all four in
+    # process): a tiny export takes ~26 s instead of ~39 s with tflite_float32 too.
     "export": {
-        "formats": ["saved_model", "tflite_float32"],
+        "formats": ["saved_model"],
         "calibration_samples": 8,
         "latency_samples": 3,
     },

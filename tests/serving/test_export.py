@@ -155,15 +155,15 @@ def test_export_stage_runs_under_dvc_and_is_tracked(promoted_project: Project) -
     tiny_project, env = promoted_project.root, promoted_project.env
     assert "Running stage 'export'" in promoted_project.first.stderr
     report = json.loads((tiny_project / "metrics" / "export.json").read_text())
-    # The tiny params export two formats (all four: test_every_format_is_written_...).
+    # The tiny params export the SavedModel only (all four: test_every_format_is_written_...).
     assert set(report["formats"]) == set(TINY_PARAMS["export"]["formats"])
     assert (tiny_project / "models" / "export" / "saved_model" / "saved_model.pb").is_file()
     sidecar = json.loads((tiny_project / "models" / "export.run.json").read_text())
     client = mlflow.MlflowClient(f"sqlite:///{tiny_project / 'mlruns' / 'mlflow.db'}")
     got = client.get_run(sidecar["run_id"])
     assert got.info.status == "FINISHED"
-    assert got.data.metrics["export.tflite_float32.agreement"] == pytest.approx(
-        report["formats"]["tflite_float32"]["agreement"]
+    assert got.data.metrics["export.saved_model.agreement"] == pytest.approx(
+        report["formats"]["saved_model"]["agreement"]
     )
     assert got.data.tags["reprotrain.upstream.finetune"] != "missing"
     artifacts = {a.path for a in client.list_artifacts(sidecar["run_id"])}
