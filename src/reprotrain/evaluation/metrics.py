@@ -235,10 +235,7 @@ def bootstrap_macro_f1(
     if n == 0:
         return (math.nan, math.nan)
     k = num_classes
-    cells = np.bincount(
-        np.asarray(y_true, dtype=np.int64) * k + np.asarray(y_pred, dtype=np.int64),
-        minlength=k * k,
-    )
+    cells = confusion_matrix(y_true, y_pred, k).ravel()
     counts = np.random.default_rng(seed).multinomial(n, cells / n, size=rounds)
     values = f1_from_confusion(counts.reshape(rounds, k, k))
     tail = (1 - confidence) / 2
