@@ -131,7 +131,7 @@ def in_process_measurements(proj: Path, epochs: int) -> dict[str, object]:
 
     # Feature cache: extraction once, then head-only epochs on pooled features.
     t = time.perf_counter()
-    feats, labels = training.extract_features(model, data.train)
+    [(feats, labels)] = training.extract_features(model, data.train)
     extract_s = time.perf_counter() - t
     head = transfer.build_head_only(feats.shape[1], n_classes, cfg.dropout)
     training.compile_model(head, cfg, info)

@@ -97,6 +97,8 @@ def test_configure_on_cpu_and_environment_info() -> None:
     assert env["seed"] == "3" and env["deterministic"] == "true"
     assert env["mlflow"][0].isdigit() and env["dvc"][0].isdigit()
     assert "CPU" in env["devices"]
+    # Importing reprotrain picks TensorFlow's caching CPU allocator (speed only).
+    assert env["cpu_allocator"] == "bfc"
 
 
 MIRRORED = textwrap.dedent(

@@ -288,6 +288,7 @@ def environment_info(info: RuntimeInfo | None = None) -> dict[str, str]:
         "cuda": str(build.get("cuda_version", "none")),
         "cudnn": str(build.get("cudnn_version", "none")),
         "mixed_precision": keras.mixed_precision.global_policy().name,
+        "cpu_allocator": cpu_allocator(),
     }
     if info is not None:
         env.update(
@@ -301,6 +302,23 @@ def environment_info(info: RuntimeInfo | None = None) -> dict[str, str]:
             }
         )
     return env
+
+
+def cpu_allocator() -> str:
+    """The allocator TensorFlow's CPU tensors come from in this process: ``bfc`` (the
+    default ``reprotrain/__init__.py`` sets, for speed; results are the same) or ``malloc``.
+
+    Asked of TensorFlow rather than read from ``TF_CPU_ALLOCATOR_USE_BFC``: the variable only
+    counts if it was set before the process's first op, and only the BFC allocator keeps the
+    statistics ``get_memory_info`` reports.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.experimental.get_memory_info("CPU:0")
+    except ValueError:
+        return "malloc"
+    return "bfc"
 
 
 def _patch_keras_for_multi_worker() -> None:

@@ -53,22 +53,32 @@ def use_feature_cache(cfg: TrainHeadConfig, num_workers: int = 1) -> bool:
     return not cfg.augment
 
 
-def extract_features(model: Any, ds: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled base features and labels of every batch of ``ds`` (one pass, in order)."""
-    extractor = transfer.feature_extractor(model)
+def extract_features(model: Any, *datasets: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pooled base features and labels of every batch of each dataset (one pass, in order).
 
-    @tf.function(reduce_retracing=True)
+    One ``tf.function`` traced once, for a batch of any size, serves every dataset: a trace
+    of the backbone costs seconds, and a function per split, retraced for its last short
+    batch, traced four times for train + val (measured: 15 → 11 s for the default data).
+    """
+    extractor = transfer.feature_extractor(model)
+    spec = datasets[0].element_spec[0] if datasets else None
+    signature = None if spec is None else [tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)]
+
+    @tf.function(input_signature=signature)
     def features(x: Any) -> Any:
         return tf.cast(extractor(x, training=False), tf.float32)
 
-    feats, labels = [], []
-    for batch in ds:
-        x, y = batch[0], batch[1]
-        feats.append(features(x).numpy())
-        labels.append(np.asarray(y, dtype=np.int32))
-    if not feats:
-        raise DataError("cannot extract features: the dataset is empty")
-    return np.concatenate(feats), np.concatenate(labels)
+    out = []
+    for ds in datasets:
+        feats, labels = [], []
+        for batch in ds:
+            x, y = batch[0], batch[1]
+            feats.append(features(x).numpy())
+            labels.append(np.asarray(y, dtype=np.int32))
+        if not feats:
+            raise DataError("cannot extract features: the dataset is empty")
+        out.append((np.concatenate(feats), np.concatenate(labels)))
+    return out
 
 
 @timed("train")
@@ -93,8 +103,7 @@ def train_head_cached(
     full model gets the trained weights back. The head-only run resumes like any other.
     """
     logger.info("feature cache: computing pooled base features once per split")
-    x_train, y_train = extract_features(model, train_ds)
-    x_val, y_val = extract_features(model, val_ds)
+    (x_train, y_train), (x_val, y_val) = extract_features(model, train_ds, val_ds)
     head, result = fit_head(
         (x_train, y_train, x_val, y_val),
         model.get_layer(transfer.OUTPUT_NAME).get_weights(),

@@ -103,8 +103,7 @@ def compute_features(params: Params, info: Any) -> Features:
     rng_state = random.getstate()
     head_init = model.get_layer(transfer.OUTPUT_NAME).get_weights()
     logger.info("tune: computing pooled base features of the train and val splits once")
-    x_train, y_train = training.extract_features(model, data.train)
-    x_val, y_val = training.extract_features(model, data.val)
+    (x_train, y_train), (x_val, y_val) = training.extract_features(model, data.train, data.val)
     return Features(
         x_train, y_train, x_val, y_val, data.labels, data.counts, head_init, rng_state, model
     )
