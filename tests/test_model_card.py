@@ -18,6 +18,7 @@ from reprotrain.reports.card import (
     wilson_interval,
     write_model_card,
 )
+from reprotrain.reports.figures import grad_cams
 
 LABELS = ["ants", "bees", "wasps"]
 
@@ -206,6 +207,12 @@ def test_grad_cam_on_the_nested_base_and_on_a_plain_cnn(tmp_path: Path) -> None:
     heat = grad_cam(transfer, image)
     assert heat.shape == tuple(transfer.get_layer("base").output.shape[1:3]) == (2, 2)
     assert heat.min() >= 0 and heat.max() <= 1
+    # A batch in one pass gives each image its own map, for the class asked for.
+    other = np.random.default_rng(1).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    batch = grad_cams(transfer, np.stack([image, other]), [0, 2])
+    assert batch.shape == (2, 2, 2)
+    np.testing.assert_allclose(batch[0], grad_cam(transfer, image, 0), atol=1e-5)
+    np.testing.assert_allclose(batch[1], grad_cam(transfer, other, 2), atol=1e-5)
 
     cnn = keras.Sequential(
         [

@@ -14,5 +14,6 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # own best-fit-with-coalescing allocator keeps and reuses that memory: the same fine-tune
 # ran 18 % faster with bit-identical weights. Read when TensorFlow runs its first op, which
 # for every entry point comes after this import; ``TF_CPU_ALLOCATOR_USE_BFC=false`` opts out
-# (the allocator keeps its peak, so memory is not handed back to the OS until exit).
+# (the allocator keeps its peak, so memory is not handed back to the OS until exit; it grows
+# on demand up to TF_CPU_BFC_MEM_LIMIT_IN_MB, 64 GB by default).
 _os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")

@@ -366,6 +366,16 @@ def write_json_schema(path: str | Path) -> Path:
     return path
 
 
+#: libyaml's C parser when PyYAML was built with it (the wheels are): the same documents
+#: parsed 6x faster, and every stage reads params.yaml, dvc.yaml and dvc.lock (30 KB).
+YAML_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` on :data:`YAML_LOADER` (same results, same errors)."""
+    return yaml.load(text, Loader=YAML_LOADER)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``path``; every problem is a one-line :class:`ConfigError`."""
     path = Path(path)
@@ -374,7 +384,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             f"params file not found: {path} (run from the project root, or pass the path)"
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -26,7 +26,13 @@ from reprotrain.evaluation.metrics import (
     wilson_interval,
 )
 from reprotrain.fsio import atomic_write_text
-from reprotrain.reports.figures import grad_cam, overlay, plot_grad_cam, plot_reliability
+from reprotrain.reports.figures import (
+    grad_cam,
+    grad_cams,
+    overlay,
+    plot_grad_cam,
+    plot_reliability,
+)
 
 #: Also importable from here (the card's statistics and figures, as callers used them).
 __all__ = [
@@ -335,15 +341,19 @@ def write_model_card(
     cm = confusion_matrix(y_true, probs.argmax(axis=1), len(card.labels))
     figures["confusion"] = plots.plot_confusion_matrix(cm, card.labels, fig_dir / "confusion.png")
     rows = []
-    for i, w in enumerate(list(worst)[:worst_k]):
+    chosen = list(worst)[:worst_k]
+    heats = None
+    if model is not None and chosen:  # one pass for every image (figures.grad_cams)
+        heats = grad_cams(model, np.stack([w.image for w in chosen]), [int(w.pred) for w in chosen])
+    for i, w in enumerate(chosen):
         row = {
             "path": w.path,
             "true": card.labels[int(w.true)],
             "pred": card.labels[int(w.pred)],
             "confidence": float(w.confidence),
         }
-        if model is not None:
-            heat = grad_cam(model, w.image, int(w.pred))
+        if heats is not None:
+            heat = heats[i]
             title = f"{Path(w.path).name}: true {row['true']}, predicted {row['pred']}"
             fig = plot_grad_cam(w.image, heat, title, fig_dir / f"gradcam_{i + 1}.png")
             row["figure"] = fig.relative_to(path.parent).as_posix()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,19 +52,27 @@ def _nested_base(model: Any, name: str) -> Any:
     return layer if hasattr(layer, "layers") else None
 
 
-def grad_cam(
-    model: Any, image: np.ndarray, class_index: int | None = None, base_name: str = "base"
+def grad_cams(
+    model: Any,
+    images: np.ndarray,
+    class_indices: Sequence[int] | None = None,
+    base_name: str = "base",
 ) -> np.ndarray:
-    """Grad-CAM heat map ``[h, w]`` in 0..1 on the last convolutional feature map.
+    """Grad-CAM heat maps ``[n, h, w]`` in 0..1 on the last convolutional feature map.
 
     For the transfer model that map is the output of the nested backbone layer
     (``base_name``), so the outer model is replayed layer by layer with the tape watching the
-    base's output; for any other model, the last layer with a 4-D output is used.
+    base's output; for any other model, the last layer with a 4-D output is used. Each map
+    is for ``class_indices[i]`` (default: the predicted class).
+
+    One forward and backward pass for the whole batch: in inference mode the images do not
+    interact, so the gradient of the summed scores with respect to image i's feature map is
+    image i's own. (An eager pass per image cost ~0.9 s of the evaluate stage each.)
     """
     import keras
     import tensorflow as tf
 
-    x = tf.constant(np.asarray(image, dtype=np.float32)[np.newaxis])
+    x = tf.constant(np.asarray(images, dtype=np.float32))
     base = _nested_base(model, base_name)
     with tf.GradientTape() as tape:
         if base is not None:
@@ -81,14 +90,25 @@ def grad_cam(
             sub = keras.Model(model.inputs, [conv.output, model.outputs[0]])
             features, preds = sub(x, training=False)
             tape.watch(features)
-        index = int(tf.argmax(preds[0])) if class_index is None else int(class_index)
-        score = preds[:, index]
+        if class_indices is None:
+            index = tf.argmax(preds, axis=1, output_type=tf.int32)
+        else:
+            index = tf.constant(np.asarray(class_indices, dtype=np.int32))
+        score = tf.reduce_sum(tf.gather(preds, index, axis=1, batch_dims=1))
     grads = tape.gradient(score, features)
-    weights = tf.reduce_mean(grads, axis=(1, 2))  # one weight per channel
-    cam = tf.nn.relu(tf.reduce_sum(features * weights[:, tf.newaxis, tf.newaxis, :], axis=-1))[0]
-    cam = cam.numpy().astype(np.float64)
-    top = cam.max()
-    return cam / top if top > 0 else cam
+    weights = tf.reduce_mean(grads, axis=(1, 2))  # one weight per image and channel
+    cams = tf.nn.relu(tf.reduce_sum(features * weights[:, tf.newaxis, tf.newaxis, :], axis=-1))
+    cams = cams.numpy().astype(np.float64)
+    top = cams.max(axis=(1, 2), keepdims=True)
+    return np.divide(cams, top, out=cams.copy(), where=top > 0)
+
+
+def grad_cam(
+    model: Any, image: np.ndarray, class_index: int | None = None, base_name: str = "base"
+) -> np.ndarray:
+    """One image's Grad-CAM heat map ``[h, w]`` (:func:`grad_cams` of a batch of one)."""
+    indices = None if class_index is None else [int(class_index)]
+    return grad_cams(model, np.asarray(image)[np.newaxis], indices, base_name)[0]
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -17,9 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from reprotrain.config import flatten
+from reprotrain.config import flatten, parse_yaml
 from reprotrain.fsio import atomic_write_json
 
 #: Set by ``reprotrain reproduce`` for the pipeline it reruns.
@@ -33,7 +31,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping, or ``{}`` when the file does not exist."""
     if not path.is_file():
         return {}
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return parse_yaml(path.read_text(encoding="utf-8")) or {}
 
 
 def _entry_paths(entries: Sequence[Any] | None) -> list[str]:
@@ -131,7 +129,7 @@ def changed_params(root: Path) -> dict[str, tuple[Any, Any]]:
     committed = git(root, "show", "HEAD:params.yaml")
     if committed is None:
         return {}
-    old = flatten(yaml.safe_load(committed) or {})
+    old = flatten(parse_yaml(committed) or {})
     new = flatten(read_yaml(root / "params.yaml"))
     return {
         k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
