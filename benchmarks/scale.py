@@ -230,10 +230,6 @@ def child_prepare(raw: str, out: str, workers: int) -> None:
         # Before TensorFlow's import, which itself starts a ~440 MiB child process.
         timings["decode_parent_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         timings["pool_worker_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        t = time.perf_counter()
-        import tensorflow  # noqa: F401  (the import prepare does next; timed apart)
-
-        timings["tensorflow_import_seconds"] = time.perf_counter() - t
         return result
 
     prep.decode_all = timed_decode_all
@@ -244,7 +240,7 @@ def child_prepare(raw: str, out: str, workers: int) -> None:
     summary = prep.prepare(
         Path(raw), Path(out), PrepareConfig(), seed=42, ledger=ledger, workers=workers
     )
-    seconds = time.perf_counter() - start - timings["tensorflow_import_seconds"]
+    seconds = time.perf_counter() - start
     n = summary.files_seen
     report = {
         "images": n,
@@ -254,9 +250,10 @@ def child_prepare(raw: str, out: str, workers: int) -> None:
         "decode_seconds": round(timings["decode_seconds"], 2),
         "decode_images_per_s": round(n / timings["decode_seconds"], 1),
         "write_seconds": round(seconds - timings["decode_seconds"], 2),
-        "tensorflow_import_seconds": round(timings["tensorflow_import_seconds"], 2),
+        # TensorFlow is not imported (the shards are written without it).
+        "imports_tensorflow": "tensorflow" in sys.modules,
         # ru_maxrss is in KiB on Linux. While decoding: the parent (spool offsets, metadata)
-        # and the largest pool worker; over the whole run: the parent, TensorFlow included.
+        # and the largest pool worker; over the whole run: the parent.
         "decode_parent_peak_rss_mib": int(timings["decode_parent_peak_rss_mib"]) >> 10,
         "pool_worker_peak_rss_mib": int(timings["pool_worker_peak_rss_mib"]) >> 10,
         "parent_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10,
@@ -452,6 +449,11 @@ def main() -> int:
         action="store_true",
         help="only the alternating 1-vs-all-cores decode runs, merged into --out",
     )
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="only the prepare runs (small 1 / all cores, full all cores), merged into --out",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating scaling rounds")
     parser.add_argument("--skip", nargs="*", default=[], choices=["fetch", "dvc", "train"])
     args = parser.parse_args()
@@ -479,10 +481,12 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    if args.scaling_only:
-        report = json.loads(args.out.read_text())
-    report["decode_scaling"] = measure_scaling(small, cores, min(args.small, 1000), args.rounds)
-    save()
+    if args.scaling_only or args.prepare_only:
+        machine, report = report["machine"], json.loads(args.out.read_text())
+        report["machine"] = machine
+    if not args.prepare_only:
+        report["decode_scaling"] = measure_scaling(small, cores, min(args.small, 1000), args.rounds)
+        save()
     if args.scaling_only:
         return 0
 
@@ -517,6 +521,10 @@ def main() -> int:
     for r in runs.values():
         r.pop("out")
     save()
+    if args.prepare_only:
+        report["machine"]["load_average_at_end"] = load()
+        save()
+        return 0
     if "fetch" not in args.skip:
         report["fetch"] = measure_fetch(full, args.work)
         save()

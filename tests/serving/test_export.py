@@ -37,14 +37,16 @@ def test_agreement_is_the_share_of_equal_top1_labels() -> None:
     assert agreement(a, b) == 0.75
 
 
-def test_the_slowest_conversion_goes_to_the_second_process() -> None:
+def test_the_second_process_converts_all_but_one_non_int8_kind() -> None:
     pick = TFLiteConversions.pick_background
-    assert pick(["float32", "float16", "int8"], cpus=2) == "int8"
-    assert pick(["int8", "float32"], cpus=8) == "int8"
-    assert pick(["float32", "float16"], cpus=2) == "float16"
+    assert pick(["float32", "float16", "int8"], cpus=2) == ("float16", "int8")
+    assert pick(["int8", "float32"], cpus=8) == ("int8",)
+    assert pick(["float32", "float16"], cpus=2) == ("float16",)
+    assert pick(["int8", "float16", "float32"], cpus=2) == ("int8", "float32")
+    assert pick(["float32", "float32", "int8"], cpus=2) == ("int8",)
     # One conversion, or one core: nothing to overlap, no second process.
-    assert pick(["int8"], cpus=2) is None
-    assert pick(["float32", "int8"], cpus=1) is None
+    assert pick(["int8"], cpus=2) == ()
+    assert pick(["float32", "int8"], cpus=1) == ()
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +173,56 @@ def test_export_stage_runs_under_dvc_and_is_tracked(promoted_project: Project) -
     # A second repro with nothing changed is a no-op for export.
     status = run(["dvc", "status", "export"], tiny_project, env)
     assert "changed" not in status.stdout
+
+
+@pytest.mark.slow
+def test_saved_model_has_keras_signature_and_falls_back_for_resources(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import keras
+    import tensorflow as tf
+
+    from reprotrain.serving.export import export_saved_model
+
+    class TableScale(keras.layers.Layer):
+        """Captures a lookup table: a resource the direct save does not track."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            init = tf.lookup.KeyValueTensorInitializer(
+                tf.constant([0], tf.int64), tf.constant([2.0], tf.float32)
+            )
+            self.table = tf.lookup.StaticHashTable(init, default_value=1.0)
+
+        def call(self, x: tf.Tensor) -> tf.Tensor:
+            return x * self.table.lookup(tf.constant(0, tf.int64))
+
+    def classifier(*extra: keras.layers.Layer) -> keras.Model:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((SIZE, SIZE, 3), name="image")
+        x = inputs
+        for layer in extra:
+            x = layer(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+    images = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
+    for model, name in ((classifier(), "plain"), (classifier(TableScale()), "table")):
+        with caplog.at_level(logging.INFO, logger="reprotrain.serving.export"):
+            caplog.clear()
+            out = export_saved_model(model, tmp_path / name)
+        fell_back = "using Keras' export" in caplog.text
+        assert fell_back == (name == "table"), caplog.text
+        loaded = tf.saved_model.load(str(out))
+        assert set(loaded.signatures) == {"serve", "serving_default"}
+        serve = loaded.signatures["serve"]
+        assert list(serve.structured_input_signature[1]) == ["image"]
+        assert list(serve.structured_outputs) == ["output_0"]
+        np.testing.assert_allclose(
+            serve(image=tf.constant(images))["output_0"].numpy(),
+            np.asarray(model(images, training=False)),
+            rtol=1e-5,
+            atol=1e-6,
+        )

@@ -349,8 +349,6 @@ def _prepare(
         files_seen,
         normalization={"max_side": cfg.max_side, "jpeg_quality": cfg.jpeg_quality},
     )
-    import tensorflow  # noqa: F401  (imported here so the progress clock excludes it)
-
     progress = progress_bar(len(usable), "write TFRecords")
     index: dict[str, list[dict[str, Any]]] = {}
     for s in SPLITS:

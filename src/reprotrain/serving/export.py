@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -112,10 +113,43 @@ def calibration_images(
 
 
 def export_saved_model(model: Any, directory: Path) -> Path:
-    """A TF Serving SavedModel (endpoint ``serve``, raw pixels in, probabilities out)."""
+    """A TF Serving SavedModel: endpoints ``serve`` and ``serving_default``, raw pixels in
+    (``[None, S, S, 3]`` float32, named after the model's input), probabilities out
+    (``output_0``), the same signature ``model.export`` writes.
+
+    Why not ``model.export`` first: Keras' export archive traces the model four times and
+    walks every layer's trackable children looking for lookup tables, 10–13 s for
+    MobileNetV2 on 2 cores; the models built here hold nothing but variables, and one trace
+    plus ``tf.saved_model.save`` of those variables takes 4–5 s. A model that captures any
+    other TensorFlow resource (a user's backbone with a lookup table) makes the save fail
+    loudly, and then Keras' export, which tracks such resources, writes it instead. Either
+    way export_and_verify re-scores the result against the Keras model.
+    """
     with atomic_path(directory) as tmp:
-        model.export(str(tmp), format="tf_saved_model", verbose=False)
+        try:
+            _save_serving_function(model, tmp)
+        except (AssertionError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            logger.info("direct SavedModel save failed (%s): using Keras' export", first)
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.export(str(tmp), format="tf_saved_model", verbose=False)
     return directory
+
+
+def _save_serving_function(model: Any, directory: Path) -> None:
+    """One traced inference function and the variables it reads, saved as a SavedModel."""
+    import tensorflow as tf
+
+    shape = tuple(model.input_shape)
+    spec = tf.TensorSpec((None, *shape[1:]), tf.float32, name=model.inputs[0].name)
+    serve = tf.function(lambda image: model(image, training=False), input_signature=[spec])
+    concrete = serve.get_concrete_function()
+    module = tf.Module()
+    module.serve = serve
+    module.captured_variables = list(concrete.variables)  # tracked: saved with the graph
+    tf.saved_model.save(
+        module, str(directory), signatures={"serve": concrete, "serving_default": concrete}
+    )
 
 
 def _representative(images: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
@@ -160,55 +194,64 @@ def _import_tensorflow() -> None:
 
 
 class TFLiteConversions:
-    """TFLite conversions of one SavedModel, the slowest of them in a second process.
+    """TFLite conversions of one SavedModel, spread over this process and a second one.
 
     Why: a conversion is single-threaded MLIR work that holds the GIL (two threads took as
     long as one after the other, measured), and int8 alone, with its calibration, takes about
-    as long as float32 and float16 together. On a machine with more than one core a second
-    process converts it while this one converts and scores the others. The process is started
+    as long as float32 and float16 together. On a machine with more than one core this
+    process converts one kind (and loads, scores and times every format) while a second
+    process converts the others, one after the other in the order they are asked for, so
+    each is ready about when this process comes to score it. The process is started
     (:meth:`start`) before the SavedModel is written, so its TensorFlow import overlaps that.
-    If the process dies, its conversion runs here instead, with a warning.
+    If the process dies, its conversions run here instead, with a warning.
     """
 
     def __init__(self, kinds: Sequence[str], calibration: np.ndarray | None) -> None:
         self.calibration = calibration
         self.background = self.pick_background(kinds, os.cpu_count() or 1)
         self._pool: ProcessPoolExecutor | None = None
-        self._future: Future[bytes] | None = None
+        self._futures: dict[str, Future[bytes]] = {}
 
     @staticmethod
-    def pick_background(kinds: Sequence[str], cpus: int) -> str | None:
-        """The kind to convert in the second process: int8 if asked for, else the last of
-        two or more; none on one core or for a single conversion."""
+    def pick_background(kinds: Sequence[str], cpus: int) -> tuple[str, ...]:
+        """The kinds the second process converts, in order: all but the first that is not
+        int8 (this process converts that one between scoring the others); none on one core
+        or for a single conversion."""
+        kinds = list(dict.fromkeys(kinds))
         if cpus < 2 or len(kinds) < 2:
-            return None
-        return "int8" if "int8" in kinds else kinds[-1]
+            return ()
+        here = next((kind for kind in kinds if kind != "int8"), None)
+        return tuple(kind for kind in kinds if kind != here)
 
     def __enter__(self) -> TFLiteConversions:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # Not waiting: the second process's TensorFlow teardown (≈ 2 s) then overlaps this
+        # process's remaining work; the process is still joined before this one exits.
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def start(self) -> None:
         """Start the second process (if any) and its TensorFlow import."""
-        if self.background is not None:
+        if self.background:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
             self._pool.submit(_import_tensorflow)
 
     def submit(self, saved_model_dir: Path) -> None:
-        """Begin the background conversion, once the SavedModel is written."""
-        if self._pool is not None and self.background is not None:
-            self._future = self._pool.submit(
-                convert_tflite, saved_model_dir, self.background, self.calibration
-            )
+        """Begin the background conversions, once the SavedModel is written."""
+        if self._pool is not None:
+            for kind in self.background:
+                self._futures[kind] = self._pool.submit(
+                    convert_tflite, saved_model_dir, kind, self.calibration
+                )
 
     def result(self, saved_model_dir: Path, kind: str) -> bytes:
         """The flatbuffer of ``kind``: from the second process if it converts it."""
-        if kind == self.background and self._future is not None:
+        future = self._futures.get(kind)
+        if future is not None:
             try:
-                return self._future.result()
+                return future.result()
             except BrokenProcessPool as exc:
                 logger.warning("the conversion process died (%s): converting %s here", exc, kind)
         return convert_tflite(saved_model_dir, kind, self.calibration)
@@ -351,25 +394,11 @@ def export_and_verify(
 
     model = load_model(model_path, hint=hint)
     keras_predict = keras_predictor(model)
-    reference = predict_batched(keras_predict, test_images, cfg.batch_size)
-    reference_accuracy = accuracy(test_labels, reference)
-    report: dict[str, Any] = {
-        "n_test": len(test_labels),
-        "n_calibration": len(calibration),
-        "min_agreement": cfg.min_agreement,
-        "max_accuracy_drop": cfg.max_accuracy_drop,
-        "keras": {
-            "path": str(model_path),
-            "accuracy": round(reference_accuracy, 6),
-            "size_bytes": path_size(model_path),
-            "latency_ms": float("nan"),  # below, with the formats'
-        },
-        "formats": {},
-    }
     out_dir = Path(out_dir)
     saved_dir = out_dir / FILENAMES[SAVED_MODEL]
     kinds = [name.removeprefix("tflite_") for name in cfg.formats if name != SAVED_MODEL]
     predictors: dict[str, Predictor] = {"keras": keras_predict}
+    formats: dict[str, dict[str, Any]] = {}
     # Every format is scored in cfg.formats' order, whichever process converted it.
     with (
         TFLiteConversions(kinds, calibration) as conversions,
@@ -378,6 +407,9 @@ def export_and_verify(
         conversions.start()
         export_saved_model(model, saved_dir)  # every TFLite model is converted from it
         conversions.submit(saved_dir)
+        # The reference predictions, while the second process converts.
+        reference = predict_batched(keras_predict, test_images, cfg.batch_size)
+        reference_accuracy = accuracy(test_labels, reference)
         for name in cfg.formats:
             path = out_dir / FILENAMES[name]
             if name == SAVED_MODEL:
@@ -398,11 +430,24 @@ def export_and_verify(
                 cfg,
                 batch_size=cfg.batch_size,
             )
-            report["formats"][name] = dataclasses.asdict(result)
+            formats[name] = dataclasses.asdict(result)
             bar.update(1)
-    for name, ms in time_formats(predictors, test_images, cfg.latency_samples).items():
-        (report["keras"] if name == "keras" else report["formats"][name])["latency_ms"] = ms
-    return report
+    latencies = time_formats(predictors, test_images, cfg.latency_samples)
+    for name, row in formats.items():
+        row["latency_ms"] = latencies[name]
+    return {
+        "n_test": len(test_labels),
+        "n_calibration": len(calibration),
+        "min_agreement": cfg.min_agreement,
+        "max_accuracy_drop": cfg.max_accuracy_drop,
+        "keras": {
+            "path": str(model_path),
+            "accuracy": round(reference_accuracy, 6),
+            "size_bytes": path_size(model_path),
+            "latency_ms": latencies["keras"],
+        },
+        "formats": formats,
+    }
 
 
 def shipped_formats(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
