@@ -324,7 +324,12 @@ def _train(
     history = state.history()
     if not history["epoch"]:
         raise DataError("training ran no epoch (is the training split empty?)")
-    if state.best_epoch != state.done - 1:
+    best_epoch = state.best_epoch + 1
+    if state.start is not None and state.start[MONITOR] <= state.best_value:
+        logger.info("no epoch beat the starting val_loss: keeping the starting weights")
+        model.set_weights(start_weights)
+        best_epoch = 0
+    elif state.best_epoch != state.done - 1:
         try:
             with info.strategy.scope():
                 store.restore(model, state.best_epoch)
@@ -333,11 +338,6 @@ def _train(
                 f"cannot read the best epoch's weights {store.dir / epoch_file(state.best_epoch)}"
                 f" ({type(exc).__name__}: {exc}); delete {store.dir} and rerun the stage"
             ) from exc
-    best_epoch = state.best_epoch + 1
-    if state.start is not None and state.start[MONITOR] <= state.best_value:
-        logger.info("no epoch beat the starting val_loss: keeping the starting weights")
-        model.set_weights(start_weights)
-        best_epoch = 0
     return TrainResult(
         history=history,
         best_epoch=best_epoch,
