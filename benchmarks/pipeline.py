@@ -88,17 +88,18 @@ def one_round(
     # The plain script runs on malloc whatever the caller's environment says.
     plain_env = {k: v for k, v in env.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
     script_s = timed([*cmd, "--out", str(script_out)], tmp, plain_env)
-    extra: dict[str, float | None] = {}  # the BFC script's seconds, accuracy and ratio
-    if script_bfc:
-        bfc_env = {**env, "TF_CPU_ALLOCATOR_USE_BFC": "true"}
-        bfc_s = timed([*cmd, "--out", str(bfc_out)], tmp, bfc_env)
-        bfc_acc = json.loads(bfc_out.read_text()).get("test_accuracy")
-        extra = {"script_bfc_s": round(bfc_s, 1), "script_bfc_test_accuracy": bfc_acc}
+    bfc_env = {**env, "TF_CPU_ALLOCATOR_USE_BFC": "true"}
+    bfc_s = timed([*cmd, "--out", str(bfc_out)], tmp, bfc_env) if script_bfc else None
     timings = tmp / f"timings_{i}"
     force_env = {**env, "REPROTRAIN_TIMINGS": str(timings)}
     pipeline_s = timed(["dvc", "repro", "--force"], proj, force_env)
-    if script_bfc:
-        extra["ratio_vs_script_bfc"] = round(pipeline_s / bfc_s, 3)
+    extra: dict[str, float | None] = {}  # the BFC script's seconds, accuracy and ratio
+    if bfc_s is not None:
+        extra = {
+            "script_bfc_s": round(bfc_s, 1),
+            "script_bfc_test_accuracy": json.loads(bfc_out.read_text()).get("test_accuracy"),
+            "ratio_vs_script_bfc": round(pipeline_s / bfc_s, 3),
+        }
     stages = stage_breakdown(timings)
     core_s = pipeline_s - sum(stages[s]["total"] for s in EXTRA_STAGES if s in stages)
     evaluate = json.loads((proj / "metrics" / "evaluate.json").read_text())

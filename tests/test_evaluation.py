@@ -406,6 +406,7 @@ def test_one_trace_per_model_and_a_streamed_split_gives_the_same_numbers(tmp_pat
     import keras
 
     from reprotrain.models import transfer
+    from reprotrain.models.loading import inference_function
     from reprotrain.paths import split_files
     from tests.models.tiny import tiny_arrays, tiny_model_cfg
 
@@ -416,7 +417,7 @@ def test_one_trace_per_model_and_a_streamed_split_gives_the_same_numbers(tmp_pat
     model = transfer.build_model(tiny_model_cfg(), num_classes=2, dropout=0.0)
 
     kept = evaluation.EvalSplit(files, PipelineConfig(), batch_size=4, seed=0)
-    predict = evaluation.predictions.predict_function(model, 32)
+    predict = inference_function(model, "uint8")
     for batch in kept.batches(32):  # batch sizes 4, 4, 3
         predict(batch.images)
     assert predict.experimental_get_tracing_count() == 1

@@ -20,7 +20,7 @@ import hashlib
 import heapq
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,7 +30,7 @@ import numpy as np
 from reprotrain.errors import DataError
 from reprotrain.evaluation.metrics import classification_metrics
 from reprotrain.fsio import file_sha256
-from reprotrain.models.loading import load_model, model_image_size
+from reprotrain.models.loading import inference_function, load_model, model_image_size
 from reprotrain.progress import progress
 from reprotrain.timing import timed
 
@@ -180,24 +180,6 @@ class EvalSplit:
             self._kept[image_size] = kept
 
 
-def predict_function(model: Any, image_size: int) -> Callable[[np.ndarray], Any]:
-    """``model`` as one graph function of uint8 ``[B, S, S, 3]`` batches (traced once).
-
-    The fixed signature (batch dimension ``None``) means the smaller last batch reuses the
-    same graph; the cast to float32 happens inside it, so batches stay uint8 in memory.
-    """
-    import tensorflow as tf
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)],
-        reduce_retracing=True,
-    )
-    def predict(images: tf.Tensor) -> tf.Tensor:
-        return model(tf.cast(images, tf.float32), training=False)
-
-    return predict
-
-
 def to_probabilities(outputs: np.ndarray) -> np.ndarray:
     """Model outputs as probabilities: unchanged when rows already are, else softmax.
 
@@ -260,7 +242,7 @@ def predict_split(
     Keeps only the ``worst_k`` most confidently wrong images (memory stays bounded by k,
     not by the size of the test split).
     """
-    predict = predict_function(model, model_image_size(model))
+    predict = inference_function(model, "uint8")
     probs, labels, paths, shas = [], [], [], []
     worst: list[WorstExample] = []
     offset = 0

@@ -27,6 +27,23 @@ def model_image_size(model: Any) -> int:
     return int(shape[1])
 
 
+def inference_function(model: Any, dtype: str = "float32", name: str | None = None) -> Any:
+    """``model`` in inference mode as one ``tf.function`` of ``[None, S, S, 3]`` pixel
+    batches of ``dtype`` (cast to float32 inside, so uint8 batches stay uint8 in memory),
+    traced once: the open batch dimension lets a short last batch or a single image reuse
+    the graph, where each retrace of a backbone costs seconds. ``name`` names the input
+    (a SavedModel signature's input key). Scoring, export's reference and the exported
+    SavedModel all run the model through this.
+    """
+    import tensorflow as tf
+
+    size = model_image_size(model)
+    spec = tf.TensorSpec([None, size, size, 3], dtype, name=name)
+    return tf.function(
+        lambda images: model(tf.cast(images, tf.float32), training=False), input_signature=[spec]
+    )
+
+
 @timed("model")
 def load_model(
     path: Path | str,

@@ -112,6 +112,11 @@ def calibration_images(
 # --------------------------------------------------------------------------- converters
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error (TensorFlow's run to pages of graph and C++ detail)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def export_saved_model(model: Any, directory: Path) -> Path:
     """A TF Serving SavedModel: endpoints ``serve`` and ``serving_default``, raw pixels in
     (``[None, S, S, 3]`` float32, named after the model's input), probabilities out
@@ -129,8 +134,7 @@ def export_saved_model(model: Any, directory: Path) -> Path:
         try:
             _save_serving_function(model, tmp)
         except (AssertionError, ValueError, TypeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            logger.info("direct SavedModel save failed (%s): using Keras' export", first)
+            logger.info("direct SavedModel save failed (%s): using Keras' export", _first_line(exc))
             shutil.rmtree(tmp, ignore_errors=True)
             model.export(str(tmp), format="tf_saved_model", verbose=False)
     return directory
@@ -140,9 +144,9 @@ def _save_serving_function(model: Any, directory: Path) -> None:
     """One traced inference function and the variables it reads, saved as a SavedModel."""
     import tensorflow as tf
 
-    shape = tuple(model.input_shape)
-    spec = tf.TensorSpec((None, *shape[1:]), tf.float32, name=model.inputs[0].name)
-    serve = tf.function(lambda image: model(image, training=False), input_signature=[spec])
+    from reprotrain.models.loading import inference_function
+
+    serve = inference_function(model, name=model.inputs[0].name)
     concrete = serve.get_concrete_function()
     module = tf.Module()
     module.serve = serve
@@ -185,8 +189,7 @@ def convert_tflite(
     try:
         return bytes(converter.convert())
     except Exception as exc:  # converter errors are long C++ dumps: keep the first line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"TFLite {kind} conversion failed: {first}") from exc
+        raise ModelError(f"TFLite {kind} conversion failed: {_first_line(exc)}") from exc
 
 
 def _import_tensorflow() -> None:

@@ -69,18 +69,13 @@ def saved_model_predictor(directory: Path) -> Predictor:
 def keras_predictor(model: Any) -> Predictor:
     """The Keras model in inference mode (the reference every format is compared with),
     traced once as a ``tf.function`` as ``model.predict`` does: an eager call per image runs
-    every layer op by op and would make Keras look ~20× slower than it serves. The batch
-    dimension is left open in the signature, so a short last batch and the batch-1 latency
-    calls reuse the one graph (each retrace of the backbone costs ~2 s)."""
+    every layer op by op and would make Keras look ~20× slower than it serves. One graph
+    serves the batches and the batch-1 latency calls (``inference_function``)."""
     import tensorflow as tf
 
-    from reprotrain.models.loading import model_image_size
+    from reprotrain.models.loading import inference_function
 
-    size = model_image_size(model)
-    call = tf.function(
-        lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
-    )
+    call = inference_function(model)
 
     def predict(images: np.ndarray) -> np.ndarray:
         return np.asarray(call(tf.constant(images, dtype=tf.float32)))
