@@ -89,8 +89,9 @@ def main() -> int:
             calibration_bins=cfg.calibration_bins,
             name="finetuned",
         )
+        # Finetune keeps the head's weights when no epoch beats them: then nothing to rescore.
         head_metrics, head_preds = evaluation.evaluate_model_file(
-            paths.HEAD_MODEL, split, labels, **common
+            paths.HEAD_MODEL, split, labels, same_as=(paths.FINETUNED_MODEL, preds), **common
         )
         # What transfer learning buys: the from-scratch baseline on the same test images.
         base_common = {**common, "image_size": params.baseline.image_size}

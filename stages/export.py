@@ -29,45 +29,47 @@ logger = logging.getLogger("reprotrain.stages.export")
 def main() -> int:
     params = load_params()
     cfg = params.export
-    # Seeds, determinism and strategy: before any model or dataset is built.
-    info = runtime.configure(params.runtime, params.seed)
-
     size = params.model.image_size
-    test_images, test_labels = export.load_split(
-        tfrecords.verify_shards(paths.PREPARED_DIR, "test"),
-        params.pipeline,
-        image_size=size,
-        batch_size=cfg.batch_size,
-        seed=params.seed,
-    )
-    calibration = export.calibration_images(
-        tfrecords.verify_shards(paths.PREPARED_DIR, "train"),
-        params.pipeline,
-        image_size=size,
-        count=cfg.calibration_samples,
-        seed=params.seed,
-    )
-    shutil.rmtree(paths.EXPORT_DIR, ignore_errors=True)  # no format left from another config
-    with tracking.stage_run(
-        STAGE,
-        params,
-        sections=SECTIONS,
-        root=Path.cwd(),
-        upstream=[paths.PREPARE_RUN, paths.FINETUNED_RUN],
-        sidecar=paths.EXPORT_RUN,
-        environment=runtime.environment_info(info),
-    ) as run:
-        report = export.export_and_verify(
-            paths.FINETUNED_MODEL, paths.EXPORT_DIR, test_images, test_labels, calibration, cfg
+    # Entered first: the conversion process imports TensorFlow while this one does.
+    with export.ModelExport(paths.FINETUNED_MODEL, paths.EXPORT_DIR, cfg) as job:
+        # Seeds, determinism and strategy: before any model or dataset is built.
+        info = runtime.configure(params.runtime, params.seed)
+        calibration = export.calibration_images(
+            tfrecords.verify_shards(paths.PREPARED_DIR, "train"),
+            params.pipeline,
+            image_size=size,
+            count=cfg.calibration_samples,
+            seed=params.seed,
         )
-        atomic_write_json(paths.EXPORT_METRICS, report)
-        run.log_metrics(export.flat_metrics(report))
-        run.set_tags(
-            {"reprotrain.export.shipped": ",".join(export.shipped_formats(report)) or "none"}
+        shutil.rmtree(paths.EXPORT_DIR, ignore_errors=True)  # no format left from another config
+        # The TFLite conversions run from here on; MLflow's set-up and the test split in
+        # the meantime.
+        job.write_saved_model(calibration)
+        test_images, test_labels = export.load_split(
+            tfrecords.verify_shards(paths.PREPARED_DIR, "test"),
+            params.pipeline,
+            image_size=size,
+            batch_size=cfg.batch_size,
+            seed=params.seed,
         )
-        run.log_artifact(paths.EXPORT_METRICS)
-        for name, row in export.shipped_formats(report).items():
-            run.log_artifact(Path(row["path"]), artifact_path=f"export/{name}")
+        with tracking.stage_run(
+            STAGE,
+            params,
+            sections=SECTIONS,
+            root=Path.cwd(),
+            upstream=[paths.PREPARE_RUN, paths.FINETUNED_RUN],
+            sidecar=paths.EXPORT_RUN,
+            environment=runtime.environment_info(info),
+        ) as run:
+            report = job.verify(test_images, test_labels)
+            atomic_write_json(paths.EXPORT_METRICS, report)
+            run.log_metrics(export.flat_metrics(report))
+            run.set_tags(
+                {"reprotrain.export.shipped": ",".join(export.shipped_formats(report)) or "none"}
+            )
+            run.log_artifact(paths.EXPORT_METRICS)
+            for name, row in export.shipped_formats(report).items():
+                run.log_artifact(Path(row["path"]), artifact_path=f"export/{name}")
     return 0
 
 

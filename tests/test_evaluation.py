@@ -341,20 +341,33 @@ def test_evaluate_library_path_on_a_saved_model(tmp_path: Path) -> None:
     acc = evaluation.accuracy_of(model_path, split, num_classes=3)
     assert acc == pytest.approx(metrics["accuracy"])
     assert split.passes == {32: 1}
-    # A champion saved from the same weights is the same bytes: its predictions are reused.
+    # A champion with the same architecture and weights: its predictions are reused, even
+    # from a file with other bytes (m.keras was saved without normalising). The head the
+    # same way, its worst examples cut to what was asked.
     from reprotrain.models.loading import save_model
 
     save_model(model, tmp_path / "a.keras")
-    save_model(model, tmp_path / "champion.keras")
-    same = evaluation.champion_predictions(
-        tmp_path / "champion.keras", tmp_path / "a.keras", preds, split, num_classes=3
+    for champion in (tmp_path / "a.keras", model_path):
+        same = evaluation.champion_predictions(
+            champion, tmp_path / "a.keras", preds, split, num_classes=3
+        )
+        assert same is preds
+    head_metrics, head_preds = evaluation.evaluate_model_file(
+        tmp_path / "a.keras", split, labels, same_as=(model_path, preds), **common
     )
-    assert same is preds
+    assert head_metrics == metrics and head_preds.probs is preds.probs
+    assert head_preds.worst == [] and len(preds.worst) == min(4, wrong.size)
+    # Other weights: loaded and scored.
+    weights = model.get_weights()
+    model.set_weights([w * 0.5 for w in weights])
+    save_model(model, tmp_path / "champion.keras")
     other = evaluation.champion_predictions(
         tmp_path / "champion.keras", model_path, preds, split, num_classes=3
     )
     assert other is not preds
-    np.testing.assert_allclose(other.probs, preds.probs, atol=1e-6)
+    halved = model.predict(np.stack([img for img, *_ in _decoded(files)]), verbose=0)
+    np.testing.assert_allclose(other.probs, halved, atol=1e-5)
+    model.set_weights(weights)
     with pytest.raises(ModelError, match="cannot be scored"):
         evaluation.accuracy_of(model_path, split, num_classes=2)
     with pytest.raises(ModelError, match="rerun training"):

@@ -143,3 +143,44 @@ def test_bad_weights_settings_are_clear_errors(tmp_path: Path) -> None:
         transfer.build_base(ModelConfig(alpha=0.35, image_size=32, weights=str(bad)))
     with pytest.raises(ModelError, match="at least 2 classes"):
         transfer.build_model(tiny_model_cfg("none"), num_classes=1, dropout=0.0)
+
+
+@pytest.mark.slow
+def test_same_inference_ignores_training_state_not_weights_or_architecture(
+    model, tmp_path: Path
+) -> None:
+    """What evaluate relies on to reuse the fine-tuned model's predictions for the head."""
+    from reprotrain.models.loading import load_model, same_inference, save_model
+
+    head = tmp_path / "head.keras"
+    save_model(model, head)
+    # What finetune saves when no epoch beats the start: other trainable flags, an
+    # optimizer with state, other bytes; the same function.
+    tuned = load_model(head)
+    transfer.unfreeze_top(tuned, 5)
+    tuned.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy")
+    tuned.optimizer.build(tuned.trainable_variables)
+    finetuned = tmp_path / "finetuned.keras"
+    save_model(tuned, finetuned)
+    assert head.read_bytes() != finetuned.read_bytes()
+    assert same_inference(head, finetuned) and same_inference(finetuned, head)
+
+    # One weight moved by one step of float32: another model.
+    kernel, bias = tuned.layers[-1].get_weights()
+    bias[0] = np.nextafter(bias[0], np.float32(1))
+    tuned.layers[-1].set_weights([kernel, bias])
+    moved = tmp_path / "moved.keras"
+    save_model(tuned, moved)
+    assert not same_inference(head, moved)
+
+    # The same weights in another architecture (conservative: here only the dropout rate).
+    other = transfer.build_model(tiny_model_cfg(), num_classes=3, dropout=0.5)
+    other.set_weights(model.get_weights())
+    other_path = tmp_path / "other.keras"
+    save_model(other, other_path)
+    assert not same_inference(head, other_path)
+
+    # Unreadable: different (the caller loads it, and the loader says what is wrong).
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a zip")
+    assert not same_inference(head, junk) and not same_inference(head, tmp_path / "none.keras")

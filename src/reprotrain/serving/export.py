@@ -205,12 +205,12 @@ class TFLiteConversions:
     process converts one kind (and loads, scores and times every format) while a second
     process converts the others, one after the other in the order they are asked for, so
     each is ready about when this process comes to score it. The process is started
-    (:meth:`start`) before the SavedModel is written, so its TensorFlow import overlaps that.
-    If the process dies, its conversions run here instead, with a warning.
+    (:meth:`start`) first thing in the stage, so its TensorFlow import overlaps this
+    process's. If the process dies, its conversions run here instead, with a warning.
     """
 
-    def __init__(self, kinds: Sequence[str], calibration: np.ndarray | None) -> None:
-        self.calibration = calibration
+    def __init__(self, kinds: Sequence[str]) -> None:
+        self.calibration: np.ndarray | None = None
         self.background = self.pick_background(kinds, os.cpu_count() or 1)
         self._pool: ProcessPoolExecutor | None = None
         self._futures: dict[str, Future[bytes]] = {}
@@ -226,27 +226,29 @@ class TFLiteConversions:
         here = next((kind for kind in kinds if kind != "int8"), None)
         return tuple(kind for kind in kinds if kind != here)
 
-    def __enter__(self) -> TFLiteConversions:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # Not waiting: the second process's TensorFlow teardown (≈ 2 s) then overlaps this
-        # process's remaining work; the process is still joined before this one exits.
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
     def start(self) -> None:
         """Start the second process (if any) and its TensorFlow import."""
-        if self.background:
+        if self.background and self._pool is None:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
             self._pool.submit(_import_tensorflow)
 
-    def submit(self, saved_model_dir: Path) -> None:
+    def close(self) -> None:
+        """Release the second process without waiting for it.
+
+        Its TensorFlow teardown (≈ 2 s) then overlaps this process's remaining work; the
+        process is still joined before this one exits.
+        """
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def submit(self, saved_model_dir: Path, calibration: np.ndarray | None) -> None:
         """Begin the background conversions, once the SavedModel is written."""
+        self.calibration = calibration
         if self._pool is not None:
             for kind in self.background:
                 self._futures[kind] = self._pool.submit(
-                    convert_tflite, saved_model_dir, kind, self.calibration
+                    convert_tflite, saved_model_dir, kind, calibration
                 )
 
     def result(self, saved_model_dir: Path, kind: str) -> bytes:
@@ -379,7 +381,113 @@ def time_formats(
     return latencies
 
 
-@timed("export")
+class ModelExport:
+    """Export one ``.keras`` model to every format in ``cfg.formats`` and verify each.
+
+    Three steps, so a stage can put its other work in the gaps:
+
+    - entering starts the conversion process (:class:`TFLiteConversions`), whose
+      TensorFlow import then overlaps the stage's own;
+    - :meth:`write_saved_model` loads the model and writes the SavedModel every TFLite
+      model is converted from, and hands the conversions to the second process: from here
+      the stage's MLflow set-up and test-data loading run while it converts;
+    - :meth:`verify` re-scores every format on the test images and returns the report
+      written to ``metrics/export.json``.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        out_dir: Path | str,
+        cfg: ExportConfig,
+        *,
+        hint: str = "rerun finetune (dvc repro finetune)",
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.out_dir = Path(out_dir)
+        self.cfg = cfg
+        self.hint = hint
+        self.saved_dir = self.out_dir / FILENAMES[SAVED_MODEL]
+        kinds = [name.removeprefix("tflite_") for name in cfg.formats if name != SAVED_MODEL]
+        self.conversions = TFLiteConversions(kinds)
+        self.model: Any = None
+        self.n_calibration = 0
+
+    def __enter__(self) -> ModelExport:
+        if self.model_path.is_file():  # else write_saved_model's load names the problem
+            self.conversions.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conversions.close()
+
+    @timed("export")
+    def write_saved_model(self, calibration: np.ndarray) -> None:
+        """Load the model, write the SavedModel and start the TFLite conversions from it."""
+        from reprotrain.models.loading import load_model
+
+        self.model = load_model(self.model_path, hint=self.hint)
+        export_saved_model(self.model, self.saved_dir)
+        self.n_calibration = len(calibration)
+        self.conversions.submit(self.saved_dir, calibration)
+
+    @timed("export")
+    def verify(self, test_images: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
+        """Every format written and re-scored against the Keras model: the report."""
+        from reprotrain.progress import progress
+
+        if self.model is None:
+            raise RuntimeError("ModelExport.verify before write_saved_model")
+        cfg = self.cfg
+        keras_predict = keras_predictor(self.model)
+        predictors: dict[str, Predictor] = {"keras": keras_predict}
+        formats: dict[str, dict[str, Any]] = {}
+        # The reference predictions, while the second process converts.
+        reference = predict_batched(keras_predict, test_images, cfg.batch_size)
+        reference_accuracy = accuracy(test_labels, reference)
+        # Every format is scored in cfg.formats' order, whichever process converted it.
+        with progress(len(cfg.formats), desc="export", unit="format") as bar:
+            for name in cfg.formats:
+                path = self.out_dir / FILENAMES[name]
+                if name == SAVED_MODEL:
+                    predict: Predictor = saved_model_predictor(self.saved_dir)
+                else:
+                    kind = name.removeprefix("tflite_")
+                    atomic_write_bytes(path, self.conversions.result(self.saved_dir, kind))
+                    predict = TFLiteClassifier(path)
+                predictors[name] = predict
+                result = score_format(
+                    name,
+                    path,
+                    predict,
+                    test_images,
+                    test_labels,
+                    reference,
+                    reference_accuracy,
+                    cfg,
+                    batch_size=cfg.batch_size,
+                )
+                formats[name] = dataclasses.asdict(result)
+                bar.update(1)
+        self.conversions.close()  # all converted: its teardown overlaps the timing below
+        latencies = time_formats(predictors, test_images, cfg.latency_samples)
+        for name, row in formats.items():
+            row["latency_ms"] = latencies[name]
+        return {
+            "n_test": len(test_labels),
+            "n_calibration": self.n_calibration,
+            "min_agreement": cfg.min_agreement,
+            "max_accuracy_drop": cfg.max_accuracy_drop,
+            "keras": {
+                "path": str(self.model_path),
+                "accuracy": round(reference_accuracy, 6),
+                "size_bytes": path_size(self.model_path),
+                "latency_ms": latencies["keras"],
+            },
+            "formats": formats,
+        }
+
+
 def export_and_verify(
     model_path: Path,
     out_dir: Path,
@@ -390,67 +498,10 @@ def export_and_verify(
     *,
     hint: str = "rerun finetune (dvc repro finetune)",
 ) -> dict[str, Any]:
-    """Write every format in ``cfg.formats`` under ``out_dir``, re-score each on the test
-    images and return the report written to ``metrics/export.json``."""
-    from reprotrain.models.loading import load_model
-    from reprotrain.progress import progress
-
-    model = load_model(model_path, hint=hint)
-    keras_predict = keras_predictor(model)
-    out_dir = Path(out_dir)
-    saved_dir = out_dir / FILENAMES[SAVED_MODEL]
-    kinds = [name.removeprefix("tflite_") for name in cfg.formats if name != SAVED_MODEL]
-    predictors: dict[str, Predictor] = {"keras": keras_predict}
-    formats: dict[str, dict[str, Any]] = {}
-    # Every format is scored in cfg.formats' order, whichever process converted it.
-    with (
-        TFLiteConversions(kinds, calibration) as conversions,
-        progress(len(cfg.formats), desc="export", unit="format") as bar,
-    ):
-        conversions.start()
-        export_saved_model(model, saved_dir)  # every TFLite model is converted from it
-        conversions.submit(saved_dir)
-        # The reference predictions, while the second process converts.
-        reference = predict_batched(keras_predict, test_images, cfg.batch_size)
-        reference_accuracy = accuracy(test_labels, reference)
-        for name in cfg.formats:
-            path = out_dir / FILENAMES[name]
-            if name == SAVED_MODEL:
-                predict: Predictor = saved_model_predictor(saved_dir)
-            else:
-                kind = name.removeprefix("tflite_")
-                atomic_write_bytes(path, conversions.result(saved_dir, kind))
-                predict = TFLiteClassifier(path)
-            predictors[name] = predict
-            result = score_format(
-                name,
-                path,
-                predict,
-                test_images,
-                test_labels,
-                reference,
-                reference_accuracy,
-                cfg,
-                batch_size=cfg.batch_size,
-            )
-            formats[name] = dataclasses.asdict(result)
-            bar.update(1)
-    latencies = time_formats(predictors, test_images, cfg.latency_samples)
-    for name, row in formats.items():
-        row["latency_ms"] = latencies[name]
-    return {
-        "n_test": len(test_labels),
-        "n_calibration": len(calibration),
-        "min_agreement": cfg.min_agreement,
-        "max_accuracy_drop": cfg.max_accuracy_drop,
-        "keras": {
-            "path": str(model_path),
-            "accuracy": round(reference_accuracy, 6),
-            "size_bytes": path_size(model_path),
-            "latency_ms": latencies["keras"],
-        },
-        "formats": formats,
-    }
+    """:class:`ModelExport`'s three steps in a row, for callers with everything at hand."""
+    with ModelExport(model_path, out_dir, cfg, hint=hint) as job:
+        job.write_saved_model(calibration)
+        return job.verify(test_images, test_labels)
 
 
 def shipped_formats(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
