@@ -20,7 +20,8 @@ by round and back to back so that background load hits both alike:
 
 Then a no-op ``dvc repro`` (nothing changed), three times. Writes
 ``benchmarks/results/pipeline.json``; the README's "Where the time goes" table is taken from
-it. Expect ≈ 10 min on 2 CPU cores. The machine is shared: compare ratios.
+it. Expect ≈ 15 min on 2 CPU cores (20 with ``--script-bfc``). The machine is shared:
+compare ratios.
 """
 
 from __future__ import annotations

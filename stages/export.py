@@ -5,7 +5,7 @@ Reads models/finetuned.keras and data/prepared (test split; a seeded sample of t
 calibrates int8). Writes models/export/ and metrics/export.json: per format the accuracy,
 agreement with the Keras model's top-1 labels, file size, median batch-1 latency on this
 CPU, and whether it ships (export.min_agreement, export.max_accuracy_drop). A format that
-fails its check is reported, not fatal. ≈ 1–2 min on 2 CPU cores for the default model.
+fails its check is reported, not fatal. ≈ 45 s on 2 CPU cores for the default model.
 """
 
 from __future__ import annotations
