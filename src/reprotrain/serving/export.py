@@ -411,7 +411,6 @@ class ModelExport:
         kinds = [name.removeprefix("tflite_") for name in cfg.formats if name != SAVED_MODEL]
         self.conversions = TFLiteConversions(kinds)
         self.model: Any = None
-        self.n_calibration = 0
 
     def __enter__(self) -> ModelExport:
         if self.model_path.is_file():  # else write_saved_model's load names the problem
@@ -428,7 +427,6 @@ class ModelExport:
 
         self.model = load_model(self.model_path, hint=self.hint)
         export_saved_model(self.model, self.saved_dir)
-        self.n_calibration = len(calibration)
         self.conversions.submit(self.saved_dir, calibration)
 
     @timed("export")
@@ -436,7 +434,8 @@ class ModelExport:
         """Every format written and re-scored against the Keras model: the report."""
         from reprotrain.progress import progress
 
-        if self.model is None:
+        calibration = self.conversions.calibration
+        if self.model is None or calibration is None:
             raise RuntimeError("ModelExport.verify before write_saved_model")
         cfg = self.cfg
         keras_predict = keras_predictor(self.model)
@@ -475,7 +474,7 @@ class ModelExport:
             row["latency_ms"] = latencies[name]
         return {
             "n_test": len(test_labels),
-            "n_calibration": self.n_calibration,
+            "n_calibration": len(calibration),
             "min_agreement": cfg.min_agreement,
             "max_accuracy_drop": cfg.max_accuracy_drop,
             "keras": {
