@@ -1,10 +1,11 @@
 """Inference speed of each transfer backbone on this machine's CPU.
 
 Run by hand (``.venv/bin/python benchmarks/backbones.py [--repeats N] [--only NAME ...]``);
-writes ``benchmarks/results/backbones.json``, which the README's "Choosing a model" table
-quotes. For each built-in backbone: the full reprotrain model (preprocess → base → pool →
-head) at the backbone's default input size, random weights (``weights: none``: the speed
-does not depend on the values), batches of 32 raw 0–255 images through a compiled
+writes ``benchmarks/results/backbones.json``, which ``docs/benchmarks.md`` shows
+(``benchmarks/report.py`` renders it). For each built-in backbone: the full reprotrain model
+(preprocess → base → pool → head) at the backbone's default input size, random weights
+(``weights: none``: the speed does not depend on the values), batches of 32 raw 0–255 images
+through a compiled
 ``tf.function`` in inference mode, after one warm-up batch. Reported: images/s (median over
 ``--repeats`` batches), parameters, and the time to build the model.
 

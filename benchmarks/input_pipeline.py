@@ -26,7 +26,8 @@ process, interleaved round by round (each round: every variant once, ``EPOCHS`` 
 through one iterator), and the report gives medians and ratios to the directory loader,
 both in wall-clock images/s and in images per CPU-second of this process (less sensitive to
 other processes' load), plus the load average before and after.
-Writes ``benchmarks/results/input_pipeline.json``; the README shows the table.
+Writes ``benchmarks/results/input_pipeline.json``; ``docs/benchmarks.md`` shows it
+(``benchmarks/report.py`` renders it).
 """
 
 from __future__ import annotations

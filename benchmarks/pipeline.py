@@ -19,9 +19,9 @@ by round and back to back so that background load hits both alike:
   fine-tune, evaluate), like for like.
 
 Then a no-op ``dvc repro`` (nothing changed), three times. Writes
-``benchmarks/results/pipeline.json``; the README's "Where the time goes" table is taken from
-it. Expect ≈ 15 min on 2 CPU cores (20 with ``--script-bfc``). The machine is shared:
-compare ratios.
+``benchmarks/results/pipeline.json``, which ``docs/benchmarks.md`` shows
+(``benchmarks/report.py`` renders it). Expect ≈ 15 min on 2 CPU cores (20 with ``--script-
+bfc``). The machine is shared: compare ratios.
 """
 
 from __future__ import annotations
