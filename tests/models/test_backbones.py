@@ -3,7 +3,11 @@ user backbones (``package.module:function``) and their contract errors."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -16,6 +20,7 @@ from reprotrain.errors import ConfigError, ModelError
 from reprotrain.models import backbones, transfer
 
 KERAS_APPS = Path(keras.__file__).parent / "src" / "applications"
+REPO = Path(__file__).resolve().parents[2]
 #: The smallest input each architecture takes (all Keras applications accept 32 px).
 SIZE = 32
 
@@ -129,19 +134,62 @@ def test_weights_file_names_are_the_ones_keras_builds(name: str) -> None:
     assert filename.endswith(".h5")
 
 
+#: Run in a fresh interpreter: Keras reads ``KERAS_HOME`` once, at import, so setting it
+#: in this process would not stop Keras from finding a user's cached file (an exported
+#: ``KERAS_HOME``, as ``.ci/run`` does, or a populated ``~/.keras/models``).
+OFFLINE_SCRIPT = """
+import json, sys
+from pathlib import Path
+from reprotrain.config import BUILTIN_BACKBONES, ModelConfig
+from reprotrain.errors import ModelError
+from reprotrain.models import backbones, transfer
+home = Path(sys.argv[1])
+# Only the empty home, not also Keras' /tmp/.keras fallback (used when home is read-only).
+backbones.keras_cache_dirs = lambda: [home / "models"]
+out = {}
+for name in BUILTIN_BACKBONES:
+    cfg = ModelConfig(backbone=name, image_size=224 if name == "mobilenet_v2" else 32)
+    try:
+        transfer.build_base(cfg)
+        out[name] = None
+    except ModelError as exc:
+        out[name] = str(exc)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def offline_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | None]:
+    """Per backbone, the ModelError of ``weights: imagenet`` in a fresh process whose
+    ``KERAS_HOME`` is empty and whose downloads cannot reach anything (None: no error)."""
+    home = tmp_path_factory.mktemp("empty_keras_home")
+    # An unreachable proxy makes the download fail the same way with or without internet.
+    proxies = dict.fromkeys(
+        ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"), "http://127.0.0.1:9"
+    )
+    env = {**os.environ, **proxies, "KERAS_HOME": str(home)}
+    env.pop("NO_PROXY", None)
+    env.pop("no_proxy", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", OFFLINE_SCRIPT, str(home)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list((home / "models").glob("*.h5")), "nothing was downloaded"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILTIN_BACKBONES))
 def test_offline_without_weights_names_the_exact_file(
-    name: str, tmp_path: Path, monkeypatch
+    name: str, offline_errors: dict[str, str | None]
 ) -> None:
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    # An unreachable proxy makes the download fail the same way with or without internet.
-    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")
-    monkeypatch.setattr(backbones, "keras_cache_dirs", lambda: [tmp_path / "models"])
-    cfg = ModelConfig(backbone=name, image_size=224 if name == "mobilenet_v2" else SIZE)
-    with pytest.raises(ModelError) as err:
-        transfer.build_base(cfg)
+    """Whatever the user's Keras cache holds (empty, ``~/.keras/models`` or an exported
+    ``KERAS_HOME`` with the weights), an empty ``KERAS_HOME`` offline is a clear error."""
     expected = {
         "mobilenet_v2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
         "mobilenet_v3_small": "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
@@ -150,7 +198,8 @@ def test_offline_without_weights_names_the_exact_file(
         "resnet50_v2": "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
         "convnext_tiny": "convnext_tiny_notop.h5",
     }[name]
-    msg = str(err.value)
+    msg = offline_errors[name]
+    assert msg is not None, f"{name}: weights=imagenet loaded without any cached file"
     assert expected in msg and "KERAS_HOME" in msg and "'none'" in msg
     # The name is the one Keras itself asked for: its URL ends with it.
     assert f"/{expected}" in msg
