@@ -1,6 +1,7 @@
 """The real DAG on the promoted tiny project (`dvc repro`): MLflow lineage of every stage, then
-`python -m reprotrain reproduce` of the evaluate run in a separate work tree gives identical
-metrics and leaves the registry aliases alone."""
+`python -m reprotrain reproduce` of its train_head run (prepare → train_head: the machinery
+every stage's reproduction uses, at a fraction of the whole chain's cost) in a separate work
+tree gives identical metrics and leaves the registry aliases alone."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -199,6 +200,24 @@ def test_non_chief_worker_records_nothing(project: Path) -> None:
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
+def _monitor_threads() -> int:
+    """MLflow's system-metrics sampler threads alive in this process."""
+    return sum(t.name == "SystemMetricsMonitor" and t.is_alive() for t in threading.enumerate())
+
+
+def _has_all(metrics: dict, keys: tuple[str, ...]) -> dict | None:
+    return metrics if all(k in metrics for k in keys) else None
+
+
+def _wait_for(probe, timeout: float = 60.0):
+    """Poll ``probe`` until it returns something truthy (the sampler logs on its own clock)."""
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+    return found
+
+
 @pytest.mark.slow
 def test_training_runs_log_system_metrics(project: Path) -> None:
     text = (project / "params.yaml").read_text()
@@ -207,13 +226,14 @@ def test_training_runs_log_system_metrics(project: Path) -> None:
     )
     params = load_params(project / "params.yaml")
     assert params.tracking.system_metrics and params.tracking.system_metrics_interval == 1
-    with tracking.stage_run("baseline", params, ("seed",), project) as r:
-        time.sleep(1.6)  # one sample is logged after each interval
-    with tracking.stage_run("evaluate", params, ("seed",), project) as other:
-        time.sleep(1.6)
     client = client_for(project)
-    metrics = client.get_run(r.run_id).data.metrics
-    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+    keys = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
+    with tracking.stage_run("baseline", params, ("seed",), project) as r:
+        assert _monitor_threads() == 1
+        metrics = _wait_for(lambda: _has_all(client.get_run(r.run_id).data.metrics, keys))
+    with tracking.stage_run("evaluate", params, ("seed",), project) as other:
+        assert _monitor_threads() == 0  # nothing samples this run
+    for key in keys:
         assert key in metrics, sorted(metrics)
     assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0
     # Only the training stages sample; the interval setting does not leak.

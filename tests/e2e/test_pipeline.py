@@ -79,10 +79,35 @@ def test_accuracy_bars(real_run) -> None:
         evaluate["accuracy"] - evaluate["baseline"]["accuracy"]
     )
     assert evaluate["transfer_gain"] > 0.1, evaluate["baseline"]
-    exports = _json(proj / "metrics" / "export.json")
-    print("export:", json.dumps(exports)[:2000])
     card = (proj / "reports" / "model_card.md").read_text()
     assert f"{evaluate['accuracy']:.4f}" in card
+
+
+def test_exports_of_the_real_run(real_run) -> None:
+    """Every configured format was written, re-scored on the whole test split and decided by
+    the ship rule; the float formats of the real model agree with Keras and ship."""
+    import yaml
+
+    proj, _, _ = real_run
+    report = _json(proj / "metrics" / "export.json")
+    evaluate = _json(proj / "metrics" / "evaluate.json")
+    formats = yaml.safe_load((proj / "params.yaml").read_text())["export"]["formats"]
+    assert list(report["formats"]) == formats
+    assert report["n_test"] == evaluate["n_test"]
+    assert report["keras"]["accuracy"] == pytest.approx(evaluate["accuracy"], abs=1e-6)
+    for name, row in report["formats"].items():
+        assert row["size_bytes"] > 100_000 and row["latency_ms"] > 0, (name, row)
+        assert 0.0 <= row["agreement"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0, (name, row)
+        drop = report["keras"]["accuracy"] - row["accuracy"]
+        ships = row["agreement"] >= report["min_agreement"] and (
+            drop <= report["max_accuracy_drop"] + 1e-9
+        )
+        assert row["shipped"] is ships, (name, row)
+        assert row["shipped"] or row["reason"], (name, row)
+        assert (proj / row["path"]).exists() or Path(row["path"]).exists(), (name, row)
+    for name in ("saved_model", "tflite_float32"):
+        assert report["formats"][name]["shipped"], report["formats"][name]
+        assert report["formats"][name]["agreement"] >= 0.98
 
 
 def test_dvc_metrics_and_plots_commands(real_run) -> None:
