@@ -303,3 +303,31 @@ def test_ordered_map_pulls_lazily_keeps_a_bounded_window_and_the_input_order() -
     assert got == [(i, i * i) for i in range(n)]
     with pytest.raises(ValueError, match="window"):
         next(ordered_map(lambda i: None, [1], 0))
+
+
+def test_test_images_taken_out_and_put_back_keep_their_split(tmp_path: Path) -> None:
+    """Through prepare and data/splits.csv: 8 test images out, 20 new in, the 8 back. The
+    ledger keeps their rows marked absent, so they come back as test images (before, most
+    came back as train or val)."""
+    src = make_class_tree(tmp_path / "src", {"a": 30, "b": 30})
+    ledger = tmp_path / "splits.csv"
+    _, out1 = _prepare(src, tmp_path, "first", ledger=ledger)
+    tests = sorted(p for p, row in _manifest(out1).items() if row["split"] == "test")[:8]
+    aside = tmp_path / "aside"
+    for rel in tests:
+        (aside / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(src / rel, aside / rel)
+    make_class_tree(src, {"a": 10, "b": 10}, seed=5)
+    _, out2 = _prepare(src, tmp_path, "second", ledger=ledger)
+    assert not set(tests) & set(_manifest(out2))
+    with ledger.open() as f:
+        rows = {r["sha256"]: r for r in csv.DictReader(f)}
+    shas = {_manifest(out1)[p]["sha256"] for p in tests}
+    assert {(rows[s]["split"], rows[s]["present"]) for s in shas} == {("test", "no")}
+    assert len(rows) == 60 + 20
+    for rel in tests:
+        shutil.move(aside / rel, src / rel)
+    _, out3 = _prepare(src, tmp_path, "third", ledger=ledger)
+    assert {_manifest(out3)[p]["split"] for p in tests} == {"test"}
+    with ledger.open() as f:
+        assert {r["present"] for r in csv.DictReader(f)} == {"yes"}

@@ -81,14 +81,69 @@ def test_default_data_shape_given_val_is_halved_exactly() -> None:
     assert c[("ants", "train")] == 124  # given train stays train
 
 
-def test_removed_images_drop_out_and_new_ones_refill_the_split() -> None:
+def _present(ledger: dict[str, Entry]) -> dict[str, Entry]:
+    return {sha: e for sha, e in ledger.items() if e.present}
+
+
+def test_removed_images_stay_absent_and_new_ones_refill_the_split() -> None:
     items = _items({"a": 20, "b": 20})
     first = split.assign_splits(items, {}, seed=1, fractions=F).ledger
     gone = next(sha for sha, e in first.items() if e.split == "test" and e.label == "a")
     kept = [i for i in items if i.sha256 != gone] + _items({"a": 1}, start=99)
     result = split.assign_splits(kept, first, seed=1, fractions=F)
-    assert gone not in result.ledger and result.removed == 1
-    assert _counts(result.ledger)[("a", "test")] == 3  # the new image took the free slot
+    assert result.ledger[gone] == Entry("a", "test", present=False) and result.removed == 1
+    assert _counts(_present(result.ledger))[("a", "test")] == 3  # the new image took the slot
+    # Absent a second time: still one row, not counted as removed again.
+    again = split.assign_splits(kept, result.ledger, seed=1, fractions=F)
+    assert again.ledger == result.ledger and again.removed == 0
+
+
+def test_test_images_taken_out_and_put_back_keep_their_split() -> None:
+    """The issue's reproduction: 8 test images out, 20 new in, the 8 back. Before the
+    ledger kept absent rows, 6 of the 8 came back as train or val."""
+    items = _items({"a": 30, "b": 30})
+    first = split.assign_splits(items, {}, seed=42, fractions=F).ledger
+    out = sorted(sha for sha, e in first.items() if e.split == "test")[:8]
+    assert len(out) == 8
+    remaining = [i for i in items if i.sha256 not in out]
+    grown = remaining + _items({"a": 10, "b": 10}, start=1000)
+    second = split.assign_splits(grown, first, seed=42, fractions=F)
+    assert second.removed == 8
+    assert {sha: second.ledger[sha] for sha in out} == {
+        sha: Entry(first[sha].label, "test", present=False) for sha in out
+    }
+    # The present images are exactly stratified: absent rows count toward nothing.
+    _check_targets(grown, _present(second.ledger))
+    for label, n in Counter(i.label for i in grown).items():
+        want = split.pool_targets("all", n, F)
+        assert {s: _counts(_present(second.ledger))[(label, s)] for s in want} == want
+    back = grown + [i for i in items if i.sha256 in out]
+    third = split.assign_splits(back, second.ledger, seed=42, fractions=F)
+    assert {third.ledger[sha].split for sha in out} == {"test"}
+    assert third.returned == 8 and third.removed == 0
+    assert all(e.present for e in third.ledger.values())
+    assert all(third.ledger[sha].split == e.split for sha, e in second.ledger.items())
+    # Deleting the ledger still re-splits from scratch (exact again).
+    fresh = split.assign_splits(back, {}, seed=42, fractions=F)
+    _check_targets(back, fresh.ledger)
+
+
+def test_new_images_fill_around_returning_ones() -> None:
+    """Images that return together with new ones: the returning ones keep their split
+    first, the new ones go where the present data is furthest below its targets."""
+    items = _items({"a": 40})
+    items += _items({"b": 40}, start=500)
+    first = split.assign_splits(items, {}, seed=5, fractions=F).ledger
+    out = {sha for sha, e in first.items() if e.split == "test" and e.label == "a"}
+    without = split.assign_splits(
+        [i for i in items if i.sha256 not in out], first, seed=5, fractions=F
+    )
+    back = items + _items({"a": 20}, start=2000)
+    result = split.assign_splits(back, without.ledger, seed=5, fractions=F)
+    assert all(result.ledger[sha].split == "test" for sha in out)
+    counts = _counts(result.ledger)
+    # 60 a images: test 6 returned (target 9) → 3 of the 20 new go to test, val to 9.
+    assert (counts[("a", "test")], counts[("a", "val")], counts[("a", "train")]) == (9, 9, 42)
 
 
 def test_ledger_wins_over_a_contradicting_folder_and_survives_a_relabel() -> None:
@@ -117,12 +172,26 @@ def test_ledger_round_trip_is_sorted_and_atomic(tmp_path: Path) -> None:
     split.write_ledger(path, ledger)
     assert split.read_ledger(path) == ledger
     rows = list(csv.reader(path.open()))
-    assert rows[0] == ["sha256", "label", "split"]
+    assert rows[0] == ["sha256", "label", "split", "present"]
     assert rows[1:] == sorted(rows[1:], key=lambda r: (r[1], r[0]))
     assert split.read_ledger(tmp_path / "absent.csv") == {}
     path.write_text("path,label\nx,a\n")
     with pytest.raises(DataError, match=r"git checkout -- .*or delete it"):
         split.read_ledger(path)
+    path.write_text("sha256,label,split,present\nab,a,test,maybe\n")
+    with pytest.raises(DataError, match=r"line 2: bad row .*or delete it"):
+        split.read_ledger(path)
+
+
+def test_absent_rows_round_trip_and_old_ledgers_read_as_present(tmp_path: Path) -> None:
+    ledger = {"aa": Entry("a", "test", present=False), "bb": Entry("a", "train")}
+    path = tmp_path / "splits.csv"
+    split.write_ledger(path, ledger)
+    assert path.read_text() == "sha256,label,split,present\naa,a,test,no\nbb,a,train,yes\n"
+    assert split.read_ledger(path) == ledger
+    # A ledger written before the present column: every row present, every split kept.
+    path.write_text("sha256,label,split\naa,a,test\nbb,b,val\n")
+    assert split.read_ledger(path) == {"aa": Entry("a", "test"), "bb": Entry("b", "val")}
 
 
 def _ledger_rows(proj: Path) -> dict[str, tuple[str, str]]:

@@ -4,7 +4,7 @@ Why a ledger and not a per-image hash threshold: a threshold draws each image's 
 own, so a class of 10 images gets no test image about 20% of the time and the shares drift
 (70 images → 32/38 instead of 35/35). Counting per class hits the targets exactly, but a
 count-based split moves images when the data grows unless the previous assignment is kept.
-So the assignment is remembered: ``data/splits.csv`` (``sha256,label,split``), written by
+So the assignment is remembered: ``data/splits.csv`` (``sha256,label,split,present``), written by
 ``prepare`` and tracked by git (a ``cache: false, persist: true`` output), so a fresh clone
 and ``dvc exp run --temp/--queue`` see the same history.
 
@@ -27,8 +27,17 @@ The rules (:func:`assign_splits`, a pure function):
   ``(seed, sha256)``, each goes to the split furthest below its target. The result is
   deterministic for a seed and exact on the first run; later runs stay exact unless removed
   images left a split above its target (assigned images never move to correct that).
-* Images no longer in the data drop out of the ledger. A class with fewer than 3 usable
-  images is an error: it cannot have an image in each split.
+* Images no longer in the data keep their row, marked absent (``present`` = ``no``): the
+  ledger forgets nothing, so an image that comes back gets its old split (taking the test
+  images out, adding new ones and putting them back must not turn them into training
+  images). Absent rows count toward nothing: targets and counts are over the images present
+  now, so the present data is as exactly stratified as assigned images allow. A returning
+  image reclaims its split even when that puts the split above its target; later new images
+  fill the other splits first.
+* A ledger written before the ``present`` column existed reads as all present. Deleting
+  the ledger re-splits from scratch.
+* A class with fewer than 3 usable images is an error: it cannot have an image in each
+  split.
 """
 
 from __future__ import annotations
@@ -49,7 +58,11 @@ from reprotrain.fsio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-LEDGER_COLUMNS = ("sha256", "label", "split")
+LEDGER_COLUMNS = ("sha256", "label", "split", "present")
+#: The columns of a ledger written before absent rows were kept (read as all present).
+LEGACY_COLUMNS = LEDGER_COLUMNS[:3]
+#: How the ``present`` column spells True and False.
+PRESENT = {True: "yes", False: "no"}
 #: Fewest usable images a class needs: one for each split.
 MIN_CLASS_IMAGES = len(SPLITS)
 
@@ -65,10 +78,12 @@ class Item:
 
 @dataclass(frozen=True)
 class Entry:
-    """One ledger row."""
+    """One ledger row. ``present`` is False for an image no longer in the data: its row is
+    kept so that it gets the same split back if it returns."""
 
     label: str
     split: str
+    present: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,10 +99,11 @@ class Fractions:
 class Assignment:
     """The new ledger plus what the caller should report."""
 
-    ledger: dict[str, Entry]  # sha256 → entry, for every item given
+    ledger: dict[str, Entry]  # sha256 → entry: every item given, then every absent row
     conflicts: list[tuple[str, str, str]]  # (sha256, given split, kept split)
     relabelled: list[tuple[str, str, str]]  # (sha256, old label, new label)
-    removed: int  # ledger rows whose image is gone
+    removed: int  # rows whose image left the data in this run (now marked absent)
+    returned: int = 0  # rows marked absent whose image is back (with its old split)
 
 
 def unit_score(seed: int, sha256: str, salt: str = "") -> float:
@@ -163,10 +179,12 @@ def assign_splits(
     seed: int,
     fractions: Fractions,
 ) -> Assignment:
-    """The split of every item, keeping every assignment in ``previous`` (the old ledger).
+    """The split of every item, keeping every assignment in ``previous`` (the old ledger,
+    absent rows included: a returning image gets its old split back).
 
     Pure: same inputs, same output. ``items`` must have distinct ``sha256`` values
-    (prepare removes duplicates first).
+    (prepare removes duplicates first). Rows of ``previous`` whose image is not in
+    ``items`` stay in the result, marked absent; they count toward no target.
     """
     check_class_sizes(items)
     given = {i.given for i in items}
@@ -177,6 +195,7 @@ def assign_splits(
 
     ledger: dict[str, Entry] = {}
     conflicts, relabelled = [], []
+    returned = 0
     for (label, pool), members in sorted(pools.items()):
         targets = pool_targets(pool, len(members), fractions)
         counts = Counter({s: 0 for s in SPLITS})
@@ -188,6 +207,7 @@ def assign_splits(
                 continue
             ledger[item.sha256] = Entry(label, old.split)
             counts[old.split] += 1
+            returned += not old.present
             if old.label != label:
                 relabelled.append((item.sha256, old.label, label))
             if item.given is not None and old.split not in pool_splits(pool):
@@ -199,8 +219,10 @@ def assign_splits(
             best = max(allowed, key=lambda s: (targets[s] - counts[s], -allowed.index(s)))
             ledger[item.sha256] = Entry(label, best)
             counts[best] += 1
-    removed = sum(1 for sha in previous if sha not in ledger)
-    return Assignment(ledger, sorted(conflicts), sorted(relabelled), removed)
+    gone = {sha: e for sha, e in previous.items() if sha not in ledger}
+    removed = sum(e.present for e in gone.values())
+    ledger.update((sha, Entry(e.label, e.split, present=False)) for sha, e in gone.items())
+    return Assignment(ledger, sorted(conflicts), sorted(relabelled), removed, returned)
 
 
 def check_coverage(
@@ -244,27 +266,32 @@ def check_coverage(
 
 
 def read_ledger(path: Path) -> dict[str, Entry]:
-    """The previous assignment (empty if the file does not exist yet)."""
+    """The previous assignment, absent rows included (empty if the file does not exist
+    yet). A ledger without the ``present`` column (written by an older version) reads as
+    all present, so upgrading keeps every split."""
     path = Path(path)
     if not path.is_file():
         return {}
     out: dict[str, Entry] = {}
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != LEDGER_COLUMNS:
+        columns = tuple(reader.fieldnames or ())
+        if columns not in (LEDGER_COLUMNS, LEGACY_COLUMNS):
             raise DataError(
                 f"{path}: expected the columns {','.join(LEDGER_COLUMNS)}, got "
-                f"{','.join(reader.fieldnames or ())}. Restore it from git "
+                f"{','.join(columns)}. Restore it from git "
                 f"(git checkout -- {path}) or delete it to re-split from scratch"
             )
+        flags = {v: k for k, v in PRESENT.items()}
         for line, row in enumerate(reader, start=2):
             split = row["split"]
-            if split not in SPLITS or not row["sha256"] or not row["label"]:
+            present = True if columns == LEGACY_COLUMNS else flags.get(row["present"])
+            if split not in SPLITS or not row["sha256"] or not row["label"] or present is None:
                 raise DataError(
                     f"{path} line {line}: bad row {row}. Restore it from git "
                     f"(git checkout -- {path}) or delete it to re-split from scratch"
                 )
-            out[row["sha256"]] = Entry(row["label"], split)
+            out[row["sha256"]] = Entry(row["label"], split, present)
     return out
 
 
@@ -274,7 +301,7 @@ def format_ledger(ledger: Mapping[str, Entry]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(LEDGER_COLUMNS)
     for sha, e in sorted(ledger.items(), key=lambda kv: (kv[1].label, kv[0])):
-        w.writerow((sha, e.label, e.split))
+        w.writerow((sha, e.label, e.split, PRESENT[e.present]))
     return buf.getvalue()
 
 
@@ -300,4 +327,14 @@ def report(assignment: Assignment, ledger_path: Path) -> None:
     if assignment.relabelled:
         log.info("%d image(s) changed class and keep their split", len(assignment.relabelled))
     if assignment.removed:
-        log.info("%d image(s) left the data and dropped out of %s", assignment.removed, ledger_path)
+        log.info(
+            "%d image(s) left the data; %s keeps their split (marked absent) in case they return",
+            assignment.removed,
+            ledger_path,
+        )
+    if assignment.returned:
+        log.info(
+            "%d image(s) came back and keep the split %s gave them before",
+            assignment.returned,
+            ledger_path,
+        )
