@@ -9,12 +9,20 @@ files are not copied again, downloads are cached, and the source is never modifi
 [test/]`` with class folders) or, for a CSV source, ``snapshot.csv`` (:data:`SNAPSHOT_INDEX`)
 plus the files it lists. (Not ``manifest.csv``: that name belongs to prepare's per-image
 table in ``data/prepared``, which other stages read.)
+
+What a snapshot may contain (:func:`walk` decides, before ``data/raw`` is touched): regular
+files of the source only. A symbolic link (to a file or a folder) is followed when its
+target is inside the source, and quarantined otherwise; so are dangling links, link loops,
+FIFOs, sockets, devices and names that are not UTF-8. Quarantined entries are never opened;
+they are listed with their reason in ``data/raw/.fetch-quarantine.csv``
+(:data:`FETCH_REPORT`), which prepare adds to its ``quarantine.csv``.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -23,17 +31,20 @@ import stat
 import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reprotrain.data.origin import (
+    ArchiveLimits,
+    Quarantined,
     default_cache_dir,
     extract_archive,
+    printable,
     resolve_origin,
     source_kind,
 )
 from reprotrain.errors import DataError
-from reprotrain.fsio import atomic_write_json, file_sha256
+from reprotrain.fsio import atomic_write_json, atomic_write_text, file_sha256
 from reprotrain.progress import progress as progress_bar
 from reprotrain.timing import timed
 
@@ -41,8 +52,12 @@ log = logging.getLogger(__name__)
 
 #: The CSV snapshot's index in ``data/raw``: ``path,label[,split]`` rows (paths relative to it).
 SNAPSHOT_INDEX = "snapshot.csv"
+#: fetch's quarantine report in ``data/raw`` (``path,reason``; hidden: not data, not a class).
+FETCH_REPORT = ".fetch-quarantine.csv"
 #: Columns a CSV manifest may have (``split`` optional).
 MANIFEST_COLUMNS = ("path", "label", "split")
+
+__all__ = ["FETCH_REPORT", "SNAPSHOT_INDEX", "FetchResult", "Quarantined", "fetch", "walk"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +70,8 @@ class FetchResult:
     copied: int
     removed: int
     digest: str
-    unchanged: int = 0  # files already in the snapshot with the same size and mtime
+    unchanged: int = 0  # files already in the snapshot with the same bytes
+    quarantined: tuple[Quarantined, ...] = ()  # not snapshotted (see FETCH_REPORT)
 
 
 @dataclass(frozen=True)
@@ -65,23 +81,135 @@ class SyncCounts:
     copied: int
     unchanged: int
     removed: int
+    quarantined: tuple[Quarantined, ...] = ()
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A source tree as :func:`walk` sees it: the files to snapshot and what is left out."""
+
+    files: list[str]  # relative POSIX paths, sorted
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os gave undecodable bytes as surrogates
+        return False
+    return True
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def walk(root: Path) -> Listing:
+    """Every regular file under ``root`` (sorted relative paths) and the entries left out.
+
+    The one place that decides what a source may bring (module docstring): regular files;
+    links whose target (resolved) stays inside ``root``, files or folders, followed; the rest
+    quarantined with the reason, never opened: links leaving ``root``, dangling links, link
+    loops, FIFOs, sockets, devices, names that are not UTF-8, unreadable folders. Hidden
+    entries (``.DS_Store``, ``._foo.jpg`` AppleDouble files, ``.git``) are OS litter, not
+    data, and skipped. It never raises: a listing is complete before anything is copied.
+
+    Built from ``os.scandir`` strings: the entry types come from the directory itself, so a
+    100k-file walk costs no ``stat`` per regular file.
+    """
+    base = os.path.realpath(root)
+    files: list[str] = []
+    bad: list[Quarantined] = []
+    # (path to list, its relative prefix, its resolved path, resolved folders above it)
+    stack: list[tuple[str, str, str, tuple[str, ...]]] = [(os.fspath(root), "", base, (base,))]
+    while stack:
+        path, prefix, real, above = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            bad.append(
+                Quarantined(printable(prefix or "."), f"cannot list the folder ({exc.strerror})")
+            )
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel = prefix + entry.name
+            if not _is_utf8(entry.name):
+                what = "folder" if entry.is_dir(follow_symlinks=False) else "file"
+                bad.append(
+                    Quarantined(printable(rel), f"{what} name is not valid UTF-8: rename it")
+                )
+                continue
+            if entry.is_symlink():
+                found = _follow(entry, base, above)
+                if isinstance(found, str):
+                    bad.append(Quarantined(rel, found))
+                elif found[0]:
+                    stack.append((entry.path, rel + "/", found[1], (*above, found[1])))
+                else:
+                    files.append(rel)
+            elif entry.is_dir(follow_symlinks=False):
+                sub = os.path.join(real, entry.name)
+                stack.append((entry.path, rel + "/", sub, (*above, sub)))
+            elif entry.is_file(follow_symlinks=False):
+                files.append(rel)
+            else:
+                mode = _lstat_mode(entry)
+                bad.append(Quarantined(rel, f"{file_kind(mode)}, not a regular file: not read"))
+    files.sort()
+    bad.sort(key=lambda q: q.path)
+    return Listing(files, bad)
+
+
+def _lstat_mode(entry: os.DirEntry) -> int:
+    try:
+        return entry.stat(follow_symlinks=False).st_mode
+    except OSError:
+        return 0
+
+
+def _follow(entry: os.DirEntry, base: str, above: tuple[str, ...]) -> tuple[bool, str] | str:
+    """A symbolic link's verdict: ``(is_folder, resolved target)`` to follow it, or why not."""
+    target = os.path.realpath(entry.path)
+    try:
+        shown = printable(os.readlink(entry.path))
+    except OSError:
+        shown = "?"
+    if not _inside(target, base):
+        return f"symbolic link to {shown}, outside the source: not followed"
+    try:
+        st = os.stat(entry.path)
+    except FileNotFoundError:
+        return f"dangling symbolic link (to {shown}): nothing to read"
+    except OSError as exc:
+        return f"symbolic link to {shown} cannot be followed ({exc.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        if target in above:
+            return f"symbolic link to {shown}, a folder that contains it (a loop): not followed"
+        return True, target
+    if stat.S_ISREG(st.st_mode):
+        return False, target
+    return f"symbolic link to {file_kind(st.st_mode)}, not a regular file: not read"
 
 
 def list_files(root: Path) -> list[Path]:
-    """Every regular file under ``root`` as sorted relative paths (hidden files skipped).
-
-    Hidden files (``.DS_Store``, ``._foo.jpg`` AppleDouble files) are OS litter, not data.
-    Built from strings (``Path`` arithmetic per file is the slow part of a 100k-file walk).
-    """
-    base = os.fspath(root)
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, base)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        out.extend(prefix + name for name in filenames if not name.startswith("."))
-    out.sort()
-    return [Path(p) for p in out]
+    """The regular files :func:`walk` finds under ``root``, as sorted relative paths."""
+    return [Path(p) for p in walk(root).files]
 
 
 def tree_digest(root: Path, cache: Path | None = None, files: list[Path] | None = None) -> str:
@@ -122,11 +250,15 @@ def tree_digest(root: Path, cache: Path | None = None, files: list[Path] | None 
 def _read_digest_cache(cache: Path, root: Path) -> dict[str, list]:
     """The cached ``{relative path: [size, mtime_ns, inode, sha256]}`` for ``root`` ({} if
     none, unreadable or for another folder: the cache is an optimisation, never an error)."""
+    return _read_keyed_json(cache, "root", str(root.resolve()))
+
+
+def _read_keyed_json(path: Path, key: str, value: str) -> dict[str, list]:
     try:
-        data = json.loads(cache.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("root") != str(root.resolve()):
+    if not isinstance(data, dict) or data.get(key) != value:
         return {}
     files = data.get("files")
     return files if isinstance(files, dict) else {}
@@ -136,56 +268,134 @@ def _read_digest_cache(cache: Path, root: Path) -> dict[str, list]:
 
 
 def sync_tree(
-    src: Path, dst: Path, files: Iterable[Path] | None = None, *, move: bool = False
+    src: Path,
+    dst: Path,
+    listing: Listing | None = None,
+    *,
+    move: bool = False,
+    state: Path | None = None,
+    state_key: str | None = None,
 ) -> SyncCounts:
-    """Make ``dst`` an exact copy of ``src`` (or of ``files`` in it).
+    """Make ``dst`` an exact copy of ``src``'s regular files (or of ``listing``'s, a
+    :func:`walk` of it already made; its quarantined entries are passed through).
 
-    Files whose size and mtime (whole seconds) match are skipped (``shutil.copy2`` keeps
-    mtimes), so a re-snapshot of an unchanged 100k-file folder costs two directory walks and
-    a ``stat`` per file, not a copy; files gone from ``src`` are removed. Memory holds the
-    relative paths, never file contents (``copy2`` streams). ``move=True`` renames instead
-    of copying (for a staging tree of our own, e.g. an extracted archive, on the same
-    filesystem).
+    A file is skipped (unchanged) only when its bytes are known to be the same: ``dst``
+    has ``src``'s size and mtime in nanoseconds, and ``state`` (a JSON file) recorded, at the
+    last sync, the same size, mtime, inode and ctime for the source file and the same inode
+    and ctime for the snapshot's copy. ``ctime`` cannot be set by hand: an edit in place that
+    restores the size and the mtime (``touch -r``, ``rsync -t``, a coarse clock) still
+    changes it. When only size and mtime match (no state, or another stamp), the two files
+    are compared by SHA-256 ("in doubt, hash"); anything else is copied. So a re-snapshot of
+    an unchanged 100k-file folder costs two directory walks and two ``stat`` per file, and
+    changed bytes always reach ``dst``.
+
+    Files gone from ``src`` are removed. Memory holds the relative paths, never file
+    contents (copies stream). Only regular files are opened (``O_NONBLOCK``, then checked:
+    a FIFO swapped in after the walk cannot block the copy); one that cannot be read is
+    quarantined. ``move=True`` renames instead of copying (for a staging tree of our own,
+    e.g. an extracted archive, on the same filesystem). ``state_key``: what ``state``
+    belongs to (default: ``src`` resolved).
     """
-    wanted = list(files) if files is not None else list_files(src)
+    listing = walk(src) if listing is None else listing
+    key = f"{state_key or src.resolve()} -> {dst.resolve()}"
+    known = _read_keyed_json(state, "sync", key) if state is not None else {}
     dst.mkdir(parents=True, exist_ok=True)
+    stamps: dict[str, list[int]] = {}
+    bad = list(listing.quarantined)
     copied = 0
-    with progress_bar(len(wanted), "snapshot", unit="file") as bar:
-        for rel in wanted:
-            s, d = src / rel, dst / rel
-            if not _same_file(s.stat(), d):
-                d.parent.mkdir(parents=True, exist_ok=True)
-                if d.is_symlink() or d.exists():
-                    d.unlink()
-                if move and not s.is_symlink():
-                    os.replace(s, d)
-                else:
-                    shutil.copy2(s, d)
-                d.chmod(0o644)
-                copied += 1
+    with progress_bar(len(listing.files), "snapshot", unit="file") as bar:
+        for rel in listing.files:
+            s, d = os.path.join(src, rel), os.path.join(dst, rel)
+            try:
+                st = os.stat(s)
+                if not _same_bytes(st, s, d, known.get(rel)):
+                    _put(s, d, move)
+                    copied += 1
+                dl = os.lstat(d)
+            except _Unreadable as exc:
+                bad.append(Quarantined(rel, str(exc)))
+            except OSError as exc:
+                raise DataError(f"cannot snapshot {rel} into {dst} ({exc.strerror})") from None
+            else:
+                stamps[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+                stamps[rel] += [dl.st_ino, dl.st_ctime_ns]
             bar.update(1)
-    keep = {p.as_posix() for p in wanted}
-    removed = 0
-    for rel in list_files(dst):
-        if rel.as_posix() not in keep:
-            (dst / rel).unlink()
-            removed += 1
+    removed = _remove_others(dst, set(stamps))
     _remove_empty_dirs(dst)
-    return SyncCounts(copied, len(wanted) - copied, removed)
+    if state is not None:
+        atomic_write_json(state, {"sync": key, "files": stamps}, indent=None)
+    kept = len(stamps)
+    return SyncCounts(copied, kept - copied, removed, tuple(sorted(bad, key=lambda q: q.path)))
 
 
-def _same_file(src_stat: os.stat_result, dst: Path) -> bool:
-    """``dst`` is a regular file with ``src``'s size and mtime (whole seconds: some
-    filesystems and archive formats keep no more)."""
+class _Unreadable(Exception):
+    """A source file that cannot be opened as a regular file (the message is the reason)."""
+
+
+def _same_bytes(st: os.stat_result, src: str, dst: str, recorded: list | None) -> bool:
+    """``dst`` holds ``src``'s bytes (see :func:`sync_tree` for when that is known)."""
     try:
-        st = dst.lstat()
+        dl = os.lstat(dst)
     except FileNotFoundError:
         return False
-    return (
-        stat.S_ISREG(st.st_mode)
-        and st.st_size == src_stat.st_size
-        and int(st.st_mtime) == int(src_stat.st_mtime)
-    )
+    same_stat = (dl.st_size, dl.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    if not stat.S_ISREG(dl.st_mode) or not same_stat:
+        return False
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, dl.st_ino, dl.st_ctime_ns]
+    if recorded == stamp:
+        return True
+    with _open_regular(src) as f:  # in doubt: compare the bytes
+        return hashlib.file_digest(f, "sha256").hexdigest() == file_sha256(dst)
+
+
+def _open_regular(path: str) -> io.BufferedReader:
+    """``path`` opened for reading if it is a regular file, else :class:`_Unreadable`.
+
+    ``O_NONBLOCK``: opening a FIFO for reading would otherwise wait for a writer forever;
+    the type is then checked on the open file itself, so nothing swapped in is read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _Unreadable(f"cannot read the file ({exc.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _Unreadable(f"{file_kind(mode)}, not a regular file: not read")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _put(src: str, dst: str, move: bool) -> None:
+    """Copy (or move) the regular file ``src`` to ``dst``, keeping its mtime (ns)."""
+    with _open_regular(src) as fsrc:
+        st = os.fstat(fsrc.fileno())
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.lexists(dst):
+            os.unlink(dst)
+        if move and not os.path.islink(src):
+            os.replace(src, dst)
+        else:  # from the open file: a link's target, as a regular file
+            with open(dst, "wb") as fdst:
+                shutil.copyfileobj(fsrc, fdst, 1 << 20)
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.chmod(dst, 0o644)
+
+
+def _remove_others(dst: Path, keep: set[str]) -> int:
+    """Delete every non-hidden entry under ``dst`` that is not a kept file (stale files,
+    and links or special files nobody should have put there); the number deleted."""
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(dst):
+        rel_dir = os.path.relpath(dirpath, dst)
+        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in links]
+        for name in (*filenames, *links):
+            if not name.startswith(".") and prefix + name not in keep:
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+    return removed
 
 
 def check_no_empty_dirs(root: Path) -> None:
@@ -200,11 +410,11 @@ def check_no_empty_dirs(root: Path) -> None:
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             continue
         has_files[path] = any(not f.startswith(".") for f in filenames) or any(
-            has_files.get(path / d, False) for d in dirnames if not d.startswith(".")
+            has_files.get(path / d, True) for d in dirnames if not d.startswith(".")
         )
     empty = sorted(p for p, ok in has_files.items() if not ok and p != root)
     if empty:
-        rel = empty[0].relative_to(root).as_posix()
+        rel = printable(empty[0].relative_to(root).as_posix())
         raise DataError(
             f"folder {rel}/ in the data source is empty (a class without images?): "
             "add images or remove the folder"
@@ -218,13 +428,47 @@ def _remove_empty_dirs(root: Path) -> None:
             p.rmdir()
 
 
-def snapshot_manifest(csv_path: Path, dst: Path) -> SyncCounts:
+def write_report(dst: Path, quarantined: Iterable[Quarantined]) -> None:
+    """``dst/.fetch-quarantine.csv`` (``path,reason``) listing what fetch left out, or no
+    such file when nothing was (so an unchanged clean source leaves ``data/raw`` as it was)."""
+    rows = sorted(quarantined, key=lambda q: q.path)
+    target = dst / FETCH_REPORT
+    if not rows:
+        target.unlink(missing_ok=True)
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("path", "reason"))
+    writer.writerows((q.path, q.reason) for q in rows)
+    atomic_write_text(target, buf.getvalue())
+
+
+def read_report(root: Path) -> list[Quarantined]:
+    """The entries of ``root/.fetch-quarantine.csv`` ([] without one)."""
+    try:
+        with (root / FETCH_REPORT).open(newline="", encoding="utf-8") as f:
+            return [Quarantined(r["path"], r["reason"]) for r in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(
+            f"{root / FETCH_REPORT}: unreadable fetch report ({exc}): rerun fetch "
+            "(dvc repro -f fetch)"
+        ) from None
+
+
+def snapshot_manifest(csv_path: Path, dst: Path, state: Path | None = None) -> SyncCounts:
     """Copy a CSV manifest's files into ``dst`` and write ``dst/snapshot.csv`` pointing at them.
 
-    Files are stored under ``files/<path relative to the CSV's folder>`` (or
-    ``files/external/<hash>/<name>`` for paths outside it). Rows whose file is missing are
-    kept with their original path, so prepare quarantines them with a reason instead of the
-    row vanishing here.
+    This CSV is the user's own ``data.source``: its paths may be absolute or lead out of its
+    folder (``../photos/a.jpg``), and links are followed. (A ``snapshot.csv`` found inside an
+    archive or folder source is not this: prepare checks that each of its paths stays inside
+    the snapshot, see :mod:`reprotrain.data.sources`.) Files are stored under
+    ``files/<path relative to the CSV's folder>`` (or ``files/external/<hash>/<name>`` for
+    paths outside it). Rows whose file is missing are kept with their original path, so
+    prepare quarantines them with a reason instead of the row vanishing here; a row naming
+    something that is not a regular file (a FIFO, a device, a folder) is never opened and
+    is quarantined in the fetch report.
     """
     import pandas as pd
 
@@ -249,7 +493,7 @@ def snapshot_manifest(csv_path: Path, dst: Path) -> SyncCounts:
     base = csv_path.parent.resolve()
     staging = tempfile.mkdtemp(prefix="manifest-", dir=dst.parent)
     stage_root = Path(staging)
-    rows, links, missing = [], [], []
+    rows, links, missing, special = [], [], [], []
     try:
         for i, row in enumerate(df.to_dict("records"), start=2):
             raw = row["path"].strip()
@@ -261,14 +505,23 @@ def snapshot_manifest(csv_path: Path, dst: Path) -> SyncCounts:
             except ValueError:
                 tag = hashlib.sha256(str(src).encode()).hexdigest()[:12]
                 rel = Path("files") / "external" / tag / src.name
-            if src.is_file():
+            try:
+                mode = os.stat(src).st_mode
+            except OSError:
+                mode = None
+            if mode is not None and not stat.S_ISREG(mode):
+                special.append(Quarantined(raw, f"{file_kind(mode)}, not a regular file: not read"))
+                continue
+            if mode is not None:
                 links.append((src, rel))
                 stored = rel.as_posix()
             else:
                 stored = f"missing:{raw}"
                 missing.append(raw)
             rows.append({"path": stored, **{k: row[k].strip() for k in columns if k != "path"}})
-        check_listed_files(csv_path, base, len(rows), missing)
+        check_listed_files(
+            csv_path, base, len(rows) + len(special), missing + [q.path for q in special]
+        )
         # Mirror the referenced files into a temporary tree, then sync it (with mtimes)
         # into dst, so re-fetching an unchanged manifest copies nothing.
         for src, rel in links:
@@ -279,7 +532,8 @@ def snapshot_manifest(csv_path: Path, dst: Path) -> SyncCounts:
             writer = csv.DictWriter(f, fieldnames=[c for c in MANIFEST_COLUMNS if c in columns])
             writer.writeheader()
             writer.writerows(rows)
-        return sync_tree(stage_root, dst, files=_resolved_files(stage_root))
+        listing = Listing([p.as_posix() for p in _resolved_files(stage_root)], special)
+        return sync_tree(stage_root, dst, listing, state=state, state_key=str(csv_path))
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)
 
@@ -324,43 +578,79 @@ def fetch(
     sha256: str | None = None,
     cache_dir: Path | None = None,
     digest_cache: Path | None = None,
+    sync_state: Path | None = None,
+    limits: ArchiveLimits | None = None,
 ) -> FetchResult:
     """Snapshot ``source`` into ``dst`` and check ``sha256`` for URL sources.
 
     The digest is checked only for URL sources (a download can be truncated or replaced);
     a local folder is whatever the user put there. ``digest_cache``: see :func:`tree_digest`
     (the snapshot's digest is then computed from a ``stat`` per unchanged file).
+    ``sync_state``: see :func:`sync_tree` (without it, a file whose size and mtime match is
+    compared by hash). ``limits``: what an archive may expand to (``ArchiveLimits()``).
+
+    The source is listed (and checked) completely before ``dst`` is touched: a source
+    with nothing usable, a digest mismatch or an archive over its limits leaves the previous
+    snapshot as it was.
     """
     kind = source_kind(source)
     origin_kind, origin = resolve_origin(source, mirror, cache_dir or default_cache_dir())
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fetch-", dir=dst.parent) as tmp:
+        left_out: list[Quarantined] = []
         if origin_kind == "archive":
             log.info("extracting %s", origin)
-            root = extract_archive(origin, Path(tmp) / "x")
+            extracted = extract_archive(origin, Path(tmp) / "x", limits)
+            root, left_out = extracted.root, extracted.quarantined
         else:
             root = origin
         digest = None
-        if kind == "url" and sha256:
-            digest = tree_digest(root)  # checked before the snapshot is touched
-            if digest != sha256:
-                raise DataError(
-                    f"{origin}: content digest {digest} does not match data.sha256 = {sha256} "
-                    "(a truncated or different download?). Delete the cached file and retry, "
-                    "or set data.sha256: null if you changed data.source on purpose"
-                )
         if origin_kind == "csv":
-            counts = snapshot_manifest(origin, dst)
+            counts = snapshot_manifest(origin, dst, sync_state)
         else:
             check_no_empty_dirs(root)
-            # An extracted archive is our own staging tree: move its files, do not copy them.
-            counts = sync_tree(root, dst, move=origin_kind == "archive")
+            listing = walk(root)
+            if not listing.files:
+                raise DataError(_nothing_usable(source, origin, [*left_out, *listing.quarantined]))
+            if kind == "url" and sha256:
+                digest = tree_digest(root, files=[Path(f) for f in listing.files])
+                if digest != sha256:
+                    raise DataError(
+                        f"{origin}: content digest {digest} does not match data.sha256 = "
+                        f"{sha256} (a truncated or different download?). Delete the cached "
+                        "file and retry, or set data.sha256: null if you changed data.source "
+                        "on purpose"
+                    )
+            # An extracted archive is our own staging tree: move its files, do not copy
+            # them (and keep no state: its inodes are new on every extraction).
+            move = origin_kind == "archive"
+            counts = sync_tree(root, dst, listing, move=move, state=None if move else sync_state)
+            if len(counts.quarantined) != len(listing.quarantined):
+                digest = None  # a file failed to copy: dst is not the checked root
+    quarantined = tuple(sorted([*left_out, *counts.quarantined], key=lambda q: q.path))
+    write_report(dst, quarantined)
     snapshot = list_files(dst)
-    files = len(snapshot)
-    if files == 0:
+    if not snapshot:
         raise DataError(f"data.source = {source!r}: no files found in {origin}")
-    if digest is None or origin_kind == "csv":  # else dst is an exact copy of the checked root
+    if digest is None:  # else dst is an exact copy of the checked root
         digest = tree_digest(dst, digest_cache, snapshot)
     return FetchResult(
-        kind, str(origin), files, counts.copied, counts.removed, digest, counts.unchanged
+        kind,
+        str(origin),
+        len(snapshot),
+        counts.copied,
+        counts.removed,
+        digest,
+        counts.unchanged,
+        quarantined,
+    )
+
+
+def _nothing_usable(source: str, origin: Path, quarantined: list[Quarantined]) -> str:
+    if not quarantined:
+        return f"data.source = {source!r}: no files found in {origin}"
+    first = quarantined[0]
+    return (
+        f"data.source = {source!r}: no usable file in {origin}: all {len(quarantined)} "
+        f"entries are left out (e.g. {first.path}: {first.reason})"
     )
