@@ -1,17 +1,24 @@
 """The photo-taking served model: real `mlflow models serve` answering a real JPEG over HTTP
-with what the library and `python -m reprotrain predict` compute; packaged code only; the
-export tags on a registered version."""
+with what the library and `python -m reprotrain predict` compute; bad rows answered row by
+row and the request limits over real HTTP (MLflow's server and ``scoring_app``'s body
+limit); packaged code only; the export tags on a registered version."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import json
 import logging
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,43 +120,64 @@ def _expected(keras_path: str, data: bytes) -> np.ndarray:
     return np.asarray(model(pixels[np.newaxis].astype(np.float32), training=False))[0]
 
 
+#: The limits the test servers run with (MLflow's MLFLOW_PYFUNC_INFERENCE_CONFIG overrides
+#: the logged model_config): small enough to pass with a few hundred KB.
+LIMITS = {"max_image_bytes": 100_000, "max_rows": 6, "max_request_bytes": 300_000}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _post(url: str, body: Any) -> tuple[int, Any]:
+    """POST ``body`` as JSON to ``url``/invocations: (HTTP status, decoded JSON answer)."""
+    req = urllib.request.Request(
+        f"{url}/invocations",
+        data=body if isinstance(body, bytes) else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(errors="replace")
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, text
+
+
+def _serve(cmd: list[str], logged: dict[str, str], cwd: Path, **env: str) -> Any:
+    """A real server for ``models:/photos/1`` on a free port, with :data:`LIMITS`."""
+    port = free_port()
+    env = subprocess_env(
+        MLFLOW_TRACKING_URI=logged["uri"],
+        MLFLOW_PYFUNC_INFERENCE_CONFIG=json.dumps(LIMITS),
+        **env,
+    )
+    args = [*cmd, "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    return url, http_server(args, cwd, env, f"{url}/ping", 240, " ".join(cmd[:4]))
+
+
+@pytest.fixture(scope="module")
+def served(logged: dict[str, str]) -> Iterator[str]:
+    """``mlflow models serve`` of the logged model (one server for the module's HTTP tests)."""
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/photos/1"]
+    url, server = _serve([*cmd, "--env-manager", "local"], logged, Path(logged["dir"]))
+    with server:
+        yield url
+
+
 @pytest.mark.slow
 def test_served_model_answers_a_jpeg_over_http_like_predict(
-    logged: dict[str, str], tmp_path: Path
+    logged: dict[str, str], served: str, tmp_path: Path
 ) -> None:
     photo = _photo(tmp_path)
     data = photo.read_bytes()
-    port = free_port()
-    env = subprocess_env(MLFLOW_TRACKING_URI=logged["uri"])
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        "models:/photos/1",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    body = {
-        "dataframe_split": {
-            "columns": ["image"],
-            "data": [[base64.b64encode(data).decode()], [base64.b64encode(b"<html>").decode()]],
-        }
-    }
-    with http_server(cmd, tmp_path, env, f"http://127.0.0.1:{port}/ping", 240, "mlflow serve"):
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            answer = json.loads(resp.read())
+    body = {"dataframe_split": {"columns": ["image"], "data": [[_b64(data)], [_b64(b"<html>")]]}}
+    status, answer = _post(served, body)
+    assert status == 200, answer
     good, bad = answer["predictions"]
     assert bad["label"] is None and bad["error"].startswith("not an image")
     probs = np.array([good["probabilities"][name] for name in LABELS])
@@ -172,6 +200,142 @@ def test_served_model_answers_a_jpeg_over_http_like_predict(
     # ≤ max_side): the two agree to JPEG re-encoding noise until predict calls the same
     # normalisation function.
     np.testing.assert_allclose(probs, cli_probs, atol=0.02)
+
+
+@pytest.mark.slow
+def test_bad_rows_get_their_own_error_over_http(served: str, tmp_path: Path) -> None:
+    """One garbage cell used to turn the whole request into HTTP 400 (MLflow base64-decoded
+    the ``binary`` column before the model): now every good row is predicted."""
+    data = _photo(tmp_path).read_bytes()
+    cells = [_b64(data), "!!! not base64 !!!", None, 12, base64.encodebytes(data).decode()]
+    status, answer = _post(
+        served, {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
+    )
+    assert status == 200, answer
+    rows = answer["predictions"]
+    assert len(rows) == 5
+    assert [r["error"] is None for r in rows] == [True, False, False, False, True]
+    assert rows[0]["label"] in LABELS and rows[0]["probabilities"] == rows[4]["probabilities"]
+    assert rows[1]["error"].startswith("not base64") and rows[1]["label"] is None
+    assert rows[2]["error"] == "no 'image' in this row: send the file as base64 text"
+    assert rows[3]["error"] == "expected base64 text (or bytes), got int"
+
+    # A record without "image" (here: the file sent under another key): that row's error.
+    records = [{"image": _b64(data)}, {"file": _b64(data)}]
+    status, answer = _post(served, {"dataframe_records": records})
+    assert status == 200, answer
+    good, missing = answer["predictions"]
+    assert good["label"] in LABELS
+    assert missing["label"] is None and "no 'image' in this row" in missing["error"]
+
+
+@pytest.mark.slow
+def test_request_limits_over_http(served: str, tmp_path: Path) -> None:
+    """A file over max_image_bytes is that row's error; more rows than max_rows or more
+    bytes than max_request_bytes is an HTTP 400 naming the limit; the server stays up."""
+    data = _photo(tmp_path).read_bytes()
+    big = _b64(bytes(150_000))
+    status, answer = _post(
+        served, {"dataframe_split": {"columns": ["image"], "data": [[big], [_b64(data)]]}}
+    )
+    assert status == 200, answer
+    over, good = answer["predictions"]
+    assert (
+        over["label"] is None
+        and "over the limit of 100000 bytes (max_image_bytes)" in over["error"]
+    )
+    assert good["label"] in LABELS
+
+    status, answer = _post(served, {"dataframe_split": {"columns": ["image"], "data": [["x"]] * 7}})
+    assert (
+        status == 400
+        and "7 images in one request, over the limit of 6 (max_rows)" in answer["message"]
+    )
+    many = [[_b64(bytes(90_000))]] * 4
+    status, answer = _post(served, {"dataframe_split": {"columns": ["image"], "data": many}})
+    assert status == 400 and "(max_request_bytes): split the request" in answer["message"]
+
+    status, answer = _post(
+        served, {"dataframe_split": {"columns": ["image"], "data": [[_b64(data)]]}}
+    )
+    assert status == 200 and answer["predictions"][0]["label"] in LABELS
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@pytest.mark.slow
+def test_scoring_app_refuses_a_long_body_before_reading_it(
+    logged: dict[str, str], tmp_path: Path
+) -> None:
+    """``mlflow models serve`` reads any body whole; MLflow's own app from ``scoring_app``
+    answers 413 past the limits' body size, also for a body that claims 2 GB."""
+    from reprotrain.serving.pyfunc import SERVE_MODEL_ENV, Limits
+
+    limit = Limits(**LIMITS).body_bytes
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "reprotrain.serving.pyfunc:scoring_app"]
+    url, server = _serve(cmd, logged, tmp_path, **{SERVE_MODEL_ENV: "models:/photos/1"})
+    data = _photo(tmp_path).read_bytes()
+    with server as proc:
+        status, answer = _post(
+            url, {"dataframe_split": {"columns": ["image"], "data": [[_b64(data)], ["%"]]}}
+        )
+        assert status == 200, answer
+        assert answer["predictions"][0]["label"] in LABELS
+        assert answer["predictions"][1]["error"].startswith("not base64")
+
+        padded = json.dumps({"dataframe_split": {"columns": ["image"], "data": [["A" * limit]]}})
+        status, answer = _post(url, padded.encode())
+        assert status == 413, answer
+
+        before = _rss_kib(proc.pid)
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.putrequest("POST", "/invocations")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(2 * 1024**3))
+        conn.endheaders()
+        with contextlib.suppress(OSError):  # the server may close before the end
+            conn.send(b"{" + b" " * (4 * 1024 * 1024))
+        response = conn.getresponse()
+        assert response.status == 413
+        conn.close()
+        assert _rss_kib(proc.pid) - before < 64 * 1024  # not the 2 GB it claimed
+
+        status, answer = _post(
+            url, {"dataframe_split": {"columns": ["image"], "data": [[_b64(data)]]}}
+        )
+        assert status == 200 and answer["predictions"][0]["label"] in LABELS
+
+
+@pytest.mark.slow
+def test_in_process_inputs_without_an_image_and_bad_limits(logged: dict[str, str]) -> None:
+    """A Mapping or a record without ``image`` is that row's error (was a KeyError); a limit
+    that is not a positive integer is refused when the model loads."""
+    import mlflow
+
+    from reprotrain.serving.pyfunc import PhotoClassifier
+
+    mlflow.set_tracking_uri(logged["uri"])
+    try:
+        model = mlflow.pyfunc.load_model(logged["model_uri"])
+    finally:
+        mlflow.set_tracking_uri("")
+    (row,) = model.unwrap_python_model().predict(None, {"file": b"x"})
+    assert row["label"] is None and row["error"].startswith("no 'image' in this row")
+    rows = model.unwrap_python_model().predict(None, [{"image": b"<html>"}, {"name": "a.jpg"}])
+    assert rows[0]["error"].startswith("not an image") and "no 'image'" in rows[1]["error"]
+
+    context = SimpleNamespace(
+        artifacts={"model": logged["keras"], "labels": str(Path(logged["dir"]) / "labels.json")},
+        model_config={"image_size": SIZE, "jpeg_quality": QUALITY, "max_rows": 0},
+    )
+    with pytest.raises(ValueError, match=r"max_rows=0: expected an integer >= 1"):
+        PhotoClassifier().load_context(context)
 
 
 @pytest.mark.slow
