@@ -16,7 +16,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import tempfile
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from reprotrain import fsio
 from reprotrain.config import PrepareConfig
 from reprotrain.data import images, sources, split, tfrecords
 from reprotrain.data.schema import SPLITS
@@ -257,7 +257,8 @@ def prepare(
     ledger: Path | None = None,
     workers: int | None = None,
 ) -> Summary:
-    """Turn the snapshot in ``raw_dir`` into ``out_dir`` (recreated from scratch).
+    """Turn the snapshot in ``raw_dir`` into ``out_dir`` (recreated from scratch, then
+    swapped in whole for the previous one: never a half-written folder).
 
     ``ledger`` (``data/splits.csv``) holds the previous split assignment: read, kept, and
     rewritten with the new images' splits (see :mod:`reprotrain.data.split`). Without
@@ -337,9 +338,6 @@ def _prepare(
         {(s, c): n for s, cs in counts.items() for c, n in cs.items()}, labels, pinned, ledger
     )
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
     summary = Summary(
         layout,
         labels,
@@ -349,20 +347,37 @@ def _prepare(
         files_seen,
         normalization={"max_side": cfg.max_side, "jpeg_quality": cfg.jpeg_quality},
     )
-    progress = progress_bar(len(usable), "write TFRecords")
-    index: dict[str, list[dict[str, Any]]] = {}
-    for s in SPLITS:
-        shards = tfrecords.write_split(by_split[s], out_dir, s, cfg.shard_size, progress.update)
-        summary.shards[s] = len(shards)
-        summary.bytes[s] = sum(p.stat().st_size for p in shards)
-        index[s] = tfrecords.describe_shards(shards, len(by_split[s]), cfg.shard_size)
-    progress.close()
-    tfrecords.write_shard_index(out_dir, index)
-    write_metadata(out_dir, summary, rows)
+    # Built beside the old folder and swapped in whole (fsio.atomic_path): a kill at any
+    # moment leaves the previous data/prepared or the new one, never shards without metadata.
+    fsio.remove_stale_temporaries(out_dir.parent, out_dir.name)
+    with fsio.atomic_path(out_dir) as new_dir:
+        write_prepared(new_dir, by_split, summary, rows, cfg.shard_size)
     if ledger is not None:  # last: a failed prepare leaves the previous ledger as it was
         split.write_ledger(ledger, assignment.ledger)
     log_summary(summary, out_dir)
     return summary
+
+
+def write_prepared(
+    out_dir: Path,
+    by_split: dict[str, SpooledRecords],
+    summary: Summary,
+    rows: list[list[Any]],
+    shard_size: int,
+) -> None:
+    """Every file of a prepared folder into the new, empty ``out_dir``: the shards of each
+    split, ``shards.json``, then the metadata (:func:`write_metadata`)."""
+    out_dir.mkdir(parents=True)
+    progress = progress_bar(sum(len(r) for r in by_split.values()), "write TFRecords")
+    index: dict[str, list[dict[str, Any]]] = {}
+    for s in SPLITS:
+        shards = tfrecords.write_split(by_split[s], out_dir, s, shard_size, progress.update)
+        summary.shards[s] = len(shards)
+        summary.bytes[s] = sum(p.stat().st_size for p in shards)
+        index[s] = tfrecords.describe_shards(shards, len(by_split[s]), shard_size)
+    progress.close()
+    tfrecords.write_shard_index(out_dir, index)
+    write_metadata(out_dir, summary, rows)
 
 
 def write_metadata(out_dir: Path, summary: Summary, rows: list[list[Any]]) -> None:
