@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 
-from reprotrain import paths, runtime, stage_io, training
+from reprotrain import dag, paths, runtime, stage_io, training
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
 from reprotrain.models import scratch
 
 STAGE = "baseline"
-SECTIONS = ("seed", "pipeline", "runtime", "baseline")
+SPEC = dag.stage(STAGE)
 logger = logging.getLogger("reprotrain.stages.baseline")
 
 
@@ -30,17 +30,7 @@ def main() -> int:
     data = stage_io.load_stage_data(
         paths.PREPARED_DIR, params.pipeline, cfg, image_size=cfg.image_size, seed=params.seed
     )
-    with stage_io.training_stage(
-        STAGE,
-        params,
-        info,
-        sections=SECTIONS,
-        upstream=[paths.PREPARE_RUN],
-        sidecar=paths.BASELINE_RUN,
-        model_path=paths.BASELINE_MODEL,
-        history_path=paths.BASELINE_HISTORY,
-        digests=[data.digest],
-    ) as stage:
+    with stage_io.training_stage(SPEC, params, info, digests=[data.digest]) as stage:
         with info.strategy.scope():
             model = scratch.build(
                 cfg.architecture,

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reprotrain import paths, tracking
+from reprotrain import dag, paths, tracking
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
 from reprotrain.data.prepare import prepare
 
 STAGE = "prepare"
-SECTIONS = ("seed", "prepare")
+SPEC = dag.stage(STAGE)
 
 
 def main() -> int:
     params = load_params()
-    with tracking.stage_run(
-        STAGE, params, sections=SECTIONS, root=Path.cwd(), sidecar=paths.PREPARE_RUN
-    ) as run:
+    with tracking.stage_run(SPEC, params, Path.cwd()) as run:
         summary = prepare(
             paths.RAW_DIR, paths.PREPARED_DIR, params.prepare, params.seed, paths.SPLITS_LEDGER
         )

@@ -6,13 +6,13 @@ MLflow run sidecar). ≈ 1 min on 2 CPU cores with the defaults (feature cache o
 
 from __future__ import annotations
 
-from reprotrain import paths, runtime, stage_io, training
+from reprotrain import dag, runtime, stage_io, training
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
 from reprotrain.models import transfer
 
 STAGE = "train_head"
-SECTIONS = ("seed", "model", "pipeline", "runtime", "train_head")
+SPEC = dag.stage(STAGE)
 
 
 def main() -> int:
@@ -22,17 +22,7 @@ def main() -> int:
     info = runtime.configure(params.runtime, params.seed, multi_worker=True)
     cached = training.use_feature_cache(cfg, info.num_workers)
     data = stage_io.load_transfer_data(params, cfg, train_as_eval=cached)
-    with stage_io.training_stage(
-        STAGE,
-        params,
-        info,
-        sections=SECTIONS,
-        upstream=[paths.PREPARE_RUN],
-        sidecar=paths.HEAD_RUN,
-        model_path=paths.HEAD_MODEL,
-        history_path=paths.HEAD_HISTORY,
-        digests=[data.digest],
-    ) as stage:
+    with stage_io.training_stage(SPEC, params, info, digests=[data.digest]) as stage:
         with info.strategy.scope():
             model = transfer.build_model(params.model, len(data.labels), cfg.dropout)
         fit = dict(class_weight=data.class_weight, **stage.fit_options())

@@ -328,6 +328,8 @@ class Project:
     open_pr: subprocess.CompletedProcess[str]
     summary: Path  # $GITHUB_STEP_SUMMARY of the first run
     outputs: Path  # $GITHUB_OUTPUT of the first run
+    # `scripts/retrain.sh promote` after the "merge" (what .github/workflows/promote.yml runs)
+    merged: subprocess.CompletedProcess[str] | None = None
 
 
 def retrain(
@@ -342,7 +344,8 @@ def retrain(
 @pytest.fixture(scope="session")
 def promoted_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     """The tiny project pointed at a fresh DVC remote and a bare git origin, after one real
-    `scripts/retrain.sh` run (promoted, committed on a branch, pushed, PR opened).
+    `scripts/retrain.sh` run (proposed as challenger, committed on a branch, pushed, PR
+    opened) and the merge job's `scripts/retrain.sh promote` (v1 is the champion).
 
     Built once per session (≈ 1.5 min on 2 cores) and shared by tests/ci/ and the
     training-stage checks. A test that changes its workspace restores it before returning
@@ -385,7 +388,9 @@ def promoted_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     }
     first = retrain(proj, ci)
     open_pr = retrain(proj, {**ci, "GH_TOKEN": "not-a-real-token"}, "open-pr")
-    return Project(proj, remote, origin, env, first, open_pr, summary, outputs)
+    # The merge: the branch's files are what the default branch holds after it.
+    merged = retrain(proj, {**ci, "GITHUB_OUTPUT": str(base / "merge_output")}, "promote")
+    return Project(proj, remote, origin, env, first, open_pr, summary, outputs, merged)
 
 
 def restore_workspace(project: Project) -> None:
@@ -468,18 +473,18 @@ def make_empty_db(directory: Path) -> Path:
 
 def simulate(root: Path, stage: str, upstream=(), sidecar=None, metrics=None, env=None):
     """One simulated stage: params of ``seed`` and ``stage``, two steps and a final metric."""
-    from reprotrain import tracking
+    from reprotrain import dag, tracking
     from reprotrain.config import load_params
 
     params = load_params(root / "params.yaml")
-    with tracking.stage_run(
+    spec = dag.Stage(
         stage,
-        params,
-        sections=("seed", stage),
-        root=root,
-        upstream=upstream,
-        sidecar=sidecar,
-        environment=env or {"python": "3.11", "cuda": "none"},
+        params=("seed", stage),
+        sidecar=str(sidecar) if sidecar else None,
+        upstream=tuple(str(u) for u in upstream),
+    )
+    with tracking.stage_run(
+        spec, params, root, environment=env or {"python": "3.11", "cuda": "none"}
     ) as r:
         r.log_metrics({"loss": 1.0}, step=1)
         r.log_metrics({"loss": 0.5}, step=2)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from reprotrain import paths, tracking
+from reprotrain import dag, paths, tracking
 from reprotrain.config import load_params
 from reprotrain.errors import TrackingError
 from tests.conftest import (
@@ -112,7 +112,7 @@ def test_stages_nest_under_one_pipeline_row_with_lineage(project: Path) -> None:
 def test_pipeline_metrics_and_new_executions(project: Path) -> None:
     first = simulate(project, "prepare", sidecar=paths.PREPARE_RUN)
     params = load_params(project / "params.yaml")
-    with tracking.stage_run("evaluate", params, ("evaluate",), project) as ev:
+    with tracking.stage_run(dag.Stage("evaluate", params=("evaluate",)), params, project) as ev:
         ev.log_pipeline_metrics({"accuracy": 0.9, "auc": 0.95})
     assert ev.parent_run_id == first.parent_run_id
     client = client_for(project)
@@ -135,7 +135,7 @@ def test_pipeline_metrics_and_new_executions(project: Path) -> None:
     assert tags["reprotrain.git.dirty_paths"] == "params.yaml"  # the whole name (" M params…")
     # The new row is named after the changed param; its note lists it, and the headline test
     # accuracy is added to the note when evaluate logs it.
-    with tracking.stage_run("evaluate", params, ("evaluate",), project) as ev2:
+    with tracking.stage_run(dag.Stage("evaluate", params=("evaluate",)), params, project) as ev2:
         ev2.log_pipeline_metrics({"accuracy": 0.8125, "per class/f1 (bees)": 0.5})
     assert ev2.parent_run_id == fine.parent_run_id
     parent = client.get_run(fine.parent_run_id)
@@ -153,12 +153,14 @@ def test_failure_interrupt_and_missing_sidecar(project: Path) -> None:
     with (
         pytest.raises(ValueError, match="boom"),
         tracking.stage_run(
-            "train_head",
+            dag.Stage(
+                "train_head",
+                params=("seed",),
+                sidecar=str(paths.HEAD_RUN),
+                upstream=(str(paths.PREPARE_RUN),),
+            ),
             params,
-            ("seed",),
             project,
-            upstream=[paths.PREPARE_RUN],
-            sidecar=paths.HEAD_RUN,
         ) as failed,
     ):
         raise ValueError("boom: bad batch")
@@ -167,7 +169,9 @@ def test_failure_interrupt_and_missing_sidecar(project: Path) -> None:
     with (
         pytest.raises(KeyboardInterrupt),
         tracking.stage_run(
-            "finetune", params, ("seed",), project, upstream=[paths.HEAD_RUN]
+            dag.Stage("finetune", params=("seed",), upstream=(str(paths.HEAD_RUN),)),
+            params,
+            project,
         ) as killed,
     ):
         raise KeyboardInterrupt
@@ -189,7 +193,10 @@ def test_failure_interrupt_and_missing_sidecar(project: Path) -> None:
 def test_non_chief_worker_records_nothing(project: Path) -> None:
     params = load_params(project / "params.yaml")
     with tracking.stage_run(
-        "train_head", params, ("seed",), project, sidecar=paths.HEAD_RUN, chief=False
+        dag.Stage("train_head", params=("seed",), sidecar=str(paths.HEAD_RUN)),
+        params,
+        project,
+        chief=False,
     ) as r:
         assert isinstance(r, tracking.NoRun)
         r.log_metrics({"loss": 1.0}, step=1)
@@ -228,10 +235,10 @@ def test_training_runs_log_system_metrics(project: Path) -> None:
     assert params.tracking.system_metrics and params.tracking.system_metrics_interval == 1
     client = client_for(project)
     keys = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
-    with tracking.stage_run("baseline", params, ("seed",), project) as r:
+    with tracking.stage_run(dag.Stage("baseline", params=("seed",)), params, project) as r:
         assert _monitor_threads() == 1
         metrics = _wait_for(lambda: _has_all(client.get_run(r.run_id).data.metrics, keys))
-    with tracking.stage_run("evaluate", params, ("seed",), project) as other:
+    with tracking.stage_run(dag.Stage("evaluate", params=("seed",)), params, project) as other:
         assert _monitor_threads() == 0  # nothing samples this run
     for key in keys:
         assert key in metrics, sorted(metrics)
@@ -270,7 +277,7 @@ def test_unreachable_server_fails_fast(project: Path, monkeypatch: pytest.Monkey
     start = time.monotonic()
     with (
         pytest.raises(TrackingError, match="unreachable"),
-        tracking.stage_run("prepare", params, ("seed",), project),
+        tracking.stage_run(dag.Stage("prepare", params=("seed",)), params, project),
     ):
         pytest.fail("the stage body must not run")
     assert time.monotonic() - start < tracking.HEALTH_TIMEOUT + 2
@@ -280,7 +287,7 @@ def _stage_script(body: str) -> str:
     return (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from reprotrain import tracking\n"
+        "from reprotrain import dag, tracking\n"
         "from reprotrain.config import load_params\n"
         "root = Path.cwd()\n" + body
     )
@@ -291,7 +298,7 @@ def _sleeping_stage(project: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A real process inside a train_head stage run (sleeping), once the run has started;
     killed afterwards if the test left it running."""
     script = _stage_script(
-        "with tracking.stage_run('train_head', load_params(), ('seed',), root):\n"
+        "with tracking.stage_run(dag.Stage('train_head', params=('seed',)), load_params(), root):\n"
         "    (root / 'started').write_text('1')\n"
         "    time.sleep(120)\n"
     )
@@ -373,8 +380,8 @@ def test_two_concurrent_processes_share_one_sqlite_store(tmp_path: Path, project
     script = _stage_script(
         "name = sys.argv[1]\n"
         "for i in range(3):\n"
-        "    with tracking.stage_run('train_head', load_params(), ('seed', 'train_head'),\n"
-        "                            root) as r:\n"
+        "    spec = dag.Stage('train_head', params=('seed', 'train_head'))\n"
+        "    with tracking.stage_run(spec, load_params(), root) as r:\n"
         "        for step in range(5):\n"
         "            r.log_metrics({'loss': 1.0 / (step + 1)}, step=step)\n"
         "        r.log_metrics({'val_accuracy': 0.5})\n"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reprotrain import fsio, paths, runtime
+from reprotrain.dag import Stage, param_values
 from reprotrain.errors import ConfigError, DataError
 from reprotrain.models.loading import save_model
 from reprotrain.timing import timed
@@ -284,20 +285,11 @@ class TrainingStage:
 
 @contextmanager
 def training_stage(
-    name: str,
-    params: Params,
-    info: RuntimeInfo,
-    *,
-    sections: Sequence[str],
-    upstream: Sequence[Path],
-    sidecar: Path,
-    model_path: Path,
-    history_path: Path,
-    digests: Sequence[str],
+    spec: Stage, params: Params, info: RuntimeInfo, *, digests: Sequence[str]
 ) -> Iterator[TrainingStage]:
     """The stage's MLflow run (``tracking.stage_run``) with a fresh TensorBoard directory and
-    the resume key (the stage's params ``sections`` plus the input ``digests``): a rerun with
-    other params or data starts over instead of resuming. The stage calls
+    the resume key (the params the stage ``spec`` reads plus the input ``digests``): a rerun
+    with other params or data starts over instead of resuming. The stage calls
     :meth:`TrainingStage.finish`; the checkpoint is discarded only after the run closed, so a
     kill before that resumes from the backup instead of retraining. Under multi-worker
     training only the chief writes (run, outputs, TensorBoard, checkpoint), and every worker
@@ -305,22 +297,21 @@ def training_stage(
     """
     # Here, not at the top: importing stage_io for its data helpers needs no MLflow.
     from reprotrain import runtime, tracking, training
-    from reprotrain.config import to_dict
 
+    name = spec.name
+    if spec.model is None or spec.history is None:
+        raise ValueError(f"stage {name!r} declares no model and history: not a training stage")
     if info.is_chief:
         shutil.rmtree(paths.TENSORBOARD_DIR / name, ignore_errors=True)
-    key = fingerprint(name, [to_dict(getattr(params, s)) for s in sections], *digests)
+    key = fingerprint(name, [param_values(params, spec.params)], *digests)
     with tracking.stage_run(
-        name,
+        spec,
         params,
-        sections=sections,
-        root=Path.cwd(),
-        upstream=upstream,
-        sidecar=sidecar,
+        Path.cwd(),
         environment=runtime.environment_info(info),
         chief=info.is_chief,
     ) as run:
-        stage = TrainingStage(name, run, Path(model_path), Path(history_path), key, info.is_chief)
+        stage = TrainingStage(name, run, Path(spec.model), Path(spec.history), key, info.is_chief)
         yield stage
     if info.is_chief:
         training.discard_checkpoint(stage.checkpoint_dir)

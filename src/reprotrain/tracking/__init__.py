@@ -2,10 +2,8 @@
 
 Stages use it like this::
 
-    with tracking.stage_run("train_head", params, sections=("seed", "model", ...),
-                            root=root, upstream=[paths.PREPARE_RUN],
-                            sidecar=paths.HEAD_RUN, environment=runtime.environment_info())
-    as run:
+    SPEC = dag.stage("train_head")  # its params, sidecar and upstream sidecars
+    with tracking.stage_run(SPEC, params, root, environment=runtime.environment_info(info)) as run:
         ...
         run.log_metrics({"loss": 0.3}, step=epoch)
         run.log_artifact(paths.HEAD_MODEL)

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from reprotrain import timing
-from reprotrain.config import Params, flatten
+from reprotrain.config import Params
+from reprotrain.dag import Stage, param_values
 from reprotrain.errors import ReprotrainError, TrackingError
 from reprotrain.timing import timed
 from reprotrain.tracking import lineage, process, store
@@ -254,10 +255,32 @@ def _common_tags(root: Path) -> dict[str, str]:
 
 
 @contextmanager
-def stage_run(*args: Any, **kwargs: Any) -> Iterator[StageRun]:
-    """:func:`_stage_run`, timed: its set-up and close count as ``mlflow``, the stage's own
-    work inside it as its own phases (``reprotrain.timing``)."""
-    with timing.phase("mlflow"), _stage_run(*args, **kwargs) as run, timing.phase("other"):
+def stage_run(
+    spec: Stage,
+    params: Params,
+    root: Path,
+    *,
+    environment: Mapping[str, Any] | None = None,
+    chief: bool = True,
+) -> Iterator[StageRun]:
+    """The MLflow run of the stage ``spec`` declares (:mod:`reprotrain.dag`): nested under its
+    pipeline run, logging exactly the params the spec says it reads, linked to the upstream
+    sidecars it names, writing its own sidecar on success. Timed: its set-up and close count
+    as ``mlflow``, the stage's own work inside it as its own phases (``reprotrain.timing``)."""
+    with (
+        timing.phase("mlflow"),
+        _stage_run(
+            spec.name,
+            params,
+            spec.params,
+            root,
+            spec.upstream_paths,
+            spec.sidecar_path,
+            environment,
+            chief,
+        ) as run,
+        timing.phase("other"),
+    ):
         yield run
 
 
@@ -333,9 +356,7 @@ def _stage_run(
     previous_term = process.interrupt_on_sigterm()
     try:
         with store_errors(uri, f"starting the {stage} run"):
-            logged: dict[str, Any] = {}
-            for section in sections:
-                logged.update(flatten(getattr(params, section), section))
+            logged = param_values(params, sections)
             mlflow.log_params({k: param_value(v) for k, v in logged.items()})
             try:
                 _log_datasets(root, lineage.stage_deps(dvc_yaml, stage))
