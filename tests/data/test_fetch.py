@@ -230,3 +230,117 @@ def test_digest_cache_skips_unchanged_files_and_rehashes_changed_ones(tmp_path: 
     # A cache written for another folder is ignored.
     other = fetch(str(src), tmp_path / "raw2", digest_cache=cache)
     assert other.digest == first.digest
+
+
+# ----------------------------------------------------- what a folder source may bring
+
+
+def _report(raw: Path) -> list[tuple[str, str]]:
+    """fetch's quarantine report (``.fetch-quarantine.csv``, see docs/reliability.md)."""
+    import csv
+
+    with (raw / ".fetch-quarantine.csv").open(newline="", encoding="utf-8") as f:
+        return [(r["path"], r["reason"]) for r in csv.DictReader(f)]
+
+
+def test_symlinks_inside_the_source_are_followed_the_others_reported(tmp_path: Path) -> None:
+    src = make_class_tree(tmp_path / "src", {"cats": 3, "dogs": 3})
+    elsewhere = make_class_tree(tmp_path / "elsewhere", {"hamsters": 2})
+    dog = sorted((src / "dogs").iterdir())[0]
+    (src / "cats" / "inside.jpg").symlink_to(Path("..") / "dogs" / dog.name)
+    (src / "dogs" / "outside.jpg").symlink_to(next((elsewhere / "hamsters").iterdir()))
+    (src / "dogs" / "dangling.jpg").symlink_to("gone.jpg")
+    (src / "dogs" / "loop").symlink_to("..")
+    (src / "kittens").symlink_to("cats")  # a class folder linked inside: followed
+    (src / "hamsters").symlink_to(elsewhere / "hamsters")  # one outside: reported
+    raw = tmp_path / "raw"
+    result = fetch(str(src), raw)
+    reasons = dict(_report(raw))
+    assert sorted(reasons) == ["dogs/dangling.jpg", "dogs/loop", "dogs/outside.jpg", "hamsters"]
+    assert "outside the source" in reasons["dogs/outside.jpg"]
+    assert "outside the source" in reasons["hamsters"]
+    assert "dangling symbolic link (to gone.jpg)" in reasons["dogs/dangling.jpg"]
+    assert "a loop" in reasons["dogs/loop"]
+    assert [(q.path, q.reason) for q in result.quarantined] == sorted(reasons.items())
+    # 3 cats + inside.jpg, 3 dogs, and kittens/ = cats/ again (duplicates: prepare's job).
+    assert result.files == 4 + 3 + 4
+    copy = raw / "cats" / "inside.jpg"
+    assert not copy.is_symlink() and copy.read_bytes() == dog.read_bytes()
+    assert sorted(p.name for p in (raw / "kittens").iterdir()) == sorted(
+        p.name for p in (raw / "cats").iterdir()
+    )
+    assert not (raw / "hamsters").exists() and not any(p.is_symlink() for p in raw.rglob("*"))
+    _, candidates, problems = scan(raw)
+    assert len(candidates) == 11 and sorted(p.path for p in problems) == sorted(reasons)
+
+
+def test_a_source_with_nothing_usable_leaves_the_snapshot_untouched(tmp_path: Path) -> None:
+    src = make_class_tree(tmp_path / "src", {"cats": 2, "dogs": 2})
+    raw = tmp_path / "raw"
+    good = fetch(str(src), raw)
+    for f in sorted(src.rglob("*.jpg")):
+        f.unlink()
+        f.symlink_to(f"missing-{f.name}")  # every file now a dangling link
+    with pytest.raises(DataError, match=r"no usable file .* all 4 entries are left out") as err:
+        fetch(str(src), raw)
+    assert "dangling symbolic link" in str(err.value) and "\n" not in str(err.value)
+    assert tree_digest(raw) == good.digest and len(list(raw.rglob("*.jpg"))) == 4
+
+
+def test_file_names_that_are_not_utf8_are_quarantined_and_the_rest_fetched(
+    tmp_path: Path,
+) -> None:
+    src = make_class_tree(tmp_path / "src", {"cats": 2, "dogs": 2})
+    cat = next((src / "cats").iterdir())
+    os.link(cat, os.path.join(os.fsencode(src / "cats"), b"caf\xe9.jpg"))
+    bad_dir = os.path.join(os.fsencode(src), b"chiens\xff")
+    os.mkdir(bad_dir)
+    shutil.copy(cat, os.path.join(bad_dir, b"a.jpg"))
+    raw = tmp_path / "raw"
+    result = fetch(str(src), raw)
+    assert result.files == 4 and result.digest == tree_digest(src)
+    assert _report(raw) == [
+        ("cats/caf\\xe9.jpg", "file name is not valid UTF-8: rename it"),
+        ("chiens\\xff", "folder name is not valid UTF-8: rename it"),
+    ]
+    _, candidates, problems = scan(raw)
+    assert len(candidates) == 4 and [p.path for p in problems] == [
+        "cats/caf\\xe9.jpg",
+        "chiens\\xff",
+    ]
+
+
+def _edit_in_place_keeping_size_and_mtime(victim: Path) -> bytes:
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0xFF  # same size
+    with victim.open("r+b") as f:  # in place: same inode
+        f.write(data)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (victim.stat().st_size, victim.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    return bytes(data)
+
+
+def test_an_edit_that_keeps_size_and_mtime_still_reaches_the_snapshot(tmp_path: Path) -> None:
+    """Same size, mtime restored to the nanosecond (``touch -r``, ``rsync -t``, a coarse
+    clock): a library call without state compares such files by hash; the stage's state
+    file (inode and ctime of both sides) tells without reading them."""
+    src = make_class_tree(tmp_path / "src", {"cats": 3, "dogs": 3})
+    victim = sorted((src / "cats").iterdir())[0]
+    raw = tmp_path / "raw"
+    first = fetch(str(src), raw)
+    data = _edit_in_place_keeping_size_and_mtime(victim)
+    stateless = fetch(str(src), raw)
+    assert (stateless.copied, stateless.unchanged) == (1, 5)
+    assert (raw / "cats" / victim.name).read_bytes() == data
+    assert stateless.digest == tree_digest(src) != first.digest
+
+    state = tmp_path / "state" / "raw-sources.json"
+    assert fetch(str(src), raw, sync_state=state).copied == 0  # in doubt, hashed: same
+    again = fetch(str(src), raw, sync_state=state)
+    assert (again.copied, again.unchanged) == (0, 6)
+    data = _edit_in_place_keeping_size_and_mtime(victim)
+    edited = fetch(str(src), raw, sync_state=state)
+    assert (edited.copied, edited.unchanged) == (1, 5)
+    assert (raw / "cats" / victim.name).read_bytes() == data
+    assert edited.digest == tree_digest(src) == first.digest

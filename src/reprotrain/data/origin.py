@@ -31,7 +31,7 @@ MIRROR_ENV = "REPROTRAIN_DATA_MIRROR"
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 #: Below this many extracted bytes the compression ratio is not checked: a small archive
 #: cannot fill a disk, and a few highly compressible files (a CSV, a blank image) are normal.
-RATIO_FLOOR_BYTES = 64 * 2**20
+RATIO_FLOOR_BYTES = 16 * 2**20
 _GB = 2**30
 
 
