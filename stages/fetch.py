@@ -2,7 +2,10 @@
 
 DVC runs this on every `dvc repro` (always_changed: the source lives outside the repo);
 unchanged files are not copied again, so later stages rerun only if the data changed.
-Offline, a URL source is read from $REPROTRAIN_DATA_MIRROR or data.mirror.
+Offline, a URL source is read from $REPROTRAIN_DATA_MIRROR or data.mirror. What the source
+may bring (regular files; links that stay inside it) and what an archive may expand to
+(data.archive_max_*) are checked before data/raw is touched; what is left out is listed
+with its reason in data/raw/.fetch-quarantine.csv and in the log.
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ import logging
 from reprotrain import paths
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
-from reprotrain.data.fetch import fetch
+from reprotrain.data.fetch import FETCH_REPORT, fetch
+from reprotrain.data.origin import ArchiveLimits
 
 log = logging.getLogger("reprotrain.stages.fetch")
+
+#: fetch's record of each snapshotted file's source stamp (size, mtime, inode, ctime): not
+#: data, so outside data/raw, beside the digest cache.
+SYNC_STATE = paths.RAW_DIGEST_CACHE.with_name("raw-sources.json")
+#: Quarantined entries shown in the log (all of them are in the report).
+SHOWN = 10
 
 
 def main() -> int:
@@ -26,6 +36,12 @@ def main() -> int:
         mirror=data.mirror,
         sha256=data.sha256,
         digest_cache=paths.RAW_DIGEST_CACHE,
+        sync_state=SYNC_STATE,
+        limits=ArchiveLimits(
+            max_gb=data.archive_max_gb,
+            max_ratio=data.archive_max_ratio,
+            max_members=data.archive_max_members,
+        ),
     )
     log.info(
         "fetch: %s source %s → %s: %d files (%d copied, %d unchanged, %d removed), digest %s",
@@ -38,6 +54,18 @@ def main() -> int:
         result.removed,
         result.digest,
     )
+    if result.quarantined:
+        shown = "\n".join(f"  {q.path}: {q.reason}" for q in result.quarantined[:SHOWN])
+        more = len(result.quarantined) - SHOWN
+        log.warning(
+            "fetch left out %d entr%s of the source, listed in %s (prepare quarantines them):"
+            "\n%s%s",
+            len(result.quarantined),
+            "y" if len(result.quarantined) == 1 else "ies",
+            paths.RAW_DIR / FETCH_REPORT,
+            shown,
+            f"\n  ... and {more} more" if more > 0 else "",
+        )
     return 0
 
 

@@ -62,6 +62,16 @@ class DataConfig:
         HYMENOPTERA_DIGEST,
         "expected content digest of a URL source (null: do not check)",
     )
+    archive_max_gb: Float = _f(
+        50.0, "an archive source (or download) may expand to at most this many GB", gt=0.0
+    )
+    archive_max_ratio: Float = _f(
+        100.0,
+        "refuse an archive whose extracted bytes exceed this many times its own size (a "
+        "decompression bomb; checked above 16 MiB extracted)",
+        gt=1.0,
+    )
+    archive_max_members: Int = _f(1_000_000, "an archive may hold at most this many members", min=1)
 
 
 #: Built-in transfer backbones (``keras.applications``) → their default input size, used

@@ -344,3 +344,36 @@ def test_an_edit_that_keeps_size_and_mtime_still_reaches_the_snapshot(tmp_path: 
     assert (edited.copied, edited.unchanged) == (1, 5)
     assert (raw / "cats" / victim.name).read_bytes() == data
     assert edited.digest == tree_digest(src) == first.digest
+
+
+@pytest.mark.slow
+def test_fetch_stage_applies_the_archive_limits_and_reports_what_it_left_out(
+    tmp_path: Path,
+) -> None:
+    tree = make_class_tree(tmp_path / "pets" / "dataset", {"cats": 3, "dogs": 3})
+    os.mkfifo(tree / "cats" / "pipe.jpg")
+    with tarfile.open(tmp_path / "pets.tar", "w") as tf:
+        tf.add(tree, arcname="dataset")
+    source = {"source": str(tmp_path / "pets.tar"), "sha256": None}
+    limited = {"data": {**source, "archive_max_members": 5}}
+    proj = make_project(tmp_path / "proj", limited, git=False)
+    proc = run([sys.executable, "stages/fetch.py"], proj, subprocess_env(), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        "error: " in proc.stderr and "more than 5 members (data.archive_max_members)" in proc.stderr
+    )
+    assert not (proj / "data" / "raw").exists()
+    params = (
+        (proj / "params.yaml")
+        .read_text()
+        .replace("archive_max_members: 5", "archive_max_members: 10")
+    )
+    (proj / "params.yaml").write_text(params)
+    done = run([sys.executable, "stages/fetch.py"], proj, subprocess_env())
+    assert "6 files (6 copied" in done.stderr
+    assert (
+        "fetch left out 1 entry of the source, listed in data/raw/.fetch-quarantine.csv"
+        in done.stderr
+    )
+    assert "cats/pipe.jpg: special file (FIFO or device)" in done.stderr
+    assert _report(proj / "data" / "raw")[0][0] == "cats/pipe.jpg"
