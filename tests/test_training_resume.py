@@ -3,12 +3,18 @@ ends with the best weights over all epochs; an unreadable backup is discarded.""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
+import os
+import resource
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +219,129 @@ def test_a_resumed_run_trains_what_an_uninterrupted_one_trains(
     assert resumed_result.history == whole_result.history
     for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _tensorboard_steps(log_dir: Path) -> dict[str, list[int]]:
+    """Every logged step per split folder, duplicates kept (read from the event files)."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    out: dict[str, list[int]] = {}
+    for events in sorted(log_dir.glob("*/events.out.tfevents.*")):
+        for raw in tf.data.TFRecordDataset(str(events)):
+            event = event_pb2.Event.FromString(raw.numpy())
+            if any(v.tag == "epoch_loss" for v in event.summary.value):
+                out.setdefault(events.parent.name, []).append(int(event.step))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_killed_runs_tensorboard_logs(tmp_path: Path) -> None:
+    """The first run fails in epoch 2's hook; DVC deletes the stage's outputs before the
+    rerun (here: the output folder is removed by hand). The resumed run's logs still hold
+    every epoch exactly once, the killed run's event files among them."""
+    ckpt, logs = tmp_path / "ckpt", tmp_path / "tensorboard"
+
+    def failing(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise HookFailed("tracking server went away")
+
+    def attempt(hook=None):
+        info, model = _model()
+        x, y = tiny_arrays(16)
+        return training.train(
+            model,
+            tiny_dataset(x, y),
+            tiny_dataset(x, y),
+            CFG,
+            info,
+            checkpoint_dir=ckpt,
+            tensorboard_dir=logs,
+            epoch_hook=hook,
+            resume_key="same-inputs",
+        )
+
+    with pytest.raises(HookFailed):
+        attempt(failing)
+    shutil.rmtree(logs, ignore_errors=True)  # what `dvc repro` does to a stage's outputs
+    result = attempt()
+    assert result.initial_epoch == 2
+    steps = _tensorboard_steps(logs)
+    assert steps == {"train": [0, 1, 2, 3], "validation": [0, 1, 2, 3]}, steps
+    assert len(list((logs / "train").glob("events.out.tfevents.*"))) == 2  # both runs'
+
+
+def _fail_first_run(ckpt: Path, cfg=CFG) -> None:
+    def stop(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise HookFailed
+
+    with pytest.raises(HookFailed):
+        _train(ckpt, stop, cfg)
+
+
+@contextlib.contextmanager
+def no_free_file_descriptor() -> Iterator[None]:
+    """Every file descriptor this process may open in use (RLIMIT_NOFILE at the highest
+    one open): the next ``open`` fails with EMFILE, a real error that passes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    try:
+        top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        while (fd := os.open(os.devnull, os.O_RDONLY)) < top:
+            held.append(fd)
+        os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, hard))
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in held:
+            os.close(fd)
+
+
+@pytest.mark.slow
+def test_a_transient_restore_error_stops_the_stage_and_keeps_every_backup(
+    tmp_path: Path,
+) -> None:
+    """Too many open files while the backup is loaded: one clear ModelError, the backups
+    stay untouched, and the next run (the cause gone) resumes from them."""
+    from reprotrain.errors import ModelError
+    from reprotrain.training.loop import _resume
+
+    ckpt = tmp_path / "ckpt"
+    _fail_first_run(ckpt)
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
+    info, model = _model()
+    training.compile_model(model, CFG, info)
+    store = training.CheckpointStore(ckpt)
+    state = store.load()
+    assert state is not None and state.done == 2
+    with pytest.raises(ModelError) as err, no_free_file_descriptor():
+        _resume(store, model, state, CFG.epochs, info.strategy)
+    message = str(err.value)
+    assert "\n" not in message and "Too many open files" in message, message
+    assert "backups are kept" in message and str(ckpt) in message
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()} == before
+    _, result = _train(ckpt)
+    assert result.initial_epoch == 2 and result.history["epoch"] == [1, 2, 3, 4]
+
+
+def test_only_a_backup_whose_bytes_read_but_do_not_load_is_unreadable(tmp_path: Path) -> None:
+    from reprotrain.training.callbacks import unreadable_backup
+
+    backup = tmp_path / "epoch-0001.weights.h5"
+    backup.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    bad = OSError("Unable to synchronously open file (truncated file: eof = 108)")
+    assert "truncated file" in (unreadable_backup(backup, bad) or "")
+    assert unreadable_backup(backup, ValueError("shape mismatch")) == "ValueError: shape mismatch"
+    for transient in (
+        MemoryError(),
+        PermissionError(errno.EACCES, "Permission denied"),
+        OSError(errno.EIO, "Input/output error"),
+        OSError(errno.EMFILE, "Too many open files"),
+    ):
+        assert unreadable_backup(backup, transient) is None, transient
+    # The bytes themselves cannot be read (here: a folder in its place): nothing is proven.
+    folder = tmp_path / "epoch-0002.weights.h5"
+    folder.mkdir()
+    assert unreadable_backup(folder, ValueError("not an HDF5 file")) is None

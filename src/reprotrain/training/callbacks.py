@@ -8,7 +8,15 @@ header version number"), and the two files can disagree. Here each finished epoc
 one ``epoch-NNNN.weights.h5`` (weights + optimizer state, via ``reprotrain.fsio``: temporary
 file, then rename) and then commits ``state.json`` atomically, which names the epoch files
 to resume from and the best epoch's file. A kill at any moment leaves the previous commit
-intact; an unreadable backup is discarded with a warning (training restarts from epoch 1).
+intact. A backup proven unreadable (its bytes read, but they are not the weights: truncated,
+garbage, another model) is discarded with a warning and training restarts from epoch 1; a
+failure that may pass (an I/O error, permissions, too many open files, memory) stops the
+stage with one line and keeps every backup (:func:`unreadable_backup`).
+
+The TensorBoard logs are part of the backup (``tensorboard/`` beside it, outside DVC's
+outputs, which DVC deletes before a rerun): a resumed run appends to the killed run's event
+files, each committed epoch is written exactly once (:class:`ScalarTensorBoard`), and the
+finished logs are copied to the stage's output folder (:func:`publish_tensorboard`).
 
 ``state.json`` also carries the per-epoch history, the early-stopping and learning-rate
 schedule state and the layers' random-seed state (dropout), so a resumed run takes its
@@ -19,6 +27,7 @@ that never stopped (tested with both loops).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,6 +42,7 @@ import keras
 import tensorflow as tf
 
 from reprotrain import fsio
+from reprotrain.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +51,7 @@ EpochHook = Callable[[int, dict[str, float]], None]
 MONITOR = "val_loss"
 STATE_FILE = "state.json"
 FINGERPRINT_FILE = "fingerprint.txt"
+TENSORBOARD = "tensorboard"  # the run's TensorBoard logs, inside the backup
 FORMAT = 1
 
 
@@ -59,6 +70,27 @@ def restore_rng(model: Any, saved: list[list[int]]) -> None:
         return
     for v, value in zip(variables, saved, strict=True):
         v.assign(tf.constant(value, dtype=v.dtype))
+
+
+def unreadable_backup(path: Path, exc: BaseException) -> str | None:
+    """Why the backup ``path``, which failed to load with ``exc``, is proven unreadable; or
+    None when the failure may be transient and the backup must be kept.
+
+    Transient: ``MemoryError``; an ``OSError`` with an errno (EIO, EACCES, EMFILE, ENOSPC...:
+    h5py passes the system's errno on); and any failure while its bytes are read here. Only
+    a file whose bytes all read, yet do not load (a truncated or garbage HDF5 file, weights
+    of another shape: h5py and Keras raise without an errno), is proven unreadable: deleting
+    backups on a passing disk or memory hiccup would throw away every finished epoch.
+    """
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None):
+        return None
+    try:
+        with Path(path).open("rb") as f:
+            while f.read(1 << 20):
+                pass
+    except (OSError, MemoryError):
+        return None
+    return f"{type(exc).__name__}: {exc}"
 
 
 def epoch_file(epoch: int) -> str:
@@ -127,7 +159,7 @@ class CheckpointStore:
         if key is not None and fp.is_file() and fp.read_text().strip() != key:
             logger.warning("discarding a backup from a run with different inputs: %s", self.dir)
             self.clear()
-        known = {FINGERPRINT_FILE, STATE_FILE}
+        known = {FINGERPRINT_FILE, STATE_FILE, TENSORBOARD}
         for p in self.dir.iterdir():  # e.g. Keras BackupAndRestore's backup/ of older versions
             if p.name not in known and not p.name.startswith("epoch-"):
                 logger.warning("removing %s: not part of a reprotrain training backup", p)
@@ -147,7 +179,14 @@ class CheckpointStore:
         if not path.is_file():
             return None
         try:
-            state = TrainState.from_json(json.loads(path.read_text(encoding="utf-8")))
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:  # the disk, not the file: keep the backup
+            raise ModelError(
+                f"cannot read the training backup {path} ({exc.strerror or exc}); it is kept: "
+                f"fix the cause and rerun the stage, or delete {self.dir} to start over"
+            ) from exc
+        try:
+            state = TrainState.from_json(json.loads(text))
         except (ValueError, KeyError, TypeError) as exc:
             self.discard(f"{path} is unreadable ({type(exc).__name__}: {exc})")
             return None
@@ -318,16 +357,29 @@ class ScalarTensorBoard(keras.callbacks.Callback):
     tags ``epoch_loss``, ``epoch_accuracy``, ``epoch_learning_rate``), as Keras' callback
     writes them.
 
+    Resumable: it comes after :class:`TrainingState` (an epoch is logged once committed) and
+    ``state`` (the committed :class:`TrainState`) fills in, at the start, the committed
+    epochs that the event files already in ``log_dir`` lack (a kill or a failing hook
+    between the commit and the write). New event files are added beside the killed run's.
+
     Why not ``keras.callbacks.TensorBoard``: its ``tf.summary.scalar`` lives in the
     ``tensorboard`` package, a 20 MB web app the pipeline does not otherwise need. The core
     ``tf.summary.write`` op with the ``scalars`` plugin tag produces the same events; view
     them with ``tensorboard --logdir models/tensorboard`` wherever TensorBoard is installed.
     """
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, state: TrainState | None = None) -> None:
         super().__init__()
         self.log_dir = Path(log_dir)
+        self.state = state
         self._writers: dict[str, Any] = {}
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.state is None:
+            return
+        logged = logged_epochs(self.log_dir)
+        for epoch, rec in sorted(self.state.records.items()):
+            self._write(epoch, rec, skip=logged)
 
     def _writer(self, name: str) -> Any:
         if name not in self._writers:
@@ -335,13 +387,20 @@ class ScalarTensorBoard(keras.callbacks.Callback):
         return self._writers[name]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._write(epoch, logs or {})
+
+    def _write(
+        self, epoch: int, logs: dict[str, Any], skip: dict[str, set[int]] | None = None
+    ) -> None:
         from tensorflow.core.framework import summary_pb2
 
         meta = summary_pb2.SummaryMetadata(
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
         )
-        for key, value in (logs or {}).items():
+        for key, value in logs.items():
             split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            if skip is not None and epoch in skip.get(split, set()):
+                continue
             with self._writer(split).as_default():
                 tf.summary.write(
                     f"epoch_{name}", tf.constant(float(value)), step=epoch, metadata=meta
@@ -353,3 +412,32 @@ class ScalarTensorBoard(keras.callbacks.Callback):
         for w in self._writers.values():
             w.close()
         self._writers = {}
+
+
+def logged_epochs(log_dir: Path) -> dict[str, set[int]]:
+    """``{"train": {0, 1}, "validation": {0, 1}}``: the steps in ``log_dir``'s event files.
+
+    A killed writer can leave a truncated last record: reading stops there, keeping what
+    came before it.
+    """
+    from tensorflow.core.util import event_pb2
+
+    out: dict[str, set[int]] = {}
+    for events in sorted(Path(log_dir).glob("*/events.out.tfevents.*")):
+        steps = out.setdefault(events.parent.name, set())
+        with contextlib.suppress(tf.errors.DataLossError, tf.errors.OutOfRangeError):
+            for raw in tf.data.TFRecordDataset(str(events)):
+                event = event_pb2.Event.FromString(raw.numpy())
+                if event.summary.value:
+                    steps.add(int(event.step))
+    return out
+
+
+def publish_tensorboard(log_dir: Path, out_dir: Path) -> None:
+    """Copy the run's TensorBoard logs (all of its resumed runs) to the stage's output
+    folder ``out_dir``, replacing it whole (an empty folder when nothing was logged)."""
+    with fsio.atomic_path(out_dir) as tmp:
+        if Path(log_dir).is_dir():
+            shutil.copytree(log_dir, tmp)
+        else:
+            tmp.mkdir()

@@ -31,6 +31,7 @@ from reprotrain.timing import timed
 from reprotrain.training.augment import AugmentingModel
 from reprotrain.training.callbacks import (
     MONITOR,
+    TENSORBOARD,
     CheckpointStore,
     EpochHook,
     ScalarTensorBoard,
@@ -38,7 +39,9 @@ from reprotrain.training.callbacks import (
     TrainState,
     WorkerCheckpointStore,
     epoch_file,
+    publish_tensorboard,
     restore_rng,
+    unreadable_backup,
 )
 
 logger = logging.getLogger(__name__)
@@ -135,15 +138,24 @@ def _val_metrics(model: Any, val_ds: Any) -> dict[str, float]:
 def _resume(
     store: CheckpointStore, model: Any, state: TrainState, epochs: int, strategy: Any
 ) -> TrainState:
-    """Load the last finished epoch into ``model``; an unreadable backup is discarded."""
+    """Load the last finished epoch into ``model``. A backup proven unreadable is discarded
+    (training starts over); any other failure stops the stage and keeps the backups."""
     if not state.done:
         return state
     try:
         with strategy.scope():
             store.restore(model, state.done - 1)
             restore_rng(model, state.rng)
-    except Exception as exc:  # truncated/garbage h5, shape mismatch: start over, say why
-        store.discard(f"{epoch_file(state.done - 1)} is unreadable ({type(exc).__name__}: {exc})")
+    except Exception as exc:
+        path = store.dir / epoch_file(state.done - 1)
+        why = unreadable_backup(path, exc)
+        if why is None:
+            raise ModelError(
+                f"cannot read the training backup {path} ({type(exc).__name__}: {exc}); the "
+                f"backups are kept: fix the cause (disk, permissions, open files, memory) and "
+                f"rerun the stage to resume, or delete {store.dir} to start over"
+            ) from exc
+        store.discard(f"{path.name} is unreadable ({why})")
         return TrainState(start=state.start)
     logger.info(
         "resuming an interrupted run after epoch %d/%d (backup in %s)",
@@ -264,10 +276,16 @@ def train(
         store = CheckpointStore(checkpoint_dir)
     else:  # multi-worker, not the chief: reads the chief's backup, writes no shared file
         store, tensorboard_dir = WorkerCheckpointStore(checkpoint_dir), None
+    # Logged beside the backup (DVC deletes the output folder before a rerun), published
+    # to ``tensorboard_dir`` at the end: a resumed run keeps the killed run's logs.
+    live_logs = store.dir / TENSORBOARD if tensorboard_dir is not None else None
     try:
-        return _train(model, train_ds, val_ds, cfg, info, store, tensorboard_dir, **options)
+        result = _train(model, train_ds, val_ds, cfg, info, store, live_logs, **options)
     finally:
         store.close()
+    if tensorboard_dir is not None and live_logs is not None:
+        publish_tensorboard(live_logs, tensorboard_dir)
+    return result
 
 
 def _train(
@@ -356,13 +374,11 @@ def _callbacks(
     tensorboard_dir: Path | None,
     hook: EpochHook | None,
 ) -> list[Any]:
-    """ReduceLROnPlateau, TensorBoard, then the state callback (see its docstring: order)."""
+    """ReduceLROnPlateau, the state callback (see its docstring: order), TensorBoard."""
     reduce_lr = keras.callbacks.ReduceLROnPlateau(
         monitor=MONITOR, factor=0.5, patience=cfg.reduce_lr_patience, min_lr=1e-7
     )
     cbs: list[Any] = [reduce_lr]
-    if tensorboard_dir is not None:
-        cbs.append(ScalarTensorBoard(tensorboard_dir))
     # On a TTY Keras' progress bar shows the epochs; elsewhere one log line per epoch.
     cbs.append(
         TrainingState(
@@ -375,6 +391,8 @@ def _callbacks(
             log_lines=not sys.stdout.isatty(),
         )
     )
+    if tensorboard_dir is not None:  # after the commit: each committed epoch logged once
+        cbs.append(ScalarTensorBoard(tensorboard_dir, state))
     return cbs
 
 
