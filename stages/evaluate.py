@@ -18,7 +18,7 @@ from reprotrain.cli import run_main
 from reprotrain.config import load_params, to_dict
 from reprotrain.data import pipeline, tfrecords
 from reprotrain.errors import DataError
-from reprotrain.evaluation import compare, gate, plots
+from reprotrain.evaluation import compare, gain, gate, plots
 from reprotrain.models.loading import load_model
 from reprotrain.reports import card
 from reprotrain.serving import pyfunc
@@ -233,6 +233,12 @@ def main() -> int:
             export=export_report,
             reproduce=f"python -m reprotrain reproduce {run.run_id}",
             seed=params.seed,
+            finetune_gain=gain.finetune_gain(
+                preds.y_true,
+                head_preds.probs.argmax(axis=1),
+                preds.probs.argmax(axis=1),
+                alpha=cfg.alpha,
+            ),
         )
         run.log_artifact(paths.REPORTS_DIR, artifact_path="reports")
         gating.describe_version(run, name, promotion["version"], paths.MODEL_CARD)

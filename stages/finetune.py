@@ -3,20 +3,29 @@
 Reads models/head.keras and data/prepared, writes models/finetuned.keras (+ history,
 TensorBoard logs, metrics and the MLflow run sidecar). BatchNormalization layers stay
 frozen and the base stays in inference mode (see reprotrain.models.transfer).
+
+metrics/finetune.json's ``vs_head`` says what the stage added over the head on the test
+split (both accuracies, the delta, the gate's paired McNemar test, one ``summary`` line):
+reported, never used to choose (the kept weights are chosen on validation). The defaults
+and the recipes behind them: docs/finetuning.md.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from reprotrain import fsio, paths, runtime, stage_io, training
+from reprotrain import dag, fsio, paths, runtime, stage_io, training
 from reprotrain.cli import run_main
-from reprotrain.config import load_params
+from reprotrain.config import Params, load_params
+from reprotrain.data import tfrecords
+from reprotrain.evaluation import gain
+from reprotrain.evaluation.predictions import EvalSplit, score
 from reprotrain.models import transfer
 from reprotrain.models.loading import load_model
 
 STAGE = "finetune"
-SECTIONS = ("seed", "model", "pipeline", "runtime", "finetune")
+SPEC = dag.stage(STAGE)
 logger = logging.getLogger("reprotrain.stages.finetune")
 
 
@@ -42,16 +51,10 @@ def main() -> int:
         summary["trainable_params"],
         ", ".join(names) or "-",
     )
+    test = _test_split(params)
+    head_preds = score(model, test, name="head") if test is not None else None
     with stage_io.training_stage(
-        STAGE,
-        params,
-        info,
-        sections=SECTIONS,
-        upstream=[paths.PREPARE_RUN, paths.HEAD_RUN],
-        sidecar=paths.FINETUNED_RUN,
-        model_path=paths.FINETUNED_MODEL,
-        history_path=paths.FINETUNED_HISTORY,
-        digests=[data.digest, fsio.file_sha256(paths.HEAD_MODEL)],
+        SPEC, params, info, digests=[data.digest, fsio.file_sha256(paths.HEAD_MODEL)]
     ) as stage:
         stage.run.set_tags(
             {
@@ -71,8 +74,30 @@ def main() -> int:
             keep_start_if_better=True,
             **stage.fit_options(),
         )
-        stage.finish(model, result, stage_io.trainable_counts(model))
+        extra: dict[str, Any] = dict(stage_io.trainable_counts(model))
+        if head_preds is not None and test is not None:
+            kept = result.best_epoch == 0
+            tuned = head_preds if kept else score(model, test, name="finetuned")
+            extra["vs_head"] = gain.finetune_gain(
+                head_preds.y_true,
+                head_preds.probs.argmax(axis=1),
+                tuned.probs.argmax(axis=1),
+                alpha=gain.ALPHA,
+                kept_head=kept,
+            )
+            logger.info("%s", extra["vs_head"]["summary"])
+        stage.finish(model, result, extra)
     return 0
+
+
+def _test_split(params: Params) -> EvalSplit | None:
+    """The test split (decoded once, scored before and after), or None when it is empty."""
+    files = tfrecords.verify_shards(paths.PREPARED_DIR, "test")
+    if not files:
+        logger.info("no test split: metrics/finetune.json has no vs_head")
+        return None
+    batch = params.finetune.batch_size
+    return EvalSplit(files, params.pipeline, batch_size=batch, seed=params.seed)
 
 
 if __name__ == "__main__":

@@ -246,3 +246,28 @@ def test_grad_cam_on_the_nested_base_and_on_a_plain_cnn(tmp_path: Path) -> None:
     )
     assert "![Grad-CAM](model_card/gradcam_1.png)" in path.read_text()
     assert (tmp_path / "model_card" / "gradcam_1.png").is_file()
+
+
+def test_card_says_what_fine_tuning_added_over_the_head(inputs: dict) -> None:
+    """The fine-tuning paragraph: the gain's one line, both accuracies with their Wilson
+    intervals and the paired counts; a run that added nothing says so, and what to try."""
+    from reprotrain.evaluation.gain import finetune_gain
+    from reprotrain.reports.card import CardData, render_card
+
+    y = inputs["y_true"]
+    tuned = inputs["probs"].argmax(1)
+    head = tuned.copy()
+    wrong = np.flatnonzero(tuned == y)[:6]
+    head[wrong] = (y[wrong] + 1) % 3  # the head missed six images fine-tuning gets right
+    gain = finetune_gain(y, head, tuned, alpha=0.05)
+    text = render_card(CardData(**inputs, finetune_gain=gain))
+    lo, hi = gain["head_ci"]
+    assert "### What fine-tuning added" in text
+    assert "Fine-tuning beat the head: " in text
+    assert f"| head only | {gain['head_accuracy']:.4f} | [{lo:.4f}, {hi:.4f}] Wilson |" in text
+    assert f"fine-tuning fixed 6 and broke 0, p = {gain['mcnemar']['p_value']:.3g}." in text
+
+    nothing = finetune_gain(y, tuned, tuned, alpha=0.05, kept_head=True)
+    text = render_card(CardData(**inputs, finetune_gain=nothing))
+    line = next(ln for ln in text.splitlines() if ln.startswith("Fine-tuning added nothing"))
+    assert "kept it" in line and "finetune.learning_rate" in line

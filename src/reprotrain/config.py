@@ -212,6 +212,21 @@ class TrainConfig:
     reduce_lr_patience: Int = _f(2, "epochs without improvement before halving the LR", min=1)
     loop: Literal["fit", "custom"] = _f("fit", "'fit' or a custom GradientTape loop")
     clip_norm: Float | None = _f(None, "clip gradients by global norm (custom loop)", gt=0.0)
+    schedule: Literal["constant", "cosine"] = _f(
+        "constant",
+        "'constant' (ReduceLROnPlateau halves it on plateaus) or 'cosine' (CosineDecay to 0 "
+        "over the epochs after warmup_epochs of linear warmup; no ReduceLROnPlateau)",
+    )
+    warmup_epochs: Int = _f(0, "epochs of linear warmup from 0 (schedule: cosine)", min=0)
+    label_smoothing: Float = _f(
+        0.0, "label smoothing of the cross-entropy (0: off)", min=0.0, lt=1.0
+    )
+
+    def __post_init__(self) -> None:
+        """Warmup must leave epochs to decay over (else the rate never comes down)."""
+        if self.schedule == "cosine" and self.warmup_epochs >= self.epochs:
+            rule = f"must be less than epochs ({self.epochs}) with schedule: cosine"
+            raise rule_error(rule, suffix=".warmup_epochs", value=self.warmup_epochs)
 
 
 @section

@@ -74,6 +74,7 @@ class CardData:
     figures: Mapping[str, str] = field(default_factory=dict)  # name → path relative to card
     worst: Sequence[Mapping[str, Any]] = ()  # {path, true, pred, confidence, figure}
     seed: int = 0
+    finetune_gain: Mapping[str, Any] | None = None  # evaluation.gain.finetune_gain on test
 
 
 def _pct(x: float | None) -> str:
@@ -169,6 +170,7 @@ def render_card(card: CardData) -> str:
             *[[f"epochs run ({stage})", e] for stage, e in card.epochs_run.items()],
         ],
     )
+    out += ["", *finetune_paragraph(card.finetune_gain)]
     env = card.environment
     out += ["", "Environment: " + ", ".join(f"{key} {env[key]}" for key in sorted(env)), ""]
 
@@ -305,6 +307,39 @@ def render_card(card: CardData) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def finetune_paragraph(gain: Mapping[str, Any] | None) -> list[str]:
+    """What fine-tuning added over the head on the test images: the one-line verdict (with
+    what to try when it added nothing) and both accuracies with their Wilson intervals.
+
+    Why on the card: the stage exists to beat the head; a card that only shows the final
+    accuracy hides a fine-tuning stage that did nothing.
+    """
+    out = ["### What fine-tuning added", ""]
+    if not gain:
+        return [*out, "Not measured (no head predictions on the test split)."]
+    t = gain["mcnemar"]
+    line = str(gain["summary"])
+    out += [line[:1].upper() + line[1:], ""]
+    out += _table(
+        ["model", "test accuracy", "95% interval"],
+        [
+            ["head only", _pct(gain["head_accuracy"]), _ci(tuple(gain["head_ci"])) + " Wilson"],
+            [
+                "fine-tuned",
+                _pct(gain["finetuned_accuracy"]),
+                _ci(tuple(gain["finetuned_ci"])) + " Wilson",
+            ],
+        ],
+    )
+    out += [
+        "",
+        f"Paired on the same {gain['n']} images (exact McNemar, as the promotion gate): "
+        f"fine-tuning fixed {t['challenger_only']} and broke {t['champion_only']}, "
+        f"p = {t['p_value']:.3g}.",
+    ]
+    return out
 
 
 def _mb(size: Any) -> str:

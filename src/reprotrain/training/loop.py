@@ -28,6 +28,7 @@ from reprotrain.config import AugmentConfig, TrainConfig
 from reprotrain.errors import ConfigError, DataError, ModelError
 from reprotrain.runtime import MIXED, RuntimeInfo, gather_from_workers
 from reprotrain.timing import timed
+from reprotrain.training import optim
 from reprotrain.training.augment import AugmentingModel
 from reprotrain.training.callbacks import (
     MONITOR,
@@ -43,30 +44,18 @@ from reprotrain.training.callbacks import (
     restore_rng,
     unreadable_backup,
 )
+from reprotrain.training.optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
 
-def make_optimizer(name: str, learning_rate: float, global_clipnorm: float | None = None) -> Any:
-    """A fresh Keras optimizer (each compile needs its own)."""
-    classes = {
-        "adam": keras.optimizers.Adam,
-        "sgd": keras.optimizers.SGD,
-        "rmsprop": keras.optimizers.RMSprop,
-        "adamw": keras.optimizers.AdamW,
-    }
-    if name not in classes:
-        raise ConfigError(f"optimizer = {name!r}: must be one of {', '.join(classes)}")
-    kwargs: dict[str, Any] = {"learning_rate": learning_rate}
-    if global_clipnorm is not None:
-        kwargs["global_clipnorm"] = global_clipnorm
-    if name == "sgd":
-        kwargs["momentum"] = 0.9
-    return classes[name](**kwargs)
-
-
-def compile_model(model: Any, cfg: TrainConfig, info: RuntimeInfo) -> None:
+def compile_model(
+    model: Any, cfg: TrainConfig, info: RuntimeInfo, steps_per_epoch: int | None = None
+) -> None:
     """(Re)compile under the strategy: needed after any change of ``trainable``.
+
+    Optimizer, learning-rate schedule and loss: :mod:`reprotrain.training.optim`
+    (``steps_per_epoch`` sizes a ``schedule: cosine``).
 
     ``clip_norm`` goes into the optimizer's ``global_clipnorm`` for ``fit`` and under mixed
     precision (where it must act on unscaled gradients); the custom loop otherwise clips
@@ -77,8 +66,10 @@ def compile_model(model: Any, cfg: TrainConfig, info: RuntimeInfo) -> None:
     )
     with info.strategy.scope():
         model.compile(
-            optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, clip_in_optimizer),
-            loss="sparse_categorical_crossentropy",
+            optimizer=make_optimizer(
+                cfg.optimizer, optim.learning_rate(cfg, steps_per_epoch), clip_in_optimizer
+            ),
+            loss=optim.make_loss(cfg, model),
             metrics=["accuracy"],
             jit_compile=info.jit_compile,
         )
@@ -305,7 +296,8 @@ def _train(
 ) -> TrainResult:
     store.prepare(resume_key)
     if compile:
-        compile_model(model, cfg, info)
+        steps = int(train_ds.cardinality())
+        compile_model(model, cfg, info, steps if steps >= 0 else None)
     state = store.load() or TrainState()
     _check_workers_agree(info, state.done, "finished epochs", store.dir)
     start_weights = model.get_weights() if keep_start_if_better else None
@@ -375,10 +367,12 @@ def _callbacks(
     hook: EpochHook | None,
 ) -> list[Any]:
     """ReduceLROnPlateau, the state callback (see its docstring: order), TensorBoard."""
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(
-        monitor=MONITOR, factor=0.5, patience=cfg.reduce_lr_patience, min_lr=1e-7
-    )
-    cbs: list[Any] = [reduce_lr]
+    reduce_lr = None  # a scheduled rate cannot be set (optim.uses_schedule)
+    if not optim.uses_schedule(cfg):
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(
+            monitor=MONITOR, factor=0.5, patience=cfg.reduce_lr_patience, min_lr=1e-7
+        )
+    cbs: list[Any] = [reduce_lr] if reduce_lr is not None else []
     # On a TTY Keras' progress bar shows the epochs; elsewhere one log line per epoch.
     cbs.append(
         TrainingState(
@@ -430,7 +424,7 @@ def _custom_fit(
         y = tf.cast(y, tf.int32)
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(y, probs)
+            per_example = optim.per_example_loss(cfg, y, probs, num_classes)
             w = tf.gather(cw, y)
             batch = tf.cast(tf.shape(y)[0], tf.float32)
             loss = tf.reduce_sum(tf.cast(per_example, tf.float32) * w) / batch
