@@ -1,11 +1,13 @@
-"""export: the fine-tuned model as a TF Serving SavedModel and TFLite (float32, float16, int8),
-each re-scored on the test split against the Keras model.
+"""export: the fine-tuned model as a TF Serving SavedModel, TFLite (float32, float16, int8),
+ONNX and OpenVINO IR (export.formats), each re-scored on the test split against the Keras
+model in its own runtime (LiteRT, ONNX Runtime, OpenVINO Runtime).
 
 Reads models/finetuned.keras and data/prepared (test split; a seeded sample of train images
 calibrates int8). Writes models/export/ and metrics/export.json: per format the accuracy,
 agreement with the Keras model's top-1 labels, file size, median batch-1 latency on this
 CPU, and whether it ships (export.min_agreement, export.max_accuracy_drop). A format that
-fails its check is reported, not fatal. ≈ 45 s on 2 CPU cores for the default model.
+fails its check, or whose converter fails or is not installed, is reported, not fatal
+(docs/exports.md).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from reprotrain import paths, runtime, tracking
+from reprotrain import dag, paths, runtime, tracking
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
 from reprotrain.data import tfrecords
@@ -22,7 +24,7 @@ from reprotrain.fsio import atomic_write_json
 from reprotrain.serving import export
 
 STAGE = "export"
-SECTIONS = ("seed", "model", "pipeline", "runtime", "export")
+SPEC = dag.stage(STAGE)
 logger = logging.getLogger("reprotrain.stages.export")
 
 
@@ -53,13 +55,7 @@ def main() -> int:
             seed=params.seed,
         )
         with tracking.stage_run(
-            STAGE,
-            params,
-            sections=SECTIONS,
-            root=Path.cwd(),
-            upstream=[paths.PREPARE_RUN, paths.FINETUNED_RUN],
-            sidecar=paths.EXPORT_RUN,
-            environment=runtime.environment_info(info),
+            SPEC, params, Path.cwd(), environment=runtime.environment_info(info)
         ) as run:
             report = job.verify(test_images, test_labels)
             atomic_write_json(paths.EXPORT_METRICS, report)

@@ -295,7 +295,9 @@ class EvaluateConfig:
 
 
 #: Serving formats the export stage can write (``reprotrain.serving.export.FILENAMES``).
-ExportFormat = Literal["saved_model", "tflite_float32", "tflite_float16", "tflite_int8"]
+ExportFormat = Literal[
+    "saved_model", "tflite_float32", "tflite_float16", "tflite_int8", "onnx", "openvino"
+]
 
 
 @section
@@ -303,8 +305,9 @@ class ExportConfig:
     """Serving formats of the fine-tuned model, each re-scored against it on the test split."""
 
     formats: tuple[ExportFormat, ...] = _f(
-        ("saved_model", "tflite_float32", "tflite_float16", "tflite_int8"),
-        "formats to write and verify (saved_model, tflite_float32, tflite_float16, tflite_int8)",
+        ("saved_model", "tflite_float32", "tflite_float16", "tflite_int8", "onnx"),
+        "formats to write and verify (saved_model, tflite_float32, tflite_float16, tflite_int8, "
+        "onnx, openvino: needs `make setup EXTRAS=openvino`; docs/exports.md)",
         min_length=1,
     )
     min_agreement: Float = _f(

@@ -1,20 +1,27 @@
-"""export: real TFLite conversion and LiteRT interpreter on a tiny trained model and tiny
-generated TFRecords; the ship rule on numbers; the DVC stage on the tiny project."""
+"""export: real TFLite, ONNX and OpenVINO conversions re-scored in LiteRT, ONNX Runtime and
+OpenVINO Runtime on a tiny trained model and tiny generated TFRecords; converters that fail
+or crash; the SavedModel folder swap under a real SIGKILL; the ship rule on numbers; the DVC
+stage on the tiny project."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from reprotrain.config import ExportConfig, PipelineConfig, PrepareConfig
-from reprotrain.serving.export import TFLiteConversions, agreement, ship_decision
-from tests.conftest import TINY_PARAMS, Project, make_class_tree, run
+from reprotrain.serving.export import Conversions, agreement, ship_decision
+from tests.conftest import REPO, TINY_PARAMS, Project, make_class_tree, run
 
 SIZE = 32
 PIPE = PipelineConfig(shuffle_buffer=64)
+ALL_FORMATS = ("saved_model", "tflite_float32", "tflite_float16", "tflite_int8", "onnx", "openvino")
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None  # `make setup EXTRAS=openvino`
 
 
 def test_ship_rule_names_each_failed_check() -> None:
@@ -38,7 +45,7 @@ def test_agreement_is_the_share_of_equal_top1_labels() -> None:
 
 
 def test_the_second_process_converts_all_but_one_non_int8_kind() -> None:
-    pick = TFLiteConversions.pick_background
+    pick = Conversions.pick_background
     assert pick(["float32", "float16", "int8"], cpus=2) == ("float16", "int8")
     assert pick(["int8", "float32"], cpus=8) == ("int8",)
     assert pick(["float32", "float16"], cpus=2) == ("float16",)
@@ -47,6 +54,14 @@ def test_the_second_process_converts_all_but_one_non_int8_kind() -> None:
     # One conversion, or one core: nothing to overlap, no second process.
     assert pick(["int8"], cpus=2) == ()
     assert pick(["float32", "int8"], cpus=1) == ()
+
+
+def test_onnx_and_openvino_always_convert_in_the_second_process() -> None:
+    """tf2onnx and OpenVINO are native code: a crash there must not end the stage, so they
+    convert in the second process whatever the core count, in the formats' order."""
+    formats = ["openvino", "saved_model", "tflite_float32", "onnx"]
+    assert Conversions(formats, Path("m.keras")).background == ("openvino", "onnx")
+    assert Conversions(["saved_model"], Path("m.keras")).background == ()
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +131,15 @@ def test_every_format_is_written_rescored_and_judged(
     assert calib.shape == (16, SIZE, SIZE, 3) and np.array_equal(calib, again)
     assert not np.array_equal(calib, other)
 
-    cfg = ExportConfig(latency_samples=5, batch_size=8)
+    cfg = ExportConfig(formats=ALL_FORMATS, latency_samples=5, batch_size=8)
     report = export_and_verify(tiny_model, tmp_path / "export", x, y, calib, cfg)
 
     assert report["n_test"] == len(y) > 0 and report["n_calibration"] == 16
     assert report["keras"]["accuracy"] >= 0.9  # the tiny model learnt the colours
     assert set(report["formats"]) == set(cfg.formats)
+    if not HAVE_OPENVINO:  # an optional extra: a not-shipped row that says how to install it
+        row = report["formats"].pop("openvino")
+        assert not row["shipped"] and "make setup EXTRAS=openvino" in row["reason"]
     for name, row in report["formats"].items():
         path = Path(row["path"])
         assert path == tmp_path / "export" / FILENAMES[name] and path.exists()
@@ -137,9 +155,20 @@ def test_every_format_is_written_rescored_and_judged(
         assert (row["shipped"], row["reason"]) == expected
     # Float formats compute what Keras computes. (float16 halves the weights, but on a
     # 300-parameter model its dequantize ops outweigh that: no size check here.)
-    for name in ("saved_model", "tflite_float32", "tflite_float16"):
+    floats = ["saved_model", "tflite_float32", "tflite_float16", "onnx"]
+    for name in floats + ["openvino"] * HAVE_OPENVINO:
         assert report["formats"][name]["agreement"] == 1.0
         assert report["formats"][name]["shipped"]
+    # ONNX: one file ONNX Runtime loads, raw float pixels in, any batch size.
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(report["formats"]["onnx"]["path"])
+    (onnx_input,) = session.get_inputs()
+    assert onnx_input.type == "tensor(float)" and onnx_input.shape[1:] == [SIZE, SIZE, 3]
+    assert not isinstance(onnx_input.shape[0], int)  # a dynamic batch dimension
+    if HAVE_OPENVINO:  # an IR folder: the graph and its weights
+        ir = Path(report["formats"]["openvino"]["path"])
+        assert sorted(p.name for p in ir.iterdir()) == ["model.bin", "model.xml"]
     # Full-integer int8 with uint8 input: what a microcontroller or an Edge TPU needs.
     interp = Interpreter(model_path=report["formats"]["tflite_int8"]["path"])
     assert interp.get_input_details()[0]["dtype"] == np.uint8
@@ -226,3 +255,199 @@ def test_saved_model_has_keras_signature_and_falls_back_for_resources(
             rtol=1e-5,
             atol=1e-6,
         )
+
+
+# --------------------------------------------------------------------------- atomic swap
+
+#: A child process that swaps a new tree in over ``target`` and blocks at ``point``, after
+#: saying so in ``ready``: the parent SIGKILLs it exactly there (no sleeps).
+SWAP_CHILD = """
+import os, sys, time
+from pathlib import Path
+from reprotrain.serving import export
+
+target, ready, point = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+def block():
+    ready.write_text(str(os.getpid()))
+    while True:
+        time.sleep(60)
+
+real_exchange, real_rename = export.exchange_paths, os.rename
+
+def exchange(a, b):
+    if point == "before":
+        block()
+    if point == "between":
+        return False  # the two-rename fallback, as where renameat2 is missing
+    done = real_exchange(a, b)
+    assert done, "this file system cannot exchange: the test expects it to"
+    block()
+
+def rename(src, dst):
+    real_rename(src, dst)
+    if point == "between" and Path(src) == target:
+        block()  # the old tree moved aside, the new one not yet in
+
+export.exchange_paths, os.rename = exchange, rename
+with export.atomic_directory(target) as tmp:
+    tmp.mkdir()
+    (tmp / "saved_model.pb").write_text("new")
+"""
+
+
+def _tree_version(target: Path) -> str | None:
+    return (target / "saved_model.pb").read_text() if target.is_dir() else None
+
+
+@pytest.mark.parametrize("point", ["before", "between", "after"])
+def test_a_kill_at_the_swap_leaves_the_old_or_the_new_folder(tmp_path: Path, point: str) -> None:
+    """A real SIGKILL of a writer blocked at the swap: before it, between the fallback's two
+    renames, after it. The folder is then the old tree or the new one (after the next
+    writer's start-up clean-up for the fallback), with no leftovers beside it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from reprotrain.serving.export import atomic_directory, recover_directory
+
+    target, ready = tmp_path / "export" / "saved_model", tmp_path / "ready"
+    target.mkdir(parents=True)
+    (target / "saved_model.pb").write_text("old")
+    child = subprocess.Popen(
+        [sys.executable, "-c", SWAP_CHILD, str(target), str(ready), point], cwd=REPO
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():  # the child writes it at the kill point, then blocks
+            assert child.poll() is None, f"the child exited ({child.returncode})"
+            assert time.monotonic() < deadline, "the child never reached the swap"
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    # The one-step swap: a reader right after the kill sees a whole tree.
+    expected = {"before": "old", "after": "new", "between": None}[point]
+    assert _tree_version(target) == expected
+    recover_directory(target)  # what the next writer does first
+    assert _tree_version(target) == (expected or "old")  # the fallback restores the old
+    assert sorted(p.name for p in target.parent.iterdir()) == ["saved_model"]
+    # And the next writer then swaps in its own tree as usual.
+    with atomic_directory(target) as tmp:
+        tmp.mkdir()
+        (tmp / "saved_model.pb").write_text("next")
+    assert _tree_version(target) == "next"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["saved_model"]
+
+
+def test_a_failed_writer_leaves_the_old_folder(tmp_path: Path) -> None:
+    from reprotrain.serving.export import atomic_directory
+
+    target = tmp_path / "saved_model"
+    target.mkdir()
+    (target / "saved_model.pb").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        tmp.mkdir()
+        (tmp / "saved_model.pb").write_text("half")
+        raise RuntimeError("converter failed")
+    assert _tree_version(target) == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["saved_model"]
+
+
+# --------------------------------------------------------------------------- failing converters
+
+
+def _string_op_model():
+    """A model with string ops in its graph (``Hashing``: AsString, StringToHashBucketFast),
+    as a table model's preprocessing has: TensorFlow runs and saves it; ONNX, OpenVINO and
+    the TFLite builtins cannot express it."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    hashed = keras.layers.Rescaling(0.0)(keras.layers.Hashing(num_bins=3)(inputs))
+    pooled = keras.layers.Add()(
+        [
+            keras.layers.GlobalAveragePooling2D()(inputs),
+            keras.layers.GlobalAveragePooling2D()(hashed),
+        ]
+    )
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+
+
+@pytest.mark.slow
+def test_a_failing_converter_is_a_not_shipped_row_not_a_failed_export(
+    prepared: Path, tmp_path: Path
+) -> None:
+    from reprotrain.paths import split_files
+    from reprotrain.serving.export import export_and_verify, flat_metrics, load_split
+
+    model_path = tmp_path / "strings.keras"
+    _string_op_model().save(model_path)
+    x, y = load_split(split_files(prepared, "test"), PIPE, image_size=SIZE, batch_size=8, seed=0)
+    formats = ("saved_model", "tflite_float32", "onnx", "openvino")
+    cfg = ExportConfig(formats=formats, latency_samples=2, batch_size=8)
+    report = export_and_verify(model_path, tmp_path / "export", x, y, x[:4], cfg)
+
+    rows = report["formats"]
+    assert rows["saved_model"]["shipped"] and rows["saved_model"]["agreement"] == 1.0
+    assert rows["saved_model"]["latency_ms"] > 0
+    expected = {
+        "tflite_float32": "not shipped: TFLite float32 conversion failed: ",
+        "onnx": "not shipped: onnx conversion failed: No Op registered for StringToHashBucketFast",
+        "openvino": "not shipped: openvino conversion failed: No conversion rule found for "
+        "operations: AsString, StringToHashBucketFast"
+        if HAVE_OPENVINO
+        else "not shipped: openvino export needs the openvino package: install the extra",
+    }
+    for name, reason in expected.items():
+        row = rows[name]
+        assert row["reason"].startswith(reason), row["reason"]
+        assert "\n" not in row["reason"]  # one line
+        assert not row["shipped"] and row["accuracy"] is None and row["latency_ms"] is None
+        assert not Path(row["path"]).exists()  # nothing half-written left behind
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["saved_model"]
+    metrics = flat_metrics(report)
+    assert metrics["export.onnx.shipped"] == 0.0 and "export.onnx.accuracy" not in metrics
+    json.loads(json.dumps(report, allow_nan=False))  # valid JSON: nulls, no NaN
+
+
+def test_a_converter_that_crashes_its_process_is_reported(tmp_path: Path) -> None:
+    """A native crash (SIGABRT) in the converter's process: one reported line, and this
+    process (the stage) lives on."""
+    from reprotrain.errors import ModelError
+    from reprotrain.serving.export import failed_format, run_isolated
+
+    with pytest.raises(ModelError, match="the converter crashed its process") as info:
+        run_isolated(os.abort)
+    row = failed_format("onnx", tmp_path / "model.onnx", info.value)
+    assert not row.shipped and row.reason.startswith(
+        "not shipped: the converter crashed its process"
+    )
+
+
+def test_a_missing_converter_or_runtime_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The optional packages absent (None in sys.modules: Python's own way to make an
+    import fail): one line naming the package and the install command."""
+    import keras
+
+    from reprotrain.errors import ModelError
+    from reprotrain.serving.export import export_keras_format, runtime_predictor
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model(np.zeros((1, 4), np.float32))
+    for module in ("openvino", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(
+        ModelError, match=r"openvino package: install the extra: `make setup EXTRAS=openvino`"
+    ):
+        export_keras_format(model, "openvino", tmp_path / "openvino")
+    with pytest.raises(ModelError, match=r"onnxruntime runtime: .*rerun `make setup`"):
+        runtime_predictor("onnx", tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -1,16 +1,21 @@
 """Export a trained ``.keras`` model to serving formats and check each one against it.
 
-Formats: a TensorFlow SavedModel (TF Serving), TFLite float32, TFLite float16 (weights) and
-TFLite full-integer int8 with uint8 input (calibrated on a seeded sample of train images).
-Every model takes raw 0–255 RGB pixels (preprocessing is inside the model), so all formats
-are fed the same pixels.
+Formats: a TensorFlow SavedModel (TF Serving), TFLite float32, TFLite float16 (weights),
+TFLite full-integer int8 with uint8 input (calibrated on a seeded sample of train images),
+ONNX (``model.onnx``, run by ONNX Runtime) and an OpenVINO IR (``openvino/model.xml`` +
+``model.bin``, run by OpenVINO Runtime). ONNX and OpenVINO are written by Keras' own
+``model.export`` (which hands its traced endpoint to tf2onnx and to ``openvino.convert_model``):
+the converters Keras maintains and tests, not a copy of them. Every model takes raw 0–255 RGB
+pixels (preprocessing is inside the model), so all formats are fed the same pixels.
 
 Why re-score every format: conversion is where silent damage happens (a quantised layer
 whose activations saturate, an op lowered differently). Each format is run on the whole
 test split and compared with the Keras model it came from: accuracy, *agreement* (share of
 images with the same top-1 label), file size and batch-1 latency on this CPU. A format that
 agrees too little, or loses too much accuracy, is kept on disk but marked ``shipped: false``
-with the reason: a bad int8 conversion is a finding, not a pipeline failure.
+with the reason: a bad int8 conversion is a finding, not a pipeline failure. So is a
+converter that raises, crashes its process or is not installed: the format's row says
+"not shipped: " and the first line of the error, and the other formats go on.
 
 TFLite models run in LiteRT (``ai_edge_litert``): ``tf.lite.Interpreter`` is deprecated in
 TF 2.21 and warns so. The converter is still ``tf.lite.TFLiteConverter`` (TF ships no other).
@@ -18,11 +23,16 @@ TF 2.21 and warns so. The converter is still ``tf.lite.TFLiteConverter`` (TF shi
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import errno
 import logging
 import multiprocessing
 import os
 import shutil
+import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,8 +44,10 @@ import numpy as np
 
 from reprotrain.config import ExportConfig, PipelineConfig
 from reprotrain.errors import ModelError
-from reprotrain.fsio import atomic_path, atomic_write_bytes
+from reprotrain.fsio import TMP_MARK, atomic_path, atomic_write_bytes
 from reprotrain.serving.runners import (
+    OnnxClassifier,
+    OpenVINOClassifier,
     Predictor,
     TFLiteClassifier,
     keras_predictor,
@@ -49,12 +61,25 @@ logger = logging.getLogger(__name__)
 
 SAVED_MODEL = "saved_model"
 TFLITE_KINDS = ("float32", "float16", "int8")
+#: Formats Keras' ``model.export`` writes from the Keras model: format name → its ``format=``.
+KERAS_FORMATS = {"onnx": "onnx", "openvino": "openvino"}
 #: Format name → path under the export directory.
 FILENAMES = {
     SAVED_MODEL: "saved_model",
     "tflite_float32": "model_float32.tflite",
     "tflite_float16": "model_float16.tflite",
     "tflite_int8": "model_int8.tflite",
+    "onnx": "model.onnx",
+    "openvino": "openvino",
+}
+#: Formats that are a directory (logged as their contents under ``export/<format>/``).
+DIRECTORY_FORMATS = frozenset({SAVED_MODEL, "openvino"})
+#: The OpenVINO IR's graph, in its directory beside the weights (``model.bin``).
+OPENVINO_XML = "model.xml"
+#: What to install when a format's converter or runtime is missing (docs/exports.md).
+INSTALL_HINTS = {
+    "onnx": "tf2onnx and onnxruntime are in the default install: rerun `make setup`",
+    "openvino": "install the extra: `make setup EXTRAS=openvino`",
 }
 
 # --------------------------------------------------------------------------- data
@@ -109,12 +134,133 @@ def calibration_images(
     return np.stack(sample)
 
 
+# --------------------------------------------------------------------------- atomic folders
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _old_path(target: Path) -> Path:
+    """Where the two-rename swap parks the old tree (a fixed name, so the next writer finds
+    it: not a ``.tmp-`` temporary that a clean-up may delete)."""
+    return target.with_name(f".{target.name}.old")
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the system cannot.
+
+    Linux's ``renameat2(..., RENAME_EXCHANGE)`` (ext4, xfs, btrfs, tmpfs), called through libc
+    because Python has no wrapper for it. Any reader of either path sees the tree before
+    or after the swap, never a missing path.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # a libc without it (glibc < 2.28)
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or file system lacks it
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush every file of a tree and the tree's folders: on disk before it is swapped in."""
+    for path in [*sorted(directory.rglob("*"), reverse=True), directory]:
+        if path.is_symlink():
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Put the complete tree ``new`` at ``target``, so a kill at any instant leaves ``target``
+    holding the old tree or the new one.
+
+    Why not two renames (old aside, new in): between them ``target`` does not exist, and a
+    kill there left no SavedModel at all. Where the system can (:func:`exchange_paths`) one
+    step swaps the two trees and the old one, now at ``new``, is deleted after. Elsewhere the
+    old tree goes to a fixed name beside ``target`` before the new one moves in, and
+    :func:`recover_directory` (run by the next writer, as Orbax cleans up at start-up) puts
+    it back if the kill came between the renames.
+    """
+    new, target = Path(new), Path(target)
+    _fsync_tree(new)
+    if not target.exists():
+        os.rename(new, target)
+    elif exchange_paths(new, target):
+        shutil.rmtree(new)  # the old tree
+    else:
+        old = _old_path(target)
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover_directory(target: Path) -> None:
+    """Clean up after a writer of ``target`` that was killed: the old tree put back if the
+    kill came between the two renames of :func:`replace_directory`'s fallback, deleted if
+    the new one made it in, and half-written temporaries removed."""
+    target = Path(target)
+    old = _old_path(target)
+    if old.is_dir():
+        if target.exists():
+            shutil.rmtree(old)
+        else:
+            logger.warning("%s: its writer was killed mid-swap; the previous one is back", target)
+            os.rename(old, target)
+    for leftover in target.parent.glob(f".{target.name}{TMP_MARK}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path | str) -> Iterator[Path]:
+    """Yield a path to write a directory tree at; on success the tree replaces ``target``
+    (:func:`replace_directory`), on an exception it is deleted and ``target`` untouched."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(target)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_MARK}", dir=target.parent))
+    try:
+        yield tmp_dir / target.name
+        replace_directory(tmp_dir / target.name, target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- converters
 
 
+#: Leading lines of converter errors that say nothing about the model (OpenVINO's frontend
+#: opens with where in its C++ the check failed).
+_BOILERPLATE = ("Check '", "FrontEnd API failed", "Model wasn't fully converted", "Summary:")
+
+
 def _first_line(exc: BaseException) -> str:
-    """The first line of an error (TensorFlow's run to pages of graph and C++ detail)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """The first informative line of an error (TensorFlow's and the converters' run to pages
+    of graph and C++ detail): OpenVINO's "-- No conversion rule found for operations: …",
+    not the source line of its failed check."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_BOILERPLATE)]
+    return (useful or lines or [type(exc).__name__])[0].removeprefix("-- ")
 
 
 def export_saved_model(model: Any, directory: Path) -> Path:
@@ -129,8 +275,11 @@ def export_saved_model(model: Any, directory: Path) -> Path:
     other TensorFlow resource (a user's backbone with a lookup table) makes the save fail
     loudly, and then Keras' export, which tracks such resources, writes it instead. Either
     way export_and_verify re-scores the result against the Keras model.
+
+    The folder is swapped in atomically (:func:`atomic_directory`): a kill at any instant
+    leaves the previous SavedModel or the new one, never neither, never half of one.
     """
-    with atomic_path(directory) as tmp:
+    with atomic_directory(directory) as tmp:
         try:
             _save_serving_function(model, tmp)
         except (AssertionError, ValueError, TypeError) as exc:
@@ -192,34 +341,107 @@ def convert_tflite(
         raise ModelError(f"TFLite {kind} conversion failed: {_first_line(exc)}") from exc
 
 
+def export_keras_format(model: Any, name: str, target: Path) -> Path:
+    """``name`` (``onnx``, ``openvino``) written at ``target`` by Keras' own ``model.export``.
+
+    Keras traces the same serving endpoint its SavedModel export has and hands it to tf2onnx
+    (ONNX) or to ``openvino.convert_model`` (an IR directory: ``model.xml`` + ``model.bin``).
+    The file or folder appears atomically once complete. Any failure, a missing package
+    included, is one :class:`ModelError` line: the caller reports the format as not shipped.
+
+    The ONNX file is checked (``onnx.checker``) before it is kept: tf2onnx only logs the ops it
+    cannot convert (a string op, say) and writes a model no runtime can load.
+    """
+    fmt = KERAS_FORMATS[name]
+    if not getattr(model, "_called", True):  # a loaded model: Keras' ONNX export wants a call
+        model(np.zeros((1, *model.inputs[0].shape[1:]), np.float32), training=False)
+    try:
+        if name in DIRECTORY_FORMATS:
+            with atomic_directory(target) as tmp:
+                tmp.mkdir()
+                model.export(str(tmp / OPENVINO_XML), format=fmt, verbose=False)
+        else:
+            with atomic_path(target) as tmp:
+                model.export(str(tmp), format=fmt, verbose=False)
+                import onnx
+
+                onnx.checker.check_model(str(tmp))
+    except ImportError as exc:
+        raise ModelError(
+            f"{name} export needs the {exc.name or 'missing'} package: {INSTALL_HINTS[name]}"
+        ) from exc
+    except Exception as exc:  # tf2onnx / OpenVINO errors run to pages: keep the first line
+        raise ModelError(f"{name} conversion failed: {_first_line(exc)}") from exc
+    return target
+
+
+#: The conversion process's copy of the Keras model, loaded once for all its Keras exports.
+_worker_models: dict[Path, Any] = {}
+
+
+def export_keras_format_from_file(model_path: Path, name: str, target: Path) -> Path:
+    """:func:`export_keras_format` in the conversion process, from the ``.keras`` file."""
+    from reprotrain.models.loading import load_model
+
+    model = _worker_models.get(model_path)
+    if model is None:
+        model = _worker_models[model_path] = load_model(model_path)
+    return export_keras_format(model, name, target)
+
+
+def _spawn_pool() -> ProcessPoolExecutor:
+    # spawn, not fork: TensorFlow's threads do not survive a fork.
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh process, so a converter that crashes the interpreter (a
+    segfault or an abort in native code) ends that process, not the stage."""
+    with _spawn_pool() as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool as exc:
+            raise ModelError(f"the converter crashed its process ({exc})") from exc
+
+
 def _import_tensorflow() -> None:
     import tensorflow  # noqa: F401
 
 
-class TFLiteConversions:
-    """TFLite conversions of one SavedModel, spread over this process and a second one.
+class Conversions:
+    """The conversions of one export, spread over this process and a second one.
 
-    Why: a conversion is single-threaded MLIR work that holds the GIL (two threads took as
-    long as one after the other, measured), and int8 alone, with its calibration, takes about
-    as long as float32 and float16 together. On a machine with more than one core this
-    process converts one kind (and loads, scores and times every format) while a second
-    process converts the others, one after the other in the order they are asked for, so
-    each is ready about when this process comes to score it. The process is started
+    Why: a TFLite conversion is single-threaded MLIR work that holds the GIL (two threads took
+    as long as one after the other, measured), and int8 alone, with its calibration, takes
+    about as long as float32 and float16 together. On a machine with more than one core this
+    process converts one TFLite kind (and loads, scores and times every format) while a
+    second process converts the others, one after the other in ``formats``' order, so each
+    is ready about when this process comes to score it. The process is started
     (:meth:`start`) first thing in the stage, so its TensorFlow import overlaps this
-    process's. If the process dies, its conversions run here instead, with a warning.
+    process's. If the process dies, its TFLite conversions run here instead, with a warning.
+
+    ONNX and OpenVINO always convert in the second process, even on one core: tf2onnx and
+    OpenVINO are native code this project does not control, and a crash there must cost one
+    not-shipped row, not the stage. A Keras-format conversion whose process died is retried
+    alone in a fresh one (:func:`run_isolated`) and reported if that crashes too.
     """
 
-    def __init__(self, kinds: Sequence[str]) -> None:
+    def __init__(self, formats: Sequence[str], model_path: Path) -> None:
+        self.model_path = Path(model_path)
         self.calibration: np.ndarray | None = None
-        self.background = self.pick_background(kinds, os.cpu_count() or 1)
+        kinds = [name.removeprefix("tflite_") for name in formats if name.startswith("tflite_")]
+        tflite = {f"tflite_{kind}" for kind in self.pick_background(kinds, os.cpu_count() or 1)}
+        self.background = tuple(
+            dict.fromkeys(name for name in formats if name in tflite or name in KERAS_FORMATS)
+        )
         self._pool: ProcessPoolExecutor | None = None
-        self._futures: dict[str, Future[bytes]] = {}
+        self._futures: dict[str, Future[Any]] = {}
 
     @staticmethod
     def pick_background(kinds: Sequence[str], cpus: int) -> tuple[str, ...]:
-        """The kinds the second process converts, in order: all but the first that is not
-        int8 (this process converts that one between scoring the others); none on one core
-        or for a single conversion."""
+        """The TFLite kinds the second process converts, in order: all but the first that is
+        not int8 (this process converts that one between scoring the others); none on one
+        core or for a single conversion."""
         kinds = list(dict.fromkeys(kinds))
         if cpus < 2 or len(kinds) < 2:
             return ()
@@ -229,7 +451,7 @@ class TFLiteConversions:
     def start(self) -> None:
         """Start the second process (if any) and its TensorFlow import."""
         if self.background and self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = _spawn_pool()
             self._pool.submit(_import_tensorflow)
 
     def close(self) -> None:
@@ -242,24 +464,42 @@ class TFLiteConversions:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def submit(self, saved_model_dir: Path, calibration: np.ndarray | None) -> None:
+    def submit(self, saved_model_dir: Path, calibration: np.ndarray | None, out_dir: Path) -> None:
         """Begin the background conversions, once the SavedModel is written."""
         self.calibration = calibration
-        if self._pool is not None:
-            for kind in self.background:
-                self._futures[kind] = self._pool.submit(
-                    convert_tflite, saved_model_dir, kind, calibration
+        if self._pool is None:
+            return
+        for name in self.background:
+            if name in KERAS_FORMATS:
+                job = (
+                    export_keras_format_from_file,
+                    self.model_path,
+                    name,
+                    out_dir / FILENAMES[name],
                 )
+            else:
+                job = (convert_tflite, saved_model_dir, name.removeprefix("tflite_"), calibration)
+            self._futures[name] = self._pool.submit(*job)
 
-    def result(self, saved_model_dir: Path, kind: str) -> bytes:
+    def tflite(self, saved_model_dir: Path, kind: str) -> bytes:
         """The flatbuffer of ``kind``: from the second process if it converts it."""
-        future = self._futures.get(kind)
+        future = self._futures.get(f"tflite_{kind}")
         if future is not None:
             try:
                 return future.result()
             except BrokenProcessPool as exc:
                 logger.warning("the conversion process died (%s): converting %s here", exc, kind)
         return convert_tflite(saved_model_dir, kind, self.calibration)
+
+    def keras_format(self, name: str, target: Path) -> Path:
+        """``name`` (``onnx``, ``openvino``) written at ``target``, never in this process."""
+        future = self._futures.get(name)
+        if future is not None:
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                logger.warning("the conversion process died converting %s: retrying it alone", name)
+        return run_isolated(export_keras_format_from_file, self.model_path, name, target)
 
 
 def path_size(path: Path) -> int:
@@ -275,16 +515,35 @@ def path_size(path: Path) -> int:
 
 @dataclass(frozen=True)
 class FormatResult:
-    """One format's scores against the Keras model, and whether it ships."""
+    """One format's scores against the Keras model, and whether it ships (the scores are
+    ``None`` for a format that could not be written or run)."""
 
     format: str
     path: str
-    accuracy: float
-    agreement: float
-    size_bytes: int
-    latency_ms: float
+    accuracy: float | None
+    agreement: float | None
+    size_bytes: int | None
+    latency_ms: float | None
     shipped: bool
     reason: str
+
+
+def failed_format(name: str, path: Path, exc: Exception) -> FormatResult:
+    """The row of a format whose converter or runtime failed: not shipped, with the first
+    line of the error (a :class:`ModelError` already names the format and the fix)."""
+    what = "" if isinstance(exc, ModelError) else f"{name} could not be loaded or run: "
+    reason = f"not shipped: {what}{_first_line(exc)}"
+    logger.warning("%s: %s", name, reason)
+    return FormatResult(
+        format=name,
+        path=str(path),
+        accuracy=None,
+        agreement=None,
+        size_bytes=None,
+        latency_ms=None,
+        shipped=False,
+        reason=reason,
+    )
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -362,6 +621,18 @@ def score_format(
     return result
 
 
+def runtime_predictor(name: str, path: Path) -> Predictor:
+    """The ONNX or OpenVINO file in its own runtime (never TensorFlow: what users run)."""
+    try:
+        if name == "onnx":
+            return OnnxClassifier(path)
+        return OpenVINOClassifier(path / OPENVINO_XML)
+    except ImportError as exc:
+        raise ModelError(
+            f"{name} needs the {exc.name or 'missing'} runtime: {INSTALL_HINTS[name]}"
+        ) from exc
+
+
 def time_formats(
     predictors: dict[str, Predictor], images: np.ndarray, samples: int
 ) -> dict[str, float]:
@@ -386,13 +657,15 @@ class ModelExport:
 
     Three steps, so a stage can put its other work in the gaps:
 
-    - entering starts the conversion process (:class:`TFLiteConversions`), whose
+    - entering starts the conversion process (:class:`Conversions`), whose
       TensorFlow import then overlaps the stage's own;
     - :meth:`write_saved_model` loads the model and writes the SavedModel every TFLite
-      model is converted from, and hands the conversions to the second process: from here
-      the stage's MLflow set-up and test-data loading run while it converts;
+      model is converted from, and hands the conversions (TFLite, ONNX, OpenVINO) to the
+      second process: from here the stage's MLflow set-up and test-data loading run while it
+      converts;
     - :meth:`verify` re-scores every format on the test images and returns the report
-      written to ``metrics/export.json``.
+      written to ``metrics/export.json``. A format whose converter or runtime fails is a
+      not-shipped row; only the SavedModel, which the TFLite models come from, is required.
     """
 
     def __init__(
@@ -408,8 +681,7 @@ class ModelExport:
         self.cfg = cfg
         self.hint = hint
         self.saved_dir = self.out_dir / FILENAMES[SAVED_MODEL]
-        kinds = [name.removeprefix("tflite_") for name in cfg.formats if name != SAVED_MODEL]
-        self.conversions = TFLiteConversions(kinds)
+        self.conversions = Conversions(cfg.formats, self.model_path)
         self.model: Any = None
 
     def __enter__(self) -> ModelExport:
@@ -427,7 +699,18 @@ class ModelExport:
 
         self.model = load_model(self.model_path, hint=self.hint)
         export_saved_model(self.model, self.saved_dir)
-        self.conversions.submit(self.saved_dir, calibration)
+        self.conversions.submit(self.saved_dir, calibration, self.out_dir)
+
+    def _write(self, name: str, path: Path) -> Predictor:
+        """Format ``name`` on disk at ``path`` (converted if not yet), as a predictor."""
+        if name == SAVED_MODEL:
+            return saved_model_predictor(self.saved_dir)
+        if name in KERAS_FORMATS:
+            self.conversions.keras_format(name, path)
+            return runtime_predictor(name, path)
+        kind = name.removeprefix("tflite_")
+        atomic_write_bytes(path, self.conversions.tflite(self.saved_dir, kind))
+        return TFLiteClassifier(path)
 
     @timed("export")
     def verify(self, test_images: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
@@ -448,30 +731,31 @@ class ModelExport:
         with progress(len(cfg.formats), desc="export", unit="format") as bar:
             for name in cfg.formats:
                 path = self.out_dir / FILENAMES[name]
-                if name == SAVED_MODEL:
-                    predict: Predictor = saved_model_predictor(self.saved_dir)
+                try:
+                    predict = self._write(name, path)
+                    result = score_format(
+                        name,
+                        path,
+                        predict,
+                        test_images,
+                        test_labels,
+                        reference,
+                        reference_accuracy,
+                        cfg,
+                        batch_size=cfg.batch_size,
+                    )
+                except Exception as exc:  # a failed converter or runtime is a finding
+                    if name == SAVED_MODEL:
+                        raise
+                    result = failed_format(name, path, exc)
                 else:
-                    kind = name.removeprefix("tflite_")
-                    atomic_write_bytes(path, self.conversions.result(self.saved_dir, kind))
-                    predict = TFLiteClassifier(path)
-                predictors[name] = predict
-                result = score_format(
-                    name,
-                    path,
-                    predict,
-                    test_images,
-                    test_labels,
-                    reference,
-                    reference_accuracy,
-                    cfg,
-                    batch_size=cfg.batch_size,
-                )
+                    predictors[name] = predict
                 formats[name] = dataclasses.asdict(result)
                 bar.update(1)
         self.conversions.close()  # all converted: its teardown overlaps the timing below
         latencies = time_formats(predictors, test_images, cfg.latency_samples)
         for name, row in formats.items():
-            row["latency_ms"] = latencies[name]
+            row["latency_ms"] = latencies.get(name)
         return {
             "n_test": len(test_labels),
             "n_calibration": len(calibration),
@@ -513,7 +797,8 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, row in report.get("formats", {}).items():
         for key in ("accuracy", "agreement", "size_bytes", "latency_ms"):
-            out[f"export.{name}.{key}"] = float(row[key])
+            if row.get(key) is not None:  # None: the format could not be written or run
+                out[f"export.{name}.{key}"] = float(row[key])
         out[f"export.{name}.shipped"] = 1.0 if row["shipped"] else 0.0
     keras_row = report.get("keras") or {}
     for key in ("accuracy", "size_bytes", "latency_ms"):

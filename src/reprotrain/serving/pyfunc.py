@@ -429,8 +429,8 @@ def attach_exports(
     at them (``mlflow artifacts download -u <uri>``) instead of storing them twice.
     """
     from reprotrain.serving.export import (
+        DIRECTORY_FORMATS,
         FILENAMES,
-        SAVED_MODEL,
         flat_metrics,
         shipped_formats,
     )
@@ -445,8 +445,8 @@ def attach_exports(
         tags["export.run_id"] = export_run_id
         for fmt in shipped:
             # stages/export.py logs a file under export/<format>/, a directory's contents
-            # (the SavedModel) directly under export/<format>.
-            leaf = "" if fmt == SAVED_MODEL else f"/{FILENAMES[fmt]}"
+            # (the SavedModel, the OpenVINO IR) directly under export/<format>.
+            leaf = "" if fmt in DIRECTORY_FORMATS else f"/{FILENAMES[fmt]}"
             tags[f"export.{fmt}.uri"] = f"runs:/{export_run_id}/export/{fmt}{leaf}"
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)

@@ -1,8 +1,10 @@
 """Every exported format as the same NumPy function, and how fast it answers.
 
 ``Predictor``: float32 ``[B, S, S, 3]`` pixels 0..255 → probabilities ``[B, C]``, for the
-Keras reference, the SavedModel and each TFLite model alike, so the export checks compare
-like with like.
+Keras reference, the SavedModel, each TFLite model, the ONNX model (ONNX Runtime) and the
+OpenVINO IR (OpenVINO Runtime) alike, so the export checks compare like with like. Each
+format runs in the runtime it ships to, never through TensorFlow again: that is what a user
+of the file would run.
 """
 
 from __future__ import annotations
@@ -52,6 +54,36 @@ class TFLiteClassifier:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.stack([self.predict_one(image) for image in images])
+
+
+class OnnxClassifier:
+    """An ONNX model in ONNX Runtime on the CPU, fed the whole batch at once (the export
+    keeps Keras' dynamic batch dimension)."""
+
+    def __init__(self, path: Path | str) -> None:
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        feed = {self.input_name: np.asarray(images, dtype=np.float32)}
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+
+
+class OpenVINOClassifier:
+    """An OpenVINO IR (``model.xml`` + ``model.bin``) compiled for the CPU by OpenVINO
+    Runtime. One infer request is reused: compiling is the slow part, a call is not."""
+
+    def __init__(self, xml_path: Path | str) -> None:
+        import openvino
+
+        self.compiled = openvino.Core().compile_model(str(xml_path), "CPU")
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        result = self.request.infer([np.asarray(images, dtype=np.float32)])
+        return np.array(result[self.compiled.output(0)], dtype=np.float32)  # a copy
 
 
 def saved_model_predictor(directory: Path) -> Predictor:
