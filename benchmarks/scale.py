@@ -11,7 +11,10 @@ differ, a fixed seed) on all cores, cached under ``--work`` (default
   on ``--images`` images, with all cores and with 1 worker back to back: images/s and the
   speed-up, and the peak RSS of the parent process (``RUSAGE_SELF``), of the largest pool
   worker (``RUSAGE_CHILDREN``) and of the whole process tree (psutil, sampled);
-* ``fetch`` of the generated folder: first copy, then an unchanged re-run;
+* ``fetch`` of the generated folder: first copy, then unchanged re-runs of today's fetch
+  and of the one before issue 23 (size + whole-second mtime) alternating, one stateless
+  re-run, and an in-place edit that keeps size and mtime (``--fetch-only``: just these,
+  on placeholder files of the images' sizes when the images were not generated);
 * a real DVC project (git + DVC, the repo's ``dvc.yaml``, ``params.yaml`` and stages,
   ``data.source`` = the generated folder): ``dvc repro prepare`` once, then the no-op
   ``dvc repro prepare`` and ``dvc status`` over the ``--images``-file ``data/raw``;
@@ -354,26 +357,112 @@ def measure_scaling(raw: Path, cores: int, images: int, rounds: int) -> dict[str
     }
 
 
-def measure_fetch(src: Path, work: Path) -> dict[str, Any]:
+#: fetch before issue 23 (a file unchanged when its size and whole-second mtime match),
+#: loaded from git to measure the cost of the stricter check in the same run.
+LEGACY_FETCH_COMMIT = "468c3bc"
+
+
+def legacy_fetch():
+    """``reprotrain.data.fetch.fetch`` as of :data:`LEGACY_FETCH_COMMIT` (read by git, run
+    against today's ``origin``, whose functions it calls keep their old signatures)."""
+    import importlib.util
+
+    code = subprocess.run(
+        ["git", "show", f"{LEGACY_FETCH_COMMIT}:src/reprotrain/data/fetch.py"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    spec = importlib.util.spec_from_loader("legacy_fetch", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["legacy_fetch"] = module  # dataclasses look their module up
+    exec(compile(code, "legacy_fetch.py", "exec"), module.__dict__)
+    return module.fetch
+
+
+def placeholder_files(root: Path, n: int, seed: int) -> dict[str, Any]:
+    """``n`` files of seeded random bytes (25-62 KiB, the generated JPEGs' mean 43.5 KiB) in
+    the images' layout: fetch never decodes, so its cost is the file count and bytes.
+    For ``--fetch-only`` without the generated images (generating them takes ~13 min of
+    both cores)."""
+    import random
+
+    marker = root.with_name(root.name + ".done")
+    if marker.is_file() and json.loads(marker.read_text()).get("files") == n:
+        return json.loads(marker.read_text()) | {"cached": True}
+    shutil.rmtree(root, ignore_errors=True)
+    rng, total = random.Random(seed), 0
+    for i in range(n):
+        path = image_path(root, i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = rng.randbytes(rng.randint(25 * 1024, 62 * 1024))
+        path.write_bytes(data)
+        total += len(data)
+    info = {"files": n, "bytes": total, "kind": "placeholder (random bytes, not images)"}
+    marker.write_text(json.dumps(info) + "\n")
+    return info | {"cached": False}
+
+
+def _fetch_run(fetch_fn, src: Path, dst: Path, **kwargs: Any) -> dict[str, Any]:
+    before = load()
+    t = time.perf_counter()
+    r = fetch_fn(str(src), dst, **kwargs)
+    return {
+        "seconds": round(time.perf_counter() - t, 2),
+        "files": r.files,
+        "copied": r.copied,
+        "unchanged": getattr(r, "unchanged", None),
+        "removed": r.removed,
+        "load_before": before,
+    }
+
+
+def measure_fetch(src: Path, work: Path, rounds: int = 3) -> dict[str, Any]:
+    """First copy, then unchanged re-runs of today's fetch (with the stage's state file)
+    and of the legacy one alternating on the same snapshot, one stateless re-run (every
+    file compared by hash), and the stale-edit check: one file edited in place keeping
+    its size and mtime, which the legacy check misses."""
+    import statistics
+
     from reprotrain.data.fetch import fetch
 
-    dst = work / "fetch-raw"
+    legacy = legacy_fetch()
+    dst, digests, state = work / "fetch-raw", work / "fetch-digests.json", work / "fetch-state.json"
     shutil.rmtree(dst, ignore_errors=True)
-    (work / "fetch-digests.json").unlink(missing_ok=True)
-    out = {}
-    for name in ("first", "unchanged"):
-        before = load()
-        t = time.perf_counter()
-        r = fetch(str(src), dst, digest_cache=work / "fetch-digests.json")
-        out[name] = {
-            "seconds": round(time.perf_counter() - t, 2),
-            "files": r.files,
-            "copied": r.copied,
-            "unchanged": getattr(r, "unchanged", None),
-            "removed": r.removed,
-            "load_before": before,
-        }
-        logging.info("fetch (%s): %s", name, out[name])
+    digests.unlink(missing_ok=True)
+    state.unlink(missing_ok=True)
+    new = {"digest_cache": digests, "sync_state": state}
+    out: dict[str, Any] = {"first": _fetch_run(fetch, src, dst, **new)}
+    logging.info("fetch (first): %s", out["first"])
+    runs: dict[str, list[dict[str, Any]]] = {"unchanged_legacy": [], "unchanged": []}
+    for _ in range(rounds):
+        runs["unchanged_legacy"].append(_fetch_run(legacy, src, dst, digest_cache=digests))
+        runs["unchanged"].append(_fetch_run(fetch, src, dst, **new))
+        logging.info("fetch unchanged, legacy then today: %s", [r[-1] for r in runs.values()])
+    ratios = [
+        b["seconds"] / a["seconds"]
+        for a, b in zip(runs["unchanged_legacy"], runs["unchanged"], strict=True)
+    ]
+    out |= runs
+    out["unchanged_ratio_today_vs_legacy_per_round"] = [round(r, 2) for r in ratios]
+    out["unchanged_ratio_today_vs_legacy_median"] = round(statistics.median(ratios), 2)
+    out["unchanged_without_state"] = _fetch_run(fetch, src, dst, digest_cache=digests)
+    logging.info("fetch unchanged without state: %s", out["unchanged_without_state"])
+    victim = image_path(src, 0)
+    st, original = victim.stat(), victim.read_bytes()
+    try:
+        victim.write_bytes(bytes(b ^ 0xFF for b in original[:64]) + original[64:])
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+        missed = _fetch_run(legacy, src, dst, digest_cache=digests)["copied"]
+        caught = _fetch_run(fetch, src, dst, **new)["copied"]
+    finally:
+        victim.write_bytes(original)
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out["edit_keeping_size_and_mtime_copied"] = {"legacy": missed, "today": caught}
+    logging.info(
+        "edit keeping size and mtime, files copied: %s", out["edit_keeping_size_and_mtime_copied"]
+    )
     shutil.rmtree(dst)
     return out
 
@@ -454,6 +543,12 @@ def main() -> int:
         action="store_true",
         help="only the prepare runs (small 1 / all cores, full all cores), merged into --out",
     )
+    parser.add_argument(
+        "--fetch-only",
+        action="store_true",
+        help="only the fetch runs (on the generated images if there, else placeholder "
+        "files of their sizes), merged into --out",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating scaling rounds")
     parser.add_argument("--skip", nargs="*", default=[], choices=["fetch", "dvc", "train"])
     args = parser.parse_args()
@@ -472,6 +567,8 @@ def main() -> int:
         },
     }
     full = args.work / f"images-{args.images}-seed{args.seed}"
+    if args.fetch_only:
+        return fetch_only(args, full, report["machine"])
     report["generation"] = generate(full, args.images, args.seed)
     if args.generate_only:
         return 0
@@ -538,6 +635,22 @@ def main() -> int:
     report["machine"]["load_average_at_end"] = load()
     save()
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def fetch_only(args: argparse.Namespace, full: Path, machine: dict[str, Any]) -> int:
+    """``--fetch-only``: the fetch measurements alone, merged into ``--out``."""
+    if full.with_name(full.name + ".done").is_file():
+        src, data = full, {"kind": "generated images", "files": args.images}
+    else:
+        src = args.work / f"placeholders-{args.images}-seed{args.seed}"
+        data = placeholder_files(src, args.images, args.seed)
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result = measure_fetch(src, args.work, args.rounds)
+    report["fetch"] = {"data": data, "machine": machine | {"load_average_at_end": load()}}
+    report["fetch"] |= result
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    sys.stdout.write(json.dumps(report["fetch"], indent=2) + "\n")
     return 0
 
 
