@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,100 @@ def test_cache_auto_over_budget_writes_a_keyed_cache_file(
             seed=0,
         )
     assert "tf.data cache for val: memory" in caplog.text and "fit" in caplog.text
+
+
+CACHE_USER = r"""
+import hashlib, os, sys
+from pathlib import Path
+from reprotrain.config import PipelineConfig
+from reprotrain.data import pipeline
+from reprotrain.paths import split_files
+
+prepared, prefix, pause = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "pause"
+files = split_files(prepared, "train")
+cfg = PipelineConfig(cache=prefix)
+ds = pipeline.make_dataset(files, cfg, False, image_size=32, batch_size=2, seed=0)
+digest = hashlib.sha256()
+for x, _ in ds:
+    digest.update(x.numpy().tobytes())
+    if pause and any(n.endswith(".lockfile") for n in os.listdir(Path(prefix).parent)):
+        pause = False
+        print("writing", flush=True)  # mid-epoch, the cache unfinished: wait for the test
+        sys.stdin.buffer.read(1)
+print("pixels", digest.hexdigest(), flush=True)
+"""
+
+
+def _pixels(ds: tf.data.Dataset) -> str:
+    digest = hashlib.sha256()
+    for x, _ in ds:
+        digest.update(x.numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.slow
+def test_parallel_experiments_never_delete_each_others_live_cache(
+    prepared: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two real processes in two workdirs, one absolute `pipeline.cache` prefix, the same
+    data (`dvc queue start -j 2`): while a subprocess writes the cache, this process reads
+    the shards uncached and touches none of its files; the writer then finishes a complete
+    cache, which is read from then on, and every read saw the pixels of an uncached one."""
+    import logging
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, subprocess_env
+
+    prefix = tmp_path / "shared-cache" / "tfdata"
+    prefix.parent.mkdir()
+    (tmp_path / "exp1").mkdir()
+    (tmp_path / "exp2").mkdir()
+    files = split_files(prepared, "train")
+    cfg = PipelineConfig(cache=str(prefix))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", CACHE_USER, str(prepared), str(prefix), "pause"],
+        cwd=tmp_path / "exp1",
+        env=subprocess_env(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdin is not None
+        assert writer.stdout.readline() == "writing\n", writer.poll()
+        live = sorted(p.name for p in prefix.parent.iterdir())
+        assert any(n.endswith(".lockfile") for n in live)
+        monkeypatch.chdir(tmp_path / "exp2")  # the other experiment's workdir
+        with caplog.at_level(logging.INFO, logger="reprotrain.data.pipeline"):
+            ds = pipeline.make_dataset(files, cfg, False, image_size=SIZE, batch_size=2, seed=0)
+            mine = _pixels(ds)
+        assert "being written by another live process" in caplog.text
+        assert "reading the shards uncached" in caplog.text
+        still = sorted(p.name for p in prefix.parent.iterdir())
+        assert set(live) <= set(still), f"this process deleted {set(live) - set(still)}"
+        writer.stdin.write("c")
+        writer.stdin.flush()
+        out, _ = writer.communicate(timeout=300)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert writer.returncode == 0
+    key = pipeline.cache_path(prefix, files, SIZE, False)
+    assert Path(f"{key}.index").is_file()  # the writer's cache completed
+    assert not list(prefix.parent.glob("*.lockfile"))
+    plain = pipeline.make_dataset(
+        files, PipelineConfig(cache="none"), False, image_size=SIZE, batch_size=2, seed=0
+    )
+    expected = _pixels(plain)
+    assert out.endswith(f"pixels {expected}\n") and mine == expected
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reprotrain.data.pipeline"):  # now complete
+        cached = pipeline.make_dataset(files, cfg, False, image_size=SIZE, batch_size=2, seed=0)
+        assert _pixels(cached) == expected
+    assert f"file {key}" in caplog.text and "another live process" not in caplog.text

@@ -24,10 +24,14 @@ shards' digest (:func:`choose_cache`, :func:`cache_path`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import math
+import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,6 +360,16 @@ def _cache(
         return ds.cache()
     if choice.kind == "file":
         path = cache_path(choice.prefix, files, image_size, with_metadata)
+        if not Path(f"{path}.index").exists() and not claim_cache(path):
+            log.warning(
+                "tf.data cache for %s: none: %s is being written by another live process "
+                "(%s; e.g. a parallel experiment on the same data); reading the shards "
+                "uncached instead of sharing or deleting its unfinished files",
+                split,
+                path,
+                cache_owner(path),
+            )
+            return ds
         log.info("tf.data cache for %s: file %s (%s)", split, path, choice.reason)
         clear_unfinished_cache(path)
         return ds.cache(str(path))
@@ -377,7 +391,10 @@ def cache_path(
     written before ``prepare`` reran would be read after it. The key hashes the shards'
     identity (name, size and sha256, taken from ``shards.json`` when its record matches the
     file's size, else computed), the image size and the element structure: other data,
-    other split or other size → other file, so a stale cache is never read.
+    other split or other size → other file, so a stale cache is never read. Processes that
+    reach the same key (parallel experiments on the same data with an absolute prefix)
+    share the finished cache; while it is unfinished only its owner (:func:`claim_cache`)
+    writes or deletes it, and the others read uncached.
     """
     recorded: dict[Path, dict[str, dict]] = {}
     identity = []
@@ -403,19 +420,60 @@ def cache_path(
     return path
 
 
+#: Owner locks of the caches this process writes (path → the open, flock'ed file): held
+#: until the process exits, when the kernel releases them, however it dies.
+_OWNED: dict[str, int] = {}
+OWNER_SUFFIX = ".owner"
+
+
+def claim_cache(path: Path) -> bool:
+    """Make this process the writer of the cache file ``path``; False if a live process is.
+
+    Why a lock: with an absolute ``pipeline.cache`` prefix, parallel experiments
+    (``dvc queue start -j 2``, each in its own workdir) reach the same key for the same
+    data, and one must not delete or co-write the cache the other is still writing. The
+    lock is an ``flock`` on ``<path>.owner``, held for the life of the process: a killed
+    owner's lock is free again at once (no pid file to go stale, no pid reuse), and it
+    works across the processes of one host and on NFS (Linux maps it to POSIX locks).
+    """
+    key = str(path)
+    if key in _OWNED:
+        return True
+    fd = os.open(f"{path}{OWNER_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, cwd {Path.cwd()}\n".encode())
+    _OWNED[key] = fd
+    return True
+
+
+def cache_owner(path: Path) -> str:
+    """Who holds ``path``'s owner lock, as it wrote it (for messages)."""
+    with contextlib.suppress(OSError):
+        return Path(f"{path}{OWNER_SUFFIX}").read_text(encoding="utf-8").strip() or "unknown"
+    return "unknown"
+
+
 def clear_unfinished_cache(path: Path) -> list[Path]:
-    """Delete what a killed writer left of the cache file ``path``; returns what was deleted.
+    """Delete what a dead writer left of the cache file ``path``; returns what was deleted.
 
     tf.data writes ``<path>.index`` last, when an epoch completes. A process killed during
     its first epoch leaves ``<path>_<n>.lockfile`` and partial ``.data`` files, and every
     later run then fails with "There appears to be a concurrent caching iterator running".
-    Without the index the cache is unusable anyway, so its leftovers go (a complete cache is
-    never touched). Caches are keyed by the data and written by one stage at a time (DVC's
-    repro lock), so a lockfile without an index here is a dead writer's.
+    Without the index the cache is unusable anyway, so its leftovers go, but only once this
+    process holds the cache's owner lock (:func:`claim_cache`): the files of a writer that
+    is still alive are never touched, nor is a complete cache.
     """
-    if Path(f"{path}.index").exists():
+    if Path(f"{path}.index").exists() or not claim_cache(path):
         return []
-    leftovers = [p for p in path.parent.glob(f"{path.name}[._]*") if p.is_file()]
+    owner = f"{path.name}{OWNER_SUFFIX}"
+    leftovers = [
+        p for p in path.parent.glob(f"{path.name}[._]*") if p.is_file() and p.name != owner
+    ]
     for p in leftovers:
         p.unlink(missing_ok=True)
     if leftovers:
