@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import socket
 import zipfile
@@ -114,7 +115,7 @@ def test_a_manifest_row_naming_a_fifo_is_quarantined_and_prepare_does_not_block(
     _, candidates, problems = scan(raw)
     assert "cats/pipe.jpg" not in {c.path for c in candidates}
     assert [(p.path, p.reason) for p in problems] == [
-        ("cats/pipe.jpg", "a named pipe (FIFO), not a regular file: not read (manifest line 8)")
+        ("cats/pipe.jpg", "not a regular file: a named pipe (FIFO), not read (manifest line 8)")
     ]
     # Only reached when the FIFO is not a candidate: reading it would block forever.
     summary = prepare(raw, tmp_path / "prepared", PrepareConfig(shard_size=16, max_side=None), 1)
@@ -133,16 +134,23 @@ def test_a_folder_source_with_a_fifo_and_a_socket_fetches_the_rest(tmp_path: Pat
         sock.close()
     assert result.files == 6 and result.copied == 6
     assert [(q.path, q.reason) for q in result.quarantined] == [
-        ("cats/pipe.jpg", "a named pipe (FIFO), not a regular file: not read"),
-        ("dogs/sock.jpg", "a socket, not a regular file: not read"),
+        ("cats/pipe.jpg", "not a regular file: a named pipe (FIFO), not read"),
+        ("dogs/sock.jpg", "not a regular file: a socket, not read"),
     ]
     assert not (tmp_path / "raw" / "cats" / "pipe.jpg").exists()
     assert _rows(tmp_path / "raw" / FETCH_REPORT) == [
         {"path": q.path, "reason": q.reason} for q in result.quarantined
     ]
-    _, candidates, problems = scan(tmp_path / "raw")  # prepare's quarantine.csv gets them
+    _, candidates, problems = scan(tmp_path / "raw")
     assert len(candidates) == 6
     assert [p.path for p in problems] == ["cats/pipe.jpg", "dogs/sock.jpg"]
+    # prepare's quarantine.csv and stats.json account for them like any other bad file.
+    out = tmp_path / "prepared"
+    prepare(tmp_path / "raw", out, PrepareConfig(shard_size=16, max_side=None), 1)
+    assert _rows(out / "quarantine.csv") == _rows(tmp_path / "raw" / FETCH_REPORT)
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["files_seen"], stats["images"], stats["quarantined"]) == (8, 6, 2)
+    assert stats["quarantine_reasons"] == {"not a regular file": 2}
     # Fixed at the source: the next fetch drops the report (data/raw as if never there).
     (src / "cats" / "pipe.jpg").unlink()
     (src / "dogs" / "sock.jpg").unlink()

@@ -170,7 +170,7 @@ def walk(root: Path) -> Listing:
                 files.append(rel)
             else:
                 mode = _lstat_mode(entry)
-                bad.append(Quarantined(rel, f"{file_kind(mode)}, not a regular file: not read"))
+                bad.append(Quarantined(rel, f"not a regular file: {file_kind(mode)}, not read"))
     files.sort()
     bad.sort(key=lambda q: q.path)
     return Listing(files, bad)
@@ -191,20 +191,20 @@ def _follow(entry: os.DirEntry, base: str, above: tuple[str, ...]) -> tuple[bool
     except OSError:
         shown = "?"
     if not _inside(target, base):
-        return f"symbolic link to {shown}, outside the source: not followed"
+        return f"symbolic link outside the source, not followed (to {shown})"
     try:
         st = os.stat(entry.path)
     except FileNotFoundError:
-        return f"dangling symbolic link (to {shown}): nothing to read"
+        return f"dangling symbolic link, nothing to read (to {shown})"
     except OSError as exc:
-        return f"symbolic link to {shown} cannot be followed ({exc.strerror})"
+        return f"symbolic link that cannot be followed ({exc.strerror}: to {shown})"
     if stat.S_ISDIR(st.st_mode):
         if target in above:
-            return f"symbolic link to {shown}, a folder that contains it (a loop): not followed"
+            return f"symbolic link loop, not followed (to {shown}, a folder that contains it)"
         return True, target
     if stat.S_ISREG(st.st_mode):
         return False, target
-    return f"symbolic link to {file_kind(st.st_mode)}, not a regular file: not read"
+    return f"not a regular file: a symbolic link to {file_kind(st.st_mode)}, not read"
 
 
 def list_files(root: Path) -> list[Path]:
@@ -361,7 +361,7 @@ def _open_regular(path: str) -> io.BufferedReader:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise _Unreadable(f"{file_kind(mode)}, not a regular file: not read")
+        raise _Unreadable(f"not a regular file: {file_kind(mode)}, not read")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
@@ -510,7 +510,7 @@ def snapshot_manifest(csv_path: Path, dst: Path, state: Path | None = None) -> S
             except OSError:
                 mode = None
             if mode is not None and not stat.S_ISREG(mode):
-                special.append(Quarantined(raw, f"{file_kind(mode)}, not a regular file: not read"))
+                special.append(Quarantined(raw, f"not a regular file: {file_kind(mode)}, not read"))
                 continue
             if mode is not None:
                 links.append((src, rel))

@@ -308,10 +308,10 @@ class _TarGuard:
             ) from None
         except tarfile.SpecialFileError:
             reason = (
-                "special file (FIFO or device) in the archive, not a regular file: not extracted"
+                "not a regular file: a special file (FIFO or device) in the archive, not extracted"
             )
         except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
-            reason = f"link to {member.linkname!r}, outside the archive: not extracted"
+            reason = f"link outside the archive, not extracted (to {member.linkname!r})"
         except tarfile.FilterError as exc:
             reason = f"not extracted ({exc})"
         self.quarantined.append(Quarantined(printable(member.name.rstrip("/")), reason))

@@ -197,5 +197,5 @@ def check_path(real_root: str, path: str) -> str | None:
     except OSError:
         return "file listed in the manifest does not exist"
     if not stat.S_ISREG(mode):
-        return f"{file_kind(mode)}, not a regular file: not read"
+        return f"not a regular file: {file_kind(mode)}, not read"
     return None
