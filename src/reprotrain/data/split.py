@@ -26,7 +26,8 @@ The rules (:func:`assign_splits`, a pure function):
 * New images fill the pool's splits towards the targets: taken in an order fixed by
   ``(seed, sha256)``, each goes to the split furthest below its target. The result is
   deterministic for a seed and exact on the first run; later runs stay exact unless removed
-  images left a split above its target (assigned images never move to correct that).
+  or returning images left a split above its target (assigned images never move to
+  correct that).
 * Images no longer in the data keep their row, marked absent (``present`` = ``no``): the
   ledger forgets nothing, so an image that comes back gets its old split (taking the test
   images out, adding new ones and putting them back must not turn them into training
