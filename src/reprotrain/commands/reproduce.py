@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 import yaml
 
 from reprotrain import paths, tracking
+from reprotrain.commands.metric_diff import compare, format_table, metric_histories
 from reprotrain.config import load_params
 from reprotrain.errors import ReprotrainError, TrackingError
 from reprotrain.fsio import atomic_write_text
@@ -251,56 +251,6 @@ def restore_params(uri: str, parent_id: str, work: Path) -> bool:
     return True
 
 
-# --------------------------------------------------------------------------- comparing
-
-
-#: MLflow's system-metrics prefix: samples of the machine, never expected to repeat.
-SYSTEM_PREFIX = "system/"
-
-
-def metric_histories(client: Any, run: Any) -> dict[str, list[tuple[int, float]]]:
-    """``{metric: [(step, value), ...]}`` of a run's result metrics, ordered by step."""
-    out = {}
-    for key in sorted(k for k in run.data.metrics if not k.startswith(SYSTEM_PREFIX)):
-        hist = client.get_metric_history(run.info.run_id, key)
-        out[key] = sorted((int(m.step), float(m.value)) for m in hist)
-    return out
-
-
-def _same(a: list[tuple[int, float]] | None, b: list[tuple[int, float]] | None) -> bool:
-    if a is None or b is None or len(a) != len(b):
-        return False
-    return all(
-        sa == sb and (va == vb or (math.isnan(va) and math.isnan(vb)))
-        for (sa, va), (sb, vb) in zip(a, b, strict=True)
-    )
-
-
-def compare(
-    original: Mapping[str, list[tuple[int, float]]],
-    reproduced: Mapping[str, list[tuple[int, float]]],
-) -> list[tuple[str, float | None, float | None, bool]]:
-    """Rows ``(metric, original last value, reproduced last value, identical history)``."""
-    rows = []
-    for key in sorted(set(original) | set(reproduced)):
-        a, b = original.get(key), reproduced.get(key)
-        last_a = a[-1][1] if a else None
-        last_b = b[-1][1] if b else None
-        rows.append((key, last_a, last_b, _same(a, b)))
-    return rows
-
-
-def format_table(rows: Sequence[tuple[str, float | None, float | None, bool]]) -> str:
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.10g}"
-
-    width = max([len("metric"), *(len(r[0]) for r in rows)])
-    lines = [f"{'metric':<{width}}  {'original':>16}  {'reproduced':>16}  same"]
-    for key, a, b, same in rows:
-        lines.append(f"{key:<{width}}  {fmt(a):>16}  {fmt(b):>16}  {'yes' if same else 'NO'}")
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- command
 
 
@@ -321,36 +271,61 @@ def reproduce(run_id: str, root: Path, workdir: Path | None = None) -> tuple[int
     target = target_of(run, client)
     if target.commit == "unknown":
         raise ReproduceError(f"run {run_id} has no git commit tag: it cannot be reproduced")
-    dirty_code = [
-        p
-        for p in (run.data.tags.get(tracking.TAG_DIRTY_PATHS) or "").split(",")
-        if p and p != tracking.PARAMS_ARTIFACT
-    ]
-    if target.dirty and (dirty_code or tracking.TAG_DIRTY_PATHS not in run.data.tags):
-        logger.warning(
-            "run %s was made from uncommitted changes (%s): reproducing the code of commit %s",
-            run_id,
-            ", ".join(dirty_code) or "unknown files",
-            target.commit[:12],
-        )
+    _warn_if_dirty(run, target)
     repo = Path(run.data.tags.get(tracking.TAG_ROOT) or root)
     if not (repo / ".git").exists():
         repo = root
-    env = child_env(uri, run_id, Path("."))
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="reprotrain-reproduce-"))
     work = work.resolve()
-    make_worktree(repo, target.commit, work, env)
+    make_worktree(repo, target.commit, work, child_env(uri, run_id, Path(".")))
     env = child_env(uri, run_id, work)
     logger.info("work tree %s at %s", work, target.commit[:12])
-
     parent_id = run.info.run_id if target.is_pipeline else run.data.tags.get("mlflow.parentRunId")
     if parent_id:
         restore_params(uri, parent_id, work)
 
-    dvc_yaml = tracking.read_yaml(work / "dvc.yaml")
+    produced = tracking.stage_outputs(tracking.read_yaml(work / "dvc.yaml"))
+    for stage in stages_to_rerun(repo, work, target, recorded_hashes(client, run), env):
+        _run(["dvc", "repro", "--force", "--single-item", stage], work, env)
+
+    new_id = reproduced_run_id(work, target, produced)
+    rows = compare(metric_histories(client, run), metric_histories(client, client.get_run(new_id)))
+    identical = bool(rows) and all(r[3] for r in rows)
+    verdict = "identical" if identical else "differs"
+    client.set_tag(new_id, "reprotrain.reproduction", verdict)
+    client.set_tag(new_id, tracking.TAG_REPRODUCES, run_id)
+    header = (
+        f"run {run_id} ({target.stage}{' pipeline' if target.is_pipeline else ''}, commit "
+        f"{target.commit[:12]}) reproduced as {new_id} in {work}: {verdict}"
+    )
+    return (0 if identical else 1), header + "\n" + format_table(rows), new_id
+
+
+def _warn_if_dirty(run: Any, target: Target) -> None:
+    """A run made from uncommitted code can only be reproduced from its commit: say so."""
+    tags = run.data.tags
+    dirty_code = [
+        p
+        for p in (tags.get(tracking.TAG_DIRTY_PATHS) or "").split(",")
+        if p and p != tracking.PARAMS_ARTIFACT
+    ]
+    if target.dirty and (dirty_code or tracking.TAG_DIRTY_PATHS not in tags):
+        logger.warning(
+            "run %s was made from uncommitted changes (%s): reproducing the code of commit %s",
+            run.info.run_id,
+            ", ".join(dirty_code) or "unknown files",
+            target.commit[:12],
+        )
+
+
+def stages_to_rerun(
+    repo: Path, work: Path, target: Target, hashes: Mapping[str, str], env: Mapping[str, str]
+) -> list[str]:
+    """The stages to rerun, in order. Snapshot stages (fetch) are not rerun when their output
+    was restored from the DVC cache at the hash the run recorded; they are when nothing was
+    recorded (snapshot again) or the restore failed."""
     stages = plan(work, target.stage)
-    produced = tracking.stage_outputs(dvc_yaml)
-    hashes = recorded_hashes(client, run)
+    produced = tracking.stage_outputs(tracking.read_yaml(work / "dvc.yaml"))
     snapshot = {
         path: (producer, hashes[path])
         for path, producer in produced.items()
@@ -363,9 +338,11 @@ def reproduce(run_id: str, root: Path, workdir: Path | None = None) -> tuple[int
         if s in SNAPSHOT_STAGES and s not in restored and s not in to_run:
             to_run.insert(0, s)  # nothing recorded to restore: snapshot again
     logger.info("rerunning %s", " → ".join(to_run))
-    for stage in to_run:
-        _run(["dvc", "repro", "--force", "--single-item", stage], work, env)
+    return to_run
 
+
+def reproduced_run_id(work: Path, target: Target, produced: Mapping[str, str]) -> str:
+    """The new run's id, from the sidecar the target stage wrote in the work tree."""
     sidecars = [
         p
         for p, producer in produced.items()
@@ -374,18 +351,7 @@ def reproduce(run_id: str, root: Path, workdir: Path | None = None) -> tuple[int
     sidecar = tracking.read_sidecar(work / sidecars[0]) if sidecars else None
     if sidecar is None:
         raise ReproduceError(f"stage {target.stage} wrote no run sidecar in {work}")
-    new_id = sidecar["pipeline_run_id"] if target.is_pipeline else sidecar["run_id"]
-    new_run = client.get_run(new_id)
-    rows = compare(metric_histories(client, run), metric_histories(client, new_run))
-    identical = bool(rows) and all(r[3] for r in rows)
-    verdict = "identical" if identical else "differs"
-    client.set_tag(new_id, "reprotrain.reproduction", verdict)
-    client.set_tag(new_id, tracking.TAG_REPRODUCES, run_id)
-    header = (
-        f"run {run_id} ({target.stage}{' pipeline' if target.is_pipeline else ''}, commit "
-        f"{target.commit[:12]}) reproduced as {new_id} in {work}: {verdict}"
-    )
-    return (0 if identical else 1), header + "\n" + format_table(rows), new_id
+    return sidecar["pipeline_run_id"] if target.is_pipeline else sidecar["run_id"]
 
 
 def main(argv: list[str] | None = None) -> int:

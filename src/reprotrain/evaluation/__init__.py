@@ -3,7 +3,8 @@
 - :mod:`~reprotrain.evaluation.metrics`: metrics from predicted probabilities
   (``sklearn.metrics`` plus what is ours: nulls for undefined, ECE, per-class tables);
 - :mod:`~reprotrain.evaluation.predictions`: scoring a split (decoded once, one compiled
-  predict function per model), prediction rows, test-set digests;
+  predict function per model);
+- :mod:`~reprotrain.evaluation.rows`: the test split's digest and per-example rows;
 - :mod:`~reprotrain.evaluation.plots`: the DVC plot CSVs and PNGs, from computed curves;
 - :mod:`~reprotrain.evaluation.gate`: the promotion rule as pure functions.
 
@@ -42,12 +43,10 @@ from reprotrain.evaluation.predictions import (
     evaluate_model,
     evaluate_model_file,
     predict_split,
-    prediction_rows,
     score,
-    split_sha256,
-    test_digest,
     to_probabilities,
 )
+from reprotrain.evaluation.rows import prediction_rows, split_sha256, test_digest
 
 # ``commands/predict.py`` and its tests imported these from here; the one loader lives in
 # ``models.loading``.

@@ -13,6 +13,7 @@ Modules, by concern:
 - :mod:`.store`: where the store is (``MLFLOW_TRACKING_URI``, else the project's SQLite file,
   following ``$DVC_ROOT``), whether it answers, retries on a busy SQLite file;
 - :mod:`.lineage`: git, ``dvc.yaml``/``dvc.lock``, content hashes, ``*.run.json`` sidecars;
+- :mod:`.handle`: the run handle a stage logs through (:class:`StageRun`);
 - :mod:`.runs`: the stage-run lifecycle (nested stage runs, FAILED/KILLED endings, a
   stopped server as one clear error), with :mod:`.pipeline` (the one parent row per
   execution), :mod:`.owners` (runs of SIGKILLed processes marked KILLED) and
@@ -34,6 +35,7 @@ Documented environment: ``MLFLOW_TRACKING_URI`` (store override), ``DVC_ROOT``,
 from __future__ import annotations
 
 from reprotrain.errors import ModelError, TrackingError
+from reprotrain.tracking.handle import NoRun, StageRun
 from reprotrain.tracking.lineage import (
     ENV_REPRODUCES,
     changed_params,
@@ -46,7 +48,7 @@ from reprotrain.tracking.lineage import (
     upstream_stages,
 )
 from reprotrain.tracking.pipeline import PARAMS_ARTIFACT
-from reprotrain.tracking.runs import NoRun, StageRun, stage_run
+from reprotrain.tracking.runs import stage_run
 from reprotrain.tracking.store import (
     HEALTH_TIMEOUT,
     artifact_location,

@@ -34,10 +34,8 @@ import hashlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +43,8 @@ from reprotrain import timing
 from reprotrain.config import Params
 from reprotrain.dag import Stage, param_values
 from reprotrain.errors import ReprotrainError, TrackingError
-from reprotrain.timing import timed
 from reprotrain.tracking import lineage, process, store
+from reprotrain.tracking.handle import NoRun, StageRun, store_errors
 from reprotrain.tracking.owners import process_tags, reap_dead_runs
 from reprotrain.tracking.pipeline import open_parent, param_value
 from reprotrain.tracking.tags import (
@@ -68,131 +66,6 @@ logger = logging.getLogger(__name__)
 MANIFEST = Path("data/prepared/manifest.csv")
 # The long, hardware-bound stages: their runs log MLflow system metrics (CPU, memory, GPU).
 SYSTEM_METRICS_STAGES = frozenset({"train_head", "finetune", "baseline"})
-
-
-def _metric_key(key: str) -> str:
-    """THE metric-name sanitiser: MLflow keys allow alphanumerics, ``_ - . space / :`` only."""
-    return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in str(key))
-
-
-def _metric_list(values: Mapping[str, float]) -> list[Any]:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, 0) for k, v in values.items()]
-
-
-@contextmanager
-def store_errors(uri: str, what: str) -> Iterator[None]:
-    """A store failure while a stage runs (a stopped server, a broken file) becomes one
-    TrackingError line that says what to do, instead of an HTTP traceback."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except (MlflowException, OSError) as exc:
-        cause = getattr(exc, "message", None) or str(exc)
-        cause = " ".join(str(cause).split())[:300]
-        if uri.startswith(("http://", "https://")):
-            raise TrackingError(
-                f"MLflow tracking server {uri} failed while {what} ({cause}); restart the "
-                "server and rerun (`dvc repro`): training resumes from its last epoch backup"
-            ) from None
-        raise TrackingError(f"MLflow store {uri} failed while {what}: {cause}") from None
-
-
-@dataclass
-class StageRun:
-    """A handle on the active MLflow run of one stage (and its pipeline parent)."""
-
-    run_id: str
-    stage: str = ""
-    parent_run_id: str | None = None
-    experiment_id: str | None = None
-    _reproduces: str | None = field(default=None, repr=False)
-    uri: str = ""
-
-    @timed("logging")
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Per-epoch (``step``) or final metrics; final ones are also copied into the
-        pipeline row as ``<stage>.<name>`` so executions compare side by side."""
-        import mlflow
-
-        values = {_metric_key(k): float(v) for k, v in metrics.items()}
-        what = f"logging {self.stage} metrics" + (f" of step {step}" if step is not None else "")
-        with store_errors(self.uri, what):
-            mlflow.log_metrics(values, step=step, run_id=self.run_id)
-            if step is None and self.parent_run_id and self.stage:
-                mlflow.MlflowClient().log_batch(
-                    self.parent_run_id,
-                    metrics=_metric_list({f"{self.stage}.{k}": v for k, v in values.items()}),
-                )
-
-    @timed("logging")
-    def log_pipeline_metrics(self, metrics: Mapping[str, float]) -> None:
-        """Metrics of the whole execution (evaluate: the final test metrics), logged both on
-        this run and, un-prefixed, on the pipeline row; ``accuracy`` also goes in its note."""
-        import mlflow
-
-        values = {_metric_key(k): float(v) for k, v in metrics.items()}
-        with store_errors(self.uri, f"logging the {self.stage} pipeline metrics"):
-            mlflow.log_metrics(values, run_id=self.run_id)
-            if not self.parent_run_id:
-                return
-            client = mlflow.MlflowClient()
-            client.log_batch(self.parent_run_id, metrics=_metric_list(values))
-            if "accuracy" in values:
-                note = client.get_run(self.parent_run_id).data.tags.get(TAG_NOTE, "")
-                note = note.split("\n\n**Test accuracy")[0]
-                line = f"**Test accuracy: {values['accuracy']:.4f}**"
-                client.set_tag(self.parent_run_id, TAG_NOTE, f"{note}\n\n{line}".strip())
-
-    @timed("logging")
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        import mlflow
-
-        path = Path(path)
-        with store_errors(self.uri, f"uploading {path}"):
-            if path.is_dir():
-                mlflow.log_artifacts(str(path), artifact_path=artifact_path or path.name)
-            elif path.exists():
-                mlflow.log_artifact(str(path), artifact_path=artifact_path)
-            else:
-                logger.warning("artifact %s does not exist; not logged", path)
-
-    @timed("logging")
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        import mlflow
-
-        with store_errors(self.uri, f"tagging the {self.stage} run"):
-            mlflow.set_tags({k: str(v) for k, v in tags.items()})
-
-    @timed("logging")
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        import mlflow
-
-        with store_errors(self.uri, f"uploading {artifact_file}"):
-            mlflow.log_dict(dict(data), artifact_file)
-
-
-class NoRun(StageRun):
-    """The run handle of a non-chief multi-worker process: records nothing (the chief's run
-    holds the stage), so the stage's code stays the same on every worker."""
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        pass
-
-    def log_pipeline_metrics(self, metrics: Mapping[str, float]) -> None:
-        pass
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        pass
-
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        pass
 
 
 def _log_datasets(root: Path, deps: Sequence[str]) -> None:
@@ -263,107 +136,46 @@ def stage_run(
     environment: Mapping[str, Any] | None = None,
     chief: bool = True,
 ) -> Iterator[StageRun]:
-    """The MLflow run of the stage ``spec`` declares (:mod:`reprotrain.dag`): nested under its
-    pipeline run, logging exactly the params the spec says it reads, linked to the upstream
-    sidecars it names, writing its own sidecar on success. Timed: its set-up and close count
-    as ``mlflow``, the stage's own work inside it as its own phases (``reprotrain.timing``)."""
-    with (
-        timing.phase("mlflow"),
-        _stage_run(
-            spec.name,
-            params,
-            spec.params,
-            root,
-            spec.upstream_paths,
-            spec.sidecar_path,
-            environment,
-            chief,
-        ) as run,
-        timing.phase("other"),
-    ):
-        yield run
-
-
-@contextmanager
-def _stage_run(
-    stage: str,
-    params: Params,
-    sections: Sequence[str],
-    root: Path,
-    upstream: Sequence[Path] = (),
-    sidecar: Path | None = None,
-    environment: Mapping[str, Any] | None = None,
-    chief: bool = True,
-) -> Iterator[StageRun]:
-    """Start an MLflow run for ``stage`` nested under its pipeline run; log params, lineage,
-    environment and datasets; write ``sidecar`` on success. FAILED (with the error message)
-    on an exception, KILLED on Ctrl-C/SIGTERM; the exception propagates.
+    """The MLflow run of the stage ``spec`` declares (:mod:`reprotrain.dag`), nested under its
+    pipeline run: it logs exactly the params the spec says the stage reads, lineage (data
+    hashes, the upstream sidecars' runs), ``environment`` and the datasets, and writes the
+    spec's sidecar on success. FAILED (with the error message) on an exception, KILLED on
+    Ctrl-C/SIGTERM; the exception propagates. Timed: its set-up and close count as
+    ``mlflow``, the stage's own work inside it as its own phases (``reprotrain.timing``).
 
     ``chief=False`` (a non-chief worker of a multi-worker run): no run, no sidecar; yields
     a :class:`NoRun`."""
     if not chief:
-        logger.info("MLflow: not the chief worker, the chief records the %s run", stage)
-        yield NoRun("", stage)
+        logger.info("MLflow: not the chief worker, the chief records the %s run", spec.name)
+        yield NoRun("", spec.name)
         return
-    import mlflow
+    with timing.phase("mlflow"), _tracked(spec, params, Path(root).resolve(), environment) as run:
+        with timing.phase("other"):
+            yield run
+        if spec.sidecar_path is not None:
+            lineage.write_sidecar(root / spec.sidecar_path, run.sidecar())
+
+
+@contextmanager
+def _tracked(
+    spec: Stage, params: Params, root: Path, environment: Mapping[str, Any] | None
+) -> Iterator[StageRun]:
+    """Open the run (:func:`_open`), log what it reads, and end it with the right status."""
     from mlflow.entities import RunStatus
-    from mlflow.exceptions import MlflowException
 
-    root = Path(root).resolve()
-    uri = store.store_uri(root, params.tracking.store)
-    exp_id = store.connect(uri, params.tracking.experiment)
-    client = store.client(uri)
-    try:
-        store.retrying(reap_dead_runs, client, exp_id)
-    except MlflowException as exc:
-        logger.warning("could not check for runs left RUNNING by killed processes: %s", exc)
-
-    common = _common_tags(root)
-    try:
-        parent = store.retrying(open_parent, client, exp_id, stage, params, common, root)
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow store {uri}: {exc.message}") from None
-
-    dvc_yaml = lineage.read_yaml(root / "dvc.yaml")
-    tags = {
-        **common,
-        TAG_ROLE: "stage",
-        TAG_STAGE: stage,
-        "reprotrain.dvc.stage": os.environ.get("DVC_STAGE", stage),
-        **{f"reprotrain.data.{p}": h for p, h in lineage.data_hashes(root, stage).items()},
-        **lineage.upstream_tags(root, upstream, lineage.stage_outputs(dvc_yaml)),
-        **{f"reprotrain.env.{k}": str(v) for k, v in (environment or {}).items()},
-    }
-    if mlflow.active_run() is not None:  # a leftover from a caller: never nest by accident
-        mlflow.end_run()
-    system_metrics = params.tracking.system_metrics and stage in SYSTEM_METRICS_STAGES
-    try:
-        with process.sampling_interval(params.tracking.system_metrics_interval):
-            active = store.retrying(
-                mlflow.start_run,
-                experiment_id=exp_id,
-                run_name=stage,
-                parent_run_id=parent,
-                tags=tags,
-                log_system_metrics=system_metrics,
-            )
-    except MlflowException as exc:
-        with contextlib.suppress(MlflowException):
-            client.set_terminated(parent, status=RunStatus.to_string(RunStatus.FAILED))
-        raise TrackingError(f"MLflow store {uri}: {exc.message}") from None
-    run = StageRun(active.info.run_id, stage, parent, exp_id, common.get(TAG_REPRODUCES), uri)
+    client, run = _open(spec, params, root, environment)
     status = RunStatus.to_string(RunStatus.FAILED)
     previous_term = process.interrupt_on_sigterm()
     try:
-        with store_errors(uri, f"starting the {stage} run"):
-            logged = param_values(params, sections)
-            mlflow.log_params({k: param_value(v) for k, v in logged.items()})
-            try:
-                _log_datasets(root, lineage.stage_deps(dvc_yaml, stage))
-            except (MlflowException, OSError, ValueError, KeyError) as exc:
-                logger.warning("could not log the dataset manifest: %s", exc)
-            client.set_tag(parent, f"reprotrain.run.{stage}", run.run_id)
-        logger.info("MLflow: %s run %s (pipeline run %s) in %s", stage, run.run_id, parent, uri)
+        with store_errors(run.uri, f"starting the {spec.name} run"):
+            _log_inputs(client, run, spec, params, root)
+        logger.info(
+            "MLflow: %s run %s (pipeline run %s) in %s",
+            spec.name,
+            run.run_id,
+            run.parent_run_id,
+            run.uri,
+        )
         yield run
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt as exc:
@@ -378,15 +190,86 @@ def _stage_run(
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
         _finish(client, run, status)
-    if sidecar is not None:
-        body = {
-            "run_id": run.run_id,
-            "stage": stage,
-            "pipeline_run_id": parent,
-            "pipeline_id": common[TAG_PIPELINE],
-            "experiment_id": exp_id,
-        }
-        lineage.write_sidecar(root / sidecar, body)
+
+
+def _open(
+    spec: Stage, params: Params, root: Path, environment: Mapping[str, Any] | None
+) -> tuple[Any, StageRun]:
+    """Connect, reap runs left RUNNING by killed processes, find or open the pipeline run and
+    start the stage's run under it with its lineage tags."""
+    import mlflow
+    from mlflow.entities import RunStatus
+    from mlflow.exceptions import MlflowException
+
+    uri = store.store_uri(root, params.tracking.store)
+    exp_id = store.connect(uri, params.tracking.experiment)
+    client = store.client(uri)
+    try:
+        store.retrying(reap_dead_runs, client, exp_id)
+    except MlflowException as exc:
+        logger.warning("could not check for runs left RUNNING by killed processes: %s", exc)
+    common = _common_tags(root)
+    try:
+        parent = store.retrying(open_parent, client, exp_id, spec.name, params, common, root)
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow store {uri}: {exc.message}") from None
+    tags = {**common, **_stage_tags(spec, root, environment)}
+    if mlflow.active_run() is not None:  # a leftover from a caller: never nest by accident
+        mlflow.end_run()
+    sampled = params.tracking.system_metrics and spec.name in SYSTEM_METRICS_STAGES
+    try:
+        with process.sampling_interval(params.tracking.system_metrics_interval):
+            active = store.retrying(
+                mlflow.start_run,
+                experiment_id=exp_id,
+                run_name=spec.name,
+                parent_run_id=parent,
+                tags=tags,
+                log_system_metrics=sampled,
+            )
+    except MlflowException as exc:
+        with contextlib.suppress(MlflowException):
+            client.set_terminated(parent, status=RunStatus.to_string(RunStatus.FAILED))
+        raise TrackingError(f"MLflow store {uri}: {exc.message}") from None
+    run = StageRun(
+        active.info.run_id,
+        spec.name,
+        parent,
+        exp_id,
+        common.get(TAG_REPRODUCES),
+        uri,
+        pipeline_id=common[TAG_PIPELINE],
+    )
+    return client, run
+
+
+def _stage_tags(spec: Stage, root: Path, environment: Mapping[str, Any] | None) -> dict[str, str]:
+    """The stage's own tags: its role and name, the hashes of the data it read, the runs of
+    its upstream stages (from their sidecars) and the environment."""
+    dvc_yaml = lineage.read_yaml(root / "dvc.yaml")
+    return {
+        TAG_ROLE: "stage",
+        TAG_STAGE: spec.name,
+        "reprotrain.dvc.stage": os.environ.get("DVC_STAGE", spec.name),
+        **{f"reprotrain.data.{p}": h for p, h in lineage.data_hashes(root, spec.name).items()},
+        **lineage.upstream_tags(root, spec.upstream_paths, lineage.stage_outputs(dvc_yaml)),
+        **{f"reprotrain.env.{k}": str(v) for k, v in (environment or {}).items()},
+    }
+
+
+def _log_inputs(client: Any, run: StageRun, spec: Stage, params: Params, root: Path) -> None:
+    """The params the stage reads, the datasets it was given, and its id on the pipeline row."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    logged = param_values(params, spec.params)
+    mlflow.log_params({k: param_value(v) for k, v in logged.items()})
+    try:
+        deps = lineage.stage_deps(lineage.read_yaml(root / "dvc.yaml"), spec.name)
+        _log_datasets(root, deps)
+    except (MlflowException, OSError, ValueError, KeyError) as exc:
+        logger.warning("could not log the dataset manifest: %s", exc)
+    client.set_tag(run.parent_run_id, f"reprotrain.run.{spec.name}", run.run_id)
 
 
 def _note_error(client: Any, run: StageRun, message: str) -> None:

@@ -45,7 +45,14 @@ from reprotrain.commands.tune.record import (
     queue_experiments,
     yaml_value,
 )
-from reprotrain.commands.tune.search import TrialResult, apply_values, ranked, search, suggest
+from reprotrain.commands.tune.search import (
+    SearchOptions,
+    TrialResult,
+    apply_values,
+    ranked,
+    search,
+    suggest,
+)
 from reprotrain.config import load_params
 from reprotrain.errors import ConfigError, DataError, ReprotrainError
 
@@ -124,12 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = search(
             params,
             info,
-            trials=args.trials,
-            timeout=args.timeout,
-            seed=seed,
-            finetune=args.finetune,
-            finetune_epochs=args.finetune_epochs,
-            log=log,
+            SearchOptions(args.trials, args.timeout, seed, args.finetune, args.finetune_epochs),
+            log,
         )
         top = ranked(results)
         if not top:

@@ -169,16 +169,20 @@ def finetune_trial(
         model.set_weights(start)
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """How long to search and what: ``trials`` and/or ``timeout`` (seconds) bound the study;
+    ``finetune`` adds a short fine-tune of ``finetune_epochs`` to every trial."""
+
+    trials: int | None = None
+    timeout: float | None = None
+    seed: int = 0
+    finetune: bool = False
+    finetune_epochs: int = 2
+
+
 def search(
-    params: Params,
-    info: Any,
-    *,
-    trials: int | None,
-    timeout: float | None,
-    seed: int,
-    finetune: bool,
-    finetune_epochs: int,
-    log: TrialLog | None,
+    params: Params, info: Any, options: SearchOptions, log: TrialLog | None = None
 ) -> list[TrialResult]:
     """Run the Optuna study; every trial (complete, pruned or failed) is returned and logged."""
     import optuna
@@ -190,45 +194,56 @@ def search(
         logger.warning("train_head.feature_cache = off: tune still trains on cached features")
     feats = compute_features(params, info)
     ft_data = None
-    if finetune:
-        ft_cfg = dataclasses.replace(params.finetune, epochs=finetune_epochs)
+    if options.finetune:
+        ft_cfg = dataclasses.replace(params.finetune, epochs=options.finetune_epochs)
         params = dataclasses.replace(params, finetune=ft_cfg)
         ft_data = stage_io.load_transfer_data(params, ft_cfg)
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    sampler = optuna.samplers.TPESampler(seed=options.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
-    results: list[TrialResult] = []
     work = Path(tempfile.mkdtemp(prefix="reprotrain-tune-"))
+    with progress(options.trials, "tune", unit="trial") as bar:
+        trials = _Trials(params, info, feats, ft_data, options.finetune, work, log, bar)
+        try:
+            study.optimize(
+                trials.objective,
+                n_trials=options.trials,
+                timeout=options.timeout,
+                callbacks=[trials.on_trial_end],
+                catch=(ReprotrainError, ValueError, ArithmeticError),
+                gc_after_trial=True,
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return trials.results
 
-    def objective(trial: Any) -> float:
-        values = suggest(trial, finetune)
-        trial_params = apply_values(params, {**values, "train_head.feature_cache": "on"})
-        if params.train_head.augment:
+
+@dataclass
+class _Trials:
+    """The study's objective and its per-trial callback, sharing the trials' results."""
+
+    params: Params
+    info: Any
+    feats: Any
+    ft_data: Any
+    finetune: bool
+    work: Path
+    log: TrialLog | None
+    bar: Any
+    results: list[TrialResult] = field(default_factory=list)
+
+    def objective(self, trial: Any) -> float:
+        import optuna
+
+        values = suggest(trial, self.finetune)
+        trial_params = apply_values(self.params, {**values, "train_head.feature_cache": "on"})
+        if self.params.train_head.augment:
             trial_params = apply_values(trial_params, {"train_head.augment": False})
         result = TrialResult(trial.number, values, "RUNNING")
-        results.append(result)
+        self.results.append(result)
         started = time.monotonic()
-        step = 0
-
-        def hook(epoch: int, metrics: Mapping[str, float]) -> None:
-            nonlocal step
-            step += 1
-            for k, v in metrics.items():
-                result.history.setdefault(k, []).append(float(v))
-            trial.report(float(metrics["val_loss"]), step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val_loss {metrics['val_loss']:.4g} at step {step}")
-
         try:
-            head, res = train_head_trial(
-                feats, trial_params, info, work / f"{trial.number}-head", hook
-            )
-            best = res.at(res.best_epoch)
-            if finetune:
-                res = finetune_trial(
-                    feats, head, trial_params, info, ft_data, work / f"{trial.number}-ft", hook
-                )
-                best = res.start if res.best_epoch == 0 else res.at(res.best_epoch)
+            best = self._train(trial, trial_params, result)
             result.val_loss = float(best["val_loss"])
             result.val_accuracy = float(best["val_accuracy"])
             result.state = "COMPLETE"
@@ -243,13 +258,44 @@ def search(
         finally:
             result.seconds = time.monotonic() - started
 
-    def on_trial_end(study: Any, trial: Any) -> None:
-        result = next(r for r in results if r.number == trial.number)
-        if log is not None:
-            log.trial(result)
-        best = ranked(results)
-        bar.update(1)
-        bar.set_postfix_str(
+    def _train(self, trial: Any, trial_params: Params, result: TrialResult) -> Mapping[str, float]:
+        """Train the trial's head (and fine-tune), reporting every epoch to the pruner."""
+        import optuna
+
+        step = 0
+
+        def hook(epoch: int, metrics: Mapping[str, float]) -> None:
+            nonlocal step
+            step += 1
+            for k, v in metrics.items():
+                result.history.setdefault(k, []).append(float(v))
+            trial.report(float(metrics["val_loss"]), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val_loss {metrics['val_loss']:.4g} at step {step}")
+
+        head, res = train_head_trial(
+            self.feats, trial_params, self.info, self.work / f"{trial.number}-head", hook
+        )
+        if not self.finetune:
+            return res.at(res.best_epoch)
+        res = finetune_trial(
+            self.feats,
+            head,
+            trial_params,
+            self.info,
+            self.ft_data,
+            self.work / f"{trial.number}-ft",
+            hook,
+        )
+        return res.start if res.best_epoch == 0 else res.at(res.best_epoch)
+
+    def on_trial_end(self, study: Any, trial: Any) -> None:
+        result = next(r for r in self.results if r.number == trial.number)
+        if self.log is not None:
+            self.log.trial(result)
+        best = ranked(self.results)
+        self.bar.update(1)
+        self.bar.set_postfix_str(
             f"best val_loss={best[0].val_loss:.4f} (#{best[0].number})" if best else "no result"
         )
         logger.info(
@@ -261,17 +307,3 @@ def search(
             result.val_accuracy,
             " ".join(f"{k}={v}" for k, v in result.values.items()),
         )
-
-    with progress(trials, "tune", unit="trial") as bar:
-        try:
-            study.optimize(
-                objective,
-                n_trials=trials,
-                timeout=timeout,
-                callbacks=[on_trial_end],
-                catch=(ReprotrainError, ValueError, ArithmeticError),
-                gc_after_trial=True,
-            )
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return results
