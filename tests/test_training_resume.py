@@ -13,7 +13,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,21 +60,25 @@ def test_killed_run_resumes_from_backup(tmp_path: Path) -> None:
     ckpt, out = tmp_path / "ckpt", tmp_path / "out.json"
     cmd = [sys.executable, "-m", "tests.models.resume_worker", str(ckpt), str(out)]
     env = subprocess_env()
-    proc = subprocess.Popen(
-        [*cmd, "30"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    epochs = out.with_suffix(".epochs")
-    try:
-        deadline = time.monotonic() + 240
-        # The hook of the second epoch sleeps: its backup is already committed.
-        while time.monotonic() < deadline and proc.poll() is None:
-            if epochs.is_file() and json.loads(epochs.read_text()) == [0, 1]:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-    finally:
-        proc.kill()
-        proc.wait()
+    log = tmp_path / "worker.log"
+    with log.open("w") as err:  # a file: a full stderr pipe would stall the worker
+        proc = subprocess.Popen(
+            [*cmd, "pause"],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        try:
+            # The hook of the second epoch says so and waits: its backup is committed.
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "paused\n", log.read_text()[-3000:]
+            assert json.loads(out.with_suffix(".epochs").read_text()) == [0, 1]
+        finally:
+            proc.kill()
+            proc.wait()
     assert not out.exists()  # really killed before finishing
     assert json.loads((ckpt / training.STATE_FILE).read_text())["done"] == 2
 

@@ -1,15 +1,15 @@
 """A training process for the kill-and-resume test (run as ``python -m``).
 
-argv: CHECKPOINT_DIR OUT_JSON [SLOW_SECONDS]. Each finished epoch is appended to
-OUT_JSON.epochs; with SLOW_SECONDS the hook of the second epoch waits that long (after the
-epoch's backup is committed), so the test can kill the process there.
+argv: CHECKPOINT_DIR OUT_JSON [pause]. Each finished epoch is appended to OUT_JSON.epochs;
+with ``pause`` the hook of the second epoch (its backup already committed) prints
+``paused`` on stdout and blocks reading stdin, which the test never writes: the test reads
+the line and kills the process there. An event, not a time window.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 from reprotrain import runtime, training
@@ -19,7 +19,7 @@ from tests.models.tiny import tiny_arrays, tiny_cnn, tiny_dataset
 
 def main() -> None:
     ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
-    slow = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    pause = sys.argv[3:] == ["pause"]
     info = runtime.configure(RuntimeConfig(), seed=5)
     model = tiny_cnn()
     x, y = tiny_arrays(16)
@@ -29,8 +29,9 @@ def main() -> None:
     def hook(epoch: int, metrics: dict[str, float]) -> None:
         seen.append(epoch)
         out.with_suffix(".epochs").write_text(json.dumps(seen))
-        if epoch >= 1:
-            time.sleep(slow)
+        if pause and epoch == 1:
+            print("paused", flush=True)
+            sys.stdin.read(1)
 
     result = training.train(
         model,
