@@ -32,6 +32,9 @@ from scripts.project_copy import deep_update, linked_keras_home, make_project, s
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The test process runs TensorFlow as a stage process does (the BFC CPU allocator), and the
+# stages, scripts and workers it starts inherit it: what ``cli.run_main`` sets.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -52,7 +55,12 @@ ASSETS = _assets()
 
 #: Test groups that take longest, started first so that the two xdist workers finish
 #: together (`make test` runs `-n 2 --dist loadgroup`).
-LONGEST_FIRST = ("promoted", "e2e/test_pipeline.py", "test_multiworker.py", "test_chaos.py")
+LONGEST_FIRST = (
+    "promoted",
+    "e2e/test_pipeline.py",
+    "training/test_multiworker.py",
+    "test_chaos.py",
+)
 
 
 def _group(item: pytest.Item) -> str | None:
@@ -402,7 +410,7 @@ def restore_workspace(project: Project) -> None:
 
 
 # --------------------------------------------------------------------------- tracking helpers
-# Shared by tests/test_tracking.py, test_ui.py, test_promote.py and the chaos tests: a tiny
+# Shared by tests/tracking/test_runs.py, test_ui.py, test_promote.py and the chaos tests: a tiny
 # project (dvc.yaml, params.yaml, a dvc.lock and a manifest in a git repo) whose stages are
 # simulated by calling ``tracking.stage_run`` the way stages/*.py do.
 

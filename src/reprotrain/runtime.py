@@ -332,7 +332,8 @@ def _patch_keras_for_multi_worker() -> None:
        on scalars; ``axis=None`` is the cross-worker mean Keras means.
 
     Patched on the classes (process-wide) only in a multi-worker process; the multi-worker
-    test (tests/test_multiworker.py) fails loudly if a Keras upgrade changes these internals.
+    test (tests/training/test_multiworker.py) fails loudly if a Keras upgrade changes these
+    internals.
     """
     import tensorflow as tf
     from keras.src import tree
