@@ -12,6 +12,7 @@ import pytest
 from reprotrain import tracking
 from reprotrain.commands import promote
 from reprotrain.errors import ConfigError
+from reprotrain.tracking import registry
 from tests.conftest import project_client, run, subprocess_env
 
 NAME = "tiny-classifier"
@@ -101,3 +102,28 @@ def test_promote_command_line(registry_project: Path) -> None:
     bad = run([*cmd, NAME, "--rollback"], root, env, check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "error: " in bad.stderr and "records no previous champion" in bad.stderr
+
+
+@pytest.mark.slow
+def test_expect_champion_is_a_compare_and_set(registry_project: Path) -> None:
+    """`--expect-champion` (what the merge job passes): refused, with nothing moved, unless
+    the champion is still the one the decision was made against."""
+    root = registry_project
+    promote.main([NAME, "1"])
+    client = _client(root)
+    with pytest.raises(registry.ChampionMoved) as refused:
+        promote.main([NAME, "3", "--expect-champion", "2", "--reason", "merged"])
+    assert str(refused.value).startswith(
+        f"{NAME}: champion is v1, but the promotion of v3 was decided against v2: champion "
+        "not moved"
+    )
+    assert "\n" not in str(refused.value)
+    with pytest.raises(registry.ChampionMoved, match="decided against no champion"):
+        promote.main([NAME, "3", "--expect-champion", "none"])
+    assert champion(root) == "1"
+    assert "reprotrain.promoted_by" not in client.get_model_version(NAME, "3").tags
+    promote.main([NAME, "3", "--expect-champion", "1", "--reason", "merged"])
+    assert champion(root) == "3"
+    assert client.get_model_version(NAME, "3").tags["reprotrain.previous_champion"] == "1"
+    with pytest.raises(SystemExit):  # argparse: one usage line, exit 2
+        promote.main([NAME, "2", "--expect-champion", "latest"])

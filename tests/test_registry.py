@@ -16,8 +16,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from reprotrain import tracking
+from reprotrain import dag, tracking
 from reprotrain.config import load_params
+from reprotrain.errors import ConfigError
 from reprotrain.evaluation import gate as promotion
 from reprotrain.models import transfer
 from reprotrain.tracking import gating
@@ -82,7 +83,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
         labels=LABELS,
     )
     results = []
-    with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
+    with tracking.stage_run(dag.Stage("evaluate", params=("evaluate",)), params, root) as run:
         results.append(
             gating.register_and_promote(run, model_path, accuracy=0.8, test_digest="d1", **common)
         )
@@ -210,7 +211,7 @@ def _promote(run, model: Path, labels: list[str], digest: str, rescore, **option
 def _register(root: Path, model: Path, labels: list[str], digest: str, rescore, **options):
     """:func:`_promote` in its own evaluate run."""
     params = load_params(root / "params.yaml")
-    with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
+    with tracking.stage_run(dag.Stage("evaluate", params=("evaluate",)), params, root) as run:
         return _promote(run, model, labels, digest, rescore, **options)
 
 
@@ -280,7 +281,7 @@ def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
     db = root / "mlruns" / "mlflow.db"
     backup = root / "mlflow.db.bak"
     params = load_params(root / "params.yaml")
-    with tracking.stage_run("evaluate", params, ("evaluate",), root) as run:
+    with tracking.stage_run(dag.Stage("evaluate", params=("evaluate",)), params, root) as run:
         shutil.copy2(db, backup)
         db.write_bytes(b"this is not a database" * 400)
         try:
@@ -325,8 +326,7 @@ def test_paired_gate_through_the_registry(store_project: Path) -> None:
                 challenger,
                 None if champion_file is None else champion,
                 LABELS,
-                min_accuracy=0.5,
-                seed=0,
+                gate.GateRule(min_accuracy=0.5, seed=0),
             )
 
         return paired
@@ -349,3 +349,123 @@ def test_paired_gate_through_the_registry(store_project: Path) -> None:
         stats["mcnemar"]["p_value"]
     )
     assert int(project_client(root).get_model_version_by_alias(NAME, "champion").version) == 1
+
+
+# --------------------------------------------------------------------------- review mode, races
+
+
+def _passing(champion_accuracy: float | None = None, on_call=None):
+    """A paired gate that passes (the stage's statistics are tested in test_gate.py);
+    ``on_call`` runs while the gate "computes", where a concurrent promotion would land."""
+
+    def paired(champion_file: Path | None) -> dict:
+        if on_call is not None:
+            on_call()
+        return {
+            "promoted": True,
+            "alias": "champion",
+            "reason": "better than the champion",
+            "champion_accuracy": champion_accuracy,
+        }
+
+    return paired
+
+
+@pytest.mark.slow
+def test_review_mode_proposes_and_the_gate_refuses_a_moved_champion(
+    store_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REPROTRAIN_PROMOTE=challenger: a passing version is only proposed (challenger, the
+    champion it was decided against recorded). In champion mode, a champion that moved while
+    evaluate ran (a hand promotion mid-gate) is not replaced: the version stays challenger."""
+    root = store_project
+    uri = tracking.default_uri(root)
+    model = _small_model(root / "m.keras", 2)
+    with pytest.raises(ConfigError, match="REPROTRAIN_PROMOTE='champoin'"):
+        gating.promotion_mode("champoin")
+    monkeypatch.setenv("REPROTRAIN_PROMOTE", "challenger")
+    assert gating.promotion_mode() == "challenger"
+    monkeypatch.delenv("REPROTRAIN_PROMOTE")
+    assert gating.promotion_mode() == "champion"  # local dvc repro promotes as before
+
+    first = _register(root, model, LABELS, "d1", _never, paired=_passing())
+    assert first["promoted"] and first["mode"] == "champion" and not first["proposed"]
+    proposed = _register(root, model, LABELS, "d1", _never, paired=_passing(0.9), mode="challenger")
+    assert proposed["proposed"] is True and proposed["promoted"] is False
+    assert proposed["alias"] == "challenger" and proposed["champion_version"] == 1
+    assert "decided against v1" in proposed["reason"]
+    client = project_client(root)
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
+    assert client.get_model_version(NAME, "2").tags["reprotrain.decided_against"] == "1"
+
+    # The race: v2 is promoted by hand while v3's gate is comparing with v1.
+    def hand_promotion() -> None:
+        reg.promote(uri, NAME, 2, "hotfix", by="bob")
+
+    raced = _register(
+        root, model, LABELS, "d1", _never, paired=_passing(0.9, on_call=hand_promotion)
+    )
+    assert raced["promoted"] is False and raced["alias"] == "challenger"
+    assert "the champion changed to v2 while evaluate compared with v1" in raced["reason"]
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
+    assert int(client.get_model_version_by_alias(NAME, "challenger").version) == 3
+    assert "reprotrain.promoted_by" not in client.get_model_version(NAME, "3").tags
+    # set_champion itself: a decision against v1 never replaces v2.
+    with pytest.raises(reg.ChampionMoved, match="champion is v2, but the promotion of v3"):
+        reg.set_champion(client, NAME, 3, 1, "test", "stale decision", uri)
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
+
+
+# --------------------------------------------------------------------------- download cache
+
+
+def _version_in(root: Path, store_dir: str, model: Path) -> str:
+    """Register ``model`` as NAME in the store ``store_dir`` of ``root``; its version."""
+    uri = tracking.default_uri(root, store_dir)
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    source = root / f"source-{store_dir}"
+    source.mkdir()
+    shutil.copy2(model, source / "model.keras")
+    client.create_registered_model(NAME)
+    return str(client.create_model_version(NAME, source=source.as_uri()).version)
+
+
+@pytest.mark.slow
+def test_download_cache_is_per_store_atomic_and_verified(
+    store_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stores both hold NAME v1 (different models): each resolves to its own file. A
+    cached file cut short (a download killed mid-write) or an entry without its completion
+    record is downloaded again, never loaded; a killed download's temporary is cleaned."""
+    root = store_project
+
+    def resolve(store_dir: str) -> Path:
+        # As a fresh `predict` process would: opening a store makes it MLflow's default
+        # (MLFLOW_TRACKING_URI) for the rest of the process, which would win over store_dir.
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return reg.resolve_model(f"models:/{NAME}/1", root, store_dir)
+
+    two = _small_model(root / "two.keras", 2)
+    three = _small_model(root / "three.keras", 3)
+    assert _version_in(root, "mlruns", two) == _version_in(root, "other-store", three) == "1"
+    a = resolve("mlruns")
+    b = resolve("other-store")
+    assert a != b
+    assert a.read_bytes() == two.read_bytes() and b.read_bytes() == three.read_bytes()
+    assert resolve("mlruns") == a  # reused
+
+    full = a.read_bytes()
+    a.write_bytes(full[: len(full) // 2])  # what a killed non-atomic download leaves
+    again = resolve("mlruns")
+    assert again.read_bytes() == full
+    assert keras.saving.load_model(again, compile=False).output_shape == (None, 2)
+
+    entry = reg.cache_dir(root, tracking.default_uri(root, "mlruns"), NAME, "1")
+    (entry / reg.CACHE_RECORD).unlink()  # a .keras without its record: not proven complete
+    stale = entry.parent / ".1.killed.download"
+    (stale / "model").mkdir(parents=True)
+    (stale / "model" / "model.keras").write_bytes(full[:100])
+    os.utime(stale, (0, 0))
+    assert resolve("mlruns").read_bytes() == full
+    assert not stale.exists()
+    assert resolve("other-store").read_bytes() == (three.read_bytes())

@@ -1,11 +1,13 @@
 """`python -m reprotrain ui` starts a real MLflow server on 127.0.0.1 against the project
-store; its REST API shows one pipeline row per execution with the stage runs under it.
+store; its REST API shows one pipeline row per execution with the stage runs under it, and
+only to requests whose Host header is a loopback name with the port (DNS rebinding).
 (The screenshot of the same page in headless Chromium: scripts/ui_screenshot.sh.)"""
 
 from __future__ import annotations
 
 import json
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -33,6 +35,17 @@ def api(base: str, path: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
+def status(url: str, host: str) -> int:
+    """The HTTP status of a GET of ``url`` sent with the ``Host`` header ``host`` (what a
+    browser sends for a DNS-rebinding page: its own name, resolved to this machine)."""
+    req = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 @pytest.fixture
 def store_with_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Two executions: prepare → train_head → finetune, then a finetune param change."""
@@ -54,6 +67,19 @@ def test_server_command_points_at_the_store(tmp_path: Path) -> None:
     artifacts = cmd[cmd.index("--default-artifact-root") + 1]
     assert artifacts == (tmp_path / "mlruns" / "artifacts").as_uri()
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    hosts = cmd[cmd.index("--allowed-hosts") + 1].split(",")
+    assert hosts == ["localhost:5123", "127.0.0.1:5123", "[::1]:5123"]
+    shared = ui.server_command(uri, "0.0.0.0", 5123, extra_hosts=["box.lan"])
+    assert shared[shared.index("--allowed-hosts") + 1].endswith(",box.lan:5123")
+
+
+def test_binding_every_interface_warns() -> None:
+    assert ui.exposure_warning("127.0.0.1", 5000) is None
+    assert ui.exposure_warning("localhost", 5000) is None
+    warning = ui.exposure_warning("0.0.0.0", 5000)
+    assert warning is not None and "WITHOUT authentication" in warning
+    assert "--app-name basic-auth" in warning and "\n" not in warning
+    assert "WITHOUT authentication" in (ui.exposure_warning("192.168.1.7", 5000) or "")
 
 
 @pytest.mark.slow
@@ -62,6 +88,14 @@ def test_ui_serves_pipeline_rows_and_stage_runs(store_with_runs: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "reprotrain", "ui", "--port", str(port), "--root", str(root)]
     with http_server(cmd, root, subprocess_env(), base + "/health", timeout=90, what="mlflow ui"):
+        # DNS rebinding: MLflow's default check accepts any private address; only the
+        # loopback names with the port are let through.
+        search = base + "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert status(search, "10.1.2.3:5000") == 403
+        assert status(search, f"192.168.0.9:{port}") == 403
+        assert status(search, f"rebind.attacker.example:{port}") == 403
+        assert status(search, f"127.0.0.1:{port}") == 200
+        assert status(search, f"localhost:{port}") == 200
         exp = api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=reprotrain")
         exp_id = exp["experiment"]["experiment_id"]
         kind = {t["key"]: t["value"] for t in exp["experiment"]["tags"]}["mlflow.experimentKind"]

@@ -11,6 +11,11 @@ for a rollback ``reprotrain.rolled_back_by/at`` and ``reprotrain.rollback_reason
 version left) and a line in the registered model's ``reprotrain.promotions`` tag. The user is
 git's ``user.name`` <``user.email``>, else ``$USER``; times are UTC.
 
+``--expect-champion N|none`` makes the move a compare-and-set against the champion a
+decision was made against (the merge job passes the one ``metrics/promotion.json``
+recorded): if ``champion`` is another version now, nothing moves and the command fails with
+one line. Without it, the champion read when the command starts is the one compared with.
+
 The store is the one the pipeline uses: ``MLFLOW_TRACKING_URI``, else ``tracking.store``
 of the project's ``params.yaml`` (as ``ui``).
 """
@@ -21,6 +26,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Literal
 
 from reprotrain import paths, tracking
 from reprotrain.commands.ui import store_uri  # the same store as the UI shows
@@ -44,9 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--rollback", action="store_true", help="move champion back to the previous champion"
     )
     parser.add_argument("--reason", default=None, help="why (recorded with the move)")
+    parser.add_argument(
+        "--expect-champion",
+        type=expected_champion,
+        default=registry.CURRENT,
+        metavar="N|none",
+        help="refuse unless the champion is still version N (none: there is no champion); "
+        "the champion the promotion was decided against",
+    )
     parser.add_argument("--root", type=Path, default=None, help="project root (default: cwd)")
     parser.add_argument("--store", default=None, help="store directory (default: params.yaml)")
     return parser
+
+
+def expected_champion(value: str) -> int | Literal["current"] | None:
+    """``--expect-champion``: a version number, or ``none`` for "no champion yet" (the
+    default, ``current``, compares with the champion read when the command starts)."""
+    text = value.strip().lower()
+    if text == registry.CURRENT:
+        return registry.CURRENT
+    if text in ("none", ""):
+        return None
+    if text.removeprefix("v").isdigit():
+        return int(text.removeprefix("v"))
+    raise argparse.ArgumentTypeError(f"expected a version number or 'none', got {value!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         verb = "rolled back"
     else:
         moved = registry.promote(
-            uri, args.model, args.version, args.reason or "no reason given", by=user
+            uri,
+            args.model,
+            args.version,
+            args.reason or "no reason given",
+            by=user,
+            expected=args.expect_champion,
         )
         verb = "promoted"
     previous = f"v{moved['previous']}" if moved["previous"] is not None else "none"

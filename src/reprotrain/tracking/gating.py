@@ -3,6 +3,13 @@
 The rule itself is the pure :func:`reprotrain.evaluation.gate.decide`; this module feeds it
 numbers measured on the same test set (re-scoring the champion first when it was scored on
 another one) and moves the aliases. See :mod:`.registry` for the failure guarantees.
+
+What a passing gate does is the promotion mode (:func:`promotion_mode`,
+``REPROTRAIN_PROMOTE``): ``champion`` moves the alias now (a local ``dvc repro``, the
+default); ``challenger`` only proposes (``scripts/retrain.sh``, the scheduled job): the
+version becomes the ``challenger``, ``metrics/promotion.json`` records ``proposed: true`` and
+the champion it was decided against, and merging the pull request moves ``champion``
+(``scripts/retrain.sh promote``, a compare-and-set against that recorded champion).
 """
 
 from __future__ import annotations
@@ -14,12 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reprotrain.errors import ModelError, ReprotrainError, TrackingError
+from reprotrain.errors import ConfigError, ModelError, ReprotrainError, TrackingError
 from reprotrain.evaluation import gate as promotion
 from reprotrain.timing import timed
 from reprotrain.tracking import store
-from reprotrain.tracking.registry import find_keras, get_champion, set_champion
-from reprotrain.tracking.runs import StageRun, store_errors
+from reprotrain.tracking.handle import StageRun, store_errors
+from reprotrain.tracking.registry import ChampionMoved, find_keras, get_champion, set_champion
 from reprotrain.tracking.tags import (
     VTAG_ACCURACY,
     VTAG_DIGEST,
@@ -30,6 +37,28 @@ from reprotrain.tracking.tags import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: The environment variable that sets the promotion mode, and its values.
+PROMOTE_ENV = "REPROTRAIN_PROMOTE"
+MODES = (promotion.CHAMPION, promotion.CHALLENGER)
+#: Version tag: the champion a proposal was decided against ("none": there was none).
+VTAG_DECIDED_AGAINST = "reprotrain.decided_against"
+
+
+def promotion_mode(value: str | None = None) -> str:
+    """What a passing gate does: ``champion`` (move the alias now; the default, so a local
+    ``dvc repro`` promotes as it always did) or ``challenger`` (register the version as the
+    challenger and let a review promote it). ``value`` defaults to ``$REPROTRAIN_PROMOTE``;
+    an unknown value is a one-line ConfigError, raised before anything slow runs."""
+    raw = os.environ.get(PROMOTE_ENV, "") if value is None else value
+    mode = raw.strip() or promotion.CHAMPION
+    if mode not in MODES:
+        raise ConfigError(
+            f"{PROMOTE_ENV}={raw!r}: expected 'champion' (a passing gate moves the champion "
+            "alias, the default) or 'challenger' (it only proposes the version; merging the "
+            "retraining pull request or `python -m reprotrain promote` moves champion)"
+        )
+    return mode
 
 
 def _signature(image_size: int, num_classes: int) -> Any:
@@ -176,9 +205,15 @@ def register_and_promote(
     artifact_name: str = "model",
     log_model: Callable[[], str] | None = None,
     paired: Callable[[Path | None], dict[str, Any]] | None = None,
+    mode: str = promotion.CHAMPION,
 ) -> dict[str, Any]:
     """Log ``model_path`` as an MLflow Keras model on ``run``, register a new version of
     ``name`` and move ``champion`` to it if it passes the gate, else ``challenger``.
+
+    ``mode`` (:func:`promotion_mode`): with ``challenger`` a passing version is only
+    proposed (alias ``challenger``, ``proposed: true``). With ``champion`` the move is a
+    compare-and-set against the champion the decision was made against: if it moved while
+    this ran, the version stays the challenger and the reason says so.
 
     Order matters: the champion is looked up (and re-scored when it was scored on another
     test set, ``test_digest``) *before* the new version is registered, so a failure there
@@ -246,6 +281,7 @@ def register_and_promote(
     run.log_dict({"labels": list(labels)}, "labels.json")
 
     alias: str | None
+    proposed = False
     if problem is not None:
         alias, promoted = None, False
         reason = (
@@ -262,9 +298,9 @@ def register_and_promote(
             decision = promotion.decide(accuracy, champion_accuracy, min_accuracy, min_improvement)
         alias, promoted, reason = decision.alias, decision.promoted, decision.reason
         exp_name = os.environ.get("DVC_EXP_NAME")
-        if run._reproduces:
+        if run.reproduces:
             alias, promoted = None, False
-            reason = f"reproduction of run {run._reproduces}: registry aliases left unchanged"
+            reason = f"reproduction of run {run.reproduces}: registry aliases left unchanged"
         elif exp_name and decision.promoted:
             # A DVC experiment is not on any branch, and queued experiments run in parallel:
             # letting them race for `champion` would serve a model nobody committed.
@@ -274,18 +310,50 @@ def register_and_promote(
                 "experiments never take the champion alias; apply and commit it, then run "
                 "`dvc repro --force -s evaluate`"
             )
+        elif mode == promotion.CHALLENGER and decision.promoted:
+            alias, promoted, proposed = promotion.CHALLENGER, False, True
+            against = f"v{champion_version}" if champion_version is not None else "no champion"
+            reason = (
+                f"proposed: {decision.reason}; review mode ({PROMOTE_ENV}=challenger): "
+                f"v{version} is the challenger, decided against {against}; merging its pull "
+                "request promotes it (scripts/retrain.sh promote)"
+            )
     if promoted:
-        set_champion(
-            client, name, version, champion_version, f"gate (evaluate run {run.run_id})", reason
-        )
-    elif alias is not None:
+        try:
+            set_champion(
+                client,
+                name,
+                version,
+                champion_version,
+                f"gate (evaluate run {run.run_id})",
+                reason,
+                uri,
+            )
+        except ChampionMoved as exc:
+            alias, promoted = promotion.CHALLENGER, False
+            now = f"v{exc.now}" if exc.now is not None else "no champion"
+            was = f"v{champion_version}" if champion_version is not None else "no champion"
+            reason = (
+                f"not promoted: the champion changed to {now} while evaluate compared with "
+                f"{was} ({reason}); rerun evaluate (dvc repro -f -s evaluate) to compare "
+                f"with {now}"
+            )
+    if alias is not None and not promoted:
         client.set_registered_model_alias(name, alias, str(version))
     client.set_model_version_tag(name, str(version), VTAG_REASON, reason)
+    client.set_model_version_tag(
+        name,
+        str(version),
+        VTAG_DECIDED_AGAINST,
+        str(champion_version) if champion_version is not None else "none",
+    )
     if paired_result is not None:
         for key, value in _scalars(paired_result, "reprotrain.gate").items():
             client.set_model_version_tag(name, str(version), key, value)
     result = {
         "promoted": promoted,
+        "proposed": proposed,
+        "mode": mode,
         "alias": alias,
         "version": version,
         "reason": reason,
@@ -306,6 +374,8 @@ def register_and_promote(
         "reprotrain.registry.version": str(version),
         "reprotrain.registry.alias": alias or "none",
         "reprotrain.promotion.promoted": str(promoted).lower(),
+        "reprotrain.promotion.proposed": str(proposed).lower(),
+        "reprotrain.promotion.mode": mode,
         "reprotrain.promotion.reason": reason,
     }
     run.set_tags(summary)
