@@ -87,7 +87,7 @@ def test_significantly_better_is_promoted() -> None:
     y = np.arange(200) % 2
     ch, cp = pair(200, 150, 30, 2)
     d = gate.decide_paired(
-        y, probs_for(y, ch, 0.999), probs_for(y, cp, 0.6), LABELS, min_accuracy=0.5
+        y, probs_for(y, ch, 0.999), probs_for(y, cp, 0.6), LABELS, gate.GateRule(min_accuracy=0.5)
     )
     # Promoted although its log loss is worse: the accuracy gain is significant.
     assert d["tie_breaker"]["challenger"] > d["tie_breaker"]["champion"]
@@ -104,8 +104,8 @@ def test_significantly_worse_is_not_promoted_even_with_a_lower_loss() -> None:
         probs_for(y, ch, 0.55),
         probs_for(y, cp, 0.999),
         LABELS,
-        min_accuracy=0.5,
-        max_class_regression=1.0,  # judge the overall difference alone here
+        # max_class_regression=1.0: judge the overall difference alone here
+        gate.GateRule(min_accuracy=0.5, max_class_regression=1.0),
     )
     assert d["tie_breaker"]["challenger"] < d["tie_breaker"]["champion"]
     assert not d["promoted"] and d["alias"] == gate.CHALLENGER
@@ -116,11 +116,11 @@ def test_no_significant_difference_falls_to_the_log_loss() -> None:
     y = np.arange(81) % 2
     ch, cp = pair(81, 70, 3, 2)  # one image apart: noise
     sharper = gate.decide_paired(
-        y, probs_for(y, ch, 0.9), probs_for(y, cp, 0.7), LABELS, min_accuracy=0.5
+        y, probs_for(y, ch, 0.9), probs_for(y, cp, 0.7), LABELS, gate.GateRule(min_accuracy=0.5)
     )
     assert sharper["promoted"] and "lower or equal log loss" in sharper["reason"]
     blunter = gate.decide_paired(
-        y, probs_for(y, ch, 0.7), probs_for(y, cp, 0.9), LABELS, min_accuracy=0.5
+        y, probs_for(y, ch, 0.7), probs_for(y, cp, 0.9), LABELS, gate.GateRule(min_accuracy=0.5)
     )
     assert not blunter["promoted"] and "higher log loss" in blunter["reason"]
     # The old rule would have promoted on the 1-image gain, without a word of doubt.
@@ -128,7 +128,11 @@ def test_no_significant_difference_falls_to_the_log_loss() -> None:
         blunter["challenger_accuracy"], blunter["champion_accuracy"], 0.5, 0
     ).promoted
     weak = gate.decide_paired(
-        y, probs_for(y, ch), probs_for(y, cp), LABELS, min_accuracy=0.5, min_improvement=0.02
+        y,
+        probs_for(y, ch),
+        probs_for(y, cp),
+        LABELS,
+        gate.GateRule(min_accuracy=0.5, min_improvement=0.02),
     )
     assert weak["power"]["underpowered"]
 
@@ -140,7 +144,11 @@ def test_a_class_regression_blocks_a_better_model() -> None:
     cp[:60] = False  # the champion misses 60 ants
     ch[150:165] = False  # the challenger misses 15 bees: bees recall 1.0 → 0.7
     d = gate.decide_paired(
-        y, probs_for(y, ch), probs_for(y, cp), LABELS, min_accuracy=0.5, max_class_regression=0.1
+        y,
+        probs_for(y, ch),
+        probs_for(y, cp),
+        LABELS,
+        gate.GateRule(min_accuracy=0.5, max_class_regression=0.1),
     )
     assert d["mcnemar"]["p_value"] < 0.05 and d["challenger_accuracy"] > d["champion_accuracy"]
     assert not d["promoted"] and "recall of bees" in d["reason"]
@@ -149,7 +157,9 @@ def test_a_class_regression_blocks_a_better_model() -> None:
 def test_floor_and_first_model() -> None:
     y = np.arange(10) % 2
     good = probs_for(y, np.ones(10, bool))
-    first = gate.decide_paired(y, good, None, LABELS, min_accuracy=0.9)
+    first = gate.decide_paired(y, good, None, LABELS, gate.GateRule(min_accuracy=0.9))
     assert first["promoted"] and "no champion" in first["reason"]
-    low = gate.decide_paired(y, probs_for(y, np.arange(10) < 5), good, LABELS, min_accuracy=0.9)
+    low = gate.decide_paired(
+        y, probs_for(y, np.arange(10) < 5), good, LABELS, gate.GateRule(min_accuracy=0.9)
+    )
     assert not low["promoted"] and "below the floor" in low["reason"]

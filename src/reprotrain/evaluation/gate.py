@@ -1,14 +1,13 @@
-"""The promotion gate as a pure decision (TFX's "blessing"), separate from the registry calls.
+"""The promotion gate's rules and statistics, pure (TFX's "blessing").
 
-Why separate: the rule decides which model users get from ``models:/NAME@champion``; it must
-be obvious and unit-tested without a tracking store. ``tracking.register_and_promote`` feeds
-it the numbers (re-scoring the champion on the current test set first when needed) and
-applies the alias it returns.
+Why separate from the registry: the rule decides which model users get from
+``models:/NAME@champion``; it must be obvious and unit-tested without a tracking store.
+:mod:`reprotrain.evaluation.decision` turns a verdict into what the registry should do.
 
-``decide_paired`` is the noise-aware rule (issue 11 §3): both models' predictions on the same
-test images, an exact McNemar test, a paired bootstrap interval, per-class recall and a
-power check, all returned as JSON so the decision can be audited. ``decide`` stays as the
-registry's current rule until the registry passes predictions.
+``decide_paired`` is the default (``evaluate.gate: paired``), the noise-aware rule: both
+models' predictions on the same test images, an exact McNemar test, a paired bootstrap
+interval, per-class recall and a power check, all returned as JSON so the decision can be
+audited. ``decide`` is the plain accuracy rule (``evaluate.gate: accuracy``).
 """
 
 from __future__ import annotations
@@ -22,6 +21,18 @@ import numpy as np
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """The gate's thresholds (``evaluate.*`` in params.yaml) and its bootstrap's draws."""
+
+    min_accuracy: float
+    min_improvement: float = 0.0
+    alpha: float = 0.05
+    max_class_regression: float = 0.05
+    n_boot: int = 10_000
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,24 +236,18 @@ def decide_paired(
     challenger_probs: np.ndarray,
     champion_probs: np.ndarray | None,
     labels: Sequence[str],
-    *,
-    min_accuracy: float,
-    min_improvement: float = 0.0,
-    alpha: float = 0.05,
-    max_class_regression: float = 0.05,
-    n_boot: int = 10_000,
-    seed: int = 0,
+    rule: GateRule,
 ) -> dict[str, Any]:
     """The promotion decision from both models' predictions on the same test images.
 
     Rule, in order:
 
-    1. the challenger's accuracy must clear ``min_accuracy`` (as in :func:`decide`);
+    1. the challenger's accuracy must clear ``rule.min_accuracy`` (as in :func:`decide`);
     2. no champion: the floor alone decides;
-    3. no class may lose more than ``max_class_regression`` recall, and with
-       ``min_improvement > 0`` the accuracy gain must reach it;
+    3. no class may lose more than ``rule.max_class_regression`` recall, and with
+       ``rule.min_improvement > 0`` the accuracy gain must reach it;
     4. promote if the challenger is **significantly better** (exact McNemar, two-sided
-       ``p < alpha``, more images only it gets right); never if significantly worse;
+       ``p < rule.alpha``, more images only it gets right); never if significantly worse;
     5. otherwise (no significant difference) promote iff the challenger's **log loss is
        lower or equal**. Why log loss as the tie-breaker: it is computed on the same
        images from the full predicted probabilities, so it separates models that
@@ -253,82 +258,107 @@ def decide_paired(
 
     Returns ``promoted``, ``alias``, ``reason`` and every statistic, JSON-able.
     """
-    from reprotrain.evaluation.metrics import log_loss
-
     y = np.asarray(y_true, dtype=np.int64)
     ch_probs = np.asarray(challenger_probs, dtype=np.float64)
-    ch_pred = ch_probs.argmax(axis=1)
-    ch_correct = ch_pred == y
-    ch_acc = float(ch_correct.mean())
+    ch_acc = float((ch_probs.argmax(axis=1) == y).mean())
     out: dict[str, Any] = {
         "rule": "paired",
         "n": int(y.size),
-        "alpha": alpha,
+        "alpha": rule.alpha,
         "challenger_accuracy": ch_acc,
         "champion_accuracy": None,
     }
-
-    def done(promoted: bool, reason: str) -> dict[str, Any]:
-        out.update(promoted=promoted, alias=CHAMPION if promoted else CHALLENGER, reason=reason)
-        return out
-
-    if ch_acc < min_accuracy:
-        return done(
+    if ch_acc < rule.min_accuracy:
+        promoted, reason = (
             False,
-            f"test accuracy {ch_acc:.4f} is below the floor evaluate.min_accuracy = "
-            f"{min_accuracy:.4f}",
+            (
+                f"test accuracy {ch_acc:.4f} is below the floor evaluate.min_accuracy = "
+                f"{rule.min_accuracy:.4f}"
+            ),
         )
-    if champion_probs is None:
-        return done(
-            True, f"no champion yet and test accuracy {ch_acc:.4f} clears {min_accuracy:.4f}"
+    elif champion_probs is None:
+        promoted, reason = (
+            True,
+            (f"no champion yet and test accuracy {ch_acc:.4f} clears {rule.min_accuracy:.4f}"),
         )
-    cp_probs = np.asarray(champion_probs, dtype=np.float64)
-    cp_pred = cp_probs.argmax(axis=1)
-    cp_correct = cp_pred == y
+    else:
+        out.update(paired_statistics(y, ch_probs, np.asarray(champion_probs), labels, rule))
+        promoted, reason = _paired_verdict(out, rule)
+    out.update(promoted=promoted, alias=CHAMPION if promoted else CHALLENGER, reason=reason)
+    return out
+
+
+def paired_statistics(
+    y: np.ndarray,
+    challenger_probs: np.ndarray,
+    champion_probs: np.ndarray,
+    labels: Sequence[str],
+    rule: GateRule,
+) -> dict[str, Any]:
+    """Both models on the same images: McNemar, the paired bootstrap interval of the accuracy
+    difference, per-class recall regressions, the log-loss tie-breaker and the power check."""
+    from reprotrain.evaluation.metrics import log_loss
+
+    ch_pred = challenger_probs.argmax(axis=1)
+    cp_pred = np.asarray(champion_probs, dtype=np.float64).argmax(axis=1)
+    ch_correct, cp_correct = ch_pred == y, cp_pred == y
     test = mcnemar_exact(ch_correct, cp_correct)
-    losses = {"challenger": log_loss(y, ch_probs), "champion": log_loss(y, cp_probs)}
-    out.update(
-        champion_accuracy=float(cp_correct.mean()),
-        mcnemar=test,
-        bootstrap=paired_bootstrap_ci(
-            ch_correct, cp_correct, confidence=1 - alpha, n_boot=n_boot, seed=seed
+    return {
+        "champion_accuracy": float(cp_correct.mean()),
+        "mcnemar": test,
+        "bootstrap": paired_bootstrap_ci(
+            ch_correct, cp_correct, confidence=1 - rule.alpha, n_boot=rule.n_boot, seed=rule.seed
         ),
-        class_recall=class_recall_regressions(y, ch_pred, cp_pred, labels, max_class_regression),
-        tie_breaker={"metric": "log_loss", **losses},
-        power=power_check(
+        "class_recall": class_recall_regressions(
+            y, ch_pred, cp_pred, labels, rule.max_class_regression
+        ),
+        "tie_breaker": {
+            "metric": "log_loss",
+            "challenger": log_loss(y, challenger_probs),
+            "champion": log_loss(y, np.asarray(champion_probs, dtype=np.float64)),
+        },
+        "power": power_check(
             int(y.size),
             (test["challenger_only"] + test["champion_only"]) / max(y.size, 1),
-            min_improvement,
-            alpha=alpha,
+            rule.min_improvement,
+            alpha=rule.alpha,
         ),
+    }
+
+
+def _paired_verdict(stats: dict[str, Any], rule: GateRule) -> tuple[bool, str]:
+    """Rules 3-5 of :func:`decide_paired` on the computed statistics."""
+    ch_acc, cp_acc, test = (
+        stats["challenger_accuracy"],
+        stats["champion_accuracy"],
+        stats["mcnemar"],
     )
-    gap = f"{ch_acc:.4f} vs {out['champion_accuracy']:.4f}, McNemar p = {test['p_value']:.3g}"
-    if out["class_recall"]["regressed"]:
-        names = ", ".join(out["class_recall"]["regressed"])
-        return done(
-            False, f"recall of {names} drops by more than {max_class_regression:.2f} ({gap})"
-        )
-    gain = ch_acc - out["champion_accuracy"]
-    if min_improvement > 0 and gain < min_improvement - 1e-9:
-        return done(
+    losses = stats["tie_breaker"]
+    gap = f"{ch_acc:.4f} vs {cp_acc:.4f}, McNemar p = {test['p_value']:.3g}"
+    if stats["class_recall"]["regressed"]:
+        names = ", ".join(stats["class_recall"]["regressed"])
+        return (
             False,
-            f"gain {gain:+.4f} is less than evaluate.min_improvement = {min_improvement:+.4f} "
-            f"({gap})",
+            f"recall of {names} drops by more than {rule.max_class_regression:.2f} ({gap})",
         )
-    significant = test["p_value"] < alpha
+    gain = ch_acc - cp_acc
+    if rule.min_improvement > 0 and gain < rule.min_improvement - 1e-9:
+        return False, (
+            f"gain {gain:+.4f} is less than evaluate.min_improvement = "
+            f"{rule.min_improvement:+.4f} ({gap})"
+        )
+    significant = test["p_value"] < rule.alpha
     b, c = test["challenger_only"], test["champion_only"]
     if significant and b > c:
-        return done(True, f"significantly better than the champion ({gap})")
+        return True, f"significantly better than the champion ({gap})"
     if significant and c > b:
-        return done(False, f"significantly worse than the champion ({gap})")
+        return False, f"significantly worse than the champion ({gap})"
     if losses["challenger"] <= losses["champion"] + 1e-12:
-        return done(
-            True,
+        return True, (
             f"no significant difference ({gap}); lower or equal log loss "
-            f"{losses['challenger']:.4f} vs {losses['champion']:.4f}",
+            f"{losses['challenger']:.4f} vs {losses['champion']:.4f}"
         )
-    return done(
-        False,
+    return False, (
         f"no significant difference ({gap}) and higher log loss "
-        f"{losses['challenger']:.4f} vs {losses['champion']:.4f}",
+        f"{losses['challenger']:.4f} vs {losses['champion']:.4f}"
     )
