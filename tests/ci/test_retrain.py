@@ -2,15 +2,20 @@
 local DVC remote and a bare git "origin" in tmp, the way the scheduled workflow calls it.
 
 The session fixture ``promoted_project`` (tests/conftest.py) holds the first run (no champion
-yet → promoted → committed on a branch → pushed, PR opened); here a second run with a stricter
-gate (only evaluate reruns → not promoted → nothing committed) checks the other branch, and
-restores the workspace afterwards. The only stand-in is ``gh`` (GitHub is not reachable).
+yet → the gate passes → proposed as `challenger`, never `champion` → committed on a branch →
+pushed with its figures, PR opened) and the merge job (`retrain.sh promote`: champion v1);
+here the merge's compare-and-set refuses a champion that moved since the decision, and a
+second run with a stricter gate (only evaluate reruns → not promoted → nothing committed)
+checks the other branch, restoring the workspace afterwards. The only stand-in is ``gh``
+(GitHub is not reachable).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,11 +26,16 @@ from tests.conftest import (
     TINY_PARAMS,
     Project,
     make_project,
+    project_client,
     restore_workspace,
     retrain,
     run,
     subprocess_env,
 )
+
+NAME = "reprotrain-classifier"  # params.yaml tracking.registered_model
+#: An image link of the report: ![alt](target)
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 
 
 @pytest.fixture
@@ -45,10 +55,10 @@ def _outputs(path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_first_run_is_promoted_and_committed_on_a_branch(project: Project) -> None:
+def test_first_run_is_proposed_and_committed_on_a_branch(project: Project) -> None:
     proj, env = project.root, project.env
     last = project.first.stdout.strip().splitlines()[-1]
-    match = re.fullmatch(r"outcome=promoted branch=(retrain/\d{8}-\d{6}-4242)", last)
+    match = re.fullmatch(r"outcome=proposed branch=(retrain/\d{8}-\d{6}-4242)", last)
     assert match, project.first.stdout + project.first.stderr
     branch = match.group(1)
     assert _git(proj, env, "branch", "--show-current") == branch
@@ -72,16 +82,21 @@ def test_first_run_is_promoted_and_committed_on_a_branch(project: Project) -> No
     assert _git(proj, env, "status", "--porcelain", "--untracked-files=no") == ""
     assert (
         _git(proj, env, "log", "-1", "--format=%s")
-        == "Retrain: model version 1 is the new champion"
+        == "Retrain: model version 1 proposed as the new champion"
     )
 
+    # The CI run only proposes: the gate passed, v1 is the challenger, champion untouched.
     promotion = json.loads((proj / "metrics" / "promotion.json").read_text())
-    assert promotion["promoted"] is True and promotion["alias"] == "champion"
+    assert promotion["promoted"] is False and promotion["proposed"] is True
+    assert promotion["alias"] == "challenger" and promotion["mode"] == "challenger"
+    assert promotion["champion_version"] is None  # what the merge compares and sets against
+    assert "REPROTRAIN_PROMOTE=challenger" in project.first.stderr
 
     out = _outputs(project.outputs)
-    assert out["outcome"] == "promoted" and out["promoted"] == "true" and out["branch"] == branch
+    assert out["outcome"] == "proposed" and out["promoted"] == "false" and out["branch"] == branch
     summary = project.summary.read_text()
-    assert "## Retraining: promoted" in summary
+    assert "## Retraining: proposed" in summary
+    assert "merging this pull request makes it the champion" in summary
     assert "| metrics/evaluate.json" in summary and "accuracy" in summary
     assert "Model card (reports/model_card.md)" in summary  # the job summary shows the card
     assert "reports/model_card.md" in committed and "data/splits.csv" in committed
@@ -104,10 +119,106 @@ def test_open_pr_pushes_the_branch_and_opens_the_pull_request(project: Project) 
 
 
 @pytest.mark.slow
+def test_pr_body_and_summary_images_are_pushed_urls(project: Project) -> None:
+    """Every image of the PR body (and the job summary) is an absolute URL of a file in a
+    commit that open-pr pushed (retrain-assets/<branch>), byte-identical to the model card's
+    figure; none is a relative path into the git-ignored, DVC-cached reports/model_card."""
+    proj, env = project.root, project.env
+    branch = _outputs(project.outputs)["branch"]
+    body = (proj / ".reprotrain" / "retrain" / "report.md").read_text()
+    links = IMAGE.findall(body)
+    in_card = IMAGE.findall((proj / "reports" / "model_card.md").read_text())
+    assert len(links) == len(in_card) >= 2, links  # reliability, confusion, Grad-CAMs
+    assert set(IMAGE.findall(project.summary.read_text())) >= set(links)
+    pushed = run(["git", "ls-remote", str(project.origin), f"retrain-assets/{branch}"], proj, env)
+    sha = pushed.stdout.split()[0]
+    prefix = f"https://github.com/example/reprotrain/raw/{sha}/model_card/"
+    for link in links:
+        assert link.startswith(prefix), link
+        name = link[len(prefix) :]
+        git = ["git", "--git-dir", str(project.origin)]
+        raw = subprocess.run(
+            [*git, "cat-file", "blob", f"{sha}:model_card/{name}"],
+            capture_output=True,
+            check=True,
+            env=env,
+        ).stdout
+        local = proj / "reports" / "model_card" / name
+        assert raw == local.read_bytes() and raw.startswith(b"\x89PNG"), name
+
+
+@pytest.mark.slow
 def test_push_sent_every_output_to_the_remote(project: Project) -> None:
     assert any(p.is_file() for p in (project.remote / "files" / "md5").rglob("*"))
     status = run(["dvc", "status", "--cloud"], project.root, project.env).stdout
     assert "in sync" in status, status
+
+
+# ----------------------------------------------------------------- the merge promotes
+
+
+def _champion(proj: Path) -> int | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(project_client(proj).get_model_version_by_alias(NAME, "champion").version)
+    except MlflowException:
+        return None
+
+
+@pytest.mark.slow
+def test_merge_promotes_the_challenger_with_an_audit(project: Project) -> None:
+    """The fixture's `retrain.sh promote` (the merge job) moved champion none → v1: the
+    retrain run itself never did (the only champion move is the merge's, by the git user)."""
+    proj, env = project.root, project.env
+    assert project.merged is not None
+    assert project.merged.stdout.strip().splitlines()[-1] == "outcome=promoted version=1", (
+        project.merged.stderr
+    )
+    assert _champion(proj) == 1
+    client = project_client(proj)
+    tags = client.get_model_version(NAME, "1").tags
+    branch = _outputs(project.outputs)["branch"]
+    head = _git(proj, env, "rev-parse", "--short", "HEAD")
+    assert tags["reprotrain.previous_champion"] == "none"
+    assert tags["reprotrain.promotion_reason"].startswith(
+        f"explicit promotion: merged into {branch} as {head}: Retrain: model version 1 proposed"
+    )
+    assert tags["reprotrain.decided_against"] == "none"
+    history = client.get_registered_model(NAME).tags["reprotrain.promotions"].splitlines()
+    assert "champion none → v1 by" in history[-1] and "merged into" in history[-1]
+    assert not any("by gate" in line for line in history), history
+    # A re-run of the merge job is harmless.
+    again = retrain(proj, env, "promote")
+    assert again.stdout.strip() == "outcome=up-to-date"
+    assert "already the champion" in again.stderr and _champion(proj) == 1
+
+
+@pytest.mark.slow
+def test_merge_refuses_when_the_champion_moved_since_the_decision(project: Project) -> None:
+    """The race: after the gate compared v1 with "no champion", someone promoted another
+    version by hand. The merge job must not replace it: one line, exit 2, nothing moved."""
+    proj, env = project.root, project.env
+    client = project_client(proj)
+    other = client.create_model_version(NAME, source=(proj / "hotfix").as_uri()).version
+    cmd = [sys.executable, "-m", "reprotrain", "promote", NAME]
+    run([*cmd, str(other), "--reason", "hotfix"], proj, env)
+    try:
+        proc = retrain(proj, env, "promote", check=False)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stdout == "" and "Traceback" not in proc.stderr
+        assert (
+            proc.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                f"error: {NAME}: champion is v{other}, but the promotion of v1 was decided against "
+                "no champion: champion not moved"
+            )
+        ), proc.stderr
+        assert _champion(proj) == int(other)
+    finally:
+        run([*cmd, "--rollback", "--reason", "end of the race test"], proj, env)
+    assert _champion(proj) == 1
 
 
 # ----------------------------------------------------------------- do-not-promote branch
@@ -146,7 +257,7 @@ def _stricter_gate(project: Project) -> None:
     # The workspace keeps the run for inspection; the next run starts from it or from git.
     assert "dvc.lock" in _git(proj, env, "status", "--porcelain")
     proc = retrain(proj, env, "open-pr", check=False)
-    assert proc.returncode == 2 and "no promoted run" in proc.stderr
+    assert proc.returncode == 2 and "no proposed run" in proc.stderr
 
 
 # ----------------------------------------------------------------- set-up errors (fast)
@@ -179,11 +290,26 @@ def test_ci_without_tracking_uri_fails_before_training(bare_project) -> None:
     assert proc.returncode == 2
     assert "MLFLOW_TRACKING_URI is not set" in proc.stderr
     assert not (proj / "dvc.lock").exists()
+    # The merge job too: a throw-away local store is never promoted into.
+    proc = retrain(proj, env, "promote", check=False)
+    assert proc.returncode == 2 and "MLFLOW_TRACKING_URI is not set" in proc.stderr
+
+
+def test_promote_without_a_decision_says_so(bare_project) -> None:
+    proj, env = bare_project
+    proc = retrain(proj, env, "promote", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("retrain: error: metrics/promotion.json was not written")
+    )
 
 
 def test_unknown_argument_and_help(bare_project) -> None:
     proj, env = bare_project
     proc = retrain(proj, env, "--bogus", check=False)
-    assert proc.returncode == 2 and "usage: scripts/retrain.sh [open-pr]" in proc.stderr
+    assert proc.returncode == 2
+    assert "usage: scripts/retrain.sh [open-pr | promote]" in proc.stderr
     help_text = retrain(proj, env, "--help").stdout
     assert "Exit codes:" in help_text and "outcome=not-promoted" in help_text

@@ -1,4 +1,5 @@
-"""The scheduled-retraining workflow is checked by real offline linters, not by eye.
+"""The scheduled-retraining and promote-on-merge workflows are checked by real offline
+linters, not by eye.
 
 ``check-jsonschema`` validates it against GitHub's workflow schema (a typo in a key would
 otherwise only show up when the schedule fires), ``zizmor`` audits it for the usual Actions
@@ -21,32 +22,27 @@ import yaml
 from tests.conftest import REPO, run, subprocess_env
 
 WORKFLOW = REPO / ".github" / "workflows" / "retrain.yml"
+PROMOTE = REPO / ".github" / "workflows" / "promote.yml"
+WORKFLOWS = (WORKFLOW, PROMOTE)
 SCRIPT = REPO / "scripts" / "retrain.sh"
 BIN = Path(sys.executable).parent
 
 
-def _workflow() -> dict[str, Any]:
-    doc = yaml.safe_load(WORKFLOW.read_text())
+def _workflow(path: Path = WORKFLOW) -> dict[str, Any]:
+    doc = yaml.safe_load(path.read_text())
     # YAML 1.1 reads the bare key `on` as the boolean True.
     doc["on"] = doc.pop(True, doc.get("on"))
     return doc
 
 
-def _steps() -> list[dict[str, Any]]:
-    return [s for job in _workflow()["jobs"].values() for s in job["steps"]]
+def _steps(path: Path = WORKFLOW) -> list[dict[str, Any]]:
+    return [s for job in _workflow(path)["jobs"].values() for s in job["steps"]]
 
 
 @pytest.mark.slow
 def test_workflow_matches_github_schema() -> None:
-    proc = run(
-        [
-            str(BIN / "check-jsonschema"),
-            "--builtin-schema",
-            "vendor.github-workflows",
-            str(WORKFLOW),
-        ],
-        REPO,
-    )
+    schema = [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows"]
+    proc = run([*schema, *map(str, WORKFLOWS)], REPO)
     assert "ok" in proc.stdout
 
 
@@ -54,14 +50,31 @@ def test_workflow_matches_github_schema() -> None:
 def test_zizmor_finds_nothing(persona: str) -> None:
     """No findings, not even pedantic ones, and no `# zizmor: ignore` comment to get there."""
     env = subprocess_env(ZIZMOR_OFFLINE="true", NO_COLOR="1")
-    proc = run(
-        [str(BIN / "zizmor"), "--offline", "--no-config", f"--persona={persona}", str(WORKFLOW)],
-        REPO,
-        env,
-        check=False,
-    )
+    zizmor = [str(BIN / "zizmor"), "--offline", "--no-config", f"--persona={persona}"]
+    proc = run([*zizmor, *map(str, WORKFLOWS)], REPO, env, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "zizmor: ignore" not in WORKFLOW.read_text()
+    for path in WORKFLOWS:
+        assert "zizmor: ignore" not in path.read_text()
+
+
+def test_promote_runs_on_the_default_branch_only_and_reads_no_write_token() -> None:
+    """Only a merge moves `champion`: the promote workflow runs on pushes to main that change
+    metrics/promotion.json, its job only on the default branch, one at a time, with a
+    read-only token, and all it does is `scripts/retrain.sh promote`."""
+    doc = _workflow(PROMOTE)
+    assert doc["on"] == {"push": {"branches": ["main"], "paths": ["metrics/promotion.json"]}}
+    assert doc["permissions"] == {}
+    assert doc["concurrency"]["cancel-in-progress"] is False
+    (job,) = doc["jobs"].values()
+    assert job["if"] == "github.ref_name == github.event.repository.default_branch"
+    assert job["permissions"] == {"contents": "read"}
+    (step,) = [s for s in _steps(PROMOTE) if "scripts/retrain.sh" in s.get("run", "")]
+    assert step["run"].rstrip().endswith("scripts/retrain.sh promote")
+    assert step["env"]["RETRAIN_REQUIRE_TRACKING_URI"] == "1"
+    assert "MLFLOW_TRACKING_URI" in step["env"] and "GH_TOKEN" not in step["env"]
+    assert all("${{" not in s["run"] for s in _steps(PROMOTE) if "run" in s)
+    # The retraining workflow never promotes: its script runs dvc repro in review mode.
+    assert "REPROTRAIN_PROMOTE=challenger dvc repro" in SCRIPT.read_text()
 
 
 def test_triggers_permissions_concurrency_timeout() -> None:
@@ -76,7 +89,7 @@ def test_triggers_permissions_concurrency_timeout() -> None:
 
 
 def test_actions_pinned_and_checkout_without_credentials() -> None:
-    uses = [s for s in _steps() if "uses" in s]
+    uses = [s for path in WORKFLOWS for s in _steps(path) if "uses" in s]
     assert uses
     for step in uses:
         assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
@@ -94,7 +107,8 @@ def test_secrets_only_through_env_and_work_in_the_script() -> None:
     assert "MLFLOW_TRACKING_URI" in retrain["env"]
     assert "GH_TOKEN" not in retrain["env"], "training code must not see the write token"
     assert open_pr["run"].rstrip().endswith("scripts/retrain.sh open-pr")
-    assert open_pr["if"] == f"steps.{retrain['id']}.outputs.outcome == 'promoted'"
+    # A branch was committed (the gate proposed the version): open its PR.
+    assert open_pr["if"] == f"steps.{retrain['id']}.outputs.branch != ''"
     assert "GH_TOKEN" in open_pr["env"]
     text = WORKFLOW.read_text()
     for match in re.finditer(r"\$\{\{\s*secrets\.(\w+)", text):
