@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from reprotrain.config import HYMENOPTERA_DIGEST
-from reprotrain.data.fetch import fetch, tree_digest
+from reprotrain.data.fetch import fetch, list_files, tree_digest
 from reprotrain.data.origin import MIRROR_ENV, source_kind
 from reprotrain.data.sources import scan
 from reprotrain.errors import DataError
@@ -377,3 +380,40 @@ def test_fetch_stage_applies_the_archive_limits_and_reports_what_it_left_out(
     )
     assert "cats/pipe.jpg: not a regular file: a special file (FIFO or device)" in done.stderr
     assert _report(proj / "data" / "raw")[0][0] == "cats/pipe.jpg"
+
+
+def _flat_tree(root: Path, n: int, version: bytes) -> Path:
+    for i in range(n):
+        path = root / "cats" / f"f{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(version * 2048)  # 8 KB
+    return root
+
+
+@pytest.mark.slow
+def test_a_fetch_killed_mid_sync_leaves_the_old_snapshot_whole(tmp_path: Path) -> None:
+    """SIGKILL while the snapshot is being written: ``data/raw`` is the old snapshot, every
+    file of it (not the first files new, the rest old); the next fetch completes."""
+    n, src, raw = 1000, tmp_path / "src", tmp_path / "data" / "raw"
+    old = fetch(str(_flat_tree(src, n, b"AAAA")), raw)
+    _flat_tree(src, n, b"BBBB")  # every file changed, same names
+    first = raw / "cats" / "f00000.jpg"
+    code = (
+        "from pathlib import Path; from reprotrain.data.fetch import fetch; "
+        f"fetch({str(src)!r}, Path({str(raw)!r}))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            staged = list((raw.parent).glob(".raw.tmp-*/raw/cats"))
+            if (staged and len(os.listdir(staged[0])) > 200) or first.read_bytes()[:4] != b"AAAA":
+                break
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "fetch ended before it could be killed"
+    assert tree_digest(raw) == old.digest and len(list_files(raw)) == n
+    new = fetch(str(src), raw)
+    assert new.copied == n and new.digest == tree_digest(src)
+    assert not list(raw.parent.glob(".raw.tmp-*"))  # the killed run's staging is gone

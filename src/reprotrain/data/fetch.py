@@ -20,7 +20,9 @@ they are listed with their reason in ``data/raw/.fetch-quarantine.csv``
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -29,7 +31,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +46,13 @@ from reprotrain.data.origin import (
     source_kind,
 )
 from reprotrain.errors import DataError
-from reprotrain.fsio import atomic_write_json, atomic_write_text, file_sha256
+from reprotrain.fsio import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    remove_stale_temporaries,
+)
 from reprotrain.progress import progress as progress_bar
 from reprotrain.timing import timed
 
@@ -277,55 +285,95 @@ def sync_tree(
     state_key: str | None = None,
 ) -> SyncCounts:
     """Make ``dst`` an exact copy of ``src``'s regular files (or of ``listing``'s, a
-    :func:`walk` of it already made; its quarantined entries are passed through).
+    :func:`walk` of it already made), with the fetch report of what was left out.
 
-    A file is skipped (unchanged) only when its bytes are known to be the same: ``dst``
-    has ``src``'s size and mtime in nanoseconds, and ``state`` (a JSON file) recorded, at the
+    All or nothing: the new snapshot is built beside ``dst`` (``.raw.tmp-*``) and swapped in
+    with one atomic exchange (:func:`reprotrain.fsio.atomic_path`), so a reader, a kill or
+    an error sees the old snapshot or the new one, never a mix. An unchanged file is not
+    copied but hard-linked from the old snapshot (same inode: DVC's and
+    :func:`tree_digest`'s caches stay valid); a leftover of a killed run is removed first.
+
+    A file is unchanged only when its bytes are known to be the same: the old copy has
+    ``src``'s size and mtime in nanoseconds, and ``state`` (a JSON file) recorded, at the
     last sync, the same size, mtime, inode and ctime for the source file and the same inode
-    and ctime for the snapshot's copy. ``ctime`` cannot be set by hand: an edit in place that
-    restores the size and the mtime (``touch -r``, ``rsync -t``, a coarse clock) still
-    changes it. When only size and mtime match (no state, or another stamp), the two files
-    are compared by SHA-256 ("in doubt, hash"); anything else is copied. So a re-snapshot of
-    an unchanged 100k-file folder costs two directory walks and two ``stat`` per file, and
+    for the copy. ``ctime`` cannot be set by hand: an edit in place that restores the size
+    and the mtime (``touch -r``, ``rsync -t``, a coarse clock) still changes it. When only
+    size and mtime match (no state, or another stamp), the two files are compared by
+    SHA-256 ("in doubt, hash"); anything else is copied. So a re-snapshot of an unchanged
+    100k-file folder costs two directory walks, two ``stat`` and a hard link per file, and
     changed bytes always reach ``dst``.
 
-    Files gone from ``src`` are removed. Memory holds the relative paths, never file
-    contents (copies stream). Only regular files are opened (``O_NONBLOCK``, then checked:
-    a FIFO swapped in after the walk cannot block the copy); one that cannot be read is
-    quarantined. ``move=True`` renames instead of copying (for a staging tree of our own,
-    e.g. an extracted archive, on the same filesystem). ``state_key``: what ``state``
-    belongs to (default: ``src`` resolved).
+    Memory holds the relative paths, never file contents (copies stream). Only regular
+    files are opened (``O_NONBLOCK``, then checked: a FIFO swapped in after the walk cannot
+    block the copy); one that cannot be read is quarantined. ``move=True`` renames instead
+    of copying (for a staging tree of our own, e.g. an extracted archive, on the same
+    filesystem). ``state_key``: what ``state`` belongs to (default: ``src`` resolved).
     """
     listing = walk(src) if listing is None else listing
     key = f"{state_key or src.resolve()} -> {dst.resolve()}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dst):
+        remove_stale_temporaries(dst.parent, dst.name)  # a killed run's, never a live one
+        return _sync(src, dst, listing, move, state, key)
+
+
+@contextlib.contextmanager
+def _exclusive(dst: Path) -> Iterator[None]:
+    """One sync of ``dst`` at a time (two ``dvc repro`` may both run fetch): a ``flock``
+    on a file named after ``dst`` in the temporary folder (not beside it, where git would
+    see it), released by the kernel if the process dies."""
+    tag = hashlib.sha256(str(dst.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"reprotrain-sync-{tag}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _sync(
+    src: Path, dst: Path, listing: Listing, move: bool, state: Path | None, key: str
+) -> SyncCounts:
     known = _read_keyed_json(state, "sync", key) if state is not None else {}
-    dst.mkdir(parents=True, exist_ok=True)
+    before = set(walk(dst).files) if dst.is_dir() else set()
     stamps: dict[str, list[int]] = {}
     bad = list(listing.quarantined)
     copied = 0
-    with progress_bar(len(listing.files), "snapshot", unit="file") as bar:
+    with atomic_path(dst) as new, progress_bar(len(listing.files), "snapshot", unit="file") as bar:
+        made: set[str] = set()
         for rel in listing.files:
-            s, d = os.path.join(src, rel), os.path.join(dst, rel)
+            s, old, d = os.path.join(src, rel), os.path.join(dst, rel), os.path.join(new, rel)
+            parent = os.path.dirname(d)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
             try:
                 st = os.stat(s)
-                if not _same_bytes(st, s, d, known.get(rel)):
+                if _same_bytes(st, s, old, known.get(rel)):
+                    _link(old, d)
+                else:
                     _put(s, d, move)
                     copied += 1
-                dl = os.lstat(d)
+                ino = os.lstat(d).st_ino
             except _Unreadable as exc:
                 bad.append(Quarantined(rel, str(exc)))
             except OSError as exc:
                 raise DataError(f"cannot snapshot {rel} into {dst} ({exc.strerror})") from None
             else:
-                stamps[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-                stamps[rel] += [dl.st_ino, dl.st_ctime_ns]
+                stamps[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, ino]
             bar.update(1)
-    removed = _remove_others(dst, set(stamps))
-    _remove_empty_dirs(dst)
+        new.mkdir(exist_ok=True)  # an empty listing still makes a (checked) snapshot
+        write_report(new, bad)
     if state is not None:
         atomic_write_json(state, {"sync": key, "files": stamps}, indent=None)
     kept = len(stamps)
+    removed = len(before - stamps.keys())
     return SyncCounts(copied, kept - copied, removed, tuple(sorted(bad, key=lambda q: q.path)))
+
+
+def _link(old: str, new: str) -> None:
+    """``new`` as a hard link to the unchanged ``old`` (a copy where links are refused)."""
+    try:
+        os.link(old, new)
+    except OSError:
+        shutil.copy2(old, new)
 
 
 class _Unreadable(Exception):
@@ -341,7 +389,7 @@ def _same_bytes(st: os.stat_result, src: str, dst: str, recorded: list | None) -
     same_stat = (dl.st_size, dl.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     if not stat.S_ISREG(dl.st_mode) or not same_stat:
         return False
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, dl.st_ino, dl.st_ctime_ns]
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, dl.st_ino]
     if recorded == stamp:
         return True
     with _open_regular(src) as f:  # in doubt: compare the bytes
@@ -382,22 +430,6 @@ def _put(src: str, dst: str, move: bool) -> None:
     os.chmod(dst, 0o644)
 
 
-def _remove_others(dst: Path, keep: set[str]) -> int:
-    """Delete every non-hidden entry under ``dst`` that is not a kept file (stale files,
-    and links or special files nobody should have put there); the number deleted."""
-    removed = 0
-    for dirpath, dirnames, filenames in os.walk(dst):
-        rel_dir = os.path.relpath(dirpath, dst)
-        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in links]
-        for name in (*filenames, *links):
-            if not name.startswith(".") and prefix + name not in keep:
-                os.unlink(os.path.join(dirpath, name))
-                removed += 1
-    return removed
-
-
 def check_no_empty_dirs(root: Path) -> None:
     """An empty folder is most likely a class whose images were not copied yet.
 
@@ -419,13 +451,6 @@ def check_no_empty_dirs(root: Path) -> None:
             f"folder {rel}/ in the data source is empty (a class without images?): "
             "add images or remove the folder"
         )
-
-
-def _remove_empty_dirs(root: Path) -> None:
-    for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
-        p = Path(dirpath)
-        if p != root and not any(p.iterdir()):
-            p.rmdir()
 
 
 def write_report(dst: Path, quarantined: Iterable[Quarantined]) -> None:
@@ -624,11 +649,11 @@ def fetch(
             # An extracted archive is our own staging tree: move its files, do not copy
             # them (and keep no state: its inodes are new on every extraction).
             move = origin_kind == "archive"
+            listing = Listing(listing.files, [*left_out, *listing.quarantined])
             counts = sync_tree(root, dst, listing, move=move, state=None if move else sync_state)
             if len(counts.quarantined) != len(listing.quarantined):
                 digest = None  # a file failed to copy: dst is not the checked root
-    quarantined = tuple(sorted([*left_out, *counts.quarantined], key=lambda q: q.path))
-    write_report(dst, quarantined)
+    quarantined = counts.quarantined
     snapshot = list_files(dst)
     if not snapshot:
         raise DataError(f"data.source = {source!r}: no files found in {origin}")
