@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -148,16 +149,62 @@ def test_labels_resolution(model_path: Path, tmp_path: Path, monkeypatch) -> Non
     # Names registered with a models:/ version come first; a wrong-length list is not used.
     assert predict.resolve_labels(None, model_path, 2, ["x", "y"]) == ["x", "y"]
     assert predict.resolve_labels(None, model_path, 2, ["x", "y", "z"]) == LABELS
+    with pytest.raises(ModelError, match=r"lists 2 classes but .* predicts 3: pass --labels"):
+        predict.resolve_labels(None, model_path, 3)  # beside the model, but not its classes
     other = tmp_path / "m" / "x.keras"
     monkeypatch.chdir(tmp_path)
     assert predict.resolve_labels(None, other, 2) == ["0", "1"]  # indices as a last resort
     prepared = tmp_path / "data" / "prepared"
     prepared.mkdir(parents=True)
     (prepared / "labels.json").write_text('["cat", "dog"]')
-    assert predict.resolve_labels(None, other, 2) == ["cat", "dog"]  # the project's labels
-    assert predict.resolve_labels(None, other, 3) == ["0", "1", "2"]  # wrong length: unused
+    # The current folder's labels were used whenever the class count matched: nothing
+    # shows they are the ones this model was trained on, so they are not guessed.
+    for classes in (2, 3):
+        with pytest.raises(ModelError, match=r"cannot tell whether .* pass --labels"):
+            predict.resolve_labels(None, other, classes)
+    assert predict.resolve_labels(prepared / "labels.json", other, 2) == ["cat", "dog"]
     with pytest.raises(ModelError, match="lists 2 classes but the model predicts 3"):
         predict.resolve_labels(prepared / "labels.json", other, 3)
+
+
+@pytest.mark.slow
+def test_project_labels_only_when_dvc_lock_shows_the_model_trained_on_them(
+    promoted_project, tmp_path: Path, monkeypatch
+) -> None:
+    """The real pipeline's model: its project's labels.json is used from any folder while it
+    is the file dvc.lock trained it on; the same class count in another order (data
+    re-prepared, model not retrained) or a copy of the model elsewhere is an error asking
+    for --labels, not the wrong names."""
+    root = promoted_project.root
+    model, labels_file = (
+        root / "models" / "finetuned.keras",
+        root / "data" / "prepared" / "labels.json",
+    )
+    original = labels_file.read_text()
+    classes = json.loads(original)
+    assert len(classes) == 2
+    monkeypatch.chdir(tmp_path)
+    assert predict.resolve_labels(None, model, 2) == classes
+    copy = tmp_path / "copy.keras"
+    copy.write_bytes(model.read_bytes())
+    monkeypatch.chdir(root)
+    with pytest.raises(
+        ModelError, match=r"cannot tell whether .*labels\.json belongs to .*copy\.keras"
+    ):
+        predict.resolve_labels(None, copy, 2)
+
+    def replace(text: str) -> None:  # a new file, never a write into DVC's (linked) cache
+        tmp = labels_file.with_name(".labels.json.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, labels_file)
+
+    replace(json.dumps(classes[::-1]))
+    try:
+        with pytest.raises(ModelError, match="pass --labels"):
+            predict.resolve_labels(None, model, 2)
+    finally:
+        replace(original)
+    assert predict.resolve_labels(None, model, 2) == classes
 
 
 def test_usage_and_model_errors(inputs: Path, tmp_path: Path, capsys) -> None:
