@@ -1,15 +1,19 @@
-"""``python -m reprotrain COMMAND ...``: predict, promote, reproduce, ui.
+"""``python -m reprotrain COMMAND ...``: predict, promote, reproduce, tune, ui.
 
 Each command lives in its own module with a ``main(argv) -> int``; this file only dispatches,
 so ``python -m reprotrain predict`` does not pay for importing MLflow's server code, etc.
+:func:`main` returns the exit code (a notebook or script may call it); :func:`entry` is the
+process (``python -m reprotrain``, the ``reprotrain`` console script): it sets the process
+up and exits with that code.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
-from reprotrain.cli import run_main
+from reprotrain import cli
 
 COMMANDS = {
     "predict": "classify image files/folders with a .keras or models:/ URI",
@@ -26,19 +30,25 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Dispatch to ``reprotrain.commands.<command>.main(rest)``."""
+def main(argv: list[str] | None = None) -> int:
+    """Run ``reprotrain.commands.<command>.main(rest)``; returns its exit code (2: usage)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(_usage() + "\n")
-        sys.exit(0 if argv else 2)
+        return 0 if argv else cli.EXIT_USER_ERROR
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         sys.stderr.write(f"error: unknown command {name!r}\n{_usage()}\n")
-        sys.exit(2)
+        return cli.EXIT_USER_ERROR
     module = importlib.import_module(f"reprotrain.commands.{name}")
-    run_main(lambda: module.main(rest), name=name)
+    return cli.run(lambda: module.main(rest), name=name)
+
+
+def entry() -> NoReturn:
+    """The ``python -m reprotrain`` / ``reprotrain`` process: set up, run, exit."""
+    cli.start_process()
+    cli.exit_process(main())
 
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -1,19 +1,24 @@
 """Shared plumbing for command-line entry points (stages and ``python -m reprotrain``).
 
 Why: a user who mistypes a param should see one actionable line and a non-zero exit code,
-not a 40-line TensorFlow traceback. ``run_main`` gives every entry point that behaviour and
-the same logging format.
+not a 40-line TensorFlow traceback. :func:`run` gives every entry point that behaviour and
+returns the exit code; :func:`run_main` is the process-level wrapper a stage script's
+``if __name__ == "__main__":`` block calls.
+
+Two layers, so that nothing a library or notebook user calls ends their process or edits
+their environment: :func:`run` only catches and reports, while the process set-up
+(:func:`configure_process`, :func:`setup_logging`) and ``sys.exit`` live in
+:func:`run_main` and in ``reprotrain.__main__``'s entry, which run only when this process
+*is* a stage or a command.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
 import sys
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,9 +30,42 @@ EXIT_USER_ERROR = 2
 #: Exit code when the user interrupts with Ctrl-C (the shell convention 128 + SIGINT).
 EXIT_INTERRUPTED = 130
 
+#: What a stage or command process sets for TensorFlow unless the user set it (their value
+#: wins). ``TF_CPU_ALLOCATOR_USE_BFC``: TensorFlow's CPU tensors then come from its own
+#: best-fit-with-coalescing allocator, which keeps and reuses the memory, instead of malloc,
+#: which serves each block over 32 MB (MobileNetV2's activations) as fresh zeroed pages and
+#: unmaps it after every step; the results are bit-identical, the training stages faster
+#: (``benchmarks/pipeline.py --script-bfc``), and each run records which one it got as the
+#: ``reprotrain.env.cpu_allocator`` tag. TensorFlow reads it when it creates its CPU
+#: allocator (its first op), so setting it at the start of ``main`` is in time even though a
+#: stage script has imported TensorFlow by then. ``TF_CPP_MIN_LOG_LEVEL=2`` hides
+#: TensorFlow's C++ info and warning lines in the processes a stage starts (export's
+#: converter); it is read once per process, at TensorFlow's import.
+PROCESS_ENV: Mapping[str, str] = {
+    "TF_CPU_ALLOCATOR_USE_BFC": "true",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+def configure_process(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Set :data:`PROCESS_ENV`'s defaults in ``environ`` (``os.environ``); returns it.
+
+    Only for a process that is a stage or a command (``run_main``, ``python -m
+    reprotrain``); :mod:`reprotrain.api` passes the same values to the processes it starts
+    instead of changing the caller's environment.
+    """
+    env = os.environ if environ is None else environ
+    for key, value in PROCESS_ENV.items():
+        env.setdefault(key, value)
+    return env  # type: ignore[return-value]
+
 
 def setup_logging(level: int | str | None = None) -> None:
-    """Configure root logging once; ``REPROTRAIN_LOG_LEVEL`` overrides the default INFO."""
+    """Configure root logging for this process; ``REPROTRAIN_LOG_LEVEL`` overrides INFO.
+
+    ``force=True`` replaces handlers an import added, so it belongs to process entry
+    points only, never to a function a notebook calls.
+    """
     level = level or os.environ.get("REPROTRAIN_LOG_LEVEL", "INFO")
     logging.basicConfig(
         level=level,
@@ -36,46 +74,53 @@ def setup_logging(level: int | str | None = None) -> None:
         stream=sys.stderr,
         force=True,
     )
-    # TF_CPP_MIN_LOG_LEVEL: set in reprotrain/__init__.py, before TensorFlow's first import.
     for noisy in ("absl", "h5py", "urllib3", "git", "alembic", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_main(main: Callable[[], int | None], name: str | None = None) -> None:
-    """Run ``main`` and exit; user errors become one ``error:`` line and exit code 2.
+def run(main: Callable[[], int | None], name: str) -> int:
+    """Call ``main`` and return its exit code; user errors become one ``error:`` line
+    on stderr and :data:`EXIT_USER_ERROR`, Ctrl-C :data:`EXIT_INTERRUPTED`, a
+    ``SystemExit`` inside (argparse's usage errors, ``--help``) its code.
 
-    A run that ends normally logs where its time went (:mod:`reprotrain.timing`), named
-    ``name`` or, for a stage script, after the script. Ends the process (:func:`exit_now`).
+    A run that ends normally logs where its time went (:mod:`reprotrain.timing`) as
+    ``name``. Never exits: safe to call from a notebook or another program.
     """
-    setup_logging()
     timing.start()
     try:
         code = main()
     except ReprotrainError as exc:
         # One line, once (not also as a log record): what the user has to fix.
         sys.stderr.write(f"error: {exc}\n")
-        exit_now(EXIT_USER_ERROR)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        exit_now(EXIT_INTERRUPTED)
-    timing.report(name or Path(sys.argv[0]).stem)
-    exit_now(code or 0)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # argparse's usage errors and --help: the code, not an exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    timing.report(name)
+    return code or 0
 
 
-def exit_now(code: int) -> NoReturn:
-    """End the process with ``code``: everything a normal exit does, minus the teardown.
+def start_process() -> None:
+    """Set up a stage or command process: :func:`configure_process`, then logging."""
+    configure_process()
+    setup_logging()
 
-    Why: a process that imported TensorFlow spends 1.5–3 s at exit freeing its thousands of
-    modules and objects (measured on 2 cores: ``import tensorflow`` then exit, 1.6 s; a
-    stage, 2.8 s), memory the operating system frees at once anyway. Every stage and command
-    paid it. What a normal exit does that matters runs first, in the interpreter's order:
-    threading's exit hooks (executor workers finish, non-daemon threads are joined), then the
-    ``atexit`` handlers (``logging.shutdown`` flushes the handlers; MLflow ends a run left
-    open), then the standard streams are flushed. Only then ``os._exit``.
-    """
-    threading._shutdown()  # type: ignore[attr-defined]  # what Py_FinalizeEx calls first
-    atexit._run_exitfuncs()
+
+def exit_process(code: int) -> NoReturn:
+    """End a stage or command process with ``code``, its standard streams flushed."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to flush into
             stream.flush()
-    os._exit(code)
+    sys.exit(code)
+
+
+def run_main(main: Callable[[], int | None], name: str | None = None) -> NoReturn:
+    """A stage or command process: set it up, :func:`run` ``main``, exit with its code.
+
+    Called from a script's ``if __name__ == "__main__":`` block, where ending the process
+    is the point. ``name`` defaults to the script's file name (the stage).
+    """
+    start_process()
+    exit_process(run(main, name or Path(sys.argv[0]).stem))
