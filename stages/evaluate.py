@@ -22,7 +22,7 @@ from reprotrain.evaluation import compare, gain, gate, plots
 from reprotrain.models.loading import load_model
 from reprotrain.reports import card
 from reprotrain.serving import pyfunc
-from reprotrain.tracking import gating
+from reprotrain.tracking import gating, images
 
 STAGE = "evaluate"
 SECTIONS = ("seed", "model", "evaluate", "tracking")
@@ -241,6 +241,9 @@ def main() -> int:
             ),
         )
         run.log_artifact(paths.REPORTS_DIR, artifact_path="reports")
+        # The same PNGs as MLflow images: the run page's image view, compared across runs.
+        figures = {"evaluate": [IMAGES_DIR], "model_card": [paths.MODEL_CARD.parent / card.FIGURES]}
+        images.log_images(run, images.figure_keys(figures))
         gating.describe_version(run, name, promotion["version"], paths.MODEL_CARD)
     return 0
 

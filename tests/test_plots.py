@@ -188,3 +188,44 @@ def test_dvc_plots_show_renders_the_files(tmp_path: Path) -> None:
     rendered = json.dumps(data)
     for column in ("predicted", "fpr", "recall", "val_accuracy", "baseline"):
         assert column in rendered, column
+
+
+@pytest.mark.slow
+def test_figures_are_logged_as_mlflow_images(tmp_path: Path) -> None:
+    """evaluate's PNGs and the model card's as keyed MLflow images (the run page's image
+    view): each key has its full-size PNG and MLflow's compressed preview, in a real
+    SQLite store."""
+    import mlflow
+
+    from reprotrain.tracking import StageRun, images
+
+    _write_all(tmp_path / "plots", ["ants", "bees"])
+    card_dir = tmp_path / "reports" / "model_card"
+    plots.save_png(plots.new_figure(2, 2), card_dir / "gradcam_1.png")
+    (card_dir / "notes.txt").write_text("not a figure")
+    keys = images.figure_keys(
+        {"evaluate": [tmp_path / "plots" / "images"], "model_card": [card_dir, tmp_path / "gone"]}
+    )
+    assert list(keys) == [
+        "evaluate/confusion_matrix",
+        "evaluate/pr",
+        "evaluate/roc",
+        "evaluate/training_curves",
+        "evaluate/worst_examples",
+        "model_card/gradcam_1",
+    ]
+    assert images.image_key("card", "a#b (1).png") == "card/a_b _1_"
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("figures", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    logged = images.log_images(StageRun(run_id, stage="evaluate", uri=uri), keys)
+    assert logged == list(keys)
+    names = [Path(f.path).name for f in client.list_artifacts(run_id, "images")]
+    for key in keys:
+        stored = key.replace("/", "~") + "+step+0+"
+        full = [n for n in names if n.startswith(stored) and n.endswith(".png")]
+        preview = [n for n in names if n.startswith(stored) and n.endswith("+compressed.webp")]
+        assert len(full) == 1 and len(preview) == 1, (key, names)
+    assert images.log_images(StageRun("", uri=uri), keys) == []  # a non-chief worker: nothing
