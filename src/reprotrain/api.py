@@ -1,0 +1,384 @@
+"""reprotrain from Python: notebooks and scripts drive the same pipeline as the CLI.
+
+::
+
+    from reprotrain.api import Project
+
+    project = Project("path/to/project")          # the folder holding dvc.yaml
+    metrics = project.repro()                     # dvc repro; {"evaluate": {...}, ...}
+    metrics = project.repro(**{"train_head.epochs": 3})   # dvc exp run -S train_head.epochs=3
+    project.runs()                                # pandas DataFrame: one row per execution
+    project.predict(["photo.jpg", "folder/"])     # DataFrame: path, label, confidence, ...
+    project.promote(3, reason="approved after review")
+    project.reproduce(run_id)                     # Reproduction(identical, report, run_id)
+
+A facade, not a second implementation: the pipeline runs as ``dvc repro`` in a subprocess
+(the stages are separate processes under DVC, exactly as on the command line), and every
+other method calls the functions the commands use (``commands.predict``,
+``tracking.registry``, ``commands.reproduce``). Like ``commands/``, it may import anything.
+
+Why nothing here exits or changes the caller's process: a notebook kernel is a long-lived
+process the user owns. No method calls ``sys.exit``, configures logging, sets environment
+variables or changes the working directory or MLflow's global tracking URI; what the stage
+processes need (:data:`reprotrain.cli.PROCESS_ENV`) is put in *their* environment. Errors
+are :class:`reprotrain.errors.ReprotrainError` subclasses whose message says what to fix.
+Progress is a tqdm bar (a notebook widget under Jupyter, :mod:`reprotrain.progress`).
+Importing this module imports neither TensorFlow nor MLflow (each method imports what it
+uses), and sets nothing; the first method that opens the MLflow store switches MLflow's
+telemetry off, as every reprotrain process does (``reprotrain.tracking.store``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reprotrain import cli, paths
+from reprotrain.config import Params, load_params
+from reprotrain.errors import ConfigError, ReprotrainError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PipelineError", "Project", "Reproduction", "override_args"]
+
+#: Lines of a failed run's output kept for its error message.
+TAIL_LINES = 40
+#: What DVC prints when a stage starts or is skipped: the stage progress bar counts them.
+_STAGE_LINE = re.compile(
+    r"^(?:Running stage '(?P<run>[\w@-]+)'|Stage '(?P<skip>[\w@-]+)' (?:didn't change|is cached))"
+)
+#: Seconds a stopped ``dvc`` gets to end its stage (the run ends KILLED) before SIGKILL.
+STOP_TIMEOUT = 60.0
+
+
+class PipelineError(ReprotrainError):
+    """``dvc repro`` / ``dvc exp run`` failed; the message holds the stage's error line."""
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """What :meth:`Project.reproduce` found: ``identical`` metrics or not, the side-by-side
+    table, and the id of the new run."""
+
+    identical: bool
+    report: str
+    run_id: str
+
+
+def override_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``-S key=value`` arguments for ``dvc exp run``, keys dotted (``train_head.epochs``)
+    or with ``__`` for the dot (``train_head__epochs``, usable as a keyword argument).
+
+    Values are written as YAML scalars/flow lists, which is how DVC parses them.
+    """
+    args: list[str] = []
+    for key, value in overrides.items():
+        if not key or not re.fullmatch(r"[A-Za-z0-9_.]+", key):
+            raise ConfigError(f"param override {key!r}: expected a dotted params.yaml key")
+        args += ["-S", f"{key.replace('__', '.')}={_yaml_value(value)}"]
+    return args
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)  # numbers, true/false, null, [lists] and {maps} are YAML too
+
+
+def _first_error(lines: Iterable[str]) -> str | None:
+    """The one-line ``error: ...`` a stage prints (``cli.run``), or DVC's ``ERROR: ...``."""
+    found = None
+    for line in lines:
+        text = line.strip()
+        if text.startswith("error: "):
+            return text.removeprefix("error: ")
+        if found is None and text.startswith("ERROR: "):
+            found = text.removeprefix("ERROR: ")
+    return found
+
+
+class Project:
+    """A reprotrain project: the folder holding ``dvc.yaml`` and ``params.yaml``.
+
+    ``path`` may be any folder inside it (like ``git``, the root is found upwards);
+    default: the working directory.
+    """
+
+    def __init__(self, path: str | Path = ".") -> None:
+        root = paths.project_root(Path(path))
+        if not (root / "dvc.yaml").is_file():
+            raise ConfigError(
+                f"{Path(path).resolve()} is not inside a reprotrain project (no dvc.yaml in it "
+                "or above it): pass the project folder"
+            )
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def params(self) -> Params:
+        """``params.yaml``, validated (read on every access: it may have changed)."""
+        return load_params(self.root / "params.yaml")
+
+    def env(self) -> dict[str, str]:
+        """The environment of the processes this project starts: the caller's, with this
+        interpreter's ``bin/`` first on PATH (the stages call ``python`` and ``dvc``) and
+        the stage-process defaults of :data:`reprotrain.cli.PROCESS_ENV`."""
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        return cli.configure_process(env)
+
+    def store_uri(self) -> str:
+        """The MLflow store the pipeline writes to (``MLFLOW_TRACKING_URI``, else the
+        project's ``tracking.store``), as ``python -m reprotrain ui`` shows it."""
+        from reprotrain.commands.ui import store_uri
+
+        return store_uri(self.root)
+
+    # ------------------------------------------------------------------ the pipeline
+
+    def repro(
+        self, *targets: str, force: bool = False, echo: bool = False, **overrides: Any
+    ) -> dict[str, Any]:
+        """Run the pipeline and return :meth:`metrics`.
+
+        Without ``overrides``: ``dvc repro [--force] [targets]``. With them: ``dvc exp run``
+        with one ``-S key=value`` per override (``repro(**{"finetune.learning_rate": 1e-4})``
+        or ``repro(finetune__learning_rate=1e-4)``): a DVC experiment, which also writes the
+        values into the workspace's ``params.yaml``, as on the command line. ``echo`` copies
+        the processes' output to ``sys.stderr`` (otherwise only a stage progress bar shows).
+        A failed stage raises :class:`PipelineError` with its one-line error.
+        """
+        from reprotrain.tracking import lineage
+
+        verb = ["exp", "run", *override_args(overrides)] if overrides else ["repro"]
+        cmd = [sys.executable, "-m", "dvc", *verb]
+        cmd += (["--force"] if force else []) + list(targets)
+        self._run_dvc(
+            cmd, stages=len(lineage.read_yaml(self.root / "dvc.yaml")["stages"]), echo=echo
+        )
+        return self.metrics()
+
+    def _run_dvc(self, cmd: Sequence[str], *, stages: int, echo: bool) -> None:
+        from reprotrain.progress import progress
+
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        logger.info("$ %s  (in %s)", " ".join(cmd[2:]), self.root)
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=self.root,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # Ctrl-C in the notebook stops it through _stop only
+        )
+        try:
+            with progress(stages, "dvc", unit="stage") as bar:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    tail.append(line.rstrip("\n"))
+                    if echo:
+                        sys.stderr.write(line)
+                    if match := _STAGE_LINE.match(line):
+                        bar.set_postfix_str(match["run"] or f"{match['skip']} (unchanged)")
+                        bar.update(1)
+            code = proc.wait()
+        except BaseException:  # KeyboardInterrupt in a notebook: stop dvc, keep the kernel
+            _stop(proc)
+            raise
+        if code != 0:
+            reason = _first_error(tail) or (tail[-1] if tail else "no output")
+            raise PipelineError(
+                f"`dvc {' '.join(cmd[3:])}` failed (exit {code}) in {self.root}: {reason}"
+            )
+
+    def metrics(self) -> dict[str, Any]:
+        """Every ``metrics/<name>.json`` of the workspace by name (``evaluate``,
+        ``train_head``, ``promotion``, ...), as the last run left them."""
+        out: dict[str, Any] = {}
+        for path in sorted((self.root / paths.METRICS_DIR).glob("*.json")):
+            if not path.name.endswith(".run.json"):  # run sidecars, not metrics
+                out[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+        return out
+
+    # ------------------------------------------------------------------ MLflow
+
+    def runs(self, kind: str = "pipeline") -> Any:
+        """The project's MLflow runs as a pandas DataFrame, newest first: one row per
+        pipeline execution (``kind="pipeline"``, the UI's top-level rows) or per stage run
+        (``"stage"``). Columns as ``mlflow.search_runs`` names them: ``run_id``,
+        ``run_name``, ``status``, ``start_time``, ``end_time``, ``metrics.*``, ``params.*``,
+        ``tags.*``."""
+        import mlflow
+        import pandas as pd
+
+        from reprotrain import tracking
+
+        if kind not in ("pipeline", "stage"):
+            raise ConfigError(f"runs(kind={kind!r}): expected 'pipeline' or 'stage'")
+        uri = self.store_uri()
+        tracking.check_reachable(uri)
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name(self.params.tracking.experiment)
+        if experiment is None:
+            return pd.DataFrame(columns=["run_id", "run_name", "status"])
+        found = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{tracking.TAG_ROLE}` = '{kind}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=10_000,
+        )
+        return pd.DataFrame([_run_row(r) for r in found])
+
+    def promote(self, version: int, reason: str, model: str | None = None) -> dict[str, Any]:
+        """Move the ``champion`` alias of ``model`` (default ``tracking.registered_model``)
+        to ``version``, audited like ``python -m reprotrain promote``; returns what moved
+        (``champion``, ``previous``, ``by``, ``reason``)."""
+        from reprotrain import tracking
+        from reprotrain.tracking import registry
+
+        uri = self.store_uri()
+        tracking.check_reachable(uri)
+        name = model or self.params.tracking.registered_model
+        by = registry.current_user(self.root)
+        return registry.promote(uri, name, int(version), reason, by=by)
+
+    def rollback(self, reason: str, model: str | None = None) -> dict[str, Any]:
+        """Move ``champion`` back to the previous champion (``promote --rollback``)."""
+        from reprotrain import tracking
+        from reprotrain.tracking import registry
+
+        uri = self.store_uri()
+        tracking.check_reachable(uri)
+        name = model or self.params.tracking.registered_model
+        return registry.rollback(uri, name, reason, by=registry.current_user(self.root))
+
+    def reproduce(self, run_id: str, workdir: str | Path | None = None) -> Reproduction:
+        """Rerun an MLflow run (a stage run or a pipeline row) from its commit and data in
+        a new git work tree, as ``python -m reprotrain reproduce``, and compare metrics."""
+        from reprotrain.commands import reproduce
+
+        code, report, new_id = reproduce.reproduce(
+            run_id, self.root, Path(workdir) if workdir else None
+        )
+        return Reproduction(identical=code == 0, report=report, run_id=new_id)
+
+    # ------------------------------------------------------------------ inference
+
+    def predict(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        model: str | Path = paths.FINETUNED_MODEL,
+        *,
+        top_k: int = 3,
+        batch_size: int = 32,
+    ) -> Any:
+        """Classify image files and folders (walked recursively) with ``model``: a
+        ``.keras`` path relative to the project, or ``models:/NAME@alias`` /
+        ``models:/NAME/VERSION``. A pandas DataFrame, one row per file: ``path``,
+        ``label``, ``confidence``, ``top_k`` (a list of ``{label, probability}``) and
+        ``error`` (the reason a file could not be used; the others are still predicted),
+        normalised exactly as ``python -m reprotrain predict`` does."""
+        import pandas as pd
+
+        from reprotrain.commands import predict as cmd
+        from reprotrain.models.loading import load_model
+
+        spec = str(model)
+        registry_uri = spec.startswith(cmd.REGISTRY_PREFIXES)
+        path = cmd.resolve_model(spec if registry_uri else str(self.root / spec), self.root)
+        keras_model = load_model(path, hint="pass a .keras model saved by reprotrain")
+        n = int(keras_model.output_shape[-1])
+        labels = cmd.resolve_labels(*self._labels_source(spec, registry_uri, path, n))
+        batch = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+        found = cmd.collect_inputs([self._path(p) for p in batch])
+        results = cmd.predict_files(
+            keras_model,
+            found.files,
+            labels,
+            batch_size=batch_size,
+            top_k=top_k,
+            normalization=self._normalization(path),
+        )
+        results += [{"path": p, "error": "no such file or directory"} for p in found.missing]
+        columns = ["path", "label", "confidence", "top_k", "error"]
+        return pd.DataFrame([{c: r.get(c) for c in columns} for r in results], columns=columns)
+
+    def _path(self, p: str | Path) -> Path:
+        """A user's path: as given if absolute or existing, else relative to the project."""
+        p = Path(p)
+        return p if p.is_absolute() or p.exists() else self.root / p
+
+    def _labels_source(
+        self, spec: str, registry_uri: bool, path: Path, n: int
+    ) -> tuple[Path | None, Path, int, list[str] | None]:
+        """``resolve_labels``' arguments: the registered names for a ``models:/`` URI, else
+        this project's ``labels.json`` (not the working directory's)."""
+        if registry_uri:
+            from reprotrain.tracking import registry
+
+            return None, path, n, registry.resolve_labels(spec, root=self.root)
+        beside = path.parent / "labels.json"
+        project = self.root / paths.PREPARED_DIR / "labels.json"
+        return (None if beside.is_file() or not project.is_file() else project), path, n, None
+
+    def _normalization(self, model_path: Path) -> Any:
+        """The training data's normalisation: the model's own ``stats.json``, else this
+        project's ``data/prepared/stats.json``, through ``commands.predict``'s resolver."""
+        from reprotrain.commands import predict as cmd
+
+        project = self.root / paths.PREPARED_DIR / "stats.json"
+        for stats in (model_path.parent / "stats.json", project):
+            # The command's own reader of prepare's record (no second copy of it here).
+            norm = cmd._stats_normalization(stats)
+            if norm is not None:
+                return cmd.Normalization(
+                    norm.get("max_side"), int(norm["jpeg_quality"]), str(stats)
+                )
+        return cmd.resolve_normalization("keep", None, model_path)
+
+
+def _run_row(run: Any) -> dict[str, Any]:
+    """One MLflow run as a flat row, with ``mlflow.search_runs``' column names."""
+    import pandas as pd
+
+    info, data = run.info, run.data
+    row: dict[str, Any] = {
+        "run_id": info.run_id,
+        "run_name": info.run_name,
+        "status": info.status,
+        "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True),
+        "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True) if info.end_time else None,
+    }
+    row.update({f"metrics.{k}": v for k, v in sorted(data.metrics.items())})
+    row.update({f"params.{k}": v for k, v in sorted(data.params.items())})
+    row.update({f"tags.{k}": v for k, v in sorted(data.tags.items())})
+    return row
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stop a ``dvc`` process group the way Ctrl-C in a terminal would (SIGINT: the
+    stage's run ends KILLED), then SIGKILL if it has not ended within STOP_TIMEOUT."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -1,0 +1,148 @@
+"""reprotrain.api: the Python facade, and docs/quickstart.ipynb executed in a real Jupyter
+kernel (nbclient) on a copy of the session's tiny promoted project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reprotrain import api, cli
+from reprotrain.errors import ConfigError
+from tests.conftest import (
+    REPO,
+    TINY_PARAMS,
+    TRACKING_ENV,
+    Project,
+    deep_update,
+    make_project,
+    params_project,
+    project_client,
+)
+
+NOTEBOOK = REPO / "docs" / "quickstart.ipynb"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def test_override_args_are_dvc_exp_run_set_params() -> None:
+    args = api.override_args(
+        {
+            "train_head.epochs": 3,
+            "finetune__learning_rate": 1e-4,
+            "data.sha256": None,
+            "pipeline.cache": "memory",
+            "runtime.deterministic": True,
+            "export.formats": ["saved_model", "tflite_int8"],
+        }
+    )
+    assert args == [
+        "-S",
+        "train_head.epochs=3",
+        "-S",
+        "finetune.learning_rate=0.0001",
+        "-S",
+        "data.sha256=null",
+        "-S",
+        "pipeline.cache=memory",
+        "-S",
+        "runtime.deterministic=true",
+        "-S",
+        'export.formats=["saved_model", "tflite_int8"]',
+    ]
+    with pytest.raises(ConfigError, match=r"expected a dotted params\.yaml key"):
+        api.override_args({"train head": 1})
+
+
+def test_project_outside_a_project_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not inside a reprotrain project"):
+        api.Project(tmp_path)
+
+
+def test_project_reads_metrics_and_leaves_the_environment_alone(tmp_path: Path) -> None:
+    root = params_project(tmp_path / "proj")
+    metrics = root / "metrics"
+    metrics.mkdir()
+    (metrics / "evaluate.json").write_text(json.dumps({"accuracy": 0.75}))
+    (metrics / "evaluate.run.json").write_text(json.dumps({"run_id": "abc"}))  # a sidecar
+    before = dict(os.environ)
+    project = api.Project(metrics)  # found upwards, like git
+    assert project.root == root.resolve()
+    assert project.metrics() == {"evaluate": {"accuracy": 0.75}}
+    assert project.params.tracking.registered_model == "reprotrain-classifier"
+    env = project.env()
+    for key, value in cli.PROCESS_ENV.items():
+        assert env[key] == before.get(key, value)
+    assert dict(os.environ) == before
+
+
+@pytest.mark.slow
+def test_a_failed_stage_is_one_pipeline_error(tmp_path: Path) -> None:
+    """A real `dvc repro` whose fetch stage cannot find its source: the stage's one
+    `error:` line, raised in this process (which goes on)."""
+    params = deep_update(TINY_PARAMS, {"data": {"source": str(tmp_path / "nowhere")}})
+    project = api.Project(make_project(tmp_path / "proj", params))
+    with pytest.raises(api.PipelineError, match=r"failed \(exit 1\)") as err:
+        project.repro("fetch")
+    assert "nowhere" in str(err.value) and "Traceback" not in str(err.value)
+
+
+def _outputs(cell: dict) -> list[dict]:
+    return [o for o in cell.get("outputs", []) if o.get("output_type") != "stream"]
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs_through_the_api(
+    promoted_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every cell of docs/quickstart.ipynb, in a real kernel: repro (DVC finds nothing to
+    rerun but the always-changed fetch), runs, predict, promote and a reproduction of the
+    prepare run. On a copy, so the shared project's registry is untouched."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    proj = tmp_path / "proj"
+    shutil.copytree(promoted_project.root, proj, symlinks=True)
+    for var in TRACKING_ENV:
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # reproduce's work tree
+    monkeypatch.setenv("PATH", promoted_project.env["PATH"])
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(
+        nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(proj)}}
+    )
+    client.execute()
+    _, repro, runs, predict, _, reproduce = [c for c in nb.cells if c.cell_type == "code"]
+
+    # repro: the stage progress is a notebook widget (tqdm.auto), the metrics a dict.
+    assert "project.repro()" in repro.source
+    assert any(WIDGET in o.get("data", {}) for o in _outputs(repro)), repro.outputs
+    result = _outputs(repro)[-1]["data"]["text/plain"]
+    assert "'accuracy'" in result and "'n_test'" in result
+    # runs: a DataFrame of pipeline rows; predict: one row per photo, no errors.
+    assert "metrics.accuracy" in _outputs(runs)[-1]["data"]["text/html"]
+    predicted = _outputs(predict)[-1]["data"]["text/plain"]
+    assert predicted.count("None") == 4, predicted  # the error column
+    # promote: audited in the copy's registry.
+    client_ = project_client(proj)
+    champion = client_.get_model_version_by_alias("reprotrain-classifier", "champion")
+    assert champion.tags["reprotrain.promotion_reason"] == "reviewed in the quick-start notebook"
+    # reproduce: the prepare run rebuilt identically.
+    assert _outputs(reproduce)[-1]["data"]["text/plain"] == "True", reproduce.outputs
+    assert "identical" in "".join(o.get("text", "") for o in reproduce.outputs)
+
+    # The evaluate run of the pipeline logged its figures as MLflow images.
+    sidecar = json.loads((proj / "metrics" / "evaluate.run.json").read_text())
+    names = [Path(f.path).name for f in client_.list_artifacts(sidecar["run_id"], "images")]
+    for key in ("confusion_matrix", "roc", "pr", "training_curves", "worst_examples"):
+        assert any(n.startswith(f"evaluate~{key}+step+0+") for n in names), (key, names)
+    card_figures = sorted((proj / "reports" / "model_card").glob("*.png"))
+    assert any(p.stem == "reliability" for p in card_figures)
+    for png in card_figures:  # reliability, confusion, a Grad-CAM per worst error
+        assert any(n.startswith(f"model_card~{png.stem}+step+0+") for n in names), (png, names)
+    # ... and the stages ran on the allocator the stage process sets.
+    head = json.loads((proj / "models" / "head.run.json").read_text())
+    assert client_.get_run(head["run_id"]).data.tags["reprotrain.env.cpu_allocator"] == "bfc"
