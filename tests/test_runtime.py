@@ -97,7 +97,7 @@ def test_configure_on_cpu_and_environment_info() -> None:
     assert env["seed"] == "3" and env["deterministic"] == "true"
     assert env["mlflow"][0].isdigit() and env["dvc"][0].isdigit()
     assert "CPU" in env["devices"]
-    # Importing reprotrain picks TensorFlow's caching CPU allocator (speed only).
+    # The test process runs like a stage process (tests/conftest.py): the caching BFC allocator.
     assert env["cpu_allocator"] == "bfc"
 
 

@@ -306,7 +306,8 @@ def environment_info(info: RuntimeInfo | None = None) -> dict[str, str]:
 
 def cpu_allocator() -> str:
     """The allocator TensorFlow's CPU tensors come from in this process: ``bfc`` (the
-    default ``reprotrain/__init__.py`` sets, for speed; results are the same) or ``malloc``.
+    default a stage process gets from ``cli.run_main``, for speed; results are the same) or
+    ``malloc``.
 
     Asked of TensorFlow rather than read from ``TF_CPU_ALLOCATOR_USE_BFC``: the variable only
     counts if it was set before the process's first op, and only the BFC allocator keeps the
