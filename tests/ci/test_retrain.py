@@ -109,7 +109,8 @@ def test_open_pr_pushes_the_branch_and_opens_the_pull_request(project: Project) 
     proj, env = project.root, project.env
     assert project.open_pr.stdout.strip() == f"pr={FAKE_PR_URL}"
     branch = _outputs(project.outputs)["branch"]
-    pushed = run(["git", "ls-remote", str(project.origin), branch], proj, env).stdout.split()
+    ref = f"refs/heads/{branch}"  # exact: retrain-assets/<branch> ends with the same name
+    pushed = run(["git", "ls-remote", str(project.origin), ref], proj, env).stdout.split()
     assert pushed and pushed[0] == _git(proj, env, "rev-parse", "HEAD")
     calls = (proj.parent / "bin" / "gh.log").read_text().splitlines()
     assert calls[0] == "auth setup-git"  # CI: git push authenticates with GH_TOKEN via gh
@@ -130,7 +131,8 @@ def test_pr_body_and_summary_images_are_pushed_urls(project: Project) -> None:
     in_card = IMAGE.findall((proj / "reports" / "model_card.md").read_text())
     assert len(links) == len(in_card) >= 2, links  # reliability, confusion, Grad-CAMs
     assert set(IMAGE.findall(project.summary.read_text())) >= set(links)
-    pushed = run(["git", "ls-remote", str(project.origin), f"retrain-assets/{branch}"], proj, env)
+    assets = f"refs/heads/retrain-assets/{branch}"
+    pushed = run(["git", "ls-remote", str(project.origin), assets], proj, env)
     sha = pushed.stdout.split()[0]
     prefix = f"https://github.com/example/reprotrain/raw/{sha}/model_card/"
     for link in links:
