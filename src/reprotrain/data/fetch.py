@@ -321,9 +321,16 @@ def sync_tree(
 def _exclusive(dst: Path) -> Iterator[None]:
     """One sync of ``dst`` at a time (two ``dvc repro`` may both run fetch): a ``flock``
     on a file named after ``dst`` in the temporary folder (not beside it, where git would
-    see it), released by the kernel if the process dies."""
+    see it), released by the kernel if the process dies. Another user's lock file that we
+    cannot open means no lock, not a failed fetch."""
     tag = hashlib.sha256(str(dst.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"reprotrain-sync-{tag}.lock", "a") as lock:
+    try:
+        lock = open(Path(tempfile.gettempdir()) / f"reprotrain-sync-{tag}.lock", "a")  # noqa: SIM115
+    except OSError as exc:
+        log.debug("no sync lock for %s (%s)", dst, exc)
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
