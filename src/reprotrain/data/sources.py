@@ -44,6 +44,10 @@ SPLIT_ALIASES = {
 }
 
 
+#: In every reason a manifest path is refused for leading out of the snapshot.
+OUTSIDE = "outside the dataset"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A file that should become an example (if it decodes)."""
@@ -150,7 +154,7 @@ def scan_manifest(root: Path, manifest: Path) -> tuple[list[Candidate], list[Pro
             reason = check_path(real_root, path)
             if reason is not None:
                 problems.append(Problem(path, f"{reason} (manifest line {line})"))
-                if "outside" in reason:
+                if OUTSIDE in reason:
                     unsafe.append(f"line {line}: {path!r}: {reason}")
                 continue
             if not label:
@@ -186,12 +190,12 @@ def check_path(real_root: str, path: str) -> str | None:
         or PureWindowsPath(path).is_absolute()
         or PureWindowsPath(path).drive
     ):
-        return "absolute path, outside the dataset: not read"
+        return f"absolute path, {OUTSIDE}: not read"
     if ".." in PureWindowsPath(path).parts:
-        return "path leads outside the dataset (..): not read"
+        return f"path leads {OUTSIDE} (..): not read"
     real = os.path.realpath(os.path.join(real_root, path))
     if not (real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)):
-        return "symbolic link to a path outside the dataset: not read"
+        return f"symbolic link to a path {OUTSIDE}: not read"
     try:
         mode = os.stat(real).st_mode
     except OSError:
