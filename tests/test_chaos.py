@@ -11,7 +11,9 @@ One module for the failure guarantees the README's "Failure behaviour" section s
   shard, a lost shards.json. Each is one clear DataError naming the shard and the fix, never a
   raw DataLossError and never training on fewer images.
 - SIGKILL during training through real `dvc repro`: the rerun resumes from the last
-  finished epoch and ends with the best weights over all epochs, before and after the kill.
+  finished epoch and ends with the best weights over all epochs, before and after the kill,
+  and with the TensorBoard logs of every run (each epoch once). finetune, train_head with
+  and without the feature cache (the default path), and baseline.
 
   Real processes and real signals: `dvc repro` runs in its own process group and the whole
   group (dvc, the stage's python) gets SIGKILL at chosen moments: right after an epoch's
@@ -199,11 +201,11 @@ def _state(proj: Path, stage: str) -> dict | None:
 
 
 def _repro_killed(proj: Path, env: dict, stage: str, done: int, delay: float, log: Path) -> int:
-    """Start `dvc repro`; once ``stage`` has committed ``done`` epochs wait ``delay`` s, then
-    SIGKILL the whole process group. Returns the number of committed epochs at the kill."""
+    """Start `dvc repro <stage>`; once ``stage`` has committed ``done`` epochs wait ``delay``
+    s, then SIGKILL the whole process group. Returns the committed epochs at the kill."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            ["dvc", "repro"],
+            ["dvc", "repro", stage],
             cwd=proj,
             env=env,
             stdout=out,
@@ -243,6 +245,20 @@ def _val_accuracy(proj: Path, model_path: Path) -> float:
     return float(np.mean(probs.argmax(axis=1) == labels))
 
 
+def _tensorboard_steps(log_dir: Path) -> dict[str, list[int]]:
+    """Every step logged per split folder, duplicates kept (read from the event files)."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    out: dict[str, list[int]] = {}
+    for events in sorted(log_dir.glob("*/events.out.tfevents.*")):
+        for raw in tf.data.TFRecordDataset(str(events)):
+            event = event_pb2.Event.FromString(raw.numpy())
+            if any(v.tag == "epoch_loss" for v in event.summary.value):
+                out.setdefault(events.parent.name, []).append(int(event.step))
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def _check_kept_model(proj: Path, stage: str, model: str, epochs_at_kills: list[int]) -> None:
     history = json.loads((proj / "models" / f"{model}.history.json").read_text())
     metrics = json.loads((proj / "metrics" / f"{stage}.json").read_text())
@@ -260,6 +276,10 @@ def _check_kept_model(proj: Path, stage: str, model: str, epochs_at_kills: list[
         expected, abs=1e-6
     )
     assert not (proj / ".reprotrain" / "checkpoints" / stage).exists()
+    # The TensorBoard logs of the killed runs are kept: every epoch, each logged once.
+    every = list(range(len(history["epoch"])))
+    steps = _tensorboard_steps(proj / "models" / "tensorboard" / stage)
+    assert steps == {"train": every, "validation": every}, steps
 
 
 def _finish(proj: Path, env: dict, stage: str, resumed_after: int) -> str:
@@ -309,6 +329,38 @@ def test_sigkill_during_train_head_without_feature_cache(tmp_path: Path) -> None
     )
     _finish(proj, env, "train_head", done)
     _check_kept_model(proj, "train_head", "head", [done])
+
+
+def test_sigkill_with_the_feature_cache_and_during_baseline_resumes(tmp_path: Path) -> None:
+    """The default path (train_head on cached features) and the baseline stage, in one
+    project: each killed after a committed epoch resumes there and keeps the best."""
+    proj = _project(
+        tmp_path,
+        {
+            # Head epochs on cached features take milliseconds: enough of them that the
+            # kill lands inside the training.
+            "train_head": {
+                "epochs": 30,
+                "feature_cache": "on",
+                "early_stopping_patience": 30,
+                "reduce_lr_patience": 30,
+            },
+            "baseline": {"epochs": 3, "early_stopping_patience": 3},
+        },
+    )
+    env = subprocess_env()
+    done = _repro_killed(proj, env, "train_head", 2, 0.0, tmp_path / "head.log")
+    assert done < 30, "train_head finished before the kill"
+    out = _finish(proj, env, "train_head", done)
+    assert "feature cache" in out
+    _check_kept_model(proj, "train_head", "head", [done])
+    assert json.loads((proj / "metrics" / "train_head.json").read_text())["feature_cache"]
+
+    done = _repro_killed(
+        proj, env, "baseline", 1, random.Random(7).uniform(0.0, 0.5), tmp_path / "base.log"
+    )
+    _finish(proj, env, "baseline", done)
+    _check_kept_model(proj, "baseline", "baseline", [done])
 
 
 # ---- The tracking server stops mid-training

@@ -436,7 +436,7 @@ def claim_cache(path: Path) -> bool:
     owner's lock is free again at once (no pid file to go stale, no pid reuse), and it
     works across the processes of one host and on NFS (Linux maps it to POSIX locks).
     """
-    key = str(path)
+    key = os.path.realpath(path)  # one lock per file, however the path is spelled
     if key in _OWNED:
         return True
     fd = os.open(f"{path}{OWNER_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o644)
