@@ -240,14 +240,18 @@ def _tensorboard_steps(log_dir: Path) -> dict[str, list[int]]:
 
 @pytest.mark.slow
 def test_a_resumed_run_keeps_the_killed_runs_tensorboard_logs(tmp_path: Path) -> None:
-    """The first run fails in epoch 2's hook; DVC deletes the stage's outputs before the
-    rerun (here: the output folder is removed by hand). The resumed run's logs still hold
-    every epoch exactly once, the killed run's event files among them."""
+    """The first run fails in epoch 2's hook, the second in the last epoch's (after its
+    commit, before its TensorBoard line); DVC deletes the stage's outputs before each rerun
+    (here: the output folder is removed by hand). The third run, with nothing left to
+    train, still ends with every epoch logged exactly once, in the three runs' files."""
     ckpt, logs = tmp_path / "ckpt", tmp_path / "tensorboard"
 
-    def failing(epoch: int, metrics: dict[str, float]) -> None:
-        if epoch == 1:
-            raise HookFailed("tracking server went away")
+    def failing_at(at: int):
+        def hook(epoch: int, metrics: dict[str, float]) -> None:
+            if epoch == at:
+                raise HookFailed("tracking server went away")
+
+        return hook
 
     def attempt(hook=None):
         info, model = _model()
@@ -264,14 +268,15 @@ def test_a_resumed_run_keeps_the_killed_runs_tensorboard_logs(tmp_path: Path) ->
             resume_key="same-inputs",
         )
 
-    with pytest.raises(HookFailed):
-        attempt(failing)
-    shutil.rmtree(logs, ignore_errors=True)  # what `dvc repro` does to a stage's outputs
+    for at in (1, 3):
+        with pytest.raises(HookFailed):
+            attempt(failing_at(at))
+        shutil.rmtree(logs, ignore_errors=True)  # what `dvc repro` does to a stage's outputs
     result = attempt()
-    assert result.initial_epoch == 2
+    assert result.initial_epoch == 4 and result.history["epoch"] == [1, 2, 3, 4]
     steps = _tensorboard_steps(logs)
     assert steps == {"train": [0, 1, 2, 3], "validation": [0, 1, 2, 3]}, steps
-    assert len(list((logs / "train").glob("events.out.tfevents.*"))) == 2  # both runs'
+    assert len(list((logs / "train").glob("events.out.tfevents.*"))) == 3  # every run's
 
 
 def _fail_first_run(ckpt: Path, cfg=CFG) -> None:

@@ -375,6 +375,10 @@ class ScalarTensorBoard(keras.callbacks.Callback):
         self._writers: dict[str, Any] = {}
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        self.backfill()
+
+    def backfill(self) -> None:
+        """Log the committed epochs that the event files in ``log_dir`` lack."""
         if self.state is None:
             return
         logged = logged_epochs(self.log_dir)
@@ -431,6 +435,14 @@ def logged_epochs(log_dir: Path) -> dict[str, set[int]]:
                 if event.summary.value:
                     steps.add(int(event.step))
     return out
+
+
+def backfill_tensorboard(log_dir: Path, state: TrainState) -> None:
+    """:meth:`ScalarTensorBoard.backfill` for a run with no epoch left to train (killed
+    between its last commit and the last epoch's log line)."""
+    board = ScalarTensorBoard(log_dir, state)
+    board.backfill()
+    board.on_train_end()
 
 
 def publish_tensorboard(log_dir: Path, out_dir: Path) -> None:

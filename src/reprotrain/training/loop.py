@@ -39,6 +39,7 @@ from reprotrain.training.callbacks import (
     TrainingState,
     TrainState,
     WorkerCheckpointStore,
+    backfill_tensorboard,
     epoch_file,
     publish_tensorboard,
     restore_rng,
@@ -331,6 +332,8 @@ def _train(
                 callbacks=callbacks,
                 verbose=verbose,
             )
+    elif tensorboard_dir is not None:  # nothing left to train (killed after the last commit)
+        backfill_tensorboard(tensorboard_dir, state)
     history = state.history()
     if not history["epoch"]:
         raise DataError("training ran no epoch (is the training split empty?)")
