@@ -15,8 +15,9 @@ import logging
 from reprotrain import paths
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
-from reprotrain.data.fetch import FETCH_REPORT, fetch
+from reprotrain.data.fetch import SnapshotState, fetch
 from reprotrain.data.origin import ArchiveLimits
+from reprotrain.data.quarantine import FETCH_REPORT
 
 log = logging.getLogger("reprotrain.stages.fetch")
 
@@ -35,8 +36,7 @@ def main() -> int:
         paths.RAW_DIR,
         mirror=data.mirror,
         sha256=data.sha256,
-        digest_cache=paths.RAW_DIGEST_CACHE,
-        sync_state=SYNC_STATE,
+        state=SnapshotState(digest_cache=paths.RAW_DIGEST_CACHE, sync_state=SYNC_STATE),
         limits=ArchiveLimits(
             max_gb=data.archive_max_gb,
             max_ratio=data.archive_max_ratio,

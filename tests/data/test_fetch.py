@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from reprotrain.config import HYMENOPTERA_DIGEST
-from reprotrain.data.fetch import fetch, list_files, tree_digest
+from reprotrain.data.fetch import SnapshotState, fetch, tree_digest
+from reprotrain.data.listing import list_files
 from reprotrain.data.origin import MIRROR_ENV, source_kind
 from reprotrain.data.sources import scan
 from reprotrain.errors import DataError
@@ -219,7 +220,7 @@ def test_digest_cache_skips_unchanged_files_and_rehashes_changed_ones(tmp_path: 
     src = make_class_tree(tmp_path / "src", {"cats": 3, "dogs": 3})
     cache = tmp_path / "state" / "digests.json"
     raw = tmp_path / "raw"
-    first = fetch(str(src), raw, digest_cache=cache)
+    first = fetch(str(src), raw, state=SnapshotState(digest_cache=cache))
     assert first.digest == tree_digest(raw, cache) == tree_digest(raw)
     # The cache is used: a planted wrong digest for an unchanged file shows through...
     state = json.loads(cache.read_text())
@@ -231,7 +232,7 @@ def test_digest_cache_skips_unchanged_files_and_rehashes_changed_ones(tmp_path: 
     (raw / victim).write_bytes((raw / victim).read_bytes() + b"\0")
     assert tree_digest(raw, cache) == tree_digest(raw) != first.digest
     # A cache written for another folder is ignored.
-    other = fetch(str(src), tmp_path / "raw2", digest_cache=cache)
+    other = fetch(str(src), tmp_path / "raw2", state=SnapshotState(digest_cache=cache))
     assert other.digest == first.digest
 
 
@@ -338,12 +339,12 @@ def test_an_edit_that_keeps_size_and_mtime_still_reaches_the_snapshot(tmp_path: 
     assert (raw / "cats" / victim.name).read_bytes() == data
     assert stateless.digest == tree_digest(src) != first.digest
 
-    state = tmp_path / "state" / "raw-sources.json"
-    assert fetch(str(src), raw, sync_state=state).copied == 0  # in doubt, hashed: same
-    again = fetch(str(src), raw, sync_state=state)
+    state = SnapshotState(sync_state=tmp_path / "state" / "raw-sources.json")
+    assert fetch(str(src), raw, state=state).copied == 0  # in doubt, hashed: same
+    again = fetch(str(src), raw, state=state)
     assert (again.copied, again.unchanged) == (0, 6)
     data = _edit_in_place_keeping_size_and_mtime(victim)
-    edited = fetch(str(src), raw, sync_state=state)
+    edited = fetch(str(src), raw, state=state)
     assert (edited.copied, edited.unchanged) == (1, 5)
     assert (raw / "cats" / victim.name).read_bytes() == data
     assert edited.digest == tree_digest(src) == first.digest

@@ -21,6 +21,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reprotrain.data.quarantine import Quarantined, printable
 from reprotrain.errors import DataError
 from reprotrain.progress import progress as progress_bar
 
@@ -33,18 +34,6 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 #: cannot fill a disk, and a few highly compressible files (a CSV, a blank image) are normal.
 RATIO_FLOOR_BYTES = 16 * 2**20
 _GB = 2**30
-
-
-@dataclass(frozen=True)
-class Quarantined:
-    """An entry of a source that is not snapshotted, with the reason (reported, never lost).
-
-    ``path`` is relative to the source root and printable: bytes of a name that are not
-    UTF-8 are shown as ``\\xNN``.
-    """
-
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -72,12 +61,6 @@ class Extracted:
 
     root: Path
     quarantined: list[Quarantined] = field(default_factory=list)
-
-
-def printable(name: str) -> str:
-    """``name`` with bytes that are not UTF-8 (surrogate-escaped by ``os``) as ``\\xNN``:
-    safe to log, print and write into a UTF-8 CSV."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def source_kind(source: str) -> str:
@@ -205,7 +188,7 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits | None = No
 
     Extraction streams member by member (never a whole member in memory), and every file
     keeps its archive mtime (``zipfile`` alone stamps the extraction time), so that
-    :func:`reprotrain.data.fetch.sync_tree` sees an unchanged member as unchanged and a
+    :func:`reprotrain.data.sync.sync_tree` sees an unchanged member as unchanged and a
     re-fetch copies nothing.
     """
     limits = limits or ArchiveLimits()

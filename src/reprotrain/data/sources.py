@@ -22,13 +22,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from reprotrain.data.fetch import (
-    SNAPSHOT_INDEX,
-    check_no_empty_dirs,
-    file_kind,
-    read_report,
-    walk,
-)
+from reprotrain.data.csv_source import SNAPSHOT_INDEX
+from reprotrain.data.listing import check_no_empty_dirs, file_kind, walk
+from reprotrain.data.quarantine import read_report
 from reprotrain.data.schema import SPLITS
 from reprotrain.errors import DataError
 
@@ -131,7 +127,7 @@ def scan_split_folders(root: Path, dirs: list[str]) -> tuple[list[Candidate], li
 
 
 def scan_manifest(root: Path, manifest: Path) -> tuple[list[Candidate], list[Problem]]:
-    """Rows of a snapshot manifest (written by ``fetch.snapshot_manifest``, or found at the
+    """Rows of a snapshot manifest (written by ``csv_source.snapshot_manifest``, or found at the
     root of an archive or folder source).
 
     Each row's path must name a regular file inside ``root`` (:func:`check_path`); other
