@@ -7,6 +7,8 @@
 #
 #   make repro GPU=1      # tensorflow[and-cuda] instead of tensorflow-cpu
 #   make setup EXTRAS=s3  # also the DVC S3 remote plugin (dvc-s3)
+#   make setup EXTRAS=openvino  # also OpenVINO, for export.formats: openvino (docs/exports.md)
+#   make setup EXTRAS="s3 openvino"  # several extras
 #   make ui               # MLflow UI on http://127.0.0.1:5000 against ./mlruns
 
 SHELL := /bin/bash
