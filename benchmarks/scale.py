@@ -24,198 +24,33 @@ differ, a fixed seed) on all cores, cached under ``--work`` (default
 
 The machine (cores, load average before each measurement) is recorded: on a shared machine,
 read the ratios, not the absolute numbers. Writes ``benchmarks/results/scale.json``.
+The synthetic data, the measuring helpers, the fetch and the DVC measurements live in the
+sibling ``scale_images``, ``scale_measure``, ``scale_fetch`` and ``scale_dvc`` modules.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
-import multiprocessing
 import os
 import platform
 import resource
-import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))  # for scripts.project_copy (run as `python benchmarks/...`)
-
-from scripts.project_copy import make_project  # noqa: E402
-
-CLASSES = 10
-
-# --------------------------------------------------------------------------- the images
-
-_NOISE: dict[int, Any] = {}
-_NOISE_SIDE = 900
-
-
-def _noise_bank(seed: int):
-    """A fixed field of Gaussian noise; each image adds a seeded crop of it (drawing fresh
-    noise per image would double the generation time)."""
-    import numpy as np
-
-    if seed not in _NOISE:
-        rng = np.random.default_rng([seed, 10**9])
-        _NOISE[seed] = rng.normal(0, 6, (_NOISE_SIDE, _NOISE_SIDE, 3)).astype(np.int16)
-    return _NOISE[seed]
-
-
-def make_image(index: int, seed: int) -> bytes:
-    """JPEG bytes of image ``index``: the same bytes for the same (index, seed)."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFilter
-
-    rng = np.random.default_rng([seed, index])
-    label = index % CLASSES
-    w = int(rng.integers(400, 640))
-    h = int(w * rng.uniform(0.62, 0.9))
-    if rng.random() < 0.25:  # some portrait photos
-        w, h = h, w
-    phase = label * 0.63
-    hue = np.array([np.cos(phase), np.cos(phase + 2.1), np.cos(phase + 4.2)]) * 70 + 128
-    c0 = np.clip(hue + rng.normal(0, 30, 3), 0, 255).astype(np.float32)
-    c1 = np.clip(255 - c0 + rng.normal(0, 30, 3), 0, 255).astype(np.float32)
-    angle = rng.uniform(0, 2 * np.pi)
-    t = (np.arange(h, dtype=np.float32) * np.sin(angle))[:, None] + (
-        np.arange(w, dtype=np.float32) * np.cos(angle)
-    )[None, :]
-    t -= t.min()
-    t /= t.max() + 1e-6
-    img = Image.fromarray((c0 + (c1 - c0) * t[..., None]).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 9))):
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        s = int(rng.integers(20, max(21, min(w, h) // 2)))
-        colour = tuple(int(v) for v in np.clip(hue + rng.normal(0, 60, 3), 0, 255))
-        box = [x0, y0, x0 + s, y0 + int(s * rng.uniform(0.5, 1.5))]
-        kind = int(rng.integers(3))
-        if kind == 0:
-            draw.ellipse(box, fill=colour)
-        elif kind == 1:
-            draw.rectangle(box, fill=colour)
-        else:
-            points = [
-                (x0 + int(rng.integers(-s, s)), y0 + int(rng.integers(-s, s))) for _ in "12345"
-            ]
-            draw.polygon(points, fill=colour)
-    img = img.filter(ImageFilter.BoxBlur(float(rng.uniform(0.5, 2.0))))
-    oy, ox = int(rng.integers(0, _NOISE_SIDE - h)), int(rng.integers(0, _NOISE_SIDE - w))
-    arr = np.asarray(img).astype(np.int16) + _noise_bank(seed)[oy : oy + h, ox : ox + w]
-    out = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
-def image_path(root: Path, index: int) -> Path:
-    return root / f"class_{index % CLASSES}" / f"img_{index:06d}.jpg"
-
-
-def _write_one(job: tuple[str, int, int]) -> int:
-    root, index, seed = job
-    path = image_path(Path(root), index)
-    data = make_image(index, seed)
-    path.write_bytes(data)
-    return len(data)
-
-
-def generate(root: Path, n: int, seed: int) -> dict[str, Any]:
-    """``n`` images under ``root`` (class folders), on all cores; skipped if already there."""
-    marker = root.with_name(root.name + ".done")
-    if marker.is_file():
-        info = json.loads(marker.read_text())
-        if info.get("images") == n and info.get("seed") == seed:
-            logging.info("using the generated images in %s", root)
-            return info | {"cached": True}
-    shutil.rmtree(root, ignore_errors=True)
-    for c in range(CLASSES):
-        (root / f"class_{c}").mkdir(parents=True)
-    start = time.perf_counter()
-    with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
-        sizes = pool.imap_unordered(_write_one, ((str(root), i, seed) for i in range(n)), 64)
-        total = sum(sizes)
-    seconds = time.perf_counter() - start
-    info = {
-        "images": n,
-        "seed": seed,
-        "bytes": total,
-        "mean_kib": round(total / n / 1024, 1),
-        "seconds": round(seconds, 1),
-    }
-    marker.write_text(json.dumps(info) + "\n")
-    logging.info("generated %d images (%.0f MiB) in %.0f s", n, total / 2**20, seconds)
-    return info | {"cached": False}
-
-
-def subset(full: Path, n: int) -> Path:
-    """The first ``n`` images of ``full`` as a hard-linked tree (no copy, same bytes)."""
-    root = full.with_name(f"{full.name}-first{n}")
-    if root.is_dir() and sum(1 for _ in root.rglob("*.jpg")) == n:
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    for i in range(n):
-        target = image_path(root, i)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(image_path(full, i), target)
-    return root
-
+sys.path.insert(0, str(HERE))  # the sibling scale_* modules
+sys.path.insert(0, str(HERE.parent))  # for scripts.project_copy (via scale_dvc)
+from scale_dvc import measure_dvc  # noqa: E402
+from scale_fetch import fetch_only, measure_fetch  # noqa: E402
+from scale_images import CLASSES, generate, subset  # noqa: E402
+from scale_measure import bench_env, load, run_measured  # noqa: E402
 
 # --------------------------------------------------------------------------- measuring
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def run_measured(cmd: list[str], cwd: Path | None = None, env=None) -> dict[str, Any]:
-    """Run ``cmd``; wall time, the last stdout line as JSON (if any), and the process tree's
-    peak RSS (sum over the process and its descendants, sampled every 0.1 s)."""
-    import psutil
-
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    peak, done = [0], threading.Event()
-
-    def sample() -> None:
-        try:
-            parent = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not done.is_set():
-            try:
-                tree = [parent, *parent.children(recursive=True)]
-                rss = 0
-                for p in tree:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        rss += p.memory_info().rss
-                peak[0] = max(peak[0], rss)
-            except psutil.NoSuchProcess:
-                return
-            done.wait(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    done.set()
-    sampler.join()
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-4000:]}")
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    result = json.loads(lines[-1]) if lines else {}
-    return result | {"wall_seconds": round(seconds, 2), "tree_peak_rss_mib": peak[0] >> 20}
 
 
 def child_prepare(raw: str, out: str, workers: int) -> None:
@@ -300,7 +135,7 @@ def measure_prepare(raw: Path, work: Path, workers: int) -> dict[str, Any]:
     out = work / f"prepared-{raw.name}-w{workers}"
     before = load()
     cmd = [sys.executable, __file__, "_prepare", str(raw), str(out), str(workers)]
-    result = run_measured(cmd, env=_env())
+    result = run_measured(cmd, env=bench_env())
     logging.info("prepare %s with %d worker(s): %s", raw.name, workers, result)
     return result | {"load_before": before, "out": str(out)}
 
@@ -357,171 +192,11 @@ def measure_scaling(raw: Path, cores: int, images: int, rounds: int) -> dict[str
     }
 
 
-#: fetch before issue 23 (a file unchanged when its size and whole-second mtime match),
-#: loaded from git to measure the cost of the stricter check in the same run.
-LEGACY_FETCH_COMMIT = "468c3bc"
+# --------------------------------------------------------------------------- the report
 
 
-def legacy_fetch():
-    """``reprotrain.data.fetch.fetch`` as of :data:`LEGACY_FETCH_COMMIT` (read by git, run
-    against today's ``origin``, whose functions it calls keep their old signatures)."""
-    import importlib.util
-
-    code = subprocess.run(
-        ["git", "show", f"{LEGACY_FETCH_COMMIT}:src/reprotrain/data/fetch.py"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    spec = importlib.util.spec_from_loader("legacy_fetch", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["legacy_fetch"] = module  # dataclasses look their module up
-    exec(compile(code, "legacy_fetch.py", "exec"), module.__dict__)
-    return module.fetch
-
-
-def placeholder_files(root: Path, n: int, seed: int) -> dict[str, Any]:
-    """``n`` files of seeded random bytes (25-62 KiB, the generated JPEGs' mean 43.5 KiB) in
-    the images' layout: fetch never decodes, so its cost is the file count and bytes.
-    For ``--fetch-only`` without the generated images (generating them takes ~13 min of
-    both cores)."""
-    import random
-
-    marker = root.with_name(root.name + ".done")
-    if marker.is_file() and json.loads(marker.read_text()).get("files") == n:
-        return json.loads(marker.read_text()) | {"cached": True}
-    shutil.rmtree(root, ignore_errors=True)
-    rng, total = random.Random(seed), 0
-    for i in range(n):
-        path = image_path(root, i)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = rng.randbytes(rng.randint(25 * 1024, 62 * 1024))
-        path.write_bytes(data)
-        total += len(data)
-    info = {"files": n, "bytes": total, "kind": "placeholder (random bytes, not images)"}
-    marker.write_text(json.dumps(info) + "\n")
-    return info | {"cached": False}
-
-
-def _fetch_run(fetch_fn, src: Path, dst: Path, **kwargs: Any) -> dict[str, Any]:
-    before = load()
-    t = time.perf_counter()
-    r = fetch_fn(str(src), dst, **kwargs)
-    return {
-        "seconds": round(time.perf_counter() - t, 2),
-        "files": r.files,
-        "copied": r.copied,
-        "unchanged": getattr(r, "unchanged", None),
-        "removed": r.removed,
-        "load_before": before,
-    }
-
-
-def measure_fetch(src: Path, work: Path, rounds: int = 3) -> dict[str, Any]:
-    """First copy, then unchanged re-runs of today's fetch (with the stage's state file)
-    and of the legacy one alternating on the same snapshot, one stateless re-run (every
-    file compared by hash), and the stale-edit check: one file edited in place keeping
-    its size and mtime, which the legacy check misses."""
-    import statistics
-
-    from reprotrain.data.fetch import fetch
-
-    legacy = legacy_fetch()
-    dst, digests, state = work / "fetch-raw", work / "fetch-digests.json", work / "fetch-state.json"
-    shutil.rmtree(dst, ignore_errors=True)
-    digests.unlink(missing_ok=True)
-    state.unlink(missing_ok=True)
-    new = {"digest_cache": digests, "sync_state": state}
-    out: dict[str, Any] = {"first": _fetch_run(fetch, src, dst, **new)}
-    logging.info("fetch (first): %s", out["first"])
-    runs: dict[str, list[dict[str, Any]]] = {"unchanged_legacy": [], "unchanged": []}
-    for _ in range(rounds):
-        runs["unchanged_legacy"].append(_fetch_run(legacy, src, dst, digest_cache=digests))
-        runs["unchanged"].append(_fetch_run(fetch, src, dst, **new))
-        logging.info("fetch unchanged, legacy then today: %s", [r[-1] for r in runs.values()])
-    ratios = [
-        b["seconds"] / a["seconds"]
-        for a, b in zip(runs["unchanged_legacy"], runs["unchanged"], strict=True)
-    ]
-    out |= runs
-    out["unchanged_ratio_today_vs_legacy_per_round"] = [round(r, 2) for r in ratios]
-    out["unchanged_ratio_today_vs_legacy_median"] = round(statistics.median(ratios), 2)
-    out["unchanged_without_state"] = _fetch_run(fetch, src, dst, digest_cache=digests)
-    logging.info("fetch unchanged without state: %s", out["unchanged_without_state"])
-    victim = image_path(src, 0)
-    st, original = victim.stat(), victim.read_bytes()
-    try:
-        victim.write_bytes(bytes(b ^ 0xFF for b in original[:64]) + original[64:])
-        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
-        missed = _fetch_run(legacy, src, dst, digest_cache=digests)["copied"]
-        caught = _fetch_run(fetch, src, dst, **new)["copied"]
-    finally:
-        victim.write_bytes(original)
-        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
-    out["edit_keeping_size_and_mtime_copied"] = {"legacy": missed, "today": caught}
-    logging.info(
-        "edit keeping size and mtime, files copied: %s", out["edit_keeping_size_and_mtime_copied"]
-    )
-    shutil.rmtree(dst)
-    return out
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["REPROTRAIN_PROGRESS"] = "0"
-    env.pop("MLFLOW_TRACKING_URI", None)
-    for k, v in {"NAME": "reprotrain-bench", "EMAIL": "bench@reprotrain.invalid"}.items():
-        env.setdefault(f"GIT_AUTHOR_{k}", v)
-        env.setdefault(f"GIT_COMMITTER_{k}", v)
-    return env
-
-
-def _timed(cmd: list[str], cwd: Path) -> float:
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), text=True, capture_output=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-    return round(time.perf_counter() - t, 2)
-
-
-def measure_dvc(src: Path, prepared: Path, work: Path, repeats: int = 3) -> dict[str, Any]:
-    """A real project whose data/raw holds the generated files: first run, then no-ops."""
-    proj = work / "dvc-project"
-    shutil.rmtree(proj, ignore_errors=True)
-    make_project(proj, {"data": {"source": str(src), "sha256": None}})
-    dvc = [sys.executable, "-m", "dvc"]
-    out: dict[str, Any] = {"load_before": load()}
-    out["first_repro_fetch_seconds"] = _timed([*dvc, "repro", "fetch"], proj)
-    logging.info("dvc repro fetch (first): %s s", out["first_repro_fetch_seconds"])
-    # prepare's outputs: the ones this benchmark's own prepare run wrote from the same images,
-    # params and seed (byte-identical to what the stage would write), committed to the lock
-    # with `dvc commit` instead of paying a second 20k-image prepare.
-    shutil.copytree(prepared, proj / "data" / "prepared")
-    shutil.copy2(prepared.with_name(prepared.name + ".splits.csv"), proj / "data" / "splits.csv")
-    (proj / "data" / "prepare.run.json").write_text("{}\n")
-    t = time.perf_counter()
-    _timed([*dvc, "commit", "--force", "prepare"], proj)
-    out["commit_prepare_seconds"] = round(time.perf_counter() - t, 2)
-    noop, status, fetch_only = [], [], []
-    for _ in range(repeats):
-        noop.append(_timed([*dvc, "repro", "prepare"], proj))
-        status.append(_timed([*dvc, "status"], proj))
-        fetch_only.append(_timed([sys.executable, "stages/fetch.py"], proj))
-    out |= {
-        "noop_repro_prepare_seconds": noop,
-        "status_seconds": status,
-        "fetch_stage_unchanged_seconds": fetch_only,
-        "load_after": load(),
-        "raw_files": sum(1 for _ in (proj / "data" / "raw").rglob("*.jpg")),
-    }
-    logging.info("dvc: %s", out)
-    return out
-
-
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--small", type=int, default=2_000, help="the small run (RSS baseline)")
@@ -551,43 +226,29 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternating scaling rounds")
     parser.add_argument("--skip", nargs="*", default=[], choices=["fetch", "dvc", "train"])
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args.work.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 1
+    return parser
 
-    report: dict[str, Any] = {
-        "what": f"{args.images} generated JPEGs (~500x375, {CLASSES} classes), one machine",
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "nproc": cores,
-            "load_average_at_start": load(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-        },
+
+def machine_info(cores: int) -> dict[str, Any]:
+    """The machine every number was measured on (read the ratios on a shared one)."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "nproc": cores,
+        "load_average_at_start": load(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
     }
-    full = args.work / f"images-{args.images}-seed{args.seed}"
-    if args.fetch_only:
-        return fetch_only(args, full, report["machine"])
-    report["generation"] = generate(full, args.images, args.seed)
-    if args.generate_only:
-        return 0
-    small = subset(full, args.small)
 
-    def save() -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    if args.scaling_only or args.prepare_only:
-        machine, report = report["machine"], json.loads(args.out.read_text())
-        report["machine"] = machine
-    if not args.prepare_only:
-        report["decode_scaling"] = measure_scaling(small, cores, min(args.small, 1000), args.rounds)
-        save()
-    if args.scaling_only:
-        return 0
+def save(out: Path, report: dict[str, Any]) -> None:
+    """Write the report as it stands (after each measurement: a long run keeps its part)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
-    # 1 vs all cores back to back on the small set, then the full set with all cores.
+
+def prepare_report(args: argparse.Namespace, small: Path, full: Path, cores: int):
+    """1 vs all cores back to back on the small set, then the full set with all cores: the
+    ``prepare`` section of the report, and the full set's prepared folder."""
     runs = {
         f"{args.small}_all_cores": measure_prepare(small, args.work, cores),
         f"{args.small}_1_worker": measure_prepare(small, args.work, 1),
@@ -598,7 +259,7 @@ def main() -> int:
     s_all, s_one = runs[f"{args.small}_all_cores"], runs[f"{args.small}_1_worker"]
     f_all = runs[f"{args.images}_all_cores"]
     prepared = Path(f_all["out"])
-    report["prepare"] = {
+    section = {
         "identical_output_1_vs_all_cores": _same_files(Path(s_one["out"]), Path(s_all["out"])),
         "speedup_all_cores_vs_1": round(s_all["images_per_s"] / s_one["images_per_s"], 2),
         "decode_speedup_all_cores_vs_1": round(
@@ -617,40 +278,55 @@ def main() -> int:
     }
     for r in runs.values():
         r.pop("out")
-    save()
-    if args.prepare_only:
-        report["machine"]["load_average_at_end"] = load()
-        save()
-        return 0
+    return section, prepared
+
+
+def measure_the_rest(args: argparse.Namespace, report: dict[str, Any], full: Path, prepared: Path):
+    """fetch, DVC and training input (each unless ``--skip``), saved after each."""
     if "fetch" not in args.skip:
         report["fetch"] = measure_fetch(full, args.work)
-        save()
+        save(args.out, report)
     if "dvc" not in args.skip:
         report["dvc"] = measure_dvc(full, prepared, args.work)
-        save()
+        save(args.out, report)
     if "train" not in args.skip:
         before = load()
         cmd = [sys.executable, __file__, "_train", str(prepared), str(args.batches)]
-        report["training_input"] = run_measured(cmd, env=_env()) | {"load_before": before}
+        report["training_input"] = run_measured(cmd, env=bench_env()) | {"load_before": before}
+
+
+def main() -> int:
+    args = parser().parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.work.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    report: dict[str, Any] = {
+        "what": f"{args.images} generated JPEGs (~500x375, {CLASSES} classes), one machine",
+        "machine": machine_info(cores),
+    }
+    full = args.work / f"images-{args.images}-seed{args.seed}"
+    if args.fetch_only:
+        return fetch_only(args, full, report["machine"])
+    report["generation"] = generate(full, args.images, args.seed)
+    if args.generate_only:
+        return 0
+    small = subset(full, args.small)
+    if args.scaling_only or args.prepare_only:
+        machine, report = report["machine"], json.loads(args.out.read_text())
+        report["machine"] = machine
+    if not args.prepare_only:
+        report["decode_scaling"] = measure_scaling(small, cores, min(args.small, 1000), args.rounds)
+        save(args.out, report)
+    if args.scaling_only:
+        return 0
+    report["prepare"], prepared = prepare_report(args, small, full, cores)
+    save(args.out, report)
+    if not args.prepare_only:
+        measure_the_rest(args, report, full, prepared)
     report["machine"]["load_average_at_end"] = load()
-    save()
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    return 0
-
-
-def fetch_only(args: argparse.Namespace, full: Path, machine: dict[str, Any]) -> int:
-    """``--fetch-only``: the fetch measurements alone, merged into ``--out``."""
-    if full.with_name(full.name + ".done").is_file():
-        src, data = full, {"kind": "generated images", "files": args.images}
-    else:
-        src = args.work / f"placeholders-{args.images}-seed{args.seed}"
-        data = placeholder_files(src, args.images, args.seed)
-    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    result = measure_fetch(src, args.work, args.rounds)
-    report["fetch"] = {"data": data, "machine": machine | {"load_average_at_end": load()}}
-    report["fetch"] |= result
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    sys.stdout.write(json.dumps(report["fetch"], indent=2) + "\n")
+    save(args.out, report)
+    if not args.prepare_only:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0
 
 
