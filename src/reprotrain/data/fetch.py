@@ -58,7 +58,7 @@ class FetchResult:
     removed: int
     digest: str
     unchanged: int = 0  # files already in the snapshot with the same bytes
-    quarantined: tuple[Quarantined, ...] = ()  # not snapshotted (see FETCH_REPORT)
+    quarantined: tuple[Quarantined, ...] = ()  # not snapshotted (see quarantine.FETCH_REPORT)
 
 
 @dataclass(frozen=True)
