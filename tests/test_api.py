@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -84,9 +87,54 @@ def test_a_failed_stage_is_one_pipeline_error(tmp_path: Path) -> None:
     `error:` line, raised in this process (which goes on)."""
     params = deep_update(TINY_PARAMS, {"data": {"source": str(tmp_path / "nowhere")}})
     project = api.Project(make_project(tmp_path / "proj", params))
-    with pytest.raises(api.PipelineError, match=r"failed \(exit 1\)") as err:
+    with pytest.raises(api.PipelineError, match=r"`dvc repro fetch` failed \(exit \d+\)") as err:
         project.repro("fetch")
-    assert "nowhere" in str(err.value) and "Traceback" not in str(err.value)
+    assert "nowhere': no such file or directory" in str(err.value)
+    assert "Traceback" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_dvc_and_keeps_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a stage runs (fetch, downloading from a local server that never
+    answers): the KeyboardInterrupt reaches the caller, and DVC and its stage are gone."""
+    import psutil
+
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "REPROTRAIN_DATA_MIRROR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no cached download
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    held: list[socket.socket] = []
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt_on_connect() -> None:
+        conn, _ = server.accept()  # the stage is downloading: the pipeline is running
+        held.append(conn)  # never answered
+        signal.pthread_kill(main, signal.SIGINT)  # what Ctrl-C / a notebook's Interrupt sends
+
+    threading.Thread(target=interrupt_on_connect, daemon=True).start()
+    url = f"http://127.0.0.1:{port}/photos.zip"
+    params = deep_update(TINY_PARAMS, {"data": {"source": url, "sha256": None}})
+    proj = make_project(tmp_path / "proj", params)
+    project = api.Project(proj)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            project.repro("fetch")
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    left = []
+    for p in psutil.process_iter(["cwd", "cmdline"]):
+        try:
+            if str(proj) in (p.info["cwd"] or ""):
+                left.append(p.info["cmdline"])
+        except psutil.Error:
+            pass
+    assert not left, left
 
 
 def _outputs(cell: dict) -> list[dict]:

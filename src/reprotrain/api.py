@@ -14,8 +14,9 @@
 
 A facade, not a second implementation: the pipeline runs as ``dvc repro`` in a subprocess
 (the stages are separate processes under DVC, exactly as on the command line), and every
-other method calls the functions the commands use (``commands.predict``,
-``tracking.registry``, ``commands.reproduce``). Like ``commands/``, it may import anything.
+other method calls the functions the commands use (``commands.predict``, ``commands.labels``,
+``commands.normalization``, ``tracking.registry``, ``commands.reproduce``). Like
+``commands/``, it may import anything.
 
 Why nothing here exits or changes the caller's process: a notebook kernel is a long-lived
 process the user owns. No method calls ``sys.exit``, configures logging, sets environment
@@ -176,6 +177,7 @@ class Project:
         from reprotrain.progress import progress
 
         tail: deque[str] = deque(maxlen=TAIL_LINES)
+        errors: list[str] = []  # every stage's `error:` line (a long log may push it out of tail)
         logger.info("$ %s  (in %s)", " ".join(cmd[2:]), self.root)
         proc = subprocess.Popen(
             list(cmd),
@@ -192,6 +194,8 @@ class Project:
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     tail.append(line.rstrip("\n"))
+                    if line.startswith("error: "):
+                        errors.append(line.strip())
                     if echo:
                         sys.stderr.write(line)
                     if match := _STAGE_LINE.match(line):
@@ -202,7 +206,7 @@ class Project:
             _stop(proc)
             raise
         if code != 0:
-            reason = _first_error(tail) or (tail[-1] if tail else "no output")
+            reason = _first_error([*errors, *tail]) or (tail[-1] if tail else "no output")
             raise PipelineError(
                 f"`dvc {' '.join(cmd[3:])}` failed (exit {code}) in {self.root}: {reason}"
             )
@@ -296,15 +300,16 @@ class Project:
         normalised exactly as ``python -m reprotrain predict`` does."""
         import pandas as pd
 
+        from reprotrain.commands import labels as class_labels
         from reprotrain.commands import predict as cmd
         from reprotrain.models.loading import load_model
 
         spec = str(model)
         registry_uri = spec.startswith(cmd.REGISTRY_PREFIXES)
-        path = cmd.resolve_model(spec if registry_uri else str(self.root / spec), self.root)
+        path = cmd.model_file(spec if registry_uri else str(self.root / spec), self.root)
         keras_model = load_model(path, hint="pass a .keras model saved by reprotrain")
         n = int(keras_model.output_shape[-1])
-        labels = cmd.resolve_labels(*self._labels_source(spec, registry_uri, path, n))
+        labels = class_labels.class_names(*self._labels_source(spec, registry_uri, path, n))
         batch = [inputs] if isinstance(inputs, str | Path) else list(inputs)
         found = cmd.collect_inputs([self._path(p) for p in batch])
         results = cmd.predict_files(
@@ -327,7 +332,7 @@ class Project:
     def _labels_source(
         self, spec: str, registry_uri: bool, path: Path, n: int
     ) -> tuple[Path | None, Path, int, list[str] | None]:
-        """``resolve_labels``' arguments: the registered names for a ``models:/`` URI, else
+        """``class_names``' arguments: the registered names for a ``models:/`` URI, else
         this project's ``labels.json`` (not the working directory's)."""
         if registry_uri:
             from reprotrain.tracking import registry
@@ -339,18 +344,18 @@ class Project:
 
     def _normalization(self, model_path: Path) -> Any:
         """The training data's normalisation: the model's own ``stats.json``, else this
-        project's ``data/prepared/stats.json``, through ``commands.predict``'s resolver."""
-        from reprotrain.commands import predict as cmd
+        project's ``data/prepared/stats.json``, through ``commands.normalization``."""
+        from reprotrain.commands import normalization
 
         project = self.root / paths.PREPARED_DIR / "stats.json"
         for stats in (model_path.parent / "stats.json", project):
             # The command's own reader of prepare's record (no second copy of it here).
-            norm = cmd._stats_normalization(stats)
+            norm = normalization.recorded_normalization(stats)
             if norm is not None:
-                return cmd.Normalization(
+                return normalization.Normalization(
                     norm.get("max_side"), int(norm["jpeg_quality"]), str(stats)
                 )
-        return cmd.resolve_normalization("keep", None, model_path)
+        return normalization.resolve_normalization("keep", None, model_path)
 
 
 def _run_row(run: Any) -> dict[str, Any]:
