@@ -332,15 +332,15 @@ class Project:
     def _labels_source(
         self, spec: str, registry_uri: bool, path: Path, n: int
     ) -> tuple[Path | None, Path, int, list[str] | None]:
-        """``class_names``' arguments: the registered names for a ``models:/`` URI, else
-        this project's ``labels.json`` (not the working directory's)."""
+        """``class_names``' arguments: the registered names for a ``models:/`` URI; for a
+        file, ``class_names`` finds the labels of the model's own project (``path`` is
+        absolute, so not the working directory's) and checks they are the ones it was
+        trained on."""
         if registry_uri:
             from reprotrain.tracking import registry
 
             return None, path, n, registry.resolve_labels(spec, root=self.root)
-        beside = path.parent / "labels.json"
-        project = self.root / paths.PREPARED_DIR / "labels.json"
-        return (None if beside.is_file() or not project.is_file() else project), path, n, None
+        return None, path, n, None
 
     def _normalization(self, model_path: Path) -> Any:
         """The training data's normalisation: the model's own ``stats.json``, else this
