@@ -46,7 +46,7 @@ def test_defaults_and_types() -> None:
 
 def test_flatten_uses_dotted_keys() -> None:
     flat = flatten(FinetuneConfig(), "finetune")
-    assert flat["finetune.learning_rate"] == pytest.approx(1e-5)
+    assert flat["finetune.learning_rate"] == pytest.approx(1e-4)
     assert flatten(params_from_dict({}))["pipeline.augment.flip"] is True
 
 

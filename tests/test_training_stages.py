@@ -38,6 +38,18 @@ def test_stages_outputs_trainable_set_and_param_scoping(promoted_project: Projec
     assert summary["trainable_base_layers"] == expected
     assert metrics["trainable_base_layer_count"] == 3
     assert metrics["trainable_params"] == summary["trainable_params"]
+    # What fine-tuning added, on the test split: the numbers evaluate scores on its own, the
+    # gate's paired test, one line (issue 27); the model card shows the same.
+    vs = metrics["vs_head"]
+    evaluated = json.loads((proj / "metrics" / "evaluate.json").read_text())
+    assert vs["n"] == evaluated["n_test"]
+    assert vs["finetuned_accuracy"] == pytest.approx(evaluated["accuracy"])
+    assert vs["head_accuracy"] == pytest.approx(evaluated["head"]["accuracy"])
+    assert vs["kept_head"] == metrics["kept_start_weights"]
+    assert {"challenger_only", "champion_only", "p_value"} <= set(vs["mcnemar"])
+    assert vs["summary"].startswith("fine-tuning ") and "\n" not in vs["summary"]
+    card_text = (proj / "reports" / "model_card.md").read_text()
+    assert "### What fine-tuning added" in card_text
     head_metrics = json.loads((proj / "metrics" / "train_head.json").read_text())
     assert head_metrics["trainable_base_layer_count"] == 0
     assert head_metrics["feature_cache"] is True

@@ -241,10 +241,11 @@ class TrainHeadConfig(TrainConfig):
 
 @section
 class FinetuneConfig(TrainConfig):
-    """Unfreeze the top of the base and continue at a low learning rate."""
+    """Unfreeze the top of the base and continue at a low learning rate (the defaults are
+    measured: docs/finetuning.md)."""
 
-    learning_rate: Float = _f(1e-5, "initial learning rate", gt=0.0, max=1.0)
-    epochs: Int = _f(5, "maximum epochs", min=1, max=10000)
+    learning_rate: Float = _f(1e-4, "initial learning rate", gt=0.0, max=1.0)
+    epochs: Int = _f(10, "maximum epochs", min=1, max=10000)
     augment: Bool = _f(True, "apply random augmentation to training batches")
     unfreeze_top: Int = _f(30, "number of base layers (from the top) to unfreeze", min=0)
 

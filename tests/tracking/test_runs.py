@@ -75,7 +75,7 @@ def test_stages_nest_under_one_pipeline_row_with_lineage(project: Path) -> None:
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     # All params of every stage on the pipeline row, flattened.
-    assert parent.data.params["finetune.learning_rate"] == "1e-05"
+    assert parent.data.params["finetune.learning_rate"] == "0.0001"
     assert parent.data.params["train_head.epochs"] == "10"
     assert parent.data.params["tracking.store"] == "mlruns"
     assert parent.data.metrics["finetune.val_accuracy"] == 0.75
