@@ -246,12 +246,21 @@ def _fmt_acc(g: Mapping[str, Any], who: str) -> str:
     return f"{g[f'{who}_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _fmt_loss(v: Mapping[str, Any]) -> str:
+    return f"{v['start']:.3f} → {v['kept']:.3f}" if v.get("start") is not None else "–"
+
+
+def _best(r: Mapping[str, Any]) -> str:
+    return "kept head" if r["kept_start_weights"] else str(r["best_epoch"])
+
+
 def table(results: Mapping[str, Any]) -> str:
     """The Markdown table of every measured dataset × recipe."""
     rows = [
         "| dataset | recipe | n test | head (95% CI) | fine-tuned (95% CI) | Δ points "
-        "| McNemar p (b/c) | epochs run | kept head | finetune stage s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| McNemar p (b/c) | val loss start → kept | epochs run (best) | finetune stage s "
+        "| train s/epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ds, recipes in results.get("datasets", {}).items():
         for name, r in recipes.get("recipes", {}).items():
@@ -260,8 +269,9 @@ def table(results: Mapping[str, Any]) -> str:
                 f"| {ds} | `{name}` | {g['n']} | {_fmt_acc(g, 'head')} | "
                 f"{_fmt_acc(g, 'finetuned')} | {100 * g['delta']:+.1f} | "
                 f"{g['mcnemar']['p_value']:.3g} ({g['mcnemar']['challenger_only']}/"
-                f"{g['mcnemar']['champion_only']}) | {r['epochs_run']} | "
-                f"{'yes' if r['kept_start_weights'] else 'no'} | {r['stage_seconds']} |"
+                f"{g['mcnemar']['champion_only']}) | {_fmt_loss(r['val_loss'])} | "
+                f"{r['epochs_run']} ({_best(r)}) | {r['stage_seconds']} | "
+                f"{r['train_seconds'] / max(1, r['epochs_run']):.0f} |"
             )
     return "\n".join(rows)
 

@@ -221,6 +221,14 @@ def system_metrics(data: Mapping[str, Any]) -> str:
     return markdown_table(["measure", "result"], rows) + "\n\n" + _source("system_metrics", data)
 
 
+def recipes(data: Mapping[str, Any]) -> str:
+    """Fine-tuning recipes: the same table as docs/finetuning.md (``benchmarks/recipes.py``)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.recipes import table
+
+    return table(data) + "\n\n" + _source("recipes", data)
+
+
 #: Result file name (without ``.json``) → its renderer. A new benchmark adds one line here.
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "pipeline": pipeline,
@@ -229,6 +237,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "scale": scale,
     "backbones": backbones,
     "system_metrics": system_metrics,
+    "recipes": recipes,
 }
 
 
