@@ -89,6 +89,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 DATASETS = ("hymenoptera", "tango_icons", "digits")
+#: The recipe params.yaml's finetune section runs (tests/benchmarks/test_recipes.py checks).
+DEFAULT_RECIPE = "lr1e-4_e10"
+PIPELINE = REPO / "benchmarks" / "results" / "pipeline.json"
 
 
 def run(cmd: list[str], cwd: Path, env: Mapping[str, str]) -> float:
@@ -163,6 +166,7 @@ def score(proj: Path) -> dict[str, Any]:
         from reprotrain.config import load_params
         from reprotrain.data import pipeline, tfrecords
         from reprotrain.evaluation.gain import finetune_gain
+        from reprotrain.evaluation.scoring import ModelScorer
 
         params = load_params()
         prepared = Path("data/prepared")
@@ -173,9 +177,10 @@ def score(proj: Path) -> dict[str, Any]:
             batch_size=64,
             seed=params.seed,
         )
-        common = dict(image_size=params.model.image_size, top_k=5, calibration_bins=10)
-        _, head = evaluation.evaluate_model_file("models/head.keras", split, labels, **common)
-        _, tuned = evaluation.evaluate_model_file("models/finetuned.keras", split, labels, **common)
+        scorer = ModelScorer(split, labels, top_k=5, calibration_bins=10)
+        size = params.model.image_size
+        head = scorer.predictions("models/head.keras", image_size=size)
+        tuned = scorer.predictions("models/finetuned.keras", image_size=size)
         return finetune_gain(
             head.y_true, head.probs.argmax(axis=1), tuned.probs.argmax(axis=1), alpha=0.05
         )
@@ -208,20 +213,54 @@ def measure(proj: Path, env: Mapping[str, str], overrides: Mapping[str, Any]) ->
         proj,
         {**env, "REPROTRAIN_TIMINGS": str(timings)},
     )
+    return collect(proj, overrides, seconds)
+
+
+def collect(proj: Path, overrides: Mapping[str, Any], seconds: float | None) -> dict[str, Any]:
+    """The finished run's numbers: the stage's own ``vs_head`` (what users see in
+    metrics/finetune.json), else both models scored here."""
     ft = json.loads((proj / "metrics" / "finetune.json").read_text())
+    timings = proj.parent / "timings"
     stage = json.loads((timings / "finetune.json").read_text()) if timings.is_dir() else {}
     return {
         "params": {**OLD, **overrides},
-        "gain": score(proj),
+        "gain": ft.get("vs_head") or score(proj),
         "epochs_run": ft.get("epochs_run"),
         "best_epoch": ft.get("best_epoch"),
         "kept_start_weights": ft.get("kept_start_weights"),
         "stopped_early": ft.get("stopped_early"),
         "val_loss": {"start": ft.get("start_val_loss"), "kept": ft.get("val_loss")},
-        "repro_seconds": round(seconds, 1),
+        "repro_seconds": None if seconds is None else round(seconds, 1),
         "stage_seconds": stage.get("total"),
         "train_seconds": stage.get("train"),
     }
+
+
+def quick_start_time(results: Mapping[str, Any], pipeline: Mapping[str, Any]) -> dict | None:
+    """The quick start's finetune stage, old defaults vs new, measured back to back on one
+    project, and what that does to the whole DAG: the stage's share of the DAG is taken from
+    the pipeline benchmark (``pipeline.json``, its first round), since this benchmark runs
+    only the training stages."""
+    runs = results.get("datasets", {}).get("hymenoptera", {}).get("recipes", {})
+    old, new = runs.get("old_default"), runs.get(DEFAULT_RECIPE)
+    rounds = pipeline.get("rounds") or []
+    if not old or not new or not rounds:
+        return None
+    dag_s = float(rounds[0]["pipeline_s"])
+    share = float(rounds[0]["stages"]["finetune"]["total"]) / dag_s
+    ratio = float(new["stage_seconds"]) / float(old["stage_seconds"])
+    return {
+        "finetune_s_old": old["stage_seconds"],
+        "finetune_s_new": new["stage_seconds"],
+        "finetune_ratio": round(ratio, 3),
+        "finetune_share_of_dag": round(share, 3),
+        "dag_ratio": round(1 + share * (ratio - 1), 3),
+    }
+
+
+def add_summary(results: dict[str, Any]) -> None:
+    if PIPELINE.is_file():
+        results["quick_start_time"] = quick_start_time(results, json.loads(PIPELINE.read_text()))
 
 
 def load_results() -> dict[str, Any]:
@@ -237,6 +276,7 @@ def save_results(results: dict[str, Any]) -> None:
         "python": platform.python_version(),
     }
     results["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    add_summary(results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -273,6 +313,16 @@ def table(results: Mapping[str, Any]) -> str:
                 f"{r['epochs_run']} ({_best(r)}) | {r['stage_seconds']} | "
                 f"{r['train_seconds'] / max(1, r['epochs_run']):.0f} |"
             )
+    qs = results.get("quick_start_time")
+    if qs:
+        rows += [
+            "",
+            f"Quick start, `{DEFAULT_RECIPE}` (the defaults) against `old_default`: finetune "
+            f"stage {qs['finetune_s_new']} s / {qs['finetune_s_old']} s = "
+            f"{qs['finetune_ratio']}×; at the stage's share of the whole DAG "
+            f"({qs['finetune_share_of_dag']}, `pipeline.json`) the DAG takes "
+            f"{qs['dag_ratio']}× as long.",
+        ]
     return "\n".join(rows)
 
 
@@ -299,6 +349,8 @@ def main() -> int:
     args = ap.parse_args()
     results = load_results()
     if args.table:
+        add_summary(results)  # from the runs in the file: the file keeps its date
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         write_table(results)
         return 0
     assets = args.assets.resolve()

@@ -72,3 +72,27 @@ def test_digits_are_a_stratified_subset_of_sklearn_digits_upscaled(tmp_path: Pat
     assert img.size == (32, 32) and img.mode == "L"
     pixels = np.asarray(img)
     assert pixels.max() <= 255 and (pixels[::4, ::4].repeat(4, 0).repeat(4, 1) == pixels).all()
+
+
+def test_the_default_recipe_is_what_params_yaml_runs() -> None:
+    import yaml
+
+    finetune = yaml.safe_load((recipes.REPO / "params.yaml").read_text())["finetune"]
+    chosen = {**recipes.OLD, **recipes.RECIPES[recipes.DEFAULT_RECIPE]}
+    assert {k: finetune[k] for k in chosen} == chosen
+
+
+def test_quick_start_time_scales_the_stage_ratio_by_its_share_of_the_dag() -> None:
+    run = {"stage_seconds": 60.0}
+    results = {
+        "datasets": {
+            "hymenoptera": {
+                "recipes": {"old_default": run, recipes.DEFAULT_RECIPE: {"stage_seconds": 90.0}}
+            }
+        }
+    }
+    pipeline = {"rounds": [{"pipeline_s": 200.0, "stages": {"finetune": {"total": 50.0}}}]}
+    qs = recipes.quick_start_time(results, pipeline)
+    assert qs["finetune_ratio"] == 1.5 and qs["finetune_share_of_dag"] == 0.25
+    assert qs["dag_ratio"] == 1.125
+    assert recipes.quick_start_time({"datasets": {}}, pipeline) is None
