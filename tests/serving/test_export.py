@@ -255,6 +255,10 @@ def test_saved_model_has_keras_signature_and_falls_back_for_resources(
             rtol=1e-5,
             atol=1e-6,
         )
+    # Written again over itself: swapped in whole, nothing left beside it.
+    export_saved_model(classifier(), tmp_path / "plain")
+    assert (tmp_path / "plain" / "saved_model.pb").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "table"]
 
 
 # --------------------------------------------------------------------------- atomic swap
