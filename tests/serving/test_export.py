@@ -268,6 +268,7 @@ def test_saved_model_has_keras_signature_and_falls_back_for_resources(
 SWAP_CHILD = """
 import os, sys, time
 from pathlib import Path
+from reprotrain import fsio
 from reprotrain.serving import export
 
 target, ready, point = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
@@ -277,7 +278,7 @@ def block():
     while True:
         time.sleep(60)
 
-real_exchange, real_rename = export.exchange_paths, os.rename
+real_exchange, real_rename = fsio.exchange, os.rename
 
 def exchange(a, b):
     if point == "before":
@@ -293,7 +294,7 @@ def rename(src, dst):
     if point == "between" and Path(src) == target:
         block()  # the old tree moved aside, the new one not yet in
 
-export.exchange_paths, os.rename = exchange, rename
+fsio.exchange, os.rename = exchange, rename
 with export.atomic_directory(target) as tmp:
     tmp.mkdir()
     (tmp / "saved_model.pb").write_text("new")

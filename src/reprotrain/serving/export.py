@@ -24,14 +24,11 @@ TF 2.21 and warns so. The converter is still ``tf.lite.TFLiteConverter`` (TF shi
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import errno
 import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -42,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from reprotrain import fsio
 from reprotrain.config import ExportConfig, PipelineConfig
 from reprotrain.errors import ModelError
 from reprotrain.fsio import TMP_MARK, atomic_path, atomic_write_bytes
@@ -136,41 +134,11 @@ def calibration_images(
 
 # --------------------------------------------------------------------------- atomic folders
 
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2  # linux/fs.h
-
 
 def _old_path(target: Path) -> Path:
     """Where the two-rename swap parks the old tree (a fixed name, so the next writer finds
     it: not a ``.tmp-`` temporary that a clean-up may delete)."""
     return target.with_name(f".{target.name}.old")
-
-
-def exchange_paths(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one atomic step; False where the system cannot.
-
-    Linux's ``renameat2(..., RENAME_EXCHANGE)`` (ext4, xfs, btrfs, tmpfs), called through libc
-    because Python has no wrapper for it. Any reader of either path sees the tree before
-    or after the swap, never a missing path.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:  # a libc without it (glibc < 2.28)
-        return False
-    renameat2.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or file system lacks it
-        return False
-    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -190,17 +158,19 @@ def replace_directory(new: Path, target: Path) -> None:
     holding the old tree or the new one.
 
     Why not two renames (old aside, new in): between them ``target`` does not exist, and a
-    kill there left no SavedModel at all. Where the system can (:func:`exchange_paths`) one
-    step swaps the two trees and the old one, now at ``new``, is deleted after. Elsewhere the
-    old tree goes to a fixed name beside ``target`` before the new one moves in, and
-    :func:`recover_directory` (run by the next writer, as Orbax cleans up at start-up) puts
-    it back if the kill came between the renames.
+    kill there left no SavedModel at all. Where the system can (:func:`reprotrain.fsio.exchange`,
+    ``renameat2(RENAME_EXCHANGE)``) one step swaps the two trees and the old one, now at
+    ``new``, is deleted after. Elsewhere the old tree goes to a fixed name beside ``target``
+    before the new one moves in, and :func:`recover_directory` (run by the next writer, as
+    Orbax cleans up at start-up) puts it back if the kill came between the renames. (Why not
+    ``fsio.atomic_path``'s fallback: it parks the old tree inside the temporary, which the
+    next clean-up deletes, so a kill between its renames loses both.)
     """
     new, target = Path(new), Path(target)
     _fsync_tree(new)
     if not target.exists():
         os.rename(new, target)
-    elif exchange_paths(new, target):
+    elif fsio.exchange(new, target):
         shutil.rmtree(new)  # the old tree
     else:
         old = _old_path(target)
