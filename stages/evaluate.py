@@ -21,7 +21,7 @@ from reprotrain.errors import DataError
 from reprotrain.evaluation import compare, gain, gate, plots
 from reprotrain.models.loading import load_model
 from reprotrain.reports import card
-from reprotrain.serving import pyfunc
+from reprotrain.serving import export_tags, packaging, pyfunc
 from reprotrain.tracking import gating, images
 
 STAGE = "evaluate"
@@ -190,8 +190,11 @@ def main() -> int:
             image_size=size,
             labels=labels,
             paired=paired if cfg.gate == "paired" else None,
-            log_model=lambda: pyfunc.log_photo_model(
-                run, paths.FINETUNED_MODEL, labels, size, norm["max_side"], norm["jpeg_quality"]
+            log_model=lambda: packaging.log_photo_model(
+                run,
+                paths.FINETUNED_MODEL,
+                labels,
+                pyfunc.PhotoInput(size, norm["max_side"], norm["jpeg_quality"]),
             ),
         )
         fsio.atomic_write_json(PROMOTION, promotion)
@@ -201,7 +204,7 @@ def main() -> int:
         export_report = _read_json(paths.EXPORT_METRICS)
         if export_report is not None:
             export_run = tracking.read_sidecar(paths.EXPORT_RUN) or {}
-            pyfunc.attach_exports(
+            export_tags.attach_exports(
                 name, promotion["version"], export_report, export_run.get("run_id")
             )
 

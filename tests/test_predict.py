@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reprotrain.commands import predict
+from reprotrain.commands import labels, normalization, predict
 from reprotrain.errors import ModelError
 from tests.conftest import REPO, run, subprocess_env
 
@@ -145,15 +145,15 @@ def test_csv_format_top_k_clipped_and_exit_zero(model_path: Path, inputs: Path, 
 
 
 def test_labels_resolution(model_path: Path, tmp_path: Path, monkeypatch) -> None:
-    assert predict.resolve_labels(None, model_path, 2) == LABELS  # next to the model
+    assert labels.class_names(None, model_path, 2) == LABELS  # next to the model
     # Names registered with a models:/ version come first; a wrong-length list is not used.
-    assert predict.resolve_labels(None, model_path, 2, ["x", "y"]) == ["x", "y"]
-    assert predict.resolve_labels(None, model_path, 2, ["x", "y", "z"]) == LABELS
+    assert labels.class_names(None, model_path, 2, ["x", "y"]) == ["x", "y"]
+    assert labels.class_names(None, model_path, 2, ["x", "y", "z"]) == LABELS
     with pytest.raises(ModelError, match=r"lists 2 classes but .* predicts 3: pass --labels"):
-        predict.resolve_labels(None, model_path, 3)  # beside the model, but not its classes
+        labels.class_names(None, model_path, 3)  # beside the model, but not its classes
     other = tmp_path / "m" / "x.keras"
     monkeypatch.chdir(tmp_path)
-    assert predict.resolve_labels(None, other, 2) == ["0", "1"]  # indices as a last resort
+    assert labels.class_names(None, other, 2) == ["0", "1"]  # indices as a last resort
     prepared = tmp_path / "data" / "prepared"
     prepared.mkdir(parents=True)
     (prepared / "labels.json").write_text('["cat", "dog"]')
@@ -161,10 +161,10 @@ def test_labels_resolution(model_path: Path, tmp_path: Path, monkeypatch) -> Non
     # shows they are the ones this model was trained on, so they are not guessed.
     for classes in (2, 3):
         with pytest.raises(ModelError, match=r"cannot tell whether .* pass --labels"):
-            predict.resolve_labels(None, other, classes)
-    assert predict.resolve_labels(prepared / "labels.json", other, 2) == ["cat", "dog"]
+            labels.class_names(None, other, classes)
+    assert labels.class_names(prepared / "labels.json", other, 2) == ["cat", "dog"]
     with pytest.raises(ModelError, match="lists 2 classes but the model predicts 3"):
-        predict.resolve_labels(prepared / "labels.json", other, 3)
+        labels.class_names(prepared / "labels.json", other, 3)
 
 
 @pytest.mark.slow
@@ -184,14 +184,14 @@ def test_project_labels_only_when_dvc_lock_shows_the_model_trained_on_them(
     classes = json.loads(original)
     assert len(classes) == 2
     monkeypatch.chdir(tmp_path)
-    assert predict.resolve_labels(None, model, 2) == classes
+    assert labels.class_names(None, model, 2) == classes
     copy = tmp_path / "copy.keras"
     copy.write_bytes(model.read_bytes())
     monkeypatch.chdir(root)
     with pytest.raises(
         ModelError, match=r"cannot tell whether .*labels\.json belongs to .*copy\.keras"
     ):
-        predict.resolve_labels(None, copy, 2)
+        labels.class_names(None, copy, 2)
 
     def replace(text: str) -> None:  # a new file, never a write into DVC's (linked) cache
         tmp = labels_file.with_name(".labels.json.tmp")
@@ -201,10 +201,10 @@ def test_project_labels_only_when_dvc_lock_shows_the_model_trained_on_them(
     replace(json.dumps(classes[::-1]))
     try:
         with pytest.raises(ModelError, match="pass --labels"):
-            predict.resolve_labels(None, model, 2)
+            labels.class_names(None, model, 2)
     finally:
         replace(original)
-    assert predict.resolve_labels(None, model, 2) == classes
+    assert labels.class_names(None, model, 2) == classes
 
 
 def test_usage_and_model_errors(inputs: Path, tmp_path: Path, capsys) -> None:
@@ -248,18 +248,19 @@ def test_cli_subprocess_exit_codes(model_path: Path, inputs: Path, tmp_path: Pat
 
 def test_normalisation_settings_resolution(model_path: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    norm = predict.resolve_normalization("keep", None, model_path)
+    norm = normalization.resolve_normalization("keep", None, model_path)
     assert (norm.max_side, norm.jpeg_quality) == (64, 90) and "stats.json" in norm.source
-    assert predict.resolve_normalization(None, 80, model_path).max_side is None  # --max-side none
+    keep_full = normalization.resolve_normalization(None, 80, model_path)  # --max-side none
+    assert keep_full.max_side is None
     other = tmp_path / "m" / "x.keras"
-    default = predict.resolve_normalization("keep", None, other)  # no stats, no params.yaml
+    default = normalization.resolve_normalization("keep", None, other)  # no stats, no params.yaml
     assert (default.max_side, default.jpeg_quality) == (320, 95)
     prepared = tmp_path / "data" / "prepared"
     prepared.mkdir(parents=True)
     (prepared / "stats.json").write_text(
         json.dumps({"normalization": {"max_side": None, "jpeg_quality": 80}})
     )
-    found = predict.resolve_normalization("keep", None, other)
+    found = normalization.resolve_normalization("keep", None, other)
     assert (found.max_side, found.jpeg_quality) == (None, 80)
 
 
@@ -310,7 +311,7 @@ def _encodings(photo: Path, out: Path) -> dict[str, Path]:
 def _probabilities(model_path: Path, files: list[Path], max_side: int, quality: int) -> np.ndarray:
     from reprotrain.models.loading import load_model
 
-    norm = predict.Normalization(max_side, quality, "test")
+    norm = normalization.Normalization(max_side, quality, "test")
     results = predict.predict_files(
         load_model(model_path),
         [str(f) for f in files],
@@ -398,7 +399,7 @@ def test_predict_on_a_raw_test_file_matches_the_evaluation_pipeline(
     # predict finds max_side/jpeg_quality in stats.json next to the model.
     shutil.copy(tmp_path / "prepared" / "stats.json", imagenet_model.parent / "stats.json")
     try:
-        norm = predict.resolve_normalization("keep", None, imagenet_model)
+        norm = normalization.resolve_normalization("keep", None, imagenet_model)
     finally:
         (imagenet_model.parent / "stats.json").unlink()
     assert (norm.max_side, norm.jpeg_quality) == (160, 90)

@@ -50,7 +50,8 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
     from reprotrain.config import ModelConfig
     from reprotrain.models.transfer import build_model
-    from reprotrain.serving.pyfunc import log_photo_model
+    from reprotrain.serving.packaging import log_photo_model
+    from reprotrain.serving.pyfunc import PhotoInput
 
     tmp = tmp_path_factory.mktemp("pyfunc")
     keras.utils.set_random_seed(1)
@@ -75,9 +76,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                 active.info.run_id,
                 keras_path,
                 LABELS,
-                SIZE,
-                MAX_SIDE,
-                QUALITY,
+                PhotoInput(SIZE, MAX_SIDE, QUALITY),
                 registered_model_name="photos",
             )
     finally:
@@ -94,7 +93,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_logging_the_model_shows_none_of_the_settled_warnings(logged: dict[str, str]) -> None:
-    from reprotrain.serving.pyfunc import SETTLED_WARNINGS
+    from reprotrain.serving.packaging import SETTLED_WARNINGS
 
     for text in SETTLED_WARNINGS:
         assert text not in logged["messages"]
@@ -274,7 +273,8 @@ def test_scoring_app_refuses_a_long_body_before_reading_it(
 ) -> None:
     """``mlflow models serve`` reads any body whole; MLflow's own app from ``scoring_app``
     answers 413 past the limits' body size, also for a body that claims 2 GB."""
-    from reprotrain.serving.pyfunc import SERVE_MODEL_ENV, Limits
+    from reprotrain.serving.limits import Limits
+    from reprotrain.serving.pyfunc import SERVE_MODEL_ENV
 
     limit = Limits(**LIMITS).body_bytes
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "reprotrain.serving.pyfunc:scoring_app"]
@@ -367,7 +367,7 @@ print(out[0]["label"])
 def test_export_report_becomes_version_tags(tmp_path: Path) -> None:
     import mlflow
 
-    from reprotrain.serving.pyfunc import attach_exports
+    from reprotrain.serving.export_tags import attach_exports
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_registered_model("m")

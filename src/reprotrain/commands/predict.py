@@ -1,7 +1,10 @@
 """``python -m reprotrain predict MODEL PATH...``: classify image files and folders.
 
 MODEL is a ``.keras`` file or a registry URI (``models:/NAME@champion``,
-``models:/NAME/3``), resolved to a local file by ``reprotrain.registry.resolve_model``.
+``models:/NAME/3``), resolved to a local file by :func:`model_file` (through
+``reprotrain.tracking.registry`` for a URI). Its class names come from
+:func:`reprotrain.commands.labels.class_names`, its normalisation settings from
+:func:`reprotrain.commands.normalization.resolve_normalization`.
 Folders are walked recursively in sorted order; files without an image extension inside
 folders are skipped (and said so), while a file named explicitly is always tried.
 
@@ -14,7 +17,7 @@ Why ``reprotrain.data.images.model_pixels``: training images went through prepar
 decode, EXIF orientation, CMYK/16-bit/palette/alpha → 8-bit RGB, downscale to
 ``prepare.max_side``, JPEG re-encode) before the pipeline's decode and resize. Serving must
 apply the same steps, with the training data's ``max_side`` and ``jpeg_quality`` (read from
-``stats.json``, see :func:`resolve_normalization`), or the same photo gets other pixels
+``stats.json``, see ``commands.normalization``), or the same photo gets other pixels
 (and a rotated phone photo is seen sideways). A file that cannot be used is reported with
 the reason prepare would have quarantined it for.
 """
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -35,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reprotrain import paths
+from reprotrain.commands import labels as class_labels
+from reprotrain.commands.normalization import Normalization, resolve_normalization
 from reprotrain.data import images
 from reprotrain.errors import ModelError
 
@@ -85,7 +88,7 @@ def collect_inputs(args: Sequence[str | Path]) -> Inputs:
     return out
 
 
-def resolve_model(spec: str, root: Path | None = None) -> Path:
+def model_file(spec: str, root: Path | None = None) -> Path:
     """A local ``.keras`` path for a file path or a registry URI."""
     if spec.startswith(REGISTRY_PREFIXES):
         from reprotrain.tracking import registry  # MLflow only for a registry URI
@@ -98,192 +101,6 @@ def resolve_model(spec: str, root: Path | None = None) -> Path:
             "models:/NAME/VERSION from the MLflow registry)"
         )
     return path
-
-
-def _read_labels(path: Path) -> list[str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read class names: {exc}") from None
-    if not isinstance(data, list) or not data:
-        raise ModelError(f"{path}: expected a JSON list of class names")
-    return [str(x) for x in data]
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _trained_on_labels_md5(root: Path, model_path: Path) -> str | None:
-    """The md5 that the ``labels.json`` of the data ``model_path`` was trained on had, by the
-    project's own records, or None when they do not show it.
-
-    ``dvc.lock`` must list the model file, with its current md5, as an output of a stage that
-    read ``data/prepared``; that dependency's ``.dir`` hash names the directory listing in
-    DVC's cache, which holds the md5 of every file the stage read, ``labels.json`` included.
-    """
-    from reprotrain.config import parse_yaml
-
-    try:
-        rel = model_path.resolve().relative_to(root.resolve()).as_posix()
-        lock = parse_yaml((root / "dvc.lock").read_text(encoding="utf-8")) or {}
-        md5 = _md5(model_path)
-    except (OSError, ValueError):
-        return None
-    prepared = paths.PREPARED_DIR.as_posix()
-    for stage in (lock.get("stages") or {}).values():
-        outs = (stage or {}).get("outs") or []
-        if not any(o.get("path") == rel and o.get("md5") == md5 for o in outs):
-            continue
-        deps = [d for d in stage.get("deps") or [] if str(d.get("path")).rstrip("/") == prepared]
-        listing = str(deps[0].get("md5", "")) if deps else ""
-        return _listed_md5(root, listing, "labels.json") if listing.endswith(".dir") else None
-    return None
-
-
-def _listed_md5(root: Path, dir_hash: str, relpath: str) -> str | None:
-    """md5 of ``relpath`` in the directory listing ``dir_hash`` of the project's DVC cache."""
-    from dvc.repo import Repo
-
-    try:
-        with Repo(str(root)) as repo:
-            listing = json.loads(Path(repo.cache.local.oid_to_path(dir_hash)).read_text())
-    except Exception as exc:  # no DVC repo, no cache, a listing DVC no longer has
-        logger.debug("no DVC listing %s in %s: %s", dir_hash, root, exc)
-        return None
-    found = [e.get("md5") for e in listing if isinstance(e, dict) and e.get("relpath") == relpath]
-    return str(found[0]) if found else None
-
-
-def _project_labels(model_path: Path, num_classes: int) -> tuple[list[str] | None, list[Path]]:
-    """The labels of the project data the model was trained on, and the ``labels.json``
-    files seen that cannot be shown to belong to it.
-
-    Why the proof: a project's ``data/prepared/labels.json`` is the current data's, which
-    may have other classes, or the same number of classes in another order, than the data
-    an older (or another project's) model was trained on: same count, wrong names.
-    """
-    unproven: list[Path] = []
-    for root in dict.fromkeys((paths.project_root(model_path.parent), paths.project_root())):
-        candidate = root / paths.PREPARED_DIR / "labels.json"
-        if not candidate.is_file():
-            continue
-        expected = _trained_on_labels_md5(root, model_path)
-        if expected is not None and expected == _md5(candidate):
-            labels = _read_labels(candidate)
-            if len(labels) == num_classes:
-                logger.info("class names from %s (the data dvc.lock trained it on)", candidate)
-                return labels, []
-        unproven.append(candidate)
-    return None, unproven
-
-
-def resolve_labels(
-    explicit: Path | None,
-    model_path: Path,
-    num_classes: int,
-    registered: Sequence[str] | None = None,
-) -> list[str]:
-    """Class names for the model's outputs: only names that belong to the model.
-
-    ``--labels`` wins; then the names registered with a ``models:/`` version (or logged with a
-    ``runs:/`` run); then ``labels.json`` next to the model file (a registry download has it
-    there); then the project's ``data/prepared/labels.json``, only when ``dvc.lock`` and
-    DVC's cache show the model was trained on that very file (:func:`_project_labels`). A
-    project labels file that cannot be shown to belong is a ModelError asking for
-    ``--labels``, never a guess; with no labels file anywhere, the class indices (warned).
-    """
-    if registered is not None and explicit is None:
-        if len(registered) == num_classes:
-            return list(registered)
-        logger.warning(
-            "the registered labels list %d classes, the model %d: not using them",
-            len(registered),
-            num_classes,
-        )
-    if explicit is not None:
-        labels = _read_labels(explicit)
-        if len(labels) != num_classes:
-            raise ModelError(
-                f"{explicit} lists {len(labels)} classes but the model predicts "
-                f"{num_classes}: pass the labels.json of the data the model was trained on"
-            )
-        return labels
-    beside = model_path.parent / "labels.json"
-    if beside.is_file():
-        labels = _read_labels(beside)
-        if len(labels) == num_classes:
-            logger.info("class names from %s", beside)
-            return labels
-        raise ModelError(
-            f"{beside} lists {len(labels)} classes but {model_path} predicts {num_classes}: "
-            "pass --labels with the labels.json of the data the model was trained on"
-        )
-    labels, unproven = _project_labels(model_path, num_classes)
-    if labels is not None:
-        return labels
-    if unproven:
-        raise ModelError(
-            f"cannot tell whether {', '.join(map(str, unproven))} belongs to {model_path} "
-            "(dvc.lock does not record that model trained on that file): pass --labels "
-            "with the labels.json of the data the model was trained on"
-        )
-    logger.warning("no labels.json found for the model: reporting class indices (use --labels)")
-    return [str(i) for i in range(num_classes)]
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """How the training data was normalised (``prepare.max_side``, ``prepare.jpeg_quality``)."""
-
-    max_side: int | None
-    jpeg_quality: int
-    source: str  # where the values came from, for the log
-
-
-def _stats_normalization(path: Path) -> dict[str, Any] | None:
-    try:
-        norm = json.loads(path.read_text(encoding="utf-8")).get("normalization")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return norm if isinstance(norm, dict) and "jpeg_quality" in norm else None
-
-
-def resolve_normalization(
-    max_side: int | str | None, jpeg_quality: int | None, model_path: Path
-) -> Normalization:
-    """The training data's normalisation settings.
-
-    Explicit ``--max-side`` / ``--jpeg-quality`` win; then ``stats.json`` next to the model
-    (registry downloads ship it), then the project's ``data/prepared/stats.json`` (both
-    written by prepare), then ``params.yaml``'s ``prepare`` section, then the defaults.
-    """
-    found: dict[str, Any] | None = None
-    source = "defaults"
-    for candidate in (model_path.parent / "stats.json", paths.PREPARED_DIR / "stats.json"):
-        found = _stats_normalization(candidate)
-        if found is not None:
-            source = str(candidate)
-            break
-    if found is None:
-        from reprotrain.config import PrepareConfig, load_params
-
-        try:
-            prep = load_params().prepare
-            source = "params.yaml"
-        except Exception as exc:  # no project here, or invalid params: defaults, said so
-            logger.debug("params.yaml not usable (%s): default normalisation", exc)
-            prep = PrepareConfig()
-        found = {"max_side": prep.max_side, "jpeg_quality": prep.jpeg_quality}
-    side = found.get("max_side") if max_side == "keep" else max_side
-    quality = found["jpeg_quality"] if jpeg_quality is None else jpeg_quality
-    if max_side != "keep" or jpeg_quality is not None:
-        source = f"{source} and the command line"
-    return Normalization(side, int(quality), source)
 
 
 def _pixels(path: str, size: int, norm: Normalization) -> Any:
@@ -425,14 +242,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from reprotrain.models.loading import load_model  # TensorFlow: only once args are valid
 
-    model_path = resolve_model(args.model)
+    model_path = model_file(args.model)
     model = load_model(model_path, hint="pass a .keras model saved by reprotrain")
     registered = None
     if args.model.startswith(REGISTRY_PREFIXES) and args.labels is None:
         from reprotrain.tracking import registry
 
         registered = registry.resolve_labels(args.model, root=Path.cwd())
-    labels = resolve_labels(args.labels, model_path, int(model.output_shape[-1]), registered)
+    n_classes = int(model.output_shape[-1])
+    labels = class_labels.class_names(args.labels, model_path, n_classes, registered)
     inputs = collect_inputs(args.paths)
     for path in inputs.skipped:
         logger.warning(
