@@ -120,7 +120,13 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage(
             "fetch",
-            params=("data.source", "data.sha256"),
+            params=(
+                "data.source",
+                "data.sha256",
+                "data.archive_max_gb",
+                "data.archive_max_ratio",
+                "data.archive_max_members",
+            ),
             outs=(Output(str(paths.RAW_DIR), persist=True),),
             always_changed=True,
             note=(

@@ -165,15 +165,9 @@ def test_errors_are_actionable() -> None:
 
 @pytest.mark.slow  # imports TensorFlow (the loader is shared with predict and finetune)
 def test_missing_model_file_is_a_model_error(tmp_path: Path) -> None:
+    split = evaluation.EvalSplit([], PipelineConfig(), batch_size=4, seed=0)
     with pytest.raises(ModelError, match="not found"):
-        evaluation.evaluate_model_file(
-            tmp_path / "nope.keras",
-            evaluation.EvalSplit([], PipelineConfig(), batch_size=4, seed=0),
-            ["a", "b"],
-            image_size=32,
-            top_k=5,
-            calibration_bins=10,
-        )
+        _scorer(split, ["a", "b"]).evaluate(tmp_path / "nope.keras", image_size=32)
 
 
 def test_numbers_match_sklearn_on_a_fixed_example() -> None:
@@ -299,82 +293,94 @@ def write_prepared(root: Path, x: np.ndarray, y: np.ndarray, labels: list[str]) 
     return root
 
 
-@pytest.mark.slow
-def test_evaluate_library_path_on_a_saved_model(tmp_path: Path) -> None:
-    """What stages/evaluate.py does, minus MLflow: load, predict, metrics, plots, rows."""
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory):
+    """A seeded untrained 3-class model saved to m.keras, its 12-image test split written as
+    shards, and the split decoded once."""
     import keras
 
     from reprotrain.models import transfer
     from reprotrain.paths import split_files
     from tests.models.tiny import tiny_arrays, tiny_model_cfg
 
+    tmp = tmp_path_factory.mktemp("scored")
     labels = ["ants", "bees", "wasps"]
     x, y = tiny_arrays(12, num_classes=3)
-    prepared = write_prepared(tmp_path / "prepared", x, y, labels)
-    files = split_files(prepared, "test")
+    files = split_files(write_prepared(tmp / "prepared", x, y, labels), "test")
     assert len(files) == 3
     keras.utils.set_random_seed(0)
     model = transfer.build_model(tiny_model_cfg(), num_classes=3, dropout=0.0)
-    model_path = tmp_path / "m.keras"
-    model.save(model_path)
-
+    model.save(tmp / "m.keras")
     split = evaluation.EvalSplit(files, PipelineConfig(), batch_size=5, seed=0, expected=12)
-    common = dict(image_size=32, top_k=5, calibration_bins=10)
-    metrics, preds = evaluation.evaluate_model_file(model_path, split, labels, worst_k=4, **common)
+    expected = model.predict(np.stack([img for img, *_ in _decoded(files)]), verbose=0)
+    return tmp, labels, y, files, model, split, expected
+
+
+def _scorer(split, labels):
+    from reprotrain.evaluation.scoring import ModelScorer
+
+    return ModelScorer(split, labels, top_k=5, calibration_bins=10)
+
+
+@pytest.mark.slow
+def test_a_saved_model_is_scored_in_file_order_like_keras(scored) -> None:
+    tmp, labels, y, _, _, split, expected = scored
+    metrics, preds = _scorer(split, labels).evaluate(tmp / "m.keras", worst_k=4, image_size=32)
     assert len(preds.y_true) == 12 and preds.probs.shape == (12, 3)
     np.testing.assert_array_equal(preds.y_true, y)  # file order is kept
     assert preds.paths[0] == "ants/0.jpg" and preds.sha256[1] == f"{1:064x}"
-    # Same numbers as Keras computes on the same (decoded) images.
-    expected = model.predict(np.stack([img for img, *_ in _decoded(files)]), verbose=0)
-    np.testing.assert_allclose(preds.probs, expected, atol=1e-5)
+    np.testing.assert_allclose(preds.probs, expected, atol=1e-5)  # what Keras computes
     assert metrics["accuracy"] == pytest.approx(np.mean(expected.argmax(1) == y))
     wrong = np.flatnonzero(expected.argmax(1) != y)
+    # The untrained model (seeded) gets some images wrong: the checks below always run.
+    assert wrong.size >= 1, "the fixture must have wrong predictions to rank"
     assert len(preds.worst) == min(4, wrong.size)
     confs = [w.confidence for w in preds.worst]
     assert confs == sorted(confs, reverse=True)
-    # The untrained model (seeded) gets some images wrong: the check below always runs.
-    assert wrong.size >= 1, "the fixture must have wrong predictions to rank"
     top = wrong[np.argmax(expected[wrong].max(1))]  # the most confidently wrong image
     assert preds.worst[0].index == top and preds.worst[0].image.dtype == np.uint8
     assert preds.worst[0].true == y[top] and preds.worst[0].pred == expected[top].argmax()
-
-    # The split was decoded once; the second model and the re-score read it from memory.
+    # The split was decoded once; scoring again reads it from memory.
     assert split.passes == {32: 1} and split.in_memory(32)
-    acc = evaluation.accuracy_of(model_path, split, num_classes=3)
-    assert acc == pytest.approx(metrics["accuracy"])
+    again = _scorer(split, labels).predictions(tmp / "m.keras")  # a new scorer: scored again
+    np.testing.assert_array_equal(again.probs, preds.probs)
     assert split.passes == {32: 1}
-    # A champion with the same architecture and weights: its predictions are reused, even
-    # from a file with other bytes (m.keras was saved without normalising). The head the
-    # same way, its worst examples cut to what was asked.
+
+
+@pytest.mark.slow
+def test_an_identical_model_reuses_predictions_and_another_is_scored(scored) -> None:
+    """A file with the same architecture and weights gets the predictions already computed,
+    even with other bytes (m.keras was saved without normalising), its worst examples cut to
+    what was asked; other weights are loaded and scored."""
     from reprotrain.models.loading import save_model
 
-    save_model(model, tmp_path / "a.keras")
-    for champion in (tmp_path / "a.keras", model_path):
-        same = evaluation.champion_predictions(
-            champion, tmp_path / "a.keras", preds, split, num_classes=3
-        )
-        assert same is preds
-    head_metrics, head_preds = evaluation.evaluate_model_file(
-        tmp_path / "a.keras", split, labels, same_as=(model_path, preds), **common
-    )
-    assert head_metrics == metrics and head_preds.probs is preds.probs
-    assert head_preds.worst == [] and len(preds.worst) == min(4, wrong.size)
-    # Other weights: loaded and scored.
+    tmp, labels, _, files, model, split, _ = scored
+    scorer = _scorer(split, labels)
+    first = scorer.predictions(tmp / "m.keras", worst_k=4)
+    save_model(model, tmp / "a.keras")
+    again = scorer.predictions(tmp / "a.keras")
+    assert again.probs is first.probs and again.worst == [] and len(first.worst) >= 1
+    assert scorer.evaluate(tmp / "a.keras")[0] == scorer.evaluate(tmp / "m.keras")[0]
     weights = model.get_weights()
     model.set_weights([w * 0.5 for w in weights])
-    save_model(model, tmp_path / "champion.keras")
-    other = evaluation.champion_predictions(
-        tmp_path / "champion.keras", model_path, preds, split, num_classes=3
-    )
-    assert other is not preds
+    save_model(model, tmp / "halved.keras")
     halved = model.predict(np.stack([img for img, *_ in _decoded(files)]), verbose=0)
-    np.testing.assert_allclose(other.probs, halved, atol=1e-5)
     model.set_weights(weights)
-    with pytest.raises(ModelError, match="cannot be scored"):
-        evaluation.accuracy_of(model_path, split, num_classes=2)
+    other = scorer.predictions(tmp / "halved.keras")
+    assert other.probs is not first.probs
+    np.testing.assert_allclose(other.probs, halved, atol=1e-5)
     with pytest.raises(ModelError, match="rerun training"):
-        evaluation.evaluate_model_file(model_path, split, labels[:2], **common)
+        _scorer(split, labels[:2]).predictions(tmp / "m.keras", image_size=32)
+    with pytest.raises(ModelError, match="cannot be scored"):
+        _scorer(split, labels[:2]).predictions(
+            tmp / "m.keras", hint="it cannot be scored on this test set"
+        )
 
+
+@pytest.mark.slow
+def test_plots_and_prediction_rows_of_a_scored_split(scored, tmp_path: Path) -> None:
+    tmp, labels, _, _, _, split, _ = scored
+    preds = _scorer(split, labels).predictions(tmp / "m.keras", worst_k=4)
     timeline = plots.training_timeline(
         [
             ("train_head", {"epoch": [1, 2], "accuracy": [0.5, 0.6], "val_accuracy": [0.4, 0.5]}),

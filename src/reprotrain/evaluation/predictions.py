@@ -26,12 +26,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from reprotrain.errors import DataError
-from reprotrain.evaluation.metrics import classification_metrics
 from reprotrain.models.loading import (
     inference_function,
-    load_model,
     model_image_size,
-    same_inference,
 )
 from reprotrain.progress import progress
 from reprotrain.timing import timed
@@ -283,113 +280,3 @@ def score(
         total=split.num_batches(size),
         desc=f"predict {name}",
     )
-
-
-def accuracy_of(model_path: Path | str, split: EvalSplit, *, num_classes: int) -> float:
-    """Test accuracy of a saved model (the registry re-scores the champion with this).
-
-    The image size comes from the model itself: a champion trained at another size is
-    still scored fairly on the same images (decoded at its size; at the current size the
-    split already in memory is reused).
-    """
-    model = load_model(
-        model_path, num_classes=num_classes, hint="it cannot be scored on this test set"
-    )
-    preds = score(model, split, name=Path(model_path).name)
-    return float(np.mean(preds.probs.argmax(axis=1) == preds.y_true))
-
-
-def reusable(
-    model_path: Path | str, same_as: tuple[Path | str, SplitPredictions] | None, name: str
-) -> SplitPredictions | None:
-    """``same_as``'s predictions when its model file computes what ``model_path`` computes
-    (:func:`~reprotrain.models.loading.same_inference`), else None: then score it."""
-    if same_as is None or not same_inference(model_path, same_as[0]):
-        return None
-    logger.info(
-        "%s: the architecture and weights of %s, whose predictions are reused",
-        name,
-        same_as[0],
-    )
-    return same_as[1]
-
-
-def champion_predictions(
-    champion_file: Path | str,
-    candidate_file: Path | str,
-    candidate: SplitPredictions,
-    split: EvalSplit,
-    *,
-    num_classes: int,
-) -> SplitPredictions:
-    """The champion's predictions on ``split``: the candidate's own when both compute the
-    same (a forced rerun or a scheduled retrain on unchanged data saves the same weights),
-    else the champion loaded and scored."""
-    reused = reusable(champion_file, (candidate_file, candidate), "champion")
-    if reused is not None:
-        return reused
-    champion = load_model(
-        champion_file, num_classes=num_classes, hint="it cannot be scored on this test set"
-    )
-    return score(champion, split, name="champion")
-
-
-def _with_metrics(
-    preds: SplitPredictions, labels: Sequence[str], *, top_k: int, calibration_bins: int, name: str
-) -> tuple[dict[str, Any], SplitPredictions]:
-    metrics = classification_metrics(
-        preds.y_true, preds.probs, labels, top_k=top_k, calibration_bins=calibration_bins
-    )
-    logger.info(
-        "%s: test accuracy %.4f, loss %.4f (n=%d)",
-        name,
-        metrics["accuracy"],
-        metrics["loss"],
-        len(preds.y_true),
-    )
-    return metrics, preds
-
-
-@timed("score")
-def evaluate_model(
-    model: Any,
-    split: EvalSplit,
-    labels: Sequence[str],
-    *,
-    top_k: int,
-    calibration_bins: int,
-    worst_k: int = 0,
-    name: str = "model",
-) -> tuple[dict[str, Any], SplitPredictions]:
-    """Metrics and predictions of a loaded model on the test split."""
-    preds = score(model, split, worst_k=worst_k, name=name)
-    return _with_metrics(preds, labels, top_k=top_k, calibration_bins=calibration_bins, name=name)
-
-
-def evaluate_model_file(
-    model_path: Path | str,
-    split: EvalSplit,
-    labels: Sequence[str],
-    *,
-    image_size: int,
-    top_k: int,
-    calibration_bins: int,
-    worst_k: int = 0,
-    same_as: tuple[Path | str, SplitPredictions] | None = None,
-) -> tuple[dict[str, Any], SplitPredictions]:
-    """:func:`evaluate_model` of a saved model, loaded with the class/size checks (a stale
-    model from another dataset would otherwise produce confident nonsense).
-
-    ``same_as`` (a model file already scored, and its predictions): reused when both files
-    compute the same (finetune kept the head's weights), its worst examples cut to
-    ``worst_k``.
-    """
-    name = Path(model_path).stem
-    options = dict(top_k=top_k, calibration_bins=calibration_bins)
-    reused = reusable(model_path, same_as, name)
-    if reused is not None:
-        preds = dataclasses.replace(reused, worst=reused.worst[:worst_k])
-        return _with_metrics(preds, labels, name=name, **options)
-    hint = "rerun training (dvc repro)"
-    model = load_model(model_path, num_classes=len(labels), image_size=image_size, hint=hint)
-    return evaluate_model(model, split, labels, name=name, worst_k=worst_k, **options)

@@ -104,7 +104,7 @@ def champion_file(name: str, champion: ChampionSnapshot) -> Path:
         return find_keras(Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{v}")))
     except (MlflowException, OSError, ReprotrainError) as exc:
         raise TrackingError(
-            f"champion v{v} of {name} could not be scored on the current test set: its model "
+            f"champion v{v} of {name} could not be re-scored on the current test set: its model "
             f"cannot be downloaded ({_cause(exc)}); no version was registered and the aliases "
             f"are unchanged. Restore its artifacts or promote a version explicitly "
             f"(python -m reprotrain promote {name} VERSION)"

@@ -1,0 +1,64 @@
+"""What evaluate writes for people and for DVC: ``metrics/evaluate.json`` (the fine-tuned
+model's metrics at the top level, the head's and the baseline's beside them), the plot CSVs
+and PNGs, per-class recall by model and one prediction row per test image."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from reprotrain.evaluation import compare, plots
+from reprotrain.evaluation.metrics import plot_inputs
+from reprotrain.evaluation.predictions import SplitPredictions
+from reprotrain.evaluation.rows import prediction_rows
+from reprotrain.fsio import atomic_write_json
+
+#: The models evaluate scores, by name: the candidate first.
+Scores = Mapping[str, tuple[dict[str, Any], SplitPredictions]]
+
+
+def metrics_report(scores: Scores) -> dict[str, Any]:
+    """The candidate's (``finetuned``) metrics at the top level, the others under their
+    names, the transfer gain over the from-scratch baseline and the test-set size."""
+    metrics, preds = scores["finetuned"]
+    baseline = scores["baseline"][0]
+    return {
+        **metrics,
+        "transfer_gain": compare.transfer_gain(metrics["accuracy"], baseline["accuracy"]),
+        **{name: m for name, (m, _) in scores.items() if name != "finetuned"},
+        "n_test": len(preds.y_true),
+    }
+
+
+def write_results(
+    scores: Scores,
+    labels: Sequence[str],
+    histories: Sequence[tuple[str, Path]],
+    *,
+    metrics_file: Path,
+    plots_dir: Path,
+    images_dir: Path,
+) -> dict[str, Any]:
+    """Write every evaluation output; returns the metrics report."""
+    report = metrics_report(scores)
+    atomic_write_json(metrics_file, report)
+    preds = scores["finetuned"][1]
+    timeline = plots.training_timeline([(stage, plots.read_history(p)) for stage, p in histories])
+    plots.write_evaluation_plots(
+        plot_inputs(preds.y_true, preds.probs, labels),
+        labels,
+        timeline,
+        preds.worst,
+        plots_dir=plots_dir,
+        images_dir=images_dir,
+    )
+    recalls = {
+        name: compare.per_class_recall(p.y_true, p.probs.argmax(axis=1), len(labels))
+        for name, (_, p) in scores.items()
+    }
+    compare.write_recall_csv(plots_dir / compare.RECALL_CSV, labels, recalls)
+    compare.plot_recall_comparison(labels, recalls, images_dir / compare.RECALL_PNG)
+    rows = prediction_rows(preds, labels)
+    plots.write_csv(plots_dir / "predictions.csv", rows, list(rows[0]))
+    return report
