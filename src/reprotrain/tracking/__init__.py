@@ -19,17 +19,18 @@ Modules, by concern:
   execution), :mod:`.owners` (runs of SIGKILLed processes marked KILLED) and
   :mod:`.process` (SIGTERM as Ctrl-C, MLflow's environment knobs, the server-down check);
 - :mod:`.registry`: versions, aliases, explicit promotion and rollback, ``models:/`` and
-  ``runs:/`` URIs resolved to local files; :mod:`.gating` registers a candidate and applies
-  the promotion gate;
+  ``runs:/`` URIs resolved to local files; :mod:`.registration` snapshots the champion,
+  registers a candidate and applies a decision (``evaluation.decision`` decides);
 - :mod:`.tags`: the tag names.
 
-``registry`` and ``gating`` are not imported here: they pull in the promotion rule, and a
-stage's ``dvc.yaml`` deps are the modules it imports, so only the stages and commands that
-register or promote import them (``from reprotrain.tracking import gating``).
+``registry`` and ``registration`` are not imported here: they pull in the promotion rule, and
+a stage's ``dvc.yaml`` deps are the modules it imports, so only the stages and commands that
+register or promote import them (``from reprotrain.tracking import registration``).
 
 Documented environment: ``MLFLOW_TRACKING_URI`` (store override), ``DVC_ROOT``,
-``DVC_EXP_NAME``, ``DVC_EXP_BASELINE_REV``, ``DVC_STAGE`` (set by DVC), and
-``REPROTRAIN_REPRODUCES`` (set by ``reprotrain reproduce``). Telemetry is switched off.
+``DVC_EXP_NAME``, ``DVC_EXP_BASELINE_REV``, ``DVC_STAGE`` (set by DVC),
+``REPROTRAIN_REPRODUCES`` (set by ``reprotrain reproduce``) and ``REPROTRAIN_PROMOTE`` (read by
+the evaluate stage: ``challenger`` only proposes). Telemetry is switched off.
 """
 
 from __future__ import annotations
