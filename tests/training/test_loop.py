@@ -126,10 +126,11 @@ def test_fit_outputs_and_determinism(data, tmp_path: Path) -> None:
     assert calls[1][1]["val_loss"] == r1.history["val_loss"][1]
     for split in ("train", "validation"):
         assert list((tmp_path / "a" / "tb" / split).glob("events.out.tfevents.*"))
-    # The backup stays until the caller has saved its outputs: the last and the best epoch.
+    # The backup stays until the caller has saved its outputs: the last and the best epoch,
+    # and the TensorBoard logs a resumed run appends to (published to tb/ above).
     kept = {training.epoch_file(1), training.epoch_file(r1.best_epoch - 1)}
     ckpt = {p.name for p in (tmp_path / "a" / "ckpt").iterdir()}
-    assert ckpt == {*kept, training.FINGERPRINT_FILE, training.STATE_FILE}
+    assert ckpt == {*kept, training.FINGERPRINT_FILE, training.STATE_FILE, "tensorboard"}
     summary = r1.summary()
     # The kept epoch is the one with the lowest validation loss (first one on a tie).
     assert summary["best_epoch"] == int(np.argmin(r1.history["val_loss"])) + 1
