@@ -21,6 +21,8 @@ from tests.conftest import (
     TRACKING_ENV,
     Project,
     deep_update,
+    enter_project,
+    make_empty_db,
     make_project,
     params_project,
     project_client,
@@ -79,6 +81,40 @@ def test_project_reads_metrics_and_leaves_the_environment_alone(tmp_path: Path) 
     for key, value in cli.PROCESS_ENV.items():
         assert env[key] == before.get(key, value)
     assert dict(os.environ) == before
+
+
+@pytest.mark.slow
+def test_promote_keeps_the_callers_mlflow_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """promote and champion on a real SQLite registry: the alias moves with its audit, and
+    MLflow's process-wide URIs and the environment are as the caller left them."""
+    import mlflow
+
+    root = enter_project(params_project(tmp_path / "proj"), monkeypatch)
+    (root / "mlruns").mkdir()
+    make_empty_db(root / "mlruns")
+    monkeypatch.chdir(tmp_path)  # the project is not the working directory
+    project = api.Project(root)
+    client = project_client(root)
+    client.create_registered_model("reprotrain-classifier")
+    client.create_model_version("reprotrain-classifier", source=(tmp_path / "m").as_uri())
+    mine = f"sqlite:///{tmp_path / 'mine.db'}"
+    mlflow.set_tracking_uri(mine)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set_tracking_uri exports it
+    uris = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {k: os.environ.get(k) for k in uris}
+    try:
+        assert project.champion() is None
+        moved = project.promote(1, reason="approved")
+        assert (moved["champion"], moved["previous"], moved["reason"]) == (1, None, "approved")
+        assert project.champion() == 1
+        assert mlflow.get_tracking_uri() == mine
+        assert {k: os.environ.get(k) for k in uris} == before == dict.fromkeys(uris)
+    finally:
+        mlflow.set_tracking_uri(None)
+    tags = client.get_model_version("reprotrain-classifier", "1").tags
+    assert tags["reprotrain.promotion_reason"].endswith("approved")
 
 
 @pytest.mark.slow
@@ -153,6 +189,8 @@ def test_quickstart_notebook_runs_through_the_api(
 
     proj = tmp_path / "proj"
     shutil.copytree(promoted_project.root, proj, symlinks=True)
+    # A model not yet the champion (what `dvc repro` leaves for review): the notebook promotes.
+    project_client(proj).delete_registered_model_alias("reprotrain-classifier", "champion")
     for var in TRACKING_ENV:
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "tmp").mkdir()
@@ -163,7 +201,7 @@ def test_quickstart_notebook_runs_through_the_api(
         nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(proj)}}
     )
     client.execute()
-    _, repro, runs, predict, _, reproduce = [c for c in nb.cells if c.cell_type == "code"]
+    _, repro, runs, predict, promote, reproduce = [c for c in nb.cells if c.cell_type == "code"]
 
     # repro: the stage progress is a notebook widget (tqdm.auto), the metrics a dict.
     assert "project.repro()" in repro.source
@@ -176,6 +214,7 @@ def test_quickstart_notebook_runs_through_the_api(
     assert predicted.count("None") == 4, predicted  # the error column
     # promote: audited in the copy's registry.
     client_ = project_client(proj)
+    assert _outputs(promote)[-1]["data"]["text/plain"] == "1"
     champion = client_.get_model_version_by_alias("reprotrain-classifier", "champion")
     assert champion.tags["reprotrain.promotion_reason"] == "reviewed in the quick-start notebook"
     # reproduce: the prepare run rebuilt identically.

@@ -39,7 +39,8 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,29 @@ _STAGE_LINE = re.compile(
 )
 #: Seconds a stopped ``dvc`` gets to end its stage (the run ends KILLED) before SIGKILL.
 STOP_TIMEOUT = 60.0
+
+
+@contextmanager
+def _mlflow_globals_kept() -> Iterator[None]:
+    """Put MLflow's process-wide tracking and registry URIs (and the ``MLFLOW_*_URI``
+    variables ``mlflow.set_tracking_uri`` exports) back as they were: the registry code the
+    commands share makes the project's store MLflow's default, which is right for a command
+    process and wrong for a notebook that has its own MLflow work."""
+    import mlflow
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env = {k: os.environ.get(k) for k in names}
+    tracking_uri, registry_uri = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(registry_uri)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class PipelineError(ReprotrainError):
@@ -260,7 +284,20 @@ class Project:
         tracking.check_reachable(uri)
         name = model or self.params.tracking.registered_model
         by = registry.current_user(self.root)
-        return registry.promote(uri, name, int(version), reason, by=by)
+        with _mlflow_globals_kept():
+            return registry.promote(uri, name, int(version), reason, by=by)
+
+    def champion(self, model: str | None = None) -> int | None:
+        """The version ``champion`` points at (None: no champion yet)."""
+        from reprotrain import tracking
+        from reprotrain.tracking import registry, store
+
+        uri = self.store_uri()
+        tracking.check_reachable(uri)
+        name = model or self.params.tracking.registered_model
+        with _mlflow_globals_kept():
+            client = store.client(uri)
+            return registry.champion_version(client, name, uri, "no champion read")
 
     def rollback(self, reason: str, model: str | None = None) -> dict[str, Any]:
         """Move ``champion`` back to the previous champion (``promote --rollback``)."""
@@ -270,16 +307,18 @@ class Project:
         uri = self.store_uri()
         tracking.check_reachable(uri)
         name = model or self.params.tracking.registered_model
-        return registry.rollback(uri, name, reason, by=registry.current_user(self.root))
+        with _mlflow_globals_kept():
+            return registry.rollback(uri, name, reason, by=registry.current_user(self.root))
 
     def reproduce(self, run_id: str, workdir: str | Path | None = None) -> Reproduction:
         """Rerun an MLflow run (a stage run or a pipeline row) from its commit and data in
         a new git work tree, as ``python -m reprotrain reproduce``, and compare metrics."""
         from reprotrain.commands import reproduce
 
-        code, report, new_id = reproduce.reproduce(
-            run_id, self.root, Path(workdir) if workdir else None
-        )
+        with _mlflow_globals_kept():
+            code, report, new_id = reproduce.reproduce(
+                run_id, self.root, Path(workdir) if workdir else None
+            )
         return Reproduction(identical=code == 0, report=report, run_id=new_id)
 
     # ------------------------------------------------------------------ inference
@@ -306,7 +345,11 @@ class Project:
 
         spec = str(model)
         registry_uri = spec.startswith(cmd.REGISTRY_PREFIXES)
-        path = cmd.model_file(spec if registry_uri else str(self.root / spec), self.root)
+        if registry_uri:
+            with _mlflow_globals_kept():
+                path = cmd.model_file(spec, self.root)
+        else:
+            path = cmd.model_file(str(self.root / spec), self.root)
         keras_model = load_model(path, hint="pass a .keras model saved by reprotrain")
         n = int(keras_model.output_shape[-1])
         labels = class_labels.class_names(*self._labels_source(spec, registry_uri, path, n))
@@ -339,7 +382,8 @@ class Project:
         if registry_uri:
             from reprotrain.tracking import registry
 
-            return None, path, n, registry.resolve_labels(spec, root=self.root)
+            with _mlflow_globals_kept():
+                return None, path, n, registry.resolve_labels(spec, root=self.root)
         return None, path, n, None
 
     def _normalization(self, model_path: Path) -> Any:
