@@ -22,7 +22,7 @@ from reprotrain.cli import run_main
 from reprotrain.config import load_params
 from reprotrain.data import tfrecords
 from reprotrain.fsio import atomic_write_json
-from reprotrain.serving import export
+from reprotrain.serving import export, samples
 
 STAGE = "export"
 SPEC = dag.stage(STAGE)
@@ -37,7 +37,7 @@ def main() -> int:
     with export.ModelExport(paths.FINETUNED_MODEL, paths.EXPORT_DIR, cfg) as job:
         # Seeds, determinism and strategy: before any model or dataset is built.
         info = runtime.configure(params.runtime, params.seed)
-        calibration = export.calibration_images(
+        calibration = samples.calibration_images(
             tfrecords.verify_shards(paths.PREPARED_DIR, "train"),
             params.pipeline,
             image_size=size,
@@ -48,7 +48,7 @@ def main() -> int:
         # The TFLite conversions run from here on; MLflow's set-up and the test split in
         # the meantime.
         job.write_saved_model(calibration)
-        test_images, test_labels = export.load_split(
+        test_images, test_labels = samples.load_split(
             tfrecords.verify_shards(paths.PREPARED_DIR, "test"),
             params.pipeline,
             image_size=size,

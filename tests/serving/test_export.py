@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from reprotrain.config import ExportConfig, PipelineConfig, PrepareConfig
-from reprotrain.serving.export import Conversions, agreement, ship_decision
+from reprotrain.serving.conversion_process import Conversions
+from reprotrain.serving.verdict import agreement, ship_decision
 from tests.conftest import REPO, TINY_PARAMS, Project, make_class_tree, run
 
 SIZE = 32
@@ -84,7 +85,7 @@ def tiny_model(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     import keras
 
     from reprotrain.paths import split_files
-    from reprotrain.serving.export import load_split
+    from reprotrain.serving.samples import load_split
 
     keras.utils.set_random_seed(0)
     x, y = load_split(split_files(prepared, "train"), PIPE, image_size=SIZE, batch_size=32, seed=0)
@@ -111,12 +112,9 @@ def test_every_format_is_written_rescored_and_judged(
     from ai_edge_litert.interpreter import Interpreter
 
     from reprotrain.paths import split_files
-    from reprotrain.serving.export import (
-        FILENAMES,
-        calibration_images,
-        export_and_verify,
-        load_split,
-    )
+    from reprotrain.serving.export import export_and_verify
+    from reprotrain.serving.formats import FILENAMES
+    from reprotrain.serving.samples import calibration_images, load_split
 
     x, y = load_split(split_files(prepared, "test"), PIPE, image_size=SIZE, batch_size=8, seed=0)
     calib = calibration_images(
@@ -213,7 +211,7 @@ def test_saved_model_has_keras_signature_and_falls_back_for_resources(
     import keras
     import tensorflow as tf
 
-    from reprotrain.serving.export import export_saved_model
+    from reprotrain.serving.converters import export_saved_model
 
     class TableScale(keras.layers.Layer):
         """Captures a lookup table: a resource the direct save does not track."""
@@ -239,7 +237,7 @@ def test_saved_model_has_keras_signature_and_falls_back_for_resources(
 
     images = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
     for model, name in ((classifier(), "plain"), (classifier(TableScale()), "table")):
-        with caplog.at_level(logging.INFO, logger="reprotrain.serving.export"):
+        with caplog.at_level(logging.INFO, logger="reprotrain.serving.converters"):
             caplog.clear()
             out = export_saved_model(model, tmp_path / name)
         fell_back = "using Keras' export" in caplog.text
@@ -269,7 +267,7 @@ SWAP_CHILD = """
 import os, sys, time
 from pathlib import Path
 from reprotrain import fsio
-from reprotrain.serving import export
+from reprotrain.serving import folders
 
 target, ready, point = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 
@@ -295,7 +293,7 @@ def rename(src, dst):
         block()  # the old tree moved aside, the new one not yet in
 
 fsio.exchange, os.rename = exchange, rename
-with export.atomic_directory(target) as tmp:
+with folders.atomic_directory(target) as tmp:
     tmp.mkdir()
     (tmp / "saved_model.pb").write_text("new")
 """
@@ -316,7 +314,7 @@ def test_a_kill_at_the_swap_leaves_the_old_or_the_new_folder(tmp_path: Path, poi
     import sys
     import time
 
-    from reprotrain.serving.export import atomic_directory, recover_directory
+    from reprotrain.serving.folders import atomic_directory, recover_directory
 
     target, ready = tmp_path / "export" / "saved_model", tmp_path / "ready"
     target.mkdir(parents=True)
@@ -350,7 +348,7 @@ def test_a_kill_at_the_swap_leaves_the_old_or_the_new_folder(tmp_path: Path, poi
 
 
 def test_a_failed_writer_leaves_the_old_folder(tmp_path: Path) -> None:
-    from reprotrain.serving.export import atomic_directory
+    from reprotrain.serving.folders import atomic_directory
 
     target = tmp_path / "saved_model"
     target.mkdir()
@@ -389,7 +387,8 @@ def test_a_failing_converter_is_a_not_shipped_row_not_a_failed_export(
     prepared: Path, tmp_path: Path
 ) -> None:
     from reprotrain.paths import split_files
-    from reprotrain.serving.export import export_and_verify, flat_metrics, load_split
+    from reprotrain.serving.export import export_and_verify, flat_metrics
+    from reprotrain.serving.samples import load_split
 
     model_path = tmp_path / "strings.keras"
     _string_op_model().save(model_path)
@@ -425,7 +424,8 @@ def test_a_converter_that_crashes_its_process_is_reported(tmp_path: Path) -> Non
     """A native crash (SIGABRT) in the converter's process: one reported line, and this
     process (the stage) lives on."""
     from reprotrain.errors import ModelError
-    from reprotrain.serving.export import failed_format, run_isolated
+    from reprotrain.serving.conversion_process import run_isolated
+    from reprotrain.serving.verdict import failed_format
 
     with pytest.raises(ModelError, match="the converter crashed its process") as info:
         run_isolated(os.abort)
@@ -443,7 +443,8 @@ def test_a_missing_converter_or_runtime_says_what_to_install(
     import keras
 
     from reprotrain.errors import ModelError
-    from reprotrain.serving.export import export_keras_format, runtime_predictor
+    from reprotrain.serving.converters import export_keras_format
+    from reprotrain.serving.runners import runtime_predictor
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     model(np.zeros((1, 4), np.float32))

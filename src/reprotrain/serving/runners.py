@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from reprotrain.errors import ModelError
+from reprotrain.serving.formats import INSTALL_HINTS, OPENVINO_XML
+
 Predictor = Callable[[np.ndarray], np.ndarray]  # float32 [B, S, S, 3] 0..255 → probs [B, C]
 
 
@@ -86,6 +89,18 @@ class OpenVINOClassifier:
         return np.array(result[self.compiled.output(0)], dtype=np.float32)  # a copy
 
 
+def runtime_predictor(name: str, path: Path) -> Predictor:
+    """The ONNX or OpenVINO file in its own runtime (never TensorFlow: what users run)."""
+    try:
+        if name == "onnx":
+            return OnnxClassifier(path)
+        return OpenVINOClassifier(path / OPENVINO_XML)
+    except ImportError as exc:
+        raise ModelError(
+            f"{name} needs the {exc.name or 'missing'} runtime: {INSTALL_HINTS[name]}"
+        ) from exc
+
+
 def saved_model_predictor(directory: Path) -> Predictor:
     """The SavedModel's ``serve`` endpoint as a NumPy function."""
     import tensorflow as tf
@@ -116,6 +131,7 @@ def keras_predictor(model: Any) -> Predictor:
 
 
 def predict_batched(predict: Predictor, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """``predict`` over ``images`` in batches of ``batch_size`` (bounded memory per call)."""
     return np.concatenate(
         [predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     )
