@@ -117,12 +117,12 @@ def writer(kind):
 
         return target, write
     if kind in ("backup", "train_state"):
-        from reprotrain.training.callbacks import CheckpointStore, TrainState, epoch_file
+        from reprotrain.training.checkpoints import BackupRecord, CheckpointStore, epoch_file
 
         store = CheckpointStore(work / "ckpt")
         store.prepare("key")
         if kind == "train_state":
-            state = lambda v: TrainState(done=v, records={e: {"loss": 1.0 / v} for e in range(v)})
+            state = lambda v: BackupRecord(done=v, records={e: {"loss": 1.0 / v} for e in range(v)})
             return store.dir / "state.json", lambda v: store.commit(state(v))
         model = tiny_model()
 

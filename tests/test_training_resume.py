@@ -335,7 +335,7 @@ def test_a_transient_restore_error_stops_the_stage_and_keeps_every_backup(
 
 
 def test_only_a_backup_whose_bytes_read_but_do_not_load_is_unreadable(tmp_path: Path) -> None:
-    from reprotrain.training.callbacks import unreadable_backup
+    from reprotrain.training.checkpoints import unreadable_backup
 
     backup = tmp_path / "epoch-0001.weights.h5"
     backup.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)

@@ -1,21 +1,19 @@
 """Training: compile, fit (or a GradientTape loop), resumable state, the feature cache.
 
-``loop`` trains, ``augment`` wraps a model to augment inside the train step, ``callbacks``
-keeps the resumable state (atomic backups, best weights, merged history) and TensorBoard
-scalars, ``feature_cache`` trains a head on features computed once. Stage plumbing (reading
-prepared data, writing outputs) is in :mod:`reprotrain.stage_io`.
+``loop`` trains, ``augment`` wraps a model to augment inside the train step, ``checkpoints``
+keeps the resumable state (atomic backups, best weights, merged history), ``callbacks``
+commits it each epoch, ``tensorboard_logs`` writes the TensorBoard scalars,
+``feature_cache`` trains a head on features computed once. Stage plumbing (reading prepared
+data, writing outputs) is in :mod:`reprotrain.stage_io`.
 """
 
 from reprotrain.training.augment import AugmentingModel
-from reprotrain.training.callbacks import (
+from reprotrain.training.callbacks import MONITOR, EpochCommitter, EpochHook
+from reprotrain.training.checkpoints import (
     FINGERPRINT_FILE,
-    MONITOR,
     STATE_FILE,
+    BackupRecord,
     CheckpointStore,
-    EpochHook,
-    ScalarTensorBoard,
-    TrainingState,
-    TrainState,
     WorkerCheckpointStore,
     epoch_file,
 )
@@ -33,18 +31,19 @@ from reprotrain.training.loop import (
     shard_across_workers,
     train,
 )
+from reprotrain.training.tensorboard_logs import ScalarTensorBoard
 
 __all__ = [
     "FINGERPRINT_FILE",
     "MONITOR",
     "STATE_FILE",
     "AugmentingModel",
+    "BackupRecord",
     "CheckpointStore",
+    "EpochCommitter",
     "EpochHook",
     "ScalarTensorBoard",
     "TrainResult",
-    "TrainState",
-    "TrainingState",
     "WorkerCheckpointStore",
     "compile_model",
     "discard_checkpoint",

@@ -1,283 +1,34 @@
-"""The callbacks every training run uses: resumable state (backup, best weights, history,
-early stopping, the per-epoch hook) and TensorBoard scalars.
+"""The per-epoch callback every training run uses (:class:`EpochCommitter`): record the
+epoch, track the best one, decide early stopping, then commit the backup before anything
+else (MLflow logging) may fail.
 
-Why our own backup instead of ``keras.callbacks.BackupAndRestore``: Keras writes its backup
-in place (``latest.weights.h5`` + ``training_metadata.json``), so a SIGKILL during the write
-leaves a half-written HDF5 file that every later run fails to open (h5py's "bad object
-header version number"), and the two files can disagree. Here each finished epoch writes
-one ``epoch-NNNN.weights.h5`` (weights + optimizer state, via ``reprotrain.fsio``: temporary
-file, then rename) and then commits ``state.json`` atomically, which names the epoch files
-to resume from and the best epoch's file. A kill at any moment leaves the previous commit
-intact. A backup proven unreadable (its bytes read, but they are not the weights: truncated,
-garbage, another model) is discarded with a warning and training restarts from epoch 1; a
-failure that may pass (an I/O error, permissions, too many open files, memory) stops the
-stage with one line and keeps every backup (:func:`unreadable_backup`).
-
-The TensorBoard logs are part of the backup (``tensorboard/`` beside it, outside DVC's
-outputs, which DVC deletes before a rerun): a resumed run appends to the killed run's event
-files, each committed epoch is written exactly once (:class:`ScalarTensorBoard`), and the
-finished logs are copied to the stage's output folder (:func:`publish_tensorboard`).
-
-``state.json`` also carries the per-epoch history, the early-stopping and learning-rate
-schedule state and the layers' random-seed state (dropout), so a resumed run takes its
-decisions from the whole history and draws the dropout masks an uninterrupted one would (the
-input pipeline's per-epoch randomness: ``loop.skip_iterators``): it ends bit-identical to one
-that never stopped (tested with both loops).
+Why a callback of our own rather than ``keras.callbacks.EarlyStopping`` and
+``BackupAndRestore``: a resumed run must take its decisions from the whole history and end
+bit-identical to one that never stopped, which needs one record (the
+:class:`~reprotrain.training.checkpoints.BackupRecord`) written atomically per epoch (see
+:mod:`reprotrain.training.checkpoints`). TensorBoard scalars are in
+:mod:`reprotrain.training.tensorboard_logs`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
-import shutil
-import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import keras
-import tensorflow as tf
 
-from reprotrain import fsio
-from reprotrain.errors import ModelError
+from reprotrain.training.checkpoints import BackupRecord, CheckpointStore, rng_variables
 
 logger = logging.getLogger(__name__)
 
 EpochHook = Callable[[int, dict[str, float]], None]
 
 MONITOR = "val_loss"
-STATE_FILE = "state.json"
-FINGERPRINT_FILE = "fingerprint.txt"
-TENSORBOARD = "tensorboard"  # the run's TensorBoard logs, inside the backup
-FORMAT = 1
 
 
-def rng_variables(model: Any) -> list[Any]:
-    """The model's random-seed state (``keras.random.SeedGenerator``s: dropout and other
-    random layers), which ``save_weights`` leaves out: its variables that are not weights."""
-    weights = {id(w) for w in model.weights}
-    return [v for v in model.variables if id(v) not in weights]
-
-
-def restore_rng(model: Any, saved: list[list[int]]) -> None:
-    """Set the seed state saved by :class:`TrainingState` (ignored if the layers differ)."""
-    variables = rng_variables(model)
-    if len(variables) != len(saved):
-        logger.warning("the backup's random-seed state does not fit this model: not restored")
-        return
-    for v, value in zip(variables, saved, strict=True):
-        v.assign(tf.constant(value, dtype=v.dtype))
-
-
-def unreadable_backup(path: Path, exc: BaseException) -> str | None:
-    """Why the backup ``path``, which failed to load with ``exc``, is proven unreadable; or
-    None when the failure may be transient and the backup must be kept.
-
-    Transient: ``MemoryError``; an ``OSError`` with an errno (EIO, EACCES, EMFILE, ENOSPC...:
-    h5py passes the system's errno on); and any failure while its bytes are read here. Only
-    a file whose bytes all read, yet do not load (a truncated or garbage HDF5 file, weights
-    of another shape: h5py and Keras raise without an errno), is proven unreadable: deleting
-    backups on a passing disk or memory hiccup would throw away every finished epoch.
-    """
-    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None):
-        return None
-    try:
-        with Path(path).open("rb") as f:
-            while f.read(1 << 20):
-                pass
-    except (OSError, MemoryError):
-        return None
-    return f"{type(exc).__name__}: {exc}"
-
-
-def epoch_file(epoch: int) -> str:
-    """Name of the weights + optimizer file written after epoch index ``epoch`` (0-based)."""
-    return f"epoch-{epoch + 1:04d}.weights.h5"
-
-
-@dataclass
-class TrainState:
-    """What ``state.json`` holds: everything a resumed run needs besides the weights.
-
-    Epochs are 0-based indices as Keras passes them; ``done`` is the number of finished
-    epochs (the next epoch index). ``records`` maps an epoch index to its logs.
-    """
-
-    done: int = 0
-    records: dict[int, dict[str, float]] = field(default_factory=dict)
-    best_epoch: int = -1  # 0-based; -1 before the first epoch
-    best_value: float = math.inf
-    stopped: bool = False
-    start: dict[str, float] | None = None  # val metrics of the starting weights
-    reduce_lr: dict[str, float] = field(default_factory=dict)
-    rng: list[list[int]] = field(default_factory=list)  # seed states after epoch done - 1
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["records"] = {str(k): v for k, v in self.records.items()}
-        data["format"] = FORMAT
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrainState:
-        if data.get("format") != FORMAT:
-            raise ValueError(f"unknown state format {data.get('format')!r}")
-        data = {k: v for k, v in data.items() if k != "format"}
-        data["records"] = {int(k): v for k, v in data["records"].items()}
-        return cls(**data)
-
-    def history(self) -> dict[str, list[float]]:
-        """Keras-style history (metric → list per epoch) plus ``epoch`` (1-based)."""
-        epochs = sorted(self.records)
-        keys: list[str] = []
-        for e in epochs:
-            keys += [k for k in self.records[e] if k not in keys]
-        out: dict[str, list[float]] = {"epoch": [e + 1 for e in epochs]}
-        for k in keys:
-            out[k] = [self.records[e].get(k, math.nan) for e in epochs]
-        return out
-
-
-class CheckpointStore:
-    """The resumable state of one training run in ``directory`` (outside DVC's outputs).
-
-    A fingerprint of the inputs guards it: a run with other params or data never resumes
-    from a stale backup.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = Path(directory)
-
-    def prepare(self, key: str | None) -> None:
-        """Keep only a valid backup of a run with the same inputs ``key``."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fsio.remove_stale_temporaries(self.dir)
-        fp = self.dir / FINGERPRINT_FILE
-        if key is not None and fp.is_file() and fp.read_text().strip() != key:
-            logger.warning("discarding a backup from a run with different inputs: %s", self.dir)
-            self.clear()
-        known = {FINGERPRINT_FILE, STATE_FILE, TENSORBOARD}
-        for p in self.dir.iterdir():  # e.g. Keras BackupAndRestore's backup/ of older versions
-            if p.name not in known and not p.name.startswith("epoch-"):
-                logger.warning("removing %s: not part of a reprotrain training backup", p)
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        if key is not None:
-            fsio.atomic_write_text(fp, key + "\n")
-
-    def clear(self) -> None:
-        """Forget every saved epoch (the fingerprint stays)."""
-        for p in self.dir.iterdir():
-            if p.name != FINGERPRINT_FILE:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-    def load(self) -> TrainState | None:
-        """The committed state, or None when there is none or it cannot be read."""
-        path = self.dir / STATE_FILE
-        if not path.is_file():
-            return None
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:  # the disk, not the file: keep the backup
-            raise ModelError(
-                f"cannot read the training backup {path} ({exc.strerror or exc}); it is kept: "
-                f"fix the cause and rerun the stage, or delete {self.dir} to start over"
-            ) from exc
-        try:
-            state = TrainState.from_json(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
-            self.discard(f"{path} is unreadable ({type(exc).__name__}: {exc})")
-            return None
-        missing = [
-            name
-            for name in {epoch_file(state.done - 1), epoch_file(state.best_epoch)}
-            if state.done and not (self.dir / name).is_file()
-        ]
-        if missing:
-            self.discard(f"{self.dir / missing[0]} is missing")
-            return None
-        return state
-
-    def discard(self, why: str) -> None:
-        msg = "discarding the training backup in %s: %s; training restarts from epoch 1"
-        logger.warning(msg, self.dir, why)
-        self.clear()
-
-    def restore(self, model: Any, epoch: int) -> None:
-        """Load the weights and optimizer state saved after ``epoch`` into ``model``."""
-        model.optimizer.build(model.trainable_variables)  # else Keras skips its variables
-        model.load_weights(self.dir / epoch_file(epoch))
-
-    def save_epoch(self, model: Any, epoch: int) -> None:
-        with fsio.atomic_path(self.dir / epoch_file(epoch)) as tmp:
-            model.save_weights(tmp)
-
-    def close(self) -> None:
-        """Nothing to release (the backup stays until :func:`discard_checkpoint`)."""
-
-    def commit(self, state: TrainState) -> None:
-        """Make ``state`` the one to resume from, then drop epoch files it no longer names."""
-        fsio.atomic_write_json(self.dir / STATE_FILE, state.to_json(), indent=None)
-        keep = {epoch_file(state.done - 1), epoch_file(state.best_epoch)}
-        for p in self.dir.glob("epoch-*.weights.h5"):
-            if p.name not in keep:
-                p.unlink()
-
-
-class WorkerCheckpointStore(CheckpointStore):
-    """The backup as a non-chief worker of a multi-worker run uses it: read, never written.
-
-    Only the chief writes the backup (a second writer would race it on a shared project
-    directory). A non-chief worker must still resume at the chief's epoch and end on the
-    same best weights, running the same TensorFlow ops as the chief on the way (the
-    workers' collective ops must match one for one, or they abort). So it reads the chief's
-    committed backup (the project directory is shared) and writes its own epoch files to a
-    private temporary directory, deleted by :meth:`close` (Keras' own multi-worker pattern).
-    """
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        self._key: str | None = None
-        self.scratch = Path(tempfile.mkdtemp(prefix="reprotrain-worker-"))
-
-    def prepare(self, key: str | None) -> None:
-        self._key = key
-
-    def load(self) -> TrainState | None:
-        fp = self.dir / FINGERPRINT_FILE
-        if self._key is not None and not (fp.is_file() and fp.read_text().strip() == self._key):
-            return None  # no backup, or one of other inputs (the chief discards it)
-        return super().load()
-
-    def discard(self, why: str) -> None:
-        logger.warning("not resuming from the chief's backup in %s: %s", self.dir, why)
-
-    def clear(self) -> None:
-        for p in self.scratch.glob("epoch-*"):
-            p.unlink()
-
-    def restore(self, model: Any, epoch: int) -> None:
-        own = self.scratch / epoch_file(epoch)
-        model.optimizer.build(model.trainable_variables)
-        # An epoch of this run from the own file; one from before a resume from the chief's.
-        model.load_weights(own if own.is_file() else self.dir / epoch_file(epoch))
-
-    def save_epoch(self, model: Any, epoch: int) -> None:
-        model.save_weights(self.scratch / epoch_file(epoch))
-
-    def commit(self, state: TrainState) -> None:
-        keep = {epoch_file(state.done - 1), epoch_file(state.best_epoch)}
-        for p in self.scratch.glob("epoch-*.weights.h5"):
-            if p.name not in keep:
-                p.unlink()
-
-    def close(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-class TrainingState(keras.callbacks.Callback):
+class EpochCommitter(keras.callbacks.Callback):
     """Per epoch, in this order: record the logs, track the best epoch, save the epoch's
     weights, commit the state (all atomic), then log a line and call ``hook``.
 
@@ -291,7 +42,7 @@ class TrainingState(keras.callbacks.Callback):
     def __init__(
         self,
         store: CheckpointStore,
-        state: TrainState,
+        state: BackupRecord,
         *,
         epochs: int,
         patience: int,
@@ -350,106 +101,3 @@ class TrainingState(keras.callbacks.Callback):
             logger.info("epoch %d/%d: %s", epoch + 1, self.epochs, shown)
         if self.hook is not None:
             self.hook(epoch, rec)
-
-
-class ScalarTensorBoard(keras.callbacks.Callback):
-    """Per-epoch scalars in TensorBoard's layout (``train/`` and ``validation/`` event files,
-    tags ``epoch_loss``, ``epoch_accuracy``, ``epoch_learning_rate``), as Keras' callback
-    writes them.
-
-    Resumable: it comes after :class:`TrainingState` (an epoch is logged once committed) and
-    ``state`` (the committed :class:`TrainState`) fills in, at the start, the committed
-    epochs that the event files already in ``log_dir`` lack (a kill or a failing hook
-    between the commit and the write). New event files are added beside the killed run's.
-
-    Why not ``keras.callbacks.TensorBoard``: its ``tf.summary.scalar`` lives in the
-    ``tensorboard`` package, a 20 MB web app the pipeline does not otherwise need. The core
-    ``tf.summary.write`` op with the ``scalars`` plugin tag produces the same events; view
-    them with ``tensorboard --logdir models/tensorboard`` wherever TensorBoard is installed.
-    """
-
-    def __init__(self, log_dir: Path, state: TrainState | None = None) -> None:
-        super().__init__()
-        self.log_dir = Path(log_dir)
-        self.state = state
-        self._writers: dict[str, Any] = {}
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self.backfill()
-
-    def backfill(self) -> None:
-        """Log the committed epochs that the event files in ``log_dir`` lack."""
-        if self.state is None:
-            return
-        logged = logged_epochs(self.log_dir)
-        for epoch, rec in sorted(self.state.records.items()):
-            self._write(epoch, rec, skip=logged)
-
-    def _writer(self, name: str) -> Any:
-        if name not in self._writers:
-            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
-        return self._writers[name]
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._write(epoch, logs or {})
-
-    def _write(
-        self, epoch: int, logs: dict[str, Any], skip: dict[str, set[int]] | None = None
-    ) -> None:
-        from tensorflow.core.framework import summary_pb2
-
-        meta = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-        )
-        for key, value in logs.items():
-            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-            if skip is not None and epoch in skip.get(split, set()):
-                continue
-            with self._writer(split).as_default():
-                tf.summary.write(
-                    f"epoch_{name}", tf.constant(float(value)), step=epoch, metadata=meta
-                )
-        for w in self._writers.values():
-            w.flush()
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        for w in self._writers.values():
-            w.close()
-        self._writers = {}
-
-
-def logged_epochs(log_dir: Path) -> dict[str, set[int]]:
-    """``{"train": {0, 1}, "validation": {0, 1}}``: the steps in ``log_dir``'s event files.
-
-    A killed writer can leave a truncated last record: reading stops there, keeping what
-    came before it.
-    """
-    from tensorflow.core.util import event_pb2
-
-    out: dict[str, set[int]] = {}
-    for events in sorted(Path(log_dir).glob("*/events.out.tfevents.*")):
-        steps = out.setdefault(events.parent.name, set())
-        with contextlib.suppress(tf.errors.DataLossError, tf.errors.OutOfRangeError):
-            for raw in tf.data.TFRecordDataset(str(events)):
-                event = event_pb2.Event.FromString(raw.numpy())
-                if event.summary.value:
-                    steps.add(int(event.step))
-    return out
-
-
-def backfill_tensorboard(log_dir: Path, state: TrainState) -> None:
-    """:meth:`ScalarTensorBoard.backfill` for a run with no epoch left to train (killed
-    between its last commit and the last epoch's log line)."""
-    board = ScalarTensorBoard(log_dir, state)
-    board.backfill()
-    board.on_train_end()
-
-
-def publish_tensorboard(log_dir: Path, out_dir: Path) -> None:
-    """Copy the run's TensorBoard logs (all of its resumed runs) to the stage's output
-    folder ``out_dir``, replacing it whole (an empty folder when nothing was logged)."""
-    with fsio.atomic_path(out_dir) as tmp:
-        if Path(log_dir).is_dir():
-            shutil.copytree(log_dir, tmp)
-        else:
-            tmp.mkdir()

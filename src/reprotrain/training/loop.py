@@ -6,7 +6,7 @@ the same history, backups, TensorBoard logs and per-epoch hook calls.
 
 Resumability: ``checkpoint_dir`` (outside DVC's outputs: DVC deletes outputs before
 rerunning a stage) holds the last finished epoch, the best epoch and the merged history
-(see :mod:`reprotrain.training.callbacks`). A rerun with the same inputs resumes after the
+(see :mod:`reprotrain.training.checkpoints`). A rerun with the same inputs resumes after the
 last finished epoch and ends with the best weights over all epochs of all runs.
 """
 
@@ -30,22 +30,22 @@ from reprotrain.runtime import MIXED, RuntimeInfo, gather_from_workers
 from reprotrain.timing import timed
 from reprotrain.training import optim
 from reprotrain.training.augment import AugmentingModel
-from reprotrain.training.callbacks import (
-    MONITOR,
+from reprotrain.training.callbacks import MONITOR, EpochCommitter, EpochHook
+from reprotrain.training.checkpoints import (
     TENSORBOARD,
+    BackupRecord,
     CheckpointStore,
-    EpochHook,
-    ScalarTensorBoard,
-    TrainingState,
-    TrainState,
     WorkerCheckpointStore,
-    backfill_tensorboard,
     epoch_file,
-    publish_tensorboard,
     restore_rng,
     unreadable_backup,
 )
 from reprotrain.training.optim import make_optimizer
+from reprotrain.training.tensorboard_logs import (
+    ScalarTensorBoard,
+    backfill_tensorboard,
+    publish_tensorboard,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ def _val_metrics(model: Any, val_ds: Any) -> dict[str, float]:
 
 
 def _resume(
-    store: CheckpointStore, model: Any, state: TrainState, epochs: int, strategy: Any
-) -> TrainState:
+    store: CheckpointStore, model: Any, state: BackupRecord, epochs: int, strategy: Any
+) -> BackupRecord:
     """Load the last finished epoch into ``model``. A backup proven unreadable is discarded
     (training starts over); any other failure stops the stage and keeps the backups."""
     if not state.done:
@@ -148,7 +148,7 @@ def _resume(
                 f"rerun the stage to resume, or delete {store.dir} to start over"
             ) from exc
         store.discard(f"{path.name} is unreadable ({why})")
-        return TrainState(start=state.start)
+        return BackupRecord(start=state.start)
     logger.info(
         "resuming an interrupted run after epoch %d/%d (backup in %s)",
         state.done,
@@ -299,7 +299,7 @@ def _train(
     if compile:
         steps = int(train_ds.cardinality())
         compile_model(model, cfg, info, steps if steps >= 0 else None)
-    state = store.load() or TrainState()
+    state = store.load() or BackupRecord()
     _check_workers_agree(info, state.done, "finished epochs", store.dir)
     start_weights = model.get_weights() if keep_start_if_better else None
     if keep_start_if_better and state.start is None:
@@ -365,7 +365,7 @@ def _train(
 def _callbacks(
     cfg: TrainConfig,
     store: CheckpointStore,
-    state: TrainState,
+    state: BackupRecord,
     tensorboard_dir: Path | None,
     hook: EpochHook | None,
 ) -> list[Any]:
@@ -378,7 +378,7 @@ def _callbacks(
     cbs: list[Any] = [reduce_lr] if reduce_lr is not None else []
     # On a TTY Keras' progress bar shows the epochs; elsewhere one log line per epoch.
     cbs.append(
-        TrainingState(
+        EpochCommitter(
             store,
             state,
             epochs=cfg.epochs,
