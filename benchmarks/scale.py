@@ -151,7 +151,7 @@ def measure_scaling(raw: Path, cores: int, images: int, rounds: int) -> dict[str
 
     from reprotrain.config import PrepareConfig
     from reprotrain.data import sources
-    from reprotrain.data.prepare import decode_all
+    from reprotrain.data.decoding import decode_all
 
     _, candidates, _ = sources.scan(raw)
     candidates = candidates[:images]

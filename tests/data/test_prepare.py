@@ -240,8 +240,8 @@ def test_decoding_on_a_process_pool_is_ordered_and_the_same_for_any_worker_count
     import tempfile
 
     from reprotrain.data import sources
+    from reprotrain.data.decoding import decode_all
     from reprotrain.data.images import Rejected
-    from reprotrain.data.prepare import decode_all
 
     src = make_class_tree(tmp_path / "src", {"cats": 15, "dogs": 15}, size=80)
     (src / "cats" / "bad.jpg").write_text("not an image")
@@ -278,7 +278,7 @@ def test_ordered_map_pulls_lazily_keeps_a_bounded_window_and_the_input_order() -
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from reprotrain.data.prepare import ordered_map
+    from reprotrain.data.decoding import ordered_map
 
     n, window = 40, 3
     pulled = []
