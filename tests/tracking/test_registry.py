@@ -1,6 +1,8 @@
-"""The promotion gate (pure) and the real registry flow on a SQLite store: register versions
-of a tiny MobileNetV2, move `champion`/`challenger`, re-score the champion when the test set
-changed, resolve models:/ URIs, and serve models:/NAME@champion over REST on loopback."""
+"""The accuracy rule (pure) and the real registry flow on a SQLite store, as the evaluate
+stage runs it (snapshot → score the champion → decide → register → apply): move
+`champion`/`challenger`, score the downloaded champion when the test set changed, refuse on
+store or artifact errors and on a moved champion, resolve models:/ URIs, and serve
+models:/NAME@champion over REST on loopback."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import os
 import shutil
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -17,11 +20,15 @@ import numpy as np
 import pytest
 
 from reprotrain import dag, tracking
-from reprotrain.config import load_params
+from reprotrain.config import PipelineConfig, load_params
 from reprotrain.errors import ConfigError
+from reprotrain.evaluation import decision
 from reprotrain.evaluation import gate as promotion
-from reprotrain.models import transfer
-from reprotrain.tracking import gating
+from reprotrain.evaluation.gate import GateRule
+from reprotrain.evaluation.predictions import EvalSplit
+from reprotrain.evaluation.scoring import ModelScorer
+from reprotrain.paths import split_files
+from reprotrain.tracking import registration
 from reprotrain.tracking import registry as reg
 from tests.conftest import (
     free_port,
@@ -30,7 +37,8 @@ from tests.conftest import (
     project_client,
     subprocess_env,
 )
-from tests.models.tiny import tiny_arrays, tiny_model_cfg
+from tests.evaluation.test_predictions import write_prepared
+from tests.models.tiny import tiny_arrays
 
 NAME = "tiny-classifier"
 LABELS = ["red", "green"]
@@ -58,46 +66,88 @@ def test_decide_floor_champion_and_improvement() -> None:
 # --------------------------------------------------------------------------- the registry
 
 
+def _colour_model(path: Path, num_classes: int = 2, size: int = 32) -> Path:
+    """A classifier that is right on every tiny image: the class is the dominant colour
+    channel (tests/models/tiny.py), read by a fixed average-then-linear layer."""
+    dense = keras.layers.Dense(num_classes, activation="softmax")
+    inputs = keras.Input((size, size, 3), name="image")  # the served signature's input name
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    dense.set_weights([np.eye(3, num_classes, dtype=np.float32) / 10, np.zeros(num_classes)])
+    model.save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory):
-    """A project root with a store, a saved tiny model, and four registered versions."""
+def test_split(tmp_path_factory: pytest.TempPathFactory):
+    """20 tiny images, red then green alternating, written as test shards."""
+    x, y = tiny_arrays(20)
+    root = tmp_path_factory.mktemp("split")
+    files = split_files(write_prepared(root / "prepared", x, y, LABELS), "test")
+    return EvalSplit(files, PipelineConfig(), batch_size=8, seed=0, expected=20), y
+
+
+def _probs(y: np.ndarray, accuracy: float) -> np.ndarray:
+    """Confident probabilities right on the first ``accuracy`` share of ``y``."""
+    n_right = round(accuracy * len(y))
+    pred = np.where(np.arange(len(y)) < n_right, y, 1 - y)
+    return np.eye(2)[pred] * 0.8 + 0.1
+
+
+def _flow(run, model: Path, labels: list[str], digest: str, split, **options) -> dict:
+    """The evaluate stage's promotion, with the candidate's scores given (``accuracy``, or
+    ``probs``) and the champion's file downloaded and scored for real on ``split`` (unless
+    ``champion_probs`` says what scoring it gives). ``before_apply`` runs between the
+    decision and its application, where a concurrent promotion would land."""
+    eval_split, y = split
+    probs = options.get("probs")
+    if probs is None:
+        probs = _probs(y, options.get("accuracy", 0.9))
+    size = options.get("image_size", 32)
+    challenger = decision.Challenger(y, probs, tuple(labels), size, digest)
+    rule = GateRule(min_accuracy=options.get("min_accuracy", 0.5), seed=0)
+    policy = decision.Policy(
+        options.get("gate", "accuracy"), rule, NAME, options.get("mode", "champion")
+    )
+    champion = registration.champion_snapshot(run.uri, NAME)
+    if champion is not None and decision.needs_champion_scores(champion, challenger, policy):
+        file = registration.champion_file(NAME, champion)
+        scored = options.get("champion_probs")
+        if scored is None:
+            scorer = ModelScorer(eval_split, labels, top_k=1, calibration_bins=5)
+            scored = scorer.predictions(file, hint="it cannot be scored on this test set").probs
+        after = champion.scored(scored, y, digest)
+        if policy.gate == "accuracy":
+            registration.record_rescore(run.uri, NAME, champion, after)
+        champion = after
+    verdict = decision.decide_promotion(challenger, champion, policy)
+    if "before_apply" in options:
+        options["before_apply"]()
+    n = len(labels)
+    version = registration.register_version(
+        run, NAME, challenger, lambda: registration.log_keras_model(model, size, n)
+    )
+    return registration.apply_decision(run, NAME, version, verdict, challenger.accuracy)
+
+
+def _register(root: Path, model: Path, labels: list[str], digest: str, split, **options):
+    """:func:`_flow` in its own evaluate run."""
+    params = load_params(root / "params.yaml")
+    with tracking.stage_run(dag.Stage("evaluate", params=("evaluate",)), params, root) as run:
+        return _flow(run, model, labels, digest, split, **options)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, test_split):
+    """A project root with a store, a saved colour model, and four registered versions."""
     saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
     root = params_project(tmp_path_factory.mktemp("registry") / "proj")
-    model = transfer.build_model(tiny_model_cfg(), len(LABELS), 0.0)
-    model_path = root / "model.keras"
-    model.save(model_path)
-    params = load_params(root / "params.yaml")
-    rescored: list[Path] = []
-
-    def rescore(path: Path) -> float:
-        rescored.append(path)
-        assert keras.saving.load_model(path, compile=False).output_shape == (None, 2)
-        return 0.6
-
-    common = dict(
-        name=NAME,
-        rescore=rescore,
-        min_accuracy=0.5,
-        min_improvement=0.0,
-        image_size=32,
-        labels=LABELS,
-    )
-    results = []
-    with tracking.stage_run(dag.Stage("evaluate", params=("evaluate",)), params, root) as run:
-        results.append(
-            gating.register_and_promote(run, model_path, accuracy=0.8, test_digest="d1", **common)
-        )
-        results.append(
-            gating.register_and_promote(run, model_path, accuracy=0.7, test_digest="d1", **common)
-        )
-        n_rescored_before = len(rescored)
-        results.append(
-            gating.register_and_promote(run, model_path, accuracy=0.75, test_digest="d2", **common)
-        )
-        results.append(
-            gating.register_and_promote(run, model_path, accuracy=0.4, test_digest="d2", **common)
-        )
-    yield root, model, results, rescored, n_rescored_before
+    model_path = _colour_model(root / "model.keras")
+    model = keras.saving.load_model(model_path)
+    results = [
+        _register(root, model_path, LABELS, digest, test_split, accuracy=acc)
+        for digest, acc in (("d1", 0.8), ("d1", 0.7), ("d2", 0.95), ("d2", 0.4))
+    ]
+    yield root, model, results
     for k, v in saved.items():
         if v is not None:
             os.environ[k] = v
@@ -105,17 +155,17 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 def test_versions_aliases_and_rescoring(registry) -> None:
-    root, _, results, rescored, n_before = registry
+    root, _, results = registry
     first, worse, new_test_set, below_floor = results
     assert first["promoted"] and first["alias"] == "champion" and first["version"] == 1
     assert first["champion_version"] is None
-    # Same test set, lower accuracy: challenger, and the champion was not re-scored.
+    # Same test set, lower accuracy: challenger; the champion's recorded 0.8 is compared.
     assert not worse["promoted"] and worse["alias"] == "challenger"
-    assert worse["champion_accuracy"] == 0.8 and n_before == 0
-    # New test set: the champion (v1) is re-scored on it first (0.6), then beaten.
-    assert len(rescored) == 1 and rescored[0].suffix == ".keras"
-    assert new_test_set["champion_version"] == 1 and new_test_set["champion_accuracy"] == 0.6
-    assert new_test_set["promoted"] and new_test_set["version"] == 3
+    assert worse["champion_accuracy"] == pytest.approx(0.8)
+    # New test set: the champion (v1, the colour model) is scored on it for real (1.0),
+    # and 0.95 does not beat it.
+    assert new_test_set["champion_version"] == 1 and new_test_set["champion_accuracy"] == 1.0
+    assert not new_test_set["promoted"] and new_test_set["version"] == 3
     assert not below_floor["promoted"] and "floor" in below_floor["reason"]
     assert set(first) >= {
         "promoted",
@@ -129,11 +179,12 @@ def test_versions_aliases_and_rescoring(registry) -> None:
 
     uri = tracking.default_uri(root)
     client = mlflow.MlflowClient(uri, registry_uri=uri)
-    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 3
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
     assert int(client.get_model_version_by_alias(NAME, "challenger").version) == 4
     v1 = client.get_model_version(NAME, "1")
     assert v1.tags["reprotrain.test_digest"] == "d2"  # its score on the current test set
-    assert float(v1.tags["reprotrain.test_accuracy"]) == 0.6
+    assert float(v1.tags["reprotrain.test_accuracy"]) == 1.0
+    assert v1.tags["reprotrain.rescored_from"] == "d1:0.8"
     v3 = client.get_model_version(NAME, "3")
     assert v3.tags["reprotrain.test_digest"] == "d2"
     assert json.loads(v3.tags["reprotrain.labels"]) == LABELS
@@ -143,7 +194,7 @@ def test_versions_aliases_and_rescoring(registry) -> None:
 
     path = reg.resolve_model(f"models:/{NAME}@champion", root)
     assert path.suffix == ".keras" and path.is_file()
-    assert reg.resolve_model(f"models:/{NAME}/3", root) == path
+    assert reg.resolve_model(f"models:/{NAME}/1", root) == path
     assert reg.resolve_labels(f"models:/{NAME}@champion", root) == LABELS
     with pytest.raises(tracking.TrackingError):
         reg.resolve_model(f"models:/{NAME}@nope", root)
@@ -159,7 +210,7 @@ def test_versions_aliases_and_rescoring(registry) -> None:
 @pytest.mark.slow
 def test_serve_champion_over_rest(registry) -> None:
     """`mlflow models serve -m models:/NAME@champion` answers with the model's predictions."""
-    root, model, _, _, _ = registry
+    root, model, _ = registry
     port = free_port()
     env = subprocess_env(MLFLOW_TRACKING_URI=tracking.default_uri(root))
     base = f"http://127.0.0.1:{port}"
@@ -171,8 +222,11 @@ def test_serve_champion_over_rest(registry) -> None:
         req = urllib.request.Request(
             base + "/invocations", data=body, headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            served = np.asarray(json.loads(resp.read())["predictions"], dtype=np.float32)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                served = np.asarray(json.loads(resp.read())["predictions"], dtype=np.float32)
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(exc.read().decode()[:2000]) from None
         expected = model.predict(x, verbose=0)
         assert served.shape == (4, 2)
         np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
@@ -194,39 +248,19 @@ def _small_model(path: Path, num_classes: int, size: int = 32) -> Path:
     return path
 
 
-def _promote(run, model: Path, labels: list[str], digest: str, rescore, **options) -> dict:
-    """``register_and_promote`` with this module's defaults (``options`` override them)."""
-    settings = dict(accuracy=0.9, min_accuracy=0.5, min_improvement=0.0, image_size=32)
-    return gating.register_and_promote(
-        run,
-        model,
-        name=NAME,
-        test_digest=digest,
-        rescore=rescore,
-        labels=labels,
-        **{**settings, **options},
-    )
-
-
-def _register(root: Path, model: Path, labels: list[str], digest: str, rescore, **options):
-    """:func:`_promote` in its own evaluate run."""
-    params = load_params(root / "params.yaml")
-    with tracking.stage_run(dag.Stage("evaluate", params=("evaluate",)), params, root) as run:
-        return _promote(run, model, labels, digest, rescore, **options)
-
-
-def _never(path: Path) -> float:
-    raise AssertionError(f"the champion must not be re-scored ({path})")
-
-
 @pytest.mark.slow
-def test_changed_task_registers_without_promoting(store_project: Path) -> None:
-    """The registry holds the ants/bees champion; the new task has 10 classes."""
+def test_changed_task_registers_without_promoting(store_project: Path, test_split) -> None:
+    """The registry holds the ants/bees champion; the new task has 10 classes (the champion
+    is never downloaded: the paired gate would need its scores if it were comparable)."""
     root = store_project
-    first = _register(root, _small_model(root / "ab.keras", 2), ["ants", "bees"], "d1", _never)
+    ab = ["ants", "bees"]
+    first = _register(root, _small_model(root / "ab.keras", 2), ab, "d1", test_split, gate="paired")
     assert first["promoted"] and first["version"] == 1
     ten = [f"c{i}" for i in range(10)]
-    result = _register(root, _small_model(root / "ten.keras", 10), ten, "d2", _never)
+    ten_probs = np.eye(10)[test_split[1]]
+    result = _register(
+        root, _small_model(root / "ten.keras", 10), ten, "d2", test_split, probs=ten_probs
+    )
     assert result["promoted"] is False and result["alias"] is None
     assert result["comparable"] is False and result["version"] == 2
     reason = result["reason"]
@@ -240,9 +274,8 @@ def test_changed_task_registers_without_promoting(store_project: Path) -> None:
     run = client.get_run(v2.tags["reprotrain.run_id"])
     assert run.data.tags["reprotrain.promotion.reason"] == reason
     # Another input size is not comparable either.
-    other = _register(
-        root, _small_model(root / "big.keras", 2, 48), ["ants", "bees"], "d3", _never, image_size=48
-    )
+    big = _small_model(root / "big.keras", 2, 48)
+    other = _register(root, big, ab, "d3", test_split, gate="paired", image_size=48)
     assert not other["promoted"] and "takes 32×32 images; this model takes 48×48" in other["reason"]
 
 
@@ -265,12 +298,12 @@ def test_only_a_missing_alias_means_no_champion(
 
 
 @pytest.mark.slow
-def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
+def test_store_or_artifact_errors_never_promote(store_project: Path, test_split) -> None:
     """A damaged store, then a champion whose files are gone: evaluate fails with one line,
     registers nothing and leaves `champion` where it was."""
     root = store_project
     model = _small_model(root / "m.keras", 2)
-    assert _register(root, model, LABELS, "d1", _never)["version"] == 1
+    assert _register(root, model, LABELS, "d1", test_split)["version"] == 1
     client = project_client(root)
 
     def state() -> tuple[str, int]:
@@ -286,7 +319,7 @@ def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
         db.write_bytes(b"this is not a database" * 400)
         try:
             with pytest.raises(tracking.TrackingError, match=r"could not look up|cannot be opened"):
-                _promote(run, model, LABELS, "d1", _never, accuracy=0.99, min_accuracy=0.0)
+                _flow(run, model, LABELS, "d1", test_split, accuracy=0.99, min_accuracy=0.0)
         finally:
             shutil.copy2(backup, db)
     assert state() == before
@@ -296,52 +329,26 @@ def test_store_or_artifact_errors_never_promote(store_project: Path) -> None:
     logged = mlflow.get_logged_model(source.rsplit("/", 1)[-1])
     shutil.rmtree(Path(urllib.request.url2pathname(logged.artifact_location[len("file://") :])))
     with pytest.raises(tracking.TrackingError, match=r"champion v1 .* could not be re-scored"):
-        _register(root, model, LABELS, "d2", _never)
+        _register(root, model, LABELS, "d2", test_split)
     assert state() == before
 
 
 @pytest.mark.slow
-def test_paired_gate_through_the_registry(store_project: Path) -> None:
+def test_paired_gate_through_the_registry(store_project: Path, test_split) -> None:
     """The paired gate decides with both models' predictions on the same images; its
     statistics land in the result (promotion.json) and the version's tags."""
-    import json
-
-    import numpy as np
-
-    from reprotrain.evaluation import gate
-
     root = store_project
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 120)
-    good = np.eye(2)[y] * 0.8 + 0.1  # always right, confident
-    bad = good.copy()
-    bad[:40] = bad[:40, ::-1]  # wrong on the first 40 images
-    seen: list[Path | None] = []
-
-    def decide(challenger: np.ndarray, champion: np.ndarray):
-        def paired(champion_file: Path | None) -> dict:
-            seen.append(champion_file)
-            return gate.decide_paired(
-                y,
-                challenger,
-                None if champion_file is None else champion,
-                LABELS,
-                gate.GateRule(min_accuracy=0.5, seed=0),
-            )
-
-        return paired
-
-    def register(challenger: np.ndarray, champion: np.ndarray) -> dict:
-        model = _small_model(root / "m.keras", 2)
-        return _register(root, model, LABELS, "d1", _never, paired=decide(challenger, champion))
-
-    first = register(good, good)
-    assert first["promoted"] and seen == [None]
-    worse = register(bad, good)
-    assert seen[-1] is not None and seen[-1].suffix == ".keras"  # the champion's own file
-    # Worse on 40 of 120 images: the per-class rule and McNemar both say no.
+    y = test_split[1]
+    good = _probs(y, 1.0)
+    bad = _probs(y, 0.5)  # wrong on the second half of the images
+    model = _colour_model(root / "m.keras")
+    first = _register(root, model, LABELS, "d1", test_split, probs=good, gate="paired")
+    assert first["promoted"] and first["gate"]["champion_accuracy"] is None
+    # The champion (the colour model, right on all 20) scored for real: bad loses.
+    worse = _register(root, model, LABELS, "d1", test_split, probs=bad, gate="paired")
     assert not worse["promoted"] and "McNemar p = " in worse["reason"]
     stats = worse["gate"]
+    assert stats["champion_accuracy"] == 1.0 and stats["mcnemar"]["champion_only"] == 10
     assert stats["mcnemar"]["p_value"] < 0.05 and stats["bootstrap"]
     json.dumps(worse)  # promotion.json must be writable
     tags = project_client(root).get_model_version(NAME, str(worse["version"])).tags
@@ -354,26 +361,9 @@ def test_paired_gate_through_the_registry(store_project: Path) -> None:
 # --------------------------------------------------------------------------- review mode, races
 
 
-def _passing(champion_accuracy: float | None = None, on_call=None):
-    """A paired gate that passes (the stage's statistics are tested in test_gate.py);
-    ``on_call`` runs while the gate "computes", where a concurrent promotion would land."""
-
-    def paired(champion_file: Path | None) -> dict:
-        if on_call is not None:
-            on_call()
-        return {
-            "promoted": True,
-            "alias": "champion",
-            "reason": "better than the champion",
-            "champion_accuracy": champion_accuracy,
-        }
-
-    return paired
-
-
 @pytest.mark.slow
 def test_review_mode_proposes_and_the_gate_refuses_a_moved_champion(
-    store_project: Path, monkeypatch: pytest.MonkeyPatch
+    store_project: Path, monkeypatch: pytest.MonkeyPatch, test_split
 ) -> None:
     """REPROTRAIN_PROMOTE=challenger: a passing version is only proposed (challenger, the
     champion it was decided against recorded). In champion mode, a champion that moved while
@@ -382,15 +372,15 @@ def test_review_mode_proposes_and_the_gate_refuses_a_moved_champion(
     uri = tracking.default_uri(root)
     model = _small_model(root / "m.keras", 2)
     with pytest.raises(ConfigError, match="REPROTRAIN_PROMOTE='champoin'"):
-        gating.promotion_mode("champoin")
+        registration.promotion_mode("champoin")
     monkeypatch.setenv("REPROTRAIN_PROMOTE", "challenger")
-    assert gating.promotion_mode() == "challenger"
+    assert registration.promotion_mode() == "challenger"
     monkeypatch.delenv("REPROTRAIN_PROMOTE")
-    assert gating.promotion_mode() == "champion"  # local dvc repro promotes as before
+    assert registration.promotion_mode() == "champion"  # local dvc repro promotes as before
 
-    first = _register(root, model, LABELS, "d1", _never, paired=_passing())
+    first = _register(root, model, LABELS, "d1", test_split)
     assert first["promoted"] and first["mode"] == "champion" and not first["proposed"]
-    proposed = _register(root, model, LABELS, "d1", _never, paired=_passing(0.9), mode="challenger")
+    proposed = _register(root, model, LABELS, "d1", test_split, mode="challenger")
     assert proposed["proposed"] is True and proposed["promoted"] is False
     assert proposed["alias"] == "challenger" and proposed["champion_version"] == 1
     assert "decided against v1" in proposed["reason"]
@@ -402,9 +392,7 @@ def test_review_mode_proposes_and_the_gate_refuses_a_moved_champion(
     def hand_promotion() -> None:
         reg.promote(uri, NAME, 2, "hotfix", by="bob")
 
-    raced = _register(
-        root, model, LABELS, "d1", _never, paired=_passing(0.9, on_call=hand_promotion)
-    )
+    raced = _register(root, model, LABELS, "d1", test_split, before_apply=hand_promotion)
     assert raced["promoted"] is False and raced["alias"] == "challenger"
     assert "the champion changed to v2 while evaluate compared with v1" in raced["reason"]
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
