@@ -263,7 +263,7 @@ def count_records(files: Sequence[Path | str]) -> int | None:
 # --------------------------------------------------------------------------- the pipeline
 
 
-def make_dataset(
+def make_dataset(  # noqa: PLR0913  (keyword-only knobs of one tf.data pipeline)
     files: Sequence[Path | str],
     cfg: PipelineConfig,
     training: bool,

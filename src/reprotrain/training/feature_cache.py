@@ -82,7 +82,7 @@ def extract_features(model: Any, *datasets: Any) -> list[tuple[np.ndarray, np.nd
 
 
 @timed("train")
-def train_head_cached(
+def train_head_cached(  # noqa: PLR0913  (training.train's options plus the seed)
     model: Any,
     train_ds: Any,
     val_ds: Any,

@@ -219,7 +219,7 @@ def discard_checkpoint(checkpoint_dir: Path) -> None:
 
 
 @timed("train")
-def train(
+def train(  # noqa: PLR0913  (its keywords are the run options every stage passes; see FitOptions in the closing note)
     model: Any,
     train_ds: Any,
     val_ds: Any,
@@ -280,7 +280,7 @@ def train(
     return result
 
 
-def _train(
+def _train(  # noqa: PLR0913  (train's options, passed on)
     model: Any,
     train_ds: Any,
     val_ds: Any,
@@ -393,7 +393,7 @@ def _callbacks(
     return cbs
 
 
-def _custom_fit(
+def _custom_fit(  # noqa: PLR0913  (fit's arguments, mirrored so both loops read alike)
     model: Any,
     train_ds: Any,
     val_ds: Any,
