@@ -100,7 +100,7 @@ def _param(params: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def render_card(card: CardData) -> str:
+def render_card(card: CardData) -> str:  # noqa: PLR0915  (the card's sections, in reading order)
     """The card as Markdown (pure: the figures' files are referenced, not drawn here)."""
     y_true = np.asarray(card.y_true, dtype=np.int64)
     probs = np.asarray(card.probs, dtype=np.float64)
