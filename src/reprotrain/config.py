@@ -295,7 +295,7 @@ class EvaluateConfig:
     )
 
 
-#: Serving formats the export stage can write (``reprotrain.serving.export.FILENAMES``).
+#: Serving formats the export stage can write (``reprotrain.serving.formats.FILENAMES``).
 ExportFormat = Literal[
     "saved_model", "tflite_float32", "tflite_float16", "tflite_int8", "onnx", "openvino"
 ]

@@ -31,7 +31,7 @@ from reprotrain.config import ExportConfig
 from reprotrain.fsio import atomic_write_bytes
 from reprotrain.serving.conversion_process import Conversions
 from reprotrain.serving.converters import export_saved_model
-from reprotrain.serving.formats import DIRECTORY_FORMATS, FILENAMES, KERAS_FORMATS, SAVED_MODEL
+from reprotrain.serving.formats import FILENAMES, KERAS_FORMATS, SAVED_MODEL
 from reprotrain.serving.runners import (
     Predictor,
     TFLiteClassifier,
@@ -48,16 +48,7 @@ from reprotrain.serving.verdict import (
 )
 from reprotrain.timing import timed
 
-#: The report's readers (``serving.export_tags``) name the formats' files through this
-#: module, beside the report functions: a deliberate re-export of the formats table.
-__all__ = [
-    "DIRECTORY_FORMATS",
-    "FILENAMES",
-    "ModelExport",
-    "export_and_verify",
-    "flat_metrics",
-    "shipped_formats",
-]
+__all__ = ["ModelExport", "export_and_verify", "flat_metrics", "shipped_formats"]
 
 logger = logging.getLogger(__name__)
 

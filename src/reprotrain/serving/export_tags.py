@@ -31,12 +31,8 @@ def attach_exports(
     model; the exported files are already artifacts of the export run, so the version points
     at them (``mlflow artifacts download -u <uri>``) instead of storing them twice.
     """
-    from reprotrain.serving.export import (
-        DIRECTORY_FORMATS,
-        FILENAMES,
-        flat_metrics,
-        shipped_formats,
-    )
+    from reprotrain.serving.export import flat_metrics, shipped_formats
+    from reprotrain.serving.formats import DIRECTORY_FORMATS, FILENAMES
 
     client = client or mlflow.MlflowClient()
     tags = {k: repr(v) if isinstance(v, float) else str(v) for k, v in flat_metrics(report).items()}
