@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import gc
 import json
 import logging
 import os
@@ -294,6 +295,10 @@ def no_free_file_descriptor() -> Iterator[None]:
     one open): the next ``open`` fails with EMFILE, a real error that passes."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     held = []
+    # A file object collected inside the block would free a descriptor and let the next
+    # open succeed (seen in the full suite): collect first, and not during the block.
+    gc.collect()
+    gc.disable()
     try:
         top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
         while (fd := os.open(os.devnull, os.O_RDONLY)) < top:
@@ -305,6 +310,7 @@ def no_free_file_descriptor() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         for fd in held:
             os.close(fd)
+        gc.enable()
 
 
 @pytest.mark.slow

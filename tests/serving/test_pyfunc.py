@@ -321,10 +321,16 @@ def test_in_process_inputs_without_an_image_and_bad_limits(logged: dict[str, str
     from reprotrain.serving.pyfunc import PhotoClassifier
 
     mlflow.set_tracking_uri(logged["uri"])
+    # Loading puts the model's packaged reprotrain modules first on sys.path and drops the
+    # installed ones from sys.modules: put both back, or later tests in this worker (and the
+    # processes they spawn, which inherit sys.path) import the partial packaged copy.
+    path, modules = list(sys.path), {k: v for k, v in sys.modules.items() if "reprotrain" in k}
     try:
         model = mlflow.pyfunc.load_model(logged["model_uri"])
     finally:
         mlflow.set_tracking_uri("")
+        sys.path[:] = path
+        sys.modules.update(modules)
     (row,) = model.unwrap_python_model().predict(None, {"file": b"x"})
     assert row["label"] is None and row["error"].startswith("no 'image' in this row")
     rows = model.unwrap_python_model().predict(None, [{"image": b"<html>"}, {"name": "a.jpg"}])

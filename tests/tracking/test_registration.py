@@ -33,7 +33,8 @@ pytestmark = pytest.mark.slow
 def world(tmp_path_factory: pytest.TempPathFactory):
     """A project with a store, two tiny models that differ (b has halved weights), and a
     12-image test split both are scored on."""
-    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT")
+    saved = {k: os.environ.pop(k, None) for k in names}
     root = params_project(tmp_path_factory.mktemp("registration") / "proj")
     keras.utils.set_random_seed(0)
     model = transfer.build_model(tiny_model_cfg(), len(LABELS), 0.0)
@@ -44,8 +45,10 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     files = split_files(write_prepared(root / "prepared", x, y, list(LABELS)), "test")
     split = EvalSplit(files, PipelineConfig(), batch_size=4, seed=0, expected=12)
     yield root, load_params(root / "params.yaml"), split
-    for k, v in saved.items():
-        if v is not None:
+    for k, v in saved.items():  # MLflow exports the URIs it was given: leave none behind
+        if v is None:
+            os.environ.pop(k, None)
+        else:
             os.environ[k] = v
 
 
