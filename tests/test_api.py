@@ -101,7 +101,9 @@ def test_promote_keeps_the_callers_mlflow_state(
     client.create_model_version("reprotrain-classifier", source=(tmp_path / "m").as_uri())
     mine = f"sqlite:///{tmp_path / 'mine.db'}"
     mlflow.set_tracking_uri(mine)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set_tracking_uri exports it
+    # set_tracking_uri exports the URIs (here and in earlier tests of this worker): start clean
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     uris = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     before = {k: os.environ.get(k) for k in uris}
     try:

@@ -60,7 +60,7 @@ from tests.conftest import (
     run,
     subprocess_env,
 )
-from tests.models.tiny import tiny_weights
+from tests.models.tiny import tensorboard_steps, tiny_weights
 
 # Real processes, signals, servers and pipelines: the whole module is slow.
 pytestmark = pytest.mark.slow
@@ -245,20 +245,6 @@ def _val_accuracy(proj: Path, model_path: Path) -> float:
     return float(np.mean(probs.argmax(axis=1) == labels))
 
 
-def _tensorboard_steps(log_dir: Path) -> dict[str, list[int]]:
-    """Every step logged per split folder, duplicates kept (read from the event files)."""
-    import tensorflow as tf
-    from tensorflow.core.util import event_pb2
-
-    out: dict[str, list[int]] = {}
-    for events in sorted(log_dir.glob("*/events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(str(events)):
-            event = event_pb2.Event.FromString(raw.numpy())
-            if any(v.tag == "epoch_loss" for v in event.summary.value):
-                out.setdefault(events.parent.name, []).append(int(event.step))
-    return {k: sorted(v) for k, v in out.items()}
-
-
 def _check_kept_model(proj: Path, stage: str, model: str, epochs_at_kills: list[int]) -> None:
     history = json.loads((proj / "models" / f"{model}.history.json").read_text())
     metrics = json.loads((proj / "metrics" / f"{stage}.json").read_text())
@@ -278,7 +264,7 @@ def _check_kept_model(proj: Path, stage: str, model: str, epochs_at_kills: list[
     assert not (proj / ".reprotrain" / "checkpoints" / stage).exists()
     # The TensorBoard logs of the killed runs are kept: every epoch, each logged once.
     every = list(range(len(history["epoch"])))
-    steps = _tensorboard_steps(proj / "models" / "tensorboard" / stage)
+    steps = tensorboard_steps(proj / "models" / "tensorboard" / stage)
     assert steps == {"train": every, "validation": every}, steps
 
 

@@ -23,7 +23,7 @@ import pytest
 from reprotrain import runtime, training
 from reprotrain.config import RuntimeConfig, TrainHeadConfig
 from tests.conftest import REPO, run, subprocess_env
-from tests.models.tiny import tiny_arrays, tiny_cnn, tiny_dataset
+from tests.models.tiny import tensorboard_steps, tiny_arrays, tiny_cnn, tiny_dataset
 
 CFG = TrainHeadConfig(
     epochs=4, batch_size=8, feature_cache="off", early_stopping_patience=9, learning_rate=0.02
@@ -225,20 +225,6 @@ def test_a_resumed_run_trains_what_an_uninterrupted_one_trains(
         np.testing.assert_array_equal(a, b)
 
 
-def _tensorboard_steps(log_dir: Path) -> dict[str, list[int]]:
-    """Every logged step per split folder, duplicates kept (read from the event files)."""
-    import tensorflow as tf
-    from tensorflow.core.util import event_pb2
-
-    out: dict[str, list[int]] = {}
-    for events in sorted(log_dir.glob("*/events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(str(events)):
-            event = event_pb2.Event.FromString(raw.numpy())
-            if any(v.tag == "epoch_loss" for v in event.summary.value):
-                out.setdefault(events.parent.name, []).append(int(event.step))
-    return {k: sorted(v) for k, v in out.items()}
-
-
 @pytest.mark.slow
 def test_a_resumed_run_keeps_the_killed_runs_tensorboard_logs(tmp_path: Path) -> None:
     """The first run fails in epoch 2's hook, the second in the last epoch's (after its
@@ -275,7 +261,7 @@ def test_a_resumed_run_keeps_the_killed_runs_tensorboard_logs(tmp_path: Path) ->
         shutil.rmtree(logs, ignore_errors=True)  # what `dvc repro` does to a stage's outputs
     result = attempt()
     assert result.initial_epoch == 4 and result.history["epoch"] == [1, 2, 3, 4]
-    steps = _tensorboard_steps(logs)
+    steps = tensorboard_steps(logs)
     assert steps == {"train": [0, 1, 2, 3], "validation": [0, 1, 2, 3]}, steps
     assert len(list((logs / "train").glob("events.out.tfevents.*"))) == 3  # every run's
 
@@ -300,11 +286,17 @@ def no_free_file_descriptor() -> Iterator[None]:
     gc.collect()
     gc.disable()
     try:
+        # Limit the table to the highest descriptor open now, then fill every free slot
+        # below it until the kernel itself refuses: no slot can be left over.
         top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-        while (fd := os.open(os.devnull, os.O_RDONLY)) < top:
-            held.append(fd)
-        os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, hard))
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as exc:
+                if exc.errno != errno.EMFILE:
+                    raise
+                break
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

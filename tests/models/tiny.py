@@ -58,3 +58,17 @@ def tiny_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = 8):
     import tensorflow as tf
 
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+
+
+def tensorboard_steps(log_dir: Path) -> dict[str, list[int]]:
+    """Every step logged per split folder, duplicates kept (read from the event files)."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    out: dict[str, list[int]] = {}
+    for events in sorted(log_dir.glob("*/events.out.tfevents.*")):
+        for raw in tf.data.TFRecordDataset(str(events)):
+            event = event_pb2.Event.FromString(raw.numpy())
+            if any(v.tag == "epoch_loss" for v in event.summary.value):
+                out.setdefault(events.parent.name, []).append(int(event.step))
+    return {k: sorted(v) for k, v in out.items()}
