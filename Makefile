@@ -40,7 +40,9 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 
 setup: $(STAMP)
 
+# dvc.yaml is written for the data.kind in params.yaml first (scripts/write_dvc_yaml.py).
 repro: setup
+	$(RUN) python scripts/write_dvc_yaml.py
 	$(RUN) dvc repro
 
 test: setup

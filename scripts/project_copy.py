@@ -77,6 +77,10 @@ def make_project(dest: Path, params: Mapping[str, Any] | None = None, git: bool 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     merged = deep_update(base, params or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    if merged.get("data", {}).get("kind", "images") != "images":
+        from scripts.write_dvc_yaml import write  # the kind's pipeline, as `make repro` does
+
+        write(dest)
     if git:
         env = subprocess_env()
         for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "project"]):

@@ -1,5 +1,8 @@
 """fetch: snapshot data.source (URL, folder, archive or CSV manifest) into data/raw.
 
+For data.kind table or series the source is one CSV/TSV/Parquet file (or a URL, archive or
+folder holding one), snapshotted as data/raw/<its name> (reprotrain.data.file_fetch).
+
 DVC runs this on every `dvc repro` (always_changed: the source lives outside the repo);
 unchanged files are not copied again, so later stages rerun only if the data changed.
 Offline, a URL source is read from $REPROTRAIN_DATA_MIRROR or data.mirror. What the source
@@ -31,17 +34,33 @@ SHOWN = 10
 def main() -> int:
     params = load_params()
     data = params.data
+    limits = ArchiveLimits(
+        max_gb=data.archive_max_gb,
+        max_ratio=data.archive_max_ratio,
+        max_members=data.archive_max_members,
+    )
+    if data.kind != "images":
+        from reprotrain.data.file_fetch import fetch_file
+
+        result = fetch_file(
+            data.source, paths.RAW_DIR, mirror=data.mirror, sha256=data.sha256, limits=limits
+        )
+        log.info(
+            "fetch: %s source %s → %s (%s), digest %s",
+            data.kind,
+            result.origin,
+            paths.RAW_DIR,
+            "unchanged" if result.unchanged else "copied",
+            result.digest,
+        )
+        return 0
     result = fetch(
         data.source,
         paths.RAW_DIR,
         mirror=data.mirror,
         sha256=data.sha256,
         state=SnapshotState(digest_cache=paths.RAW_DIGEST_CACHE, sync_state=SYNC_STATE),
-        limits=ArchiveLimits(
-            max_gb=data.archive_max_gb,
-            max_ratio=data.archive_max_ratio,
-            max_members=data.archive_max_members,
-        ),
+        limits=limits,
     )
     log.info(
         "fetch: %s source %s → %s: %d files (%d copied, %d unchanged, %d removed), digest %s",

@@ -24,9 +24,15 @@ import pydantic
 import yaml
 from pydantic import BeforeValidator
 
+from reprotrain.config_kinds import (
+    DATA_KINDS,
+    ColumnsConfig,
+    SeriesConfig,
+    TableConfig,
+    TrainConfig,
+)
 from reprotrain.config_validation import (
     Bool,
-    ClassWeight,
     Float,
     Int,
     Str,
@@ -46,8 +52,13 @@ HYMENOPTERA_DIGEST = "b0e3506710bc375be5996e1c9b29818c80cdfc19bcc324e560091da669
 
 @section
 class DataConfig:
-    """Where the images come from and where prepared data goes (shared by all stages)."""
+    """What the data is and where it comes from (shared by all stages)."""
 
+    kind: Literal[DATA_KINDS] = _f(  # type: ignore[valid-type]
+        "images",
+        "images (class folders, the default) | table (a CSV/Parquet of rows: numbers, "
+        "categories, text) | series (a CSV/Parquet with one row per time step)",
+    )
     source: Str = _f(
         HYMENOPTERA_URL,
         "URL of a zip/tar, a local directory (class folders or train/val/test), an archive, "
@@ -72,6 +83,9 @@ class DataConfig:
         gt=1.0,
     )
     archive_max_members: Int = _f(1_000_000, "an archive may hold at most this many members", min=1)
+    columns: ColumnsConfig = _f(
+        ColumnsConfig(), "table/series: the roles of the columns (each left out is inferred)"
+    )
 
 
 #: Built-in transfer backbones (``keras.applications``) → their default input size, used
@@ -113,6 +127,11 @@ class ModelConfig:
     weights: Str = _f(
         "imagenet",
         "'imagenet' (Keras download or $KERAS_HOME/models), 'none', or a path to a weights file",
+    )
+    api: Literal["functional", "sequential", "subclassed"] = _f(
+        "functional",
+        "table kind: functional (one encoder per column role, Concatenate, Dense head), "
+        "sequential (numbers only: a Sequential stack), subclassed (MLPBlock layers)",
     )
 
     def __post_init__(self) -> None:
@@ -194,39 +213,6 @@ class PrepareConfig:
         320, "downscale stored images so the longer side ≤ this (null: keep)", min=32
     )
     jpeg_quality: Int = _f(95, "JPEG quality of re-encoded images", min=50, max=100)
-
-
-@section
-class TrainConfig:
-    """Knobs shared by the train_head and finetune sections."""
-
-    optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = _f("adam", "optimizer")
-    learning_rate: Float = _f(1e-3, "initial learning rate", gt=0.0, max=1.0)
-    epochs: Int = _f(10, "maximum epochs", min=1, max=10000)
-    batch_size: Int = _f(32, "batch size", min=1, max=4096)
-    class_weight: ClassWeight = _f("none", "'none', 'balanced', or a map {class_name: weight}")
-    augment: Bool = _f(False, "apply random augmentation to training batches")
-    early_stopping_patience: Int = _f(
-        3, "epochs without val_loss improvement before stopping", min=1
-    )
-    reduce_lr_patience: Int = _f(2, "epochs without improvement before halving the LR", min=1)
-    loop: Literal["fit", "custom"] = _f("fit", "'fit' or a custom GradientTape loop")
-    clip_norm: Float | None = _f(None, "clip gradients by global norm (custom loop)", gt=0.0)
-    schedule: Literal["constant", "cosine"] = _f(
-        "constant",
-        "'constant' (ReduceLROnPlateau halves it on plateaus) or 'cosine' (CosineDecay to 0 "
-        "over the epochs after warmup_epochs of linear warmup; no ReduceLROnPlateau)",
-    )
-    warmup_epochs: Int = _f(0, "epochs of linear warmup from 0 (schedule: cosine)", min=0)
-    label_smoothing: Float = _f(
-        0.0, "label smoothing of the cross-entropy (0: off)", min=0.0, lt=1.0
-    )
-
-    def __post_init__(self) -> None:
-        """Warmup must leave epochs to decay over (else the rate never comes down)."""
-        if self.schedule == "cosine" and self.warmup_epochs >= self.epochs:
-            rule = f"must be less than epochs ({self.epochs}) with schedule: cosine"
-            raise rule_error(rule, suffix=".warmup_epochs", value=self.warmup_epochs)
 
 
 @section
@@ -360,6 +346,8 @@ class Params:
     baseline: BaselineConfig = _f(BaselineConfig(), "baseline")
     evaluate: EvaluateConfig = _f(EvaluateConfig(), "evaluate")
     tracking: TrackingConfig = _f(TrackingConfig(), "tracking")
+    table: TableConfig = _f(TableConfig(), "table kind: model and training")
+    series: SeriesConfig = _f(SeriesConfig(), "series kind: windows, model and training")
 
 
 @functools.cache

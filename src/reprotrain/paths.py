@@ -56,3 +56,35 @@ def project_root(start: Path | None = None) -> Path:
         if (candidate / "dvc.yaml").is_file():
             return candidate
     return here
+
+
+# ---------------------------------------------------------------- the other kinds' folders
+# Each kind (data.kind) writes under its own folders: switching kinds and back never mixes
+# one kind's prepared data, ledger or models into another's. Metrics, plots and the model
+# card are the current kind's (evaluate rewrites them).
+
+TABLE_DIR = Path("data/table")
+TABLE_PREPARED = TABLE_DIR / "prepared"  # TFRecords (one feature per column), schema.json
+TABLE_PREPARE_RUN = TABLE_DIR / "prepare.run.json"
+#: The row ledger (row hash, label, split): git-tracked, persist, like SPLITS_LEDGER.
+TABLE_LEDGER = TABLE_DIR / "splits.csv"
+TABLE_MODELS = MODELS_DIR / "table"
+TABLE_MODEL = TABLE_MODELS / "model.keras"
+TABLE_HISTORY = TABLE_MODELS / "model.history.json"
+TABLE_RUN = TABLE_MODELS / "model.run.json"
+TABLE_BASELINE = TABLE_MODELS / "baseline.joblib"  # the scikit-learn baseline
+TABLE_BASELINE_RUN = TABLE_MODELS / "baseline.run.json"
+TABLE_EXPORT_DIR = TABLE_MODELS / "export"
+TABLE_EXPORT_RUN = TABLE_MODELS / "export.run.json"
+
+SERIES_DIR = Path("data/series")
+SERIES_PREPARED = SERIES_DIR / "prepared"  # the windows as TFRecords, stats.json
+SERIES_PREPARE_RUN = SERIES_DIR / "prepare.run.json"
+#: The time cuts (train | val | test periods): git-tracked, persist, the series' ledger.
+SERIES_CUTS = SERIES_DIR / "cuts.json"
+SERIES_MODELS = MODELS_DIR / "series"
+SERIES_MODEL = SERIES_MODELS / "model.keras"
+SERIES_HISTORY = SERIES_MODELS / "model.history.json"
+SERIES_RUN = SERIES_MODELS / "model.run.json"
+SERIES_EXPORT_DIR = SERIES_MODELS / "export"
+SERIES_EXPORT_RUN = SERIES_MODELS / "export.run.json"

@@ -41,7 +41,7 @@ from typing import Any
 
 from reprotrain import timing
 from reprotrain.config import Params
-from reprotrain.dag import Stage, param_values
+from reprotrain.dag import Stage, check_kind, param_values
 from reprotrain.errors import ReprotrainError, TrackingError
 from reprotrain.tracking import lineage, process, store
 from reprotrain.tracking.handle import NoRun, StageRun, store_errors
@@ -145,6 +145,7 @@ def stage_run(
 
     ``chief=False`` (a non-chief worker of a multi-worker run): no run, no sidecar; yields
     a :class:`NoRun`."""
+    check_kind(spec, params.data.kind)  # dvc.yaml of another kind: one line, before any run
     if not chief:
         logger.info("MLflow: not the chief worker, the chief records the %s run", spec.name)
         yield NoRun("", spec.name)

@@ -1,0 +1,111 @@
+"""The series pipeline (``data.kind: series``): fetch → prepare → train → export → evaluate.
+The baselines (naive, seasonal naive) need no training: evaluate computes them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reprotrain import paths
+from reprotrain.dag.spec import Kind, Output, Stage, fetch_stage, git_file, sidecar, training
+
+KIND_NAME = "series"
+_PREPARED = str(paths.SERIES_PREPARED)
+_WINDOWS = ("series.window", "series.horizon")
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        fetch_stage(KIND_NAME),
+        Stage(
+            "prepare",
+            params=(
+                "seed",
+                "data.columns",
+                *_WINDOWS,
+                "series.max_gap",
+                "series.val_fraction",
+                "series.test_fraction",
+                "series.recut",
+            ),
+            reads=(str(paths.RAW_DIR),),
+            outs=(
+                Output(_PREPARED),
+                sidecar(paths.SERIES_PREPARE_RUN),
+                Output(
+                    str(paths.SERIES_CUTS),
+                    cache=False,
+                    persist=True,
+                    note=(
+                        "The time cuts (train | val | test): recorded once, kept when rows are\n"
+                        "appended (series.recut moves them). Git-tracked, kept by DVC."
+                    ),
+                ),
+            ),
+            sidecar=str(paths.SERIES_PREPARE_RUN),
+            kind=KIND_NAME,
+        ),
+        training(
+            "train",
+            paths.SERIES_MODEL,
+            paths.SERIES_HISTORY,
+            paths.SERIES_RUN,
+            params=("seed", "pipeline.shuffle_buffer", "runtime", "series"),
+            reads=(_PREPARED,),
+            upstream=(str(paths.SERIES_PREPARE_RUN),),
+            kind=KIND_NAME,
+        ),
+        Stage(
+            "export",
+            params=("seed", "runtime", "export"),
+            reads=(_PREPARED, str(paths.SERIES_MODEL)),
+            outs=(Output(str(paths.SERIES_EXPORT_DIR)), sidecar(paths.SERIES_EXPORT_RUN)),
+            metrics=(git_file(paths.EXPORT_METRICS),),
+            sidecar=str(paths.SERIES_EXPORT_RUN),
+            upstream=(str(paths.SERIES_PREPARE_RUN), str(paths.SERIES_RUN)),
+            kind=KIND_NAME,
+        ),
+        Stage(
+            "evaluate",
+            params=(
+                "seed",
+                "runtime",
+                "evaluate",
+                "tracking.registered_model",
+                "data.source",
+                "data.sha256",
+                "series",
+            ),
+            reads=(
+                _PREPARED,
+                str(paths.SERIES_MODEL),
+                str(paths.SERIES_HISTORY),
+                str(paths.EXPORT_METRICS),
+            ),
+            outs=(
+                Output(str(paths.PLOTS_DIR / "forecast.csv")),
+                git_file(paths.MODEL_CARD),
+                Output(str(paths.REPORTS_DIR / "model_card")),
+                sidecar(paths.EVALUATE_RUN),
+                git_file(paths.METRICS_DIR / "promotion.json"),
+            ),
+            metrics=(git_file(paths.METRICS_DIR / "evaluate.json"),),
+            sidecar=str(paths.EVALUATE_RUN),
+            upstream=(
+                str(paths.SERIES_PREPARE_RUN),
+                str(paths.SERIES_RUN),
+                str(paths.SERIES_EXPORT_RUN),
+            ),
+            kind=KIND_NAME,
+        ),
+    )
+}
+
+PLOTS: list[dict[str, Any]] = []
+
+KIND = Kind(
+    KIND_NAME,
+    STAGES,
+    PLOTS,
+    "fetch → prepare → train → export → evaluate (the naive and seasonal-naive\n"
+    "# baselines are computed in evaluate); data.kind: series",
+)

@@ -1,0 +1,117 @@
+"""The table pipeline (``data.kind: table``): fetch → prepare → train → export → evaluate,
+and prepare → baseline (scikit-learn on the same splits, for comparison). No finetune: there
+is no pretrained backbone to fine-tune."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reprotrain import paths
+from reprotrain.dag.spec import Kind, Output, Stage, fetch_stage, git_file, sidecar, training
+
+KIND_NAME = "table"
+_PREPARED = str(paths.TABLE_PREPARED)
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        fetch_stage(KIND_NAME),
+        Stage(
+            "prepare",
+            params=("seed", "prepare", "data.columns", "table.max_categories"),
+            reads=(str(paths.RAW_DIR),),
+            outs=(
+                Output(_PREPARED),
+                sidecar(paths.TABLE_PREPARE_RUN),
+                Output(
+                    str(paths.TABLE_LEDGER),
+                    cache=False,
+                    persist=True,
+                    note=(
+                        "The row ledger (row hash → split): read and extended by prepare (a\n"
+                        "row's split never moves). Git-tracked and kept by DVC before each run."
+                    ),
+                ),
+            ),
+            sidecar=str(paths.TABLE_PREPARE_RUN),
+            kind=KIND_NAME,
+        ),
+        training(
+            "train",
+            paths.TABLE_MODEL,
+            paths.TABLE_HISTORY,
+            paths.TABLE_RUN,
+            params=("seed", "model.api", "pipeline.shuffle_buffer", "runtime", "table"),
+            reads=(_PREPARED,),
+            upstream=(str(paths.TABLE_PREPARE_RUN),),
+            kind=KIND_NAME,
+        ),
+        Stage(
+            "baseline",
+            params=("seed", "table.max_tokens"),
+            reads=(_PREPARED,),
+            outs=(Output(str(paths.TABLE_BASELINE)), sidecar(paths.TABLE_BASELINE_RUN)),
+            metrics=(git_file(paths.METRICS_DIR / "baseline.json"),),
+            sidecar=str(paths.TABLE_BASELINE_RUN),
+            upstream=(str(paths.TABLE_PREPARE_RUN),),
+            kind=KIND_NAME,
+            note="scikit-learn on the same splits: what evaluate says the network gains over.",
+        ),
+        Stage(
+            "export",
+            params=("seed", "runtime", "export"),
+            reads=(_PREPARED, str(paths.TABLE_MODEL)),
+            outs=(Output(str(paths.TABLE_EXPORT_DIR)), sidecar(paths.TABLE_EXPORT_RUN)),
+            metrics=(git_file(paths.EXPORT_METRICS),),
+            sidecar=str(paths.TABLE_EXPORT_RUN),
+            upstream=(str(paths.TABLE_PREPARE_RUN), str(paths.TABLE_RUN)),
+            kind=KIND_NAME,
+        ),
+        Stage(
+            "evaluate",
+            params=(
+                "seed",
+                "runtime",
+                "evaluate",
+                "tracking.registered_model",
+                "data.source",
+                "data.sha256",
+                "model.api",
+                "table",
+            ),
+            reads=(
+                _PREPARED,
+                str(paths.TABLE_MODEL),
+                str(paths.TABLE_HISTORY),
+                str(paths.TABLE_BASELINE),
+                str(paths.EXPORT_METRICS),
+            ),
+            outs=(
+                Output(str(paths.PLOTS_DIR / "predictions.csv")),
+                git_file(paths.MODEL_CARD),
+                Output(str(paths.REPORTS_DIR / "model_card")),
+                sidecar(paths.EVALUATE_RUN),
+                git_file(paths.METRICS_DIR / "promotion.json"),
+            ),
+            metrics=(git_file(paths.METRICS_DIR / "evaluate.json"),),
+            sidecar=str(paths.EVALUATE_RUN),
+            upstream=(
+                str(paths.TABLE_PREPARE_RUN),
+                str(paths.TABLE_RUN),
+                str(paths.TABLE_BASELINE_RUN),
+                str(paths.TABLE_EXPORT_RUN),
+            ),
+            kind=KIND_NAME,
+        ),
+    )
+}
+
+PLOTS: list[dict[str, Any]] = []
+
+KIND = Kind(
+    KIND_NAME,
+    STAGES,
+    PLOTS,
+    "fetch → prepare → train → export → evaluate, and prepare → baseline\n"
+    "# (scikit-learn on the same splits, for comparison); data.kind: table",
+)
