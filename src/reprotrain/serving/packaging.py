@@ -36,6 +36,8 @@ SERVED_MODULES = (
     "__init__.py",
     "errors.py",
     "config.py",
+    "config_kinds.py",
+    "config_validation.py",
     "data/__init__.py",
     "data/images.py",
     "data/pipeline.py",
