@@ -63,6 +63,34 @@ def test_a_champion_of_another_task_is_not_comparable_and_never_scored() -> None
     assert d.needs_champion_scores(d.ChampionSnapshot(3), challenger(), policy())
 
 
+def test_a_champion_of_another_kind_or_other_inputs_is_not_comparable() -> None:
+    """Switching data.kind under one registered model: the gate says why, never crashes."""
+    table = d.Challenger(Y, GOOD, LABELS, 0, "t1", kind="table", inputs='["age","text"]')
+    image_champion = champion()  # kind images (also what a version without the tag means)
+    out = d.decide_promotion(table, image_champion, policy())
+    assert not out.comparable and out.alias is None
+    assert "champion v3 is of data.kind images; this model is of data.kind table" in out.reason
+    other = d.ChampionSnapshot(3, labels=LABELS, kind="table", inputs='["age"]')
+    out = d.decide_promotion(table, other, policy())
+    assert not out.comparable and "takes other inputs" in out.reason
+    same = d.ChampionSnapshot(3, labels=LABELS, image_size=0, kind="table", inputs=table.inputs)
+    assert d.needs_champion_scores(same, table, policy())
+
+
+def test_the_policy_rules_hold_for_any_gate() -> None:
+    """A kind with its own gate (series) gets the same reproduction / experiment / review
+    rules from apply_policy."""
+    assert d.apply_policy(None, True, "ok", None, None, policy()).alias == CHAMPION
+    rep = d.apply_policy(None, True, "ok", 2, 0.5, policy(reproduces="abc"))
+    assert rep.alias is None and not rep.promote and "reproduction of run abc" in rep.reason
+    exp = d.apply_policy(None, True, "ok", 2, 0.5, policy(experiment="exp-1"))
+    assert (exp.alias, exp.promote) == (CHALLENGER, False)
+    review = d.apply_policy(None, True, "ok", 2, 0.5, policy(mode=CHALLENGER))
+    assert review.proposed and review.alias == CHALLENGER and "decided against v2" in review.reason
+    nc = d.not_comparable("champion v2 forecasts 4 steps", 2, policy())
+    assert not nc.comparable and nc.alias is None and "forecasts 4 steps" in nc.reason
+
+
 def test_what_must_be_scored_before_deciding() -> None:
     recorded = champion(accuracy=0.95, test_digest="t1")
     assert d.needs_champion_scores(recorded, challenger(), policy("paired"))  # always predictions

@@ -8,8 +8,8 @@ when the decision needs it (:func:`needs_champion_scores`), calls :func:`decide_
 and one registry call applies the result (``tracking.registration.apply_decision``). Nothing
 here calls back into tracking.
 
-The rules, in order: a champion of another task (other classes or input size) is not
-comparable, and the version gets no alias; otherwise the gate decides
+The rules, in order: a champion of another task (another data kind, other inputs, other
+classes or input size) is not comparable, and the version gets no alias; otherwise the gate decides
 (:func:`reprotrain.evaluation.gate.decide_paired`, or the accuracy rule); a reproduction never
 moves an alias; a DVC experiment never takes ``champion`` (it is on no branch, and queued
 experiments would race); in review mode (``challenger``) a passing version is only proposed.
@@ -18,8 +18,8 @@ experiments would race); in review mode (``challenger``) a passing version is on
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,10 @@ class ChampionSnapshot:
     accuracy: float | None = None  # its recorded test accuracy ...
     test_digest: str | None = None  # ... on the test set with this digest
     probs: np.ndarray | None = None  # its probabilities on the current test set, once scored
+    kind: str = "images"  # data.kind it was trained on (versions without the tag: images)
+    inputs: str | None = None  # what it takes, for non-image kinds (JSON)
+    #: All its version tags, for a kind's own comparisons (series: window, horizon, mase).
+    tags: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def scored(self, probs: np.ndarray, y_true: np.ndarray, test_digest: str) -> ChampionSnapshot:
         """This snapshot with its predictions on the current test set."""
@@ -56,8 +60,10 @@ class Challenger:
     y_true: np.ndarray
     probs: np.ndarray
     labels: tuple[str, ...]
-    image_size: int
+    image_size: int  # 0 for kinds without images
     test_digest: str
+    kind: str = "images"
+    inputs: str | None = None  # what it takes, for non-image kinds (JSON)
 
     @property
     def accuracy(self) -> float:
@@ -102,11 +108,20 @@ def _describe(labels: Sequence[str]) -> str:
 
 
 def comparability_problem(
-    champion: ChampionSnapshot, labels: Sequence[str], image_size: int
+    champion: ChampionSnapshot,
+    labels: Sequence[str],
+    image_size: int,
+    kind: str = "images",
+    inputs: str | None = None,
 ) -> str | None:
-    """Why the champion cannot be compared on this model's test set (other classes, another
-    class order, another input size); None when it can, or when it predates the tags."""
+    """Why the champion cannot be compared on this model's test set (another data kind,
+    other inputs, other classes, another class order, another input size); None when it can,
+    or when it predates the tags."""
     v, theirs = champion.version, champion.labels
+    if champion.kind != kind:
+        return f"champion v{v} is of data.kind {champion.kind}; this model is of data.kind {kind}"
+    if champion.inputs is not None and inputs is not None and champion.inputs != inputs:
+        return f"champion v{v} takes other inputs ({champion.inputs}); this model takes {inputs}"
     if theirs is not None and list(theirs) != list(labels):
         if len(theirs) != len(labels) or set(theirs) != set(labels):
             ours = (
@@ -118,7 +133,11 @@ def comparability_problem(
         return (
             f"champion v{v} orders its classes {_describe(theirs)}; this model {_describe(labels)}"
         )
-    if champion.image_size is not None and int(champion.image_size) != int(image_size):
+    if (
+        kind == "images"
+        and champion.image_size is not None
+        and int(champion.image_size) != int(image_size)
+    ):
         size = champion.image_size
         return (
             f"champion v{v} takes {size}×{size} images; this model takes {image_size}×{image_size}"
@@ -134,7 +153,7 @@ def needs_champion_scores(
     recorded accuracy was measured on another test set."""
     if champion is None or champion.probs is not None:
         return False
-    if comparability_problem(champion, challenger.labels, challenger.image_size) is not None:
+    if _problem(champion, challenger) is not None:
         return False
     if policy.gate == "paired":
         return True
@@ -147,11 +166,7 @@ def decide_promotion(
     """The registry's next move for the new version (see the module docstring for the order of
     the rules). The champion must already be scored where :func:`needs_champion_scores` says so."""
     version = champion.version if champion is not None else None
-    problem = (
-        comparability_problem(champion, challenger.labels, challenger.image_size)
-        if champion is not None
-        else None
-    )
+    problem = _problem(champion, challenger) if champion is not None else None
     if (
         champion is not None
         and problem is None
@@ -159,19 +174,48 @@ def decide_promotion(
     ):
         raise ValueError("the champion must be scored on the current test set first")
     if problem is not None:
-        return PromotionDecision(
-            None,
-            False,
-            False,
-            f"not comparable: {problem}; v{{version}} is registered without an alias. Use a new "
-            "tracking.registered_model for the new task, or promote it explicitly: python -m "
-            f"reprotrain promote {policy.registered_model} {{version}} --reason '...'",
-            comparable=False,
-            champion_version=version,
-            champion_accuracy=None,
-            mode=policy.mode,
-        )
+        return not_comparable(problem, version, policy)
     gate, promoted, reason = _gate(challenger, champion, policy)
+    accuracy = champion.accuracy if champion is not None else None
+    return apply_policy(gate, promoted, reason, version, accuracy, policy)
+
+
+def _problem(champion: ChampionSnapshot, challenger: Challenger) -> str | None:
+    return comparability_problem(
+        champion, challenger.labels, challenger.image_size, challenger.kind, challenger.inputs
+    )
+
+
+def not_comparable(problem: str, champion_version: int | None, policy: Policy) -> PromotionDecision:
+    """The decision for a champion that cannot be compared (``problem`` says why): the new
+    version is registered without an alias. Public for kinds with their own gate (series)."""
+    return PromotionDecision(
+        None,
+        False,
+        False,
+        f"not comparable: {problem}; v{{version}} is registered without an alias. Use a new "
+        "tracking.registered_model for the new task, or promote it explicitly: python -m "
+        f"reprotrain promote {policy.registered_model} {{version}} --reason '...'",
+        comparable=False,
+        champion_version=champion_version,
+        champion_accuracy=None,
+        mode=policy.mode,
+    )
+
+
+def apply_policy(
+    gate: dict[str, Any] | None,
+    promoted: bool,
+    reason: str,
+    champion_version: int | None,
+    champion_score: float | None,
+    policy: Policy,
+) -> PromotionDecision:
+    """A comparable gate verdict (``promoted``, ``reason``, its statistics ``gate``) turned
+    into what the registry does, by the rules that hold for every kind: a reproduction never
+    moves an alias, a DVC experiment never takes ``champion``, review mode only proposes.
+    Public so that a kind with its own gate (series: MASE and a paired test on the
+    per-window errors) gets the same rules."""
     alias = CHAMPION if promoted else CHALLENGER
     proposed = False
     if policy.reproduces:
@@ -186,7 +230,7 @@ def decide_promotion(
         )
     elif policy.mode == CHALLENGER and promoted:
         alias, promoted, proposed = CHALLENGER, False, True
-        against = f"v{version}" if version is not None else "no champion"
+        against = f"v{champion_version}" if champion_version is not None else "no champion"
         reason = (
             f"proposed: {reason}; review mode ({PROMOTE_ENV}=challenger): v{{version}} is the "
             f"challenger, decided against {against}; merging its pull request promotes it "
@@ -198,8 +242,8 @@ def decide_promotion(
         proposed,
         reason,
         comparable=True,
-        champion_version=version,
-        champion_accuracy=champion.accuracy if champion is not None else None,
+        champion_version=champion_version,
+        champion_accuracy=champion_score,
         mode=policy.mode,
         gate=gate,
     )

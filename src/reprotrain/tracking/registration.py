@@ -35,6 +35,8 @@ from reprotrain.tracking.tags import (
     VTAG_ACCURACY,
     VTAG_DIGEST,
     VTAG_IMAGE_SIZE,
+    VTAG_INPUTS,
+    VTAG_KIND,
     VTAG_LABELS,
     VTAG_REASON,
     VTAG_RUN,
@@ -91,6 +93,9 @@ def champion_snapshot(uri: str, name: str) -> ChampionSnapshot | None:
         image_size=int(size) if size.isdigit() else None,
         accuracy=accuracy,
         test_digest=tags.get(VTAG_DIGEST),
+        kind=tags.get(VTAG_KIND) or "images",
+        inputs=tags.get(VTAG_INPUTS),
+        tags=dict(tags),
     )
 
 
@@ -129,32 +134,52 @@ def record_rescore(uri: str, name: str, before: ChampionSnapshot, after: Champio
 
 @timed("logging")
 def register_version(
-    run: StageRun, name: str, challenger: Challenger, log_model: Callable[[], str]
+    run: StageRun,
+    name: str,
+    challenger: Challenger | None,
+    log_model: Callable[[], str],
+    *,
+    tags: Mapping[str, str] | None = None,
 ) -> int:
     """Log the model (``log_model`` returns its URI) and register it as a new version of
     ``name``, tagged with what later comparisons need: its accuracy on this test set, the
-    test set's digest, its classes and input size, and the run."""
+    test set's digest, its kind, classes and inputs, and the run. A kind that is not a
+    classifier (series) passes no ``challenger`` and its own ``tags`` (which must name its
+    kind, ``reprotrain.kind``); extra ``tags`` are added either way."""
     import mlflow
 
-    tags = {
-        VTAG_ACCURACY: repr(challenger.accuracy),
-        VTAG_DIGEST: challenger.test_digest,
-        VTAG_LABELS: json.dumps(list(challenger.labels)),
-        VTAG_IMAGE_SIZE: str(challenger.image_size),
-        VTAG_RUN: run.run_id,
-    }
+    version_tags = {VTAG_RUN: run.run_id}
+    if challenger is not None:
+        version_tags |= {
+            VTAG_ACCURACY: repr(challenger.accuracy),
+            VTAG_DIGEST: challenger.test_digest,
+            VTAG_LABELS: json.dumps(list(challenger.labels)),
+            VTAG_IMAGE_SIZE: str(challenger.image_size),
+            VTAG_KIND: challenger.kind,
+        }
+        if challenger.inputs is not None:
+            version_tags[VTAG_INPUTS] = challenger.inputs
+    version_tags |= dict(tags or {})
     with store_errors(run.uri, f"registering a new version of {name} (aliases unchanged)"):
-        version = int(mlflow.register_model(log_model(), name, tags=tags).version)
-    run.log_dict({"labels": list(challenger.labels)}, "labels.json")
+        version = int(mlflow.register_model(log_model(), name, tags=version_tags).version)
+    if challenger is not None:
+        run.log_dict({"labels": list(challenger.labels)}, "labels.json")
     return version
 
 
 @timed("logging")
 def apply_decision(
-    run: StageRun, name: str, version: int, decision: PromotionDecision, accuracy: float
+    run: StageRun,
+    name: str,
+    version: int,
+    decision: PromotionDecision,
+    score: float,
+    *,
+    score_name: str = "accuracy",
 ) -> dict[str, Any]:
     """Move the aliases as ``decision`` says (champion by compare-and-set), tag the version
-    with the reason and the gate's statistics, and return the ``promotion.json`` record."""
+    with the reason and the gate's statistics, and return the ``promotion.json`` record
+    (the challenger's ``score`` under ``score_name``: accuracy, or mase for a series)."""
     client = store.client(run.uri)
     alias, promoted, reason = decision.alias, decision.promote, decision.reason_for(version)
     if promoted:
@@ -188,7 +213,7 @@ def apply_decision(
         "comparable": decision.comparable,
         "champion_version": against,
         "champion_accuracy": decision.champion_accuracy,
-        "accuracy": float(accuracy),
+        score_name: float(score),
         "registered_model": name,
         "model_uri": f"models:/{name}/{version}",
     }

@@ -23,6 +23,10 @@ VTAG_ACCURACY = "reprotrain.test_accuracy"
 VTAG_DIGEST = "reprotrain.test_digest"
 VTAG_LABELS = "reprotrain.labels"
 VTAG_IMAGE_SIZE = "reprotrain.image_size"
+#: The data kind a version was trained on (absent on versions from before kinds: images).
+VTAG_KIND = "reprotrain.kind"
+#: What a non-image version takes (its input columns, window and horizon), as JSON.
+VTAG_INPUTS = "reprotrain.inputs"
 VTAG_RUN = "reprotrain.run_id"
 VTAG_REASON = "reprotrain.promotion_reason"
 VTAG_PROMOTED_BY = "reprotrain.promoted_by"
