@@ -129,6 +129,15 @@ class SeriesConfig(TrainConfig):
         "lstm", "lstm (LSTM(units) → Dense(horizon)), gru, stacked, or 'package.module:function'"
     )
     units: Int = _f(64, "recurrent units", min=1)
+    loss: Literal["mse", "mae"] = _f(
+        "mse", "training loss: mse (forecasts the mean) or mae (the median; robust to outliers)"
+    )
+    anchor: Literal["last", "mean"] = _f(
+        "last",
+        "what the forecast is relative to, inside the model: last (the last observed value "
+        "plus steps scaled by the train changes' std; follows a trend) or mean (the train "
+        "mean plus the train std times the output, the seed's level forecast)",
+    )
     max_gap: Int = _f(
         3, "missing steps interpolated at most; windows across a longer gap are dropped", min=0
     )

@@ -207,7 +207,7 @@ def save_outputs(
         model_path,
         metrics.get("val_accuracy", math.nan),
         result.best_epoch,
-        metrics["best_val_accuracy"],
+        metrics.get("best_val_accuracy", math.nan),
     )
     return metrics
 

@@ -13,7 +13,6 @@ last finished epoch and ends with the best weights over all epochs of all runs.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import sys
 from collections.abc import Mapping
@@ -51,7 +50,11 @@ logger = logging.getLogger(__name__)
 
 
 def compile_model(
-    model: Any, cfg: TrainConfig, info: RuntimeInfo, steps_per_epoch: int | None = None
+    model: Any,
+    cfg: TrainConfig,
+    info: RuntimeInfo,
+    steps_per_epoch: int | None = None,
+    regression: str | None = None,
 ) -> None:
     """(Re)compile under the strategy: needed after any change of ``trainable``.
 
@@ -61,6 +64,10 @@ def compile_model(
     ``clip_norm`` goes into the optimizer's ``global_clipnorm`` for ``fit`` and under mixed
     precision (where it must act on unscaled gradients); the custom loop otherwise clips
     explicitly with ``tf.clip_by_global_norm``.
+
+    ``regression`` (a Keras loss name, ``mse`` or ``mae``): a regression task (the series
+    forecaster), compiled with that loss and ``mae`` as its metric instead of the
+    classifier's cross-entropy and accuracy; None (every image stage) changes nothing.
     """
     clip_in_optimizer = (
         cfg.clip_norm if (cfg.loop == "fit" or info.mixed_precision == MIXED) else None
@@ -70,8 +77,8 @@ def compile_model(
             optimizer=make_optimizer(
                 cfg.optimizer, optim.learning_rate(cfg, steps_per_epoch), clip_in_optimizer
             ),
-            loss=optim.make_loss(cfg, model),
-            metrics=["accuracy"],
+            loss=optim.make_loss(cfg, model) if regression is None else regression,
+            metrics=["accuracy"] if regression is None else ["mae"],
             jit_compile=info.jit_compile,
         )
 
@@ -107,12 +114,14 @@ class TrainResult:
         kept = {k: best[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in best}
         kept.update(self.kept)
         val_accs = list(self.history.get("val_accuracy", []))
-        if self.start is not None:
+        if self.start is not None and "val_accuracy" in self.start:
             val_accs.append(self.start["val_accuracy"])
+        # A regression run has no accuracy: no best_val_accuracy (NaN is not JSON).
+        best_acc = {"best_val_accuracy": max(val_accs)} if val_accs else {}
         return {
             **kept,
             "best_epoch": self.best_epoch,
-            "best_val_accuracy": max(val_accs, default=math.nan),
+            **best_acc,
             "kept_start_weights": self.best_epoch == 0,
             "epochs_run": self.epochs_run,
             "resumed_from_epoch": self.initial_epoch,
@@ -234,8 +243,12 @@ def train(  # noqa: PLR0913  (its keywords are the run options every stage passe
     compile: bool = True,
     keep_start_if_better: bool = False,
     augment: AugmentConfig | None = None,
+    regression: str | None = None,
 ) -> TrainResult:
     """Train ``model`` per ``cfg`` (``loop: fit|custom``) and return the merged history.
+
+    ``regression``: the loss of a regression task (``mse``|``mae``, see
+    :func:`compile_model`); ``class_weight`` must then be None.
 
     ``augment``: augment inside the train step (``train_ds`` then yields
     ``((uint8 images, seeds), labels)``, ``make_dataset(augment_in="model")``); ``model`` is
@@ -258,7 +271,10 @@ def train(  # noqa: PLR0913  (its keywords are the run options every stage passe
         resume_key=resume_key,
         compile=compile,
         keep_start_if_better=keep_start_if_better,
+        regression=regression,
     )
+    if regression is not None and class_weight:
+        raise ConfigError("class_weight applies to classification only, not to a regression")
     if info.num_workers > 1:
         train_ds, val_ds = shard_across_workers(train_ds), shard_across_workers(val_ds)
     if augment is not None:
@@ -294,11 +310,12 @@ def _train(  # noqa: PLR0913  (train's options, passed on)
     resume_key: str | None,
     compile: bool,
     keep_start_if_better: bool,
+    regression: str | None = None,
 ) -> TrainResult:
     store.prepare(resume_key)
     if compile:
         steps = int(train_ds.cardinality())
-        compile_model(model, cfg, info, steps if steps >= 0 else None)
+        compile_model(model, cfg, info, steps if steps >= 0 else None, regression)
     state = store.load() or BackupRecord()
     _check_workers_agree(info, state.done, "finished epochs", store.dir)
     start_weights = model.get_weights() if keep_start_if_better else None
@@ -319,7 +336,11 @@ def _train(  # noqa: PLR0913  (train's options, passed on)
         callbacks = _callbacks(cfg, store, state, tensorboard_dir, epoch_hook)
         cw = dict(class_weight) if class_weight else None
         verbose = 1 if sys.stdout.isatty() else 0
-        if cfg.loop == "custom":
+        if cfg.loop == "custom" and regression is not None:
+            _custom_regression_fit(
+                model, train_ds, val_ds, cfg, info, callbacks, regression, initial_epoch=initial
+            )
+        elif cfg.loop == "custom":
             _custom_fit(model, train_ds, val_ds, cfg, info, callbacks, cw, verbose, initial)
         else:
             model.fit(
@@ -465,6 +486,71 @@ def _custom_fit(  # noqa: PLR0913  (fit's arguments, mirrored so both loops read
                 step, {"loss": float(loss_mean.result()), "accuracy": float(acc.result())}
             )
         logs = {"loss": float(loss_mean.result()), "accuracy": float(acc.result())}
+        logs.update(_val_metrics(model, val_ds))
+        cbs.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    cbs.on_train_end(logs)
+
+
+def _custom_regression_fit(  # noqa: PLR0913  (fit's arguments, as _custom_fit)
+    model: Any,
+    train_ds: Any,
+    val_ds: Any,
+    cfg: TrainConfig,
+    info: RuntimeInfo,
+    callbacks: list[Any],
+    loss_name: str,
+    *,
+    initial_epoch: int = 0,
+) -> None:
+    """The custom loop of a regression task: the GradientTape step of :func:`_custom_fit`
+    with the compiled regression loss (Keras' mean over the batch) and ``mae`` as its
+    metric, no class weights. Apart from ``_custom_fit`` so that the classifier's step (and
+    its bit-identical weights) stays exactly as it was."""
+    if info.replicas > 1:
+        raise ConfigError(
+            "loop = custom runs on one device; use loop: fit with runtime.distribute: "
+            "mirrored or multi_worker (or distribute: none with the custom loop)"
+        )
+    loss_fn = keras.losses.get(loss_name)
+    opt = model.optimizer
+    clip = cfg.clip_norm if info.mixed_precision != MIXED else None  # else: global_clipnorm
+    loss_mean = keras.metrics.Mean(name="loss")
+    mae = keras.metrics.MeanAbsoluteError(name="mae")
+
+    @tf.function(jit_compile=info.jit_compile, reduce_retracing=True)
+    def train_step(x: Any, y: Any) -> None:
+        y = tf.cast(y, tf.float32)
+        with tf.GradientTape() as tape:
+            pred = tf.cast(model(x, training=True), tf.float32)
+            loss = tf.reduce_mean(loss_fn(y, pred))
+            if model.losses:
+                loss += tf.add_n([tf.cast(t, tf.float32) for t in model.losses])
+            scaled = opt.scale_loss(loss)
+        variables = model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        if clip is not None:
+            grads, _ = tf.clip_by_global_norm(grads, clip)
+        opt.apply_gradients(zip(grads, variables, strict=True))
+        loss_mean.update_state(loss, sample_weight=tf.cast(tf.shape(y)[0], tf.float32))
+        mae.update_state(y, pred)
+
+    cbs = keras.callbacks.CallbackList(
+        callbacks, add_history=True, add_progbar=False, model=model, epochs=cfg.epochs
+    )
+    model.stop_training = False
+    cbs.on_train_begin()
+    logs: dict[str, float] = {}
+    for epoch in range(initial_epoch, cfg.epochs):
+        loss_mean.reset_state()
+        mae.reset_state()
+        cbs.on_epoch_begin(epoch)
+        for step, (x, y) in enumerate(train_ds):
+            cbs.on_train_batch_begin(step)
+            train_step(x, y)
+            cbs.on_train_batch_end(step, {"loss": float(loss_mean.result())})
+        logs = {"loss": float(loss_mean.result()), "mae": float(mae.result())}
         logs.update(_val_metrics(model, val_ds))
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
