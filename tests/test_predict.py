@@ -405,3 +405,26 @@ def test_predict_on_a_raw_test_file_matches_the_evaluation_pipeline(
     assert (norm.max_side, norm.jpeg_quality) == (160, 90)
     got = _probabilities(imagenet_model, [raw / p for p in paths_], 160, 90)
     assert np.abs(got - np.array(expected)).max() <= 0.02
+
+
+def test_the_model_kind_is_read_from_the_archive_without_tensorflow(tmp_path: Path) -> None:
+    """predict hands a table or series model to its kind's command, by the model's name in
+    the .keras archive; anything else (or unreadable) stays with the image command."""
+    import json
+    import zipfile
+
+    from reprotrain.commands.predict import model_kind
+
+    def archive(name: str) -> Path:
+        path = tmp_path / f"{name}.keras"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(
+                "config.json", json.dumps({"class_name": "Functional", "config": {"name": name}})
+            )
+        return path
+
+    assert model_kind(archive("table_functional")) == "table"
+    assert model_kind(archive("series_lstm")) == "series"
+    assert model_kind(archive("mobilenetv2_transfer")) == "images"
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    assert model_kind(tmp_path / "broken.keras") == "images"

@@ -16,7 +16,7 @@ from typing import NoReturn
 from reprotrain import cli
 
 COMMANDS = {
-    "predict": "classify image files/folders with a .keras or models:/ URI",
+    "predict": "classify images or table rows, or forecast a series, with a .keras or models:/ URI",
     "promote": "move the champion alias to a version (or --rollback), audited",
     "tune": "search train_head hyperparameters on cached features; print the dvc exp command",
     "reproduce": "rebuild an MLflow run's inputs and rerun the pipeline",

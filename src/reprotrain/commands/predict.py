@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import io
 import json
 import logging
 import os
 import sys
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,6 +103,36 @@ def model_file(spec: str, root: Path | None = None) -> Path:
             "models:/NAME/VERSION from the MLflow registry)"
         )
     return path
+
+
+#: Which module predicts for a model of each non-image kind (``main(argv)``).
+KIND_COMMANDS = {"table": "reprotrain.tables.predict", "series": "reprotrain.series.predict"}
+
+
+def model_kind(path: Path) -> str:
+    """``images``, ``table`` or ``series``: the kind a ``.keras`` model was trained for, read
+    from the model's name in the archive's ``config.json`` (the table and series stages name
+    their models ``table_*`` and ``series_*``). Read without TensorFlow, because the kind
+    decides which command parses the arguments; anything unreadable is left to the image
+    command, whose model loading says what is wrong."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return "images"
+    name = str((config.get("config") or {}).get("name", "")) if isinstance(config, dict) else ""
+    return next((kind for kind in KIND_COMMANDS if name.startswith(kind)), "images")
+
+
+def _kind_command(argv: Sequence[str]) -> str | None:
+    """The module that predicts for MODEL (``argv[0]``) when it is not an image model."""
+    if not argv or argv[0].startswith("-"):
+        return None
+    try:
+        kind = model_kind(model_file(argv[0]))
+    except ModelError:
+        return None  # the image command reports the missing model with its usage
+    return KIND_COMMANDS.get(kind)
 
 
 def _pixels(path: str, size: int, norm: Normalization) -> Any:
@@ -238,7 +270,11 @@ def _positive(value: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Predict and write results to stdout; returns the exit code (see module doc)."""
+    """Predict and write results to stdout; returns the exit code (see module doc). A table
+    or series model is handed to its kind's command (rows or a history CSV in)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if (module := _kind_command(argv)) is not None:
+        return int(importlib.import_module(module).main(argv))
     args = build_parser().parse_args(argv)
     from reprotrain.models.loading import load_model  # TensorFlow: only once args are valid
 
