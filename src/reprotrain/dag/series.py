@@ -19,7 +19,6 @@ STAGES: dict[str, Stage] = {
         Stage(
             "prepare",
             params=(
-                "seed",
                 "data.columns",
                 *_WINDOWS,
                 "series.max_gap",
