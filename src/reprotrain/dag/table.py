@@ -11,6 +11,8 @@ from reprotrain.dag.spec import Kind, Output, Stage, fetch_stage, git_file, side
 
 KIND_NAME = "table"
 _PREPARED = str(paths.TABLE_PREPARED)
+#: The last prepare's schema.json, kept beside the ledger (git-tracked, persist).
+LAST_SCHEMA = paths.TABLE_DIR / "schema.json"
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -18,11 +20,28 @@ STAGES: dict[str, Stage] = {
         fetch_stage(KIND_NAME),
         Stage(
             "prepare",
-            params=("seed", "prepare", "data.columns", "table.max_categories"),
+            params=(
+                "seed",
+                "prepare.val_fraction",
+                "prepare.test_fraction",
+                "prepare.shard_size",
+                "data.columns",
+                "table.max_categories",
+                "table.sequence_length",
+            ),
             reads=(str(paths.RAW_DIR),),
             outs=(
                 Output(_PREPARED),
                 sidecar(paths.TABLE_PREPARE_RUN),
+                Output(
+                    str(LAST_SCHEMA),
+                    cache=False,
+                    persist=True,
+                    note=(
+                        "The last prepare's schema (column roles), compared with the next one's\n"
+                        "to report a changed schema (DVC deletes the prepared data first)."
+                    ),
+                ),
                 Output(
                     str(paths.TABLE_LEDGER),
                     cache=False,

@@ -1,0 +1,459 @@
+"""prepare for the table kind: one CSV/TSV/Parquet file → schema, row ledger, quarantine,
+sharded TFRecords per split, ``stats.json`` and ``labels.json``.
+
+It streams: three passes over the file, none holding more than a chunk of rows.
+
+1. profile each column (:class:`~.schema.ColumnProfile`) → infer the schema;
+2. check each row against the schema (quarantine reasons, :func:`check_row`), compute its
+   ledger key; then drop exact duplicates (one ledger key), quarantine duplicates whose
+   labels conflict (all of them) and classes too small to split, assign splits
+   (:mod:`.ledger`);
+3. write each kept row to its split's shards, in file order.
+
+Per row, passes 2 and 3 keep about 30 bytes (key, class, split codes), so a million rows
+prepare in flat memory (benchmarks/table_prepare.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from array import array
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reprotrain.data import tfrecords
+from reprotrain.data.split import Fractions
+from reprotrain.errors import DataError
+from reprotrain.fsio import atomic_path, atomic_write_json, atomic_write_text
+from reprotrain.progress import progress
+from reprotrain.tables import ledger as ledgers
+from reprotrain.tables import reading
+from reprotrain.tables.records import SplitWriter, serialize_row
+from reprotrain.tables.schema import (
+    LABELS_FILE,
+    QUARANTINE_FILE,
+    SCHEMA_FILE,
+    SPLITS,
+    STATS_FILE,
+    ColumnProfile,
+    Schema,
+    check_columns,
+    find_label,
+    infer_schema,
+    schema_changes,
+)
+
+log = logging.getLogger(__name__)
+
+#: Fewest rows a class needs: one per split. Smaller classes are quarantined (reported).
+MIN_CLASS_ROWS = len(SPLITS)
+#: Reasons, as written in quarantine.csv (each with its detail after a colon).
+MISSING_LABEL = "missing label"
+EMPTY_TEXT = "empty text (the only input)"
+NO_INPUT = "no input value"
+NOT_A_NUMBER = "not a number in numeric column"
+BAD_SPLIT = "bad split value"
+CONFLICT = "conflicting duplicate"
+SMALL_CLASS = "class too small"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What prepare reads from params.yaml (``prepare``, ``data.columns``, ``table``)."""
+
+    columns: Any  # config.ColumnsConfig
+    val_fraction: float
+    test_fraction: float
+    shard_size: int
+    max_categories: int
+    sequence_length: int
+    seed: int
+
+    @classmethod
+    def from_params(cls, params: Any) -> Options:
+        return cls(
+            params.data.columns,
+            params.prepare.val_fraction,
+            params.prepare.test_fraction,
+            params.prepare.shard_size,
+            params.table.max_categories,
+            params.table.sequence_length,
+            params.seed,
+        )
+
+
+def source_file(raw_dir: Path) -> Path:
+    """The one data file fetch left in ``data/raw``."""
+    from reprotrain.data.file_fetch import data_files
+
+    files = data_files(Path(raw_dir))
+    if len(files) != 1:
+        found = ", ".join(f.name for f in files) or "none"
+        raise DataError(
+            f"{raw_dir}: expected one CSV/TSV/Parquet file from fetch, found {found}; "
+            "rerun fetch (dvc repro -f fetch)"
+        )
+    return files[0]
+
+
+# ------------------------------------------------------------------ pass 1: profile
+
+
+def profile(path: Path, header: Sequence[str], label: str) -> tuple[dict[str, ColumnProfile], int]:
+    """Per-column profiles and the number of data rows (pass 1)."""
+    profiles = {name: ColumnProfile(name) for name in header if name != label}
+    rows = 0
+    with progress(None, "prepare: profile columns", unit="rows") as bar:
+        for chunk in reading.iter_chunks(path):
+            cells = [r.cells for r in chunk if r.cells is not None]
+            rows += len(chunk)
+            for i, name in enumerate(header):
+                if name == label:
+                    continue
+                values = [v for c in cells if (v := reading.text_value(c[i])) is not None]
+                profiles[name].add(values, sum(map(reading.is_number, values)))
+            bar.update(len(chunk))
+    return profiles, rows
+
+
+# ------------------------------------------------------------------ pass 2: check rows
+
+
+@dataclass
+class Scan:
+    """Pass 2's result: one entry per data row, in file order."""
+
+    # Compact arrays (a million rows: ~30 MB), not lists of Python ints.
+    lines: array = field(default_factory=lambda: array("q"))
+    keys: bytearray = field(default_factory=bytearray)
+    labels: array = field(default_factory=lambda: array("i"))  # codes into names; -1: none
+    given: array = field(default_factory=lambda: array("b"))  # split codes, -1: none given
+    names: dict[str, int] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)  # row index → reason
+    excerpts: dict[int, str] = field(default_factory=dict)
+
+    def add(self, line: int, key: bytes, label: str | None, given: int) -> None:
+        self.lines.append(line)
+        self.keys += key
+        self.labels.append(-1 if label is None else self.names.setdefault(label, len(self.names)))
+        self.given.append(given)
+
+
+class Checker:
+    """The per-row checks of a schema, with the column positions resolved once."""
+
+    def __init__(self, schema: Schema, header: Sequence[str]) -> None:
+        pos = {name: i for i, name in enumerate(header)}
+        self.schema = schema
+        self.label = pos[schema.label]
+        self.split = pos[schema.split] if schema.split else None
+        self.inputs = sorted(schema.inputs)  # the key's order: by name
+        self.at = [pos[c] for c in self.inputs]
+        self.numeric = [c in schema.numeric for c in self.inputs]
+        self.text_only = bool(schema.text) and not (schema.numeric or schema.categorical)
+
+    def values(self, cells: Sequence[Any]) -> list[str | float | None]:
+        """The canonical input values, in name order; :class:`reading.NotANumber` names
+        the column in its message."""
+        out: list[str | float | None] = []
+        for name, i, numeric in zip(self.inputs, self.at, self.numeric, strict=True):
+            if numeric:
+                try:
+                    out.append(reading.number_value(cells[i]))
+                except reading.NotANumber as exc:
+                    raise reading.NotANumber(f"{NOT_A_NUMBER} {name!r}: {exc}") from None
+            else:
+                out.append(reading.text_value(cells[i]))
+        return out
+
+    def check(self, cells: Sequence[Any]) -> tuple[str | None, bytes, str | None, int]:
+        """(reason to quarantine or None, ledger key, class name, given split code)."""
+        label = reading.label_value(cells[self.label])
+        given = ledgers.NONE
+        if self.split is not None:
+            value = reading.text_value(cells[self.split])
+            if value is not None:
+                if value.lower() not in SPLITS:
+                    reason = (
+                        f"{BAD_SPLIT}: {value!r} in {self.schema.split!r} is not train, val or test"
+                    )
+                    return reason, b"", None, given
+                given = SPLITS.index(value.lower())
+        if label is None:
+            return MISSING_LABEL, b"", None, given
+        try:
+            values = self.values(cells)
+        except reading.NotANumber as exc:
+            return str(exc), b"", None, given
+        if all(v is None for v in values):
+            return (EMPTY_TEXT if self.text_only else NO_INPUT), b"", None, given
+        return None, ledgers.row_key(self.inputs, values), label, given
+
+
+def scan(path: Path, header: Sequence[str], schema: Schema, total: int) -> Scan:
+    """Check every row and compute its key (pass 2)."""
+    checker = Checker(schema, header)
+    out = Scan()
+    empty = bytes(ledgers.KEY_BYTES)
+    with progress(total, "prepare: check rows", unit="rows") as bar:
+        for chunk in reading.iter_chunks(path):
+            for row in chunk:
+                index = len(out.lines)
+                if row.cells is None:
+                    reason, key, label, given = row.problem, empty, None, ledgers.NONE
+                    out.excerpts[index] = row.excerpt
+                else:
+                    reason, key, label, given = checker.check(row.cells)
+                out.add(row.line, key or empty, None if reason else label, given)
+                if reason:
+                    out.reasons[index] = reason
+            bar.update(len(chunk))
+    return out
+
+
+# ------------------------------------------------------------------ duplicates, classes
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The rows that get a split: one per ledger key."""
+
+    index: np.ndarray  # row indices (first occurrence of each key), file order
+    duplicates: int  # rows dropped as exact duplicates of a kept row
+    conflicting: int  # rows quarantined as duplicates with another label
+
+
+def dedupe(s: Scan, keys: np.ndarray, labels: np.ndarray) -> Kept:
+    """Keep the first row of each key; quarantine every row of a key whose labels differ."""
+    ok = np.flatnonzero(labels >= 0)
+    order = ok[np.argsort(keys[ok], kind="stable")]  # by key, then file order
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    first = order[starts]
+    lo = np.minimum.reduceat(labels[order], starts) if len(order) else np.empty(0, int)
+    hi = np.maximum.reduceat(labels[order], starts) if len(order) else np.empty(0, int)
+    conflicting = 0
+    inverse = {v: k for k, v in s.names.items()}
+    for g in np.flatnonzero(lo != hi):
+        members = np.sort(order[starts[g] : ends[g]])
+        lines = [s.lines[i] for i in members]
+        classes = sorted({inverse[int(labels[i])] for i in members})
+        for i in members:
+            others = ", ".join(str(x) for x in lines if x != s.lines[i])[:60]
+            s.reasons[int(i)] = f"{CONFLICT}: same features as line(s) {others}, labels {classes}"
+        conflicting += len(members)
+    good = lo == hi
+    kept = np.sort(first[good])
+    duplicates = int((ends - starts)[good].sum() - good.sum())
+    return Kept(kept, duplicates, conflicting)
+
+
+def drop_small_classes(s: Scan, kept: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Quarantine the rows of classes with fewer than one row per split."""
+    sizes = Counter(labels[kept].tolist())
+    small = {c for c, n in sizes.items() if n < MIN_CLASS_ROWS}
+    if not small:
+        return kept
+    inverse = {v: k for k, v in s.names.items()}
+    for i in kept[np.isin(labels[kept], list(small))]:
+        c = int(labels[i])
+        s.reasons[int(i)] = (
+            f"{SMALL_CLASS}: {inverse[c]!r} has {sizes[c]} usable row(s), fewer than one per split"
+        )
+    log.warning(
+        "class(es) %s have fewer than %d usable rows (one per split): their rows are quarantined",
+        ", ".join(sorted(inverse[c] for c in small)),
+        MIN_CLASS_ROWS,
+    )
+    return kept[~np.isin(labels[kept], list(small))]
+
+
+def check_coverage(counts: dict[str, Any], names: Sequence[str]) -> None:
+    """Every class in every split (a given split column can leave one out)."""
+    for split in SPLITS:
+        missing = [c for c in names if counts[split]["per_class"][c] == 0]
+        if missing:
+            raise DataError(
+                f"the {split} split has no row of class(es) {', '.join(missing[:5])}: fix the "
+                "split column (data.columns.split) or add rows of those classes"
+            )
+
+
+# ------------------------------------------------------------------ pass 3: write
+
+
+def write_shards(
+    path: Path,
+    out: Path,
+    schema: Schema,
+    plan: tuple[np.ndarray, np.ndarray, list[str]],
+    options: Options,
+    s: Scan,
+) -> tuple[dict[str, list[dict]], int]:
+    """Write each kept row to its split (pass 3); (shard index, truncated texts)."""
+    splits, keys, header = plan
+    checker = Checker(schema, header)
+    ids = {name: schema.labels.index(name) for name in schema.labels}
+    totals = np.bincount(splits[splits >= 0], minlength=len(SPLITS))
+    writers = [
+        SplitWriter(out, sp, int(totals[i]), options.shard_size) for i, sp in enumerate(SPLITS)
+    ]
+    truncated, index = 0, 0
+    text_at = [checker.inputs.index(c) for c in schema.text]
+    with progress(len(s.lines), "prepare: write TFRecords", unit="rows") as bar:
+        for chunk in reading.iter_chunks(path):
+            for row in chunk:
+                if index in s.reasons and index not in s.excerpts and row.cells is not None:
+                    s.excerpts[index] = reading.clip(",".join(map(str, row.cells)))
+                code = int(splits[index])
+                if code >= 0:
+                    values = checker.values(row.cells)
+                    label = reading.label_value(row.cells[checker.label])
+                    truncated += sum(
+                        1
+                        for j in text_at
+                        if values[j] and _longer(values[j], options.sequence_length)
+                    )
+                    by_name = dict(zip(checker.inputs, values, strict=True))
+                    by_name[schema.label] = label
+                    data = serialize_row(
+                        schema,
+                        by_name,
+                        label_id=ids[label],
+                        row=row.line,
+                        key=ledgers.key_hex(keys[index]),
+                    )
+                    writers[code].write(data)
+                index += 1
+            bar.update(len(chunk))
+    return {sp: w.close() for sp, w in zip(SPLITS, writers, strict=True)}, truncated
+
+
+def _longer(text: Any, n: int) -> bool:
+    return isinstance(text, str) and len(text.split(None, n)) > n
+
+
+def quarantine_csv(s: Scan) -> str:
+    """``line,reason,excerpt`` in file order."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("line", "reason", "excerpt"))
+    for i in sorted(s.reasons):
+        w.writerow((s.lines[i], s.reasons[i], s.excerpts.get(i, "")))
+    return buf.getvalue()
+
+
+def reason_counts(s: Scan) -> dict[str, int]:
+    """Quarantined rows per reason (the part before the detail)."""
+    return dict(sorted(Counter(r.split(":")[0].split(" (")[0] for r in s.reasons.values()).items()))
+
+
+# ------------------------------------------------------------------ the whole
+
+
+def previous_schema(path: Path) -> Schema | None:
+    try:
+        return Schema.load(path) if path.is_file() else None
+    except DataError as exc:
+        log.warning("the previous schema cannot be read (%s): not compared", exc)
+        return None
+
+
+def prepare_table(
+    raw_dir: Path, out_dir: Path, options: Options, ledger_path: Path, last_schema: Path
+) -> dict[str, Any]:
+    """Prepare the table fetch left in ``raw_dir`` into ``out_dir``; the stats (also in
+    ``stats.json``). ``last_schema``: the previous prepare's schema (compared, then
+    replaced), kept beside the ledger because DVC deletes ``out_dir`` before a run."""
+    path = source_file(raw_dir)
+    header = reading.header(path)
+    check_columns(header, options.columns)
+    label = find_label(header, options.columns.label)
+    profiles, total = profile(path, header, label)
+    draft = infer_schema(
+        header, profiles, options.columns, max_categories=options.max_categories, labels=()
+    )
+    s = scan(path, header, draft, total)
+    keys = np.frombuffer(bytes(s.keys), dtype=ledgers.KEY_DTYPE)
+    labels = np.frombuffer(s.labels, np.int32)
+    kept = dedupe(s, keys, labels)
+    index = drop_small_classes(s, kept.index, labels)
+    if not len(index):
+        raise DataError(
+            f"{path}: no usable row ({len(s.reasons)} quarantined): see the reasons above"
+        )
+    names = sorted({n for n, c in s.names.items() if c in set(labels[index].tolist())})
+    schema = replace(draft, labels=tuple(names))
+    recode = np.full(len(s.names) + 1, -1, np.int32)
+    for n, c in s.names.items():
+        if n in names:
+            recode[c] = names.index(n)
+    item_labels = recode[labels[index]]
+    assignment = ledgers.assign(
+        keys[index],
+        item_labels,
+        names,
+        np.frombuffer(s.given, np.int8)[index],
+        ledgers.read_ledger(ledger_path),
+        seed=options.seed,
+        fractions=Fractions(options.val_fraction, options.test_fraction, 0.5),
+    )
+    counts = ledgers.split_counts(assignment.splits, item_labels, names)
+    check_coverage(counts, names)
+    splits = np.full(len(s.lines), -1, np.int8)
+    splits[index] = assignment.splits
+    changes = schema_changes(previous_schema(last_schema), schema)
+    for change in changes:
+        log.warning("schema changed since the last prepare: %s", change)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        shards, truncated = write_shards(path, tmp, schema, (splits, keys, header), options, s)
+        tfrecords.write_shard_index(tmp, shards)
+        schema.save(tmp / SCHEMA_FILE)
+        atomic_write_json(tmp / LABELS_FILE, list(names))
+        atomic_write_text(tmp / QUARANTINE_FILE, quarantine_csv(s))
+        stats = {
+            "source": path.name,
+            "rows_read": len(s.lines),
+            "rows": len(index),
+            "splits": counts,
+            "quarantined": len(s.reasons),
+            "quarantined_by_reason": reason_counts(s),
+            "duplicates": kept.duplicates,
+            "conflicting_duplicates": kept.conflicting,
+            "truncated_texts": truncated,
+            "sequence_length": options.sequence_length,
+            "roles": schema.roles(),
+            "inferred": list(schema.inferred),
+            "schema_changes": changes,
+            "ledger": assignment.report(),
+        }
+        atomic_write_json(tmp / STATS_FILE, stats)
+    ledgers.write_ledger(ledger_path, assignment.ledger)
+    ledgers.log_report(assignment, ledger_path)
+    schema.save(last_schema)
+    log_summary(stats)
+    return stats
+
+
+def log_summary(stats: dict[str, Any]) -> None:
+    log.info("roles: %s", ", ".join(f"{c}={r}" for c, r in stats["roles"].items()))
+    log.info(
+        "%d rows read: %s; %d quarantined %s, %d duplicates dropped, %d texts longer than "
+        "%d tokens",
+        stats["rows_read"],
+        ", ".join(f"{s} {v['total']}" for s, v in stats["splits"].items()),
+        stats["quarantined"],
+        stats["quarantined_by_reason"] or "",
+        stats["duplicates"],
+        stats["truncated_texts"],
+        stats["sequence_length"],
+    )
