@@ -111,6 +111,13 @@ class TableConfig(TrainConfig):
         min=2,
     )
     batch_size: Int = _f(64, "batch size", min=1, max=4096)
+    min_accuracy: Float | None = _f(
+        None,
+        "the promotion gate's test-accuracy floor for tables (null: the classical baseline's "
+        "test accuracy; evaluate.min_accuracy is the image kind's)",
+        min=0.0,
+        max=1.0,
+    )
 
 
 #: Forecasting models of the series kind (``reprotrain.series``).

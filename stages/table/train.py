@@ -13,6 +13,7 @@ import logging
 from reprotrain import dag, paths, runtime, stage_io, training
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
+from reprotrain.tables import inference
 from reprotrain.tables import model as table_model
 from reprotrain.tables.training import load_train_data, make_dataset
 
@@ -41,7 +42,7 @@ def main() -> int:
         )
         train, val = (
             make_dataset(
-                table_model.feed(model, split.inputs, data.spec),
+                inference.feed(model, split.inputs, data.spec),
                 split.y,
                 batch_size=cfg.batch_size,
                 shuffle_buffer=params.pipeline.shuffle_buffer if shuffle else 0,

@@ -13,7 +13,7 @@ import pytest
 
 from reprotrain.config import load_params
 from reprotrain.errors import ConfigError, ModelError
-from reprotrain.tables import features
+from reprotrain.tables import features, inference
 from reprotrain.tables import model as tm
 
 ROWS = 200
@@ -55,21 +55,21 @@ def test_raw_columns_in_and_safe_mode_round_trip(tweets, tmp_path, api):
     _, spec, inputs = tweets
     model = tm.build(spec, 3, inputs, _cfg(), api)
     assert model.name == f"table_{api}" and tm.is_table_model(model)
-    probs = tm.predict_probs(model, inputs, spec)
+    probs = inference.predict_probs(model, inputs, spec)
     assert probs.shape == (ROWS, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
-    np.testing.assert_allclose(tm.predict_probs(loaded, inputs, spec), probs, atol=1e-6)
+    np.testing.assert_allclose(inference.predict_probs(loaded, inputs, spec), probs, atol=1e-6)
 
 
 def test_sequential_numbers_only(churn, tweets, tmp_path):
     _, spec, inputs = churn
     model = tm.build(spec, 2, inputs, _cfg(), "sequential")
     assert isinstance(model, keras.Sequential) and model.name == "table_sequential"
-    probs = tm.predict_probs(model, inputs, spec)
+    probs = inference.predict_probs(model, inputs, spec)
     model.save(tmp_path / "s.keras")
     loaded = keras.saving.load_model(tmp_path / "s.keras", safe_mode=True, compile=False)
-    np.testing.assert_allclose(tm.predict_probs(loaded, inputs, spec), probs, atol=1e-6)
+    np.testing.assert_allclose(inference.predict_probs(loaded, inputs, spec), probs, atol=1e-6)
     with pytest.raises(ConfigError, match=r"numbers only.*text"):
         tm.build(tweets[1], 3, tweets[2], _cfg(), "sequential")
 
@@ -79,12 +79,12 @@ def test_missing_numbers_are_imputed_with_an_indicator(churn):
     model = tm.build(spec, 2, inputs, _cfg(), "functional")
     holes = {k: v.copy() for k, v in inputs.items()}
     holes[spec.numeric[0]][:10] = np.nan
-    probs = tm.predict_probs(model, holes, spec)
+    probs = inference.predict_probs(model, holes, spec)
     assert np.isfinite(probs).all()
     # NaN is the train mean plus the indicator: not the same as the mean itself.
     mean = {k: v.copy() for k, v in inputs.items()}
     mean[spec.numeric[0]][:10] = np.nanmean(inputs[spec.numeric[0]])
-    assert not np.allclose(tm.predict_probs(model, mean, spec)[:10], probs[:10])
+    assert not np.allclose(inference.predict_probs(model, mean, spec)[:10], probs[:10])
     impute = model.get_layer("impute_missing")
     assert impute.compute_output_shape((None, len(spec.numeric)))[-1] == 2 * len(spec.numeric)
 
@@ -99,7 +99,7 @@ def test_masking_same_text_two_paddings_same_probabilities(tweets):
     long = tm.build(spec, 3, inputs, _cfg(text_encoder="bilstm", sequence_length=90), "functional")
     long.set_weights(short.get_weights())  # no weight depends on the sequence length
     texts = {"text": np.array([["Make America great again"], ["thank you"]], dtype=object)}
-    a, b = (tm.predict_probs(m, texts, spec) for m in (short, long))
+    a, b = (inference.predict_probs(m, texts, spec) for m in (short, long))
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert short.get_layer("text_embedding").mask_zero
 

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reprotrain.tables import reading
+
 #: What a missing category or text becomes (StringLookup maps it to the OOV bucket unless
 #: the train split had missing values too, in which case it has its own index).
 MISSING = ""
@@ -66,59 +68,52 @@ class CellError(ValueError):
 def _missing(value: Any) -> bool:
     if value is None or value is pd.NA or value is pd.NaT:
         return True
-    return isinstance(value, float) and math.isnan(value)
+    return isinstance(value, float | np.floating) and math.isnan(value)
+
+
+def _scalar(value: Any, column: str, what: str) -> Any:
+    """numpy scalars as Python ones; CellError for a list, a dict, ..."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str | int | float):
+        raise CellError(f"column {column!r}: a {type(value).__name__} is not {what}")
+    return value
 
 
 def number(value: Any, column: str) -> float:
-    """A numeric cell as float (NaN when missing); CellError for anything not a number."""
+    """A numeric cell as prepare reads it (``reading.number_value``: missing spellings are
+    NaN); CellError for a boolean or anything else that is not a number."""
     if _missing(value):
         return math.nan
-    if isinstance(value, bool | np.bool_):
+    value = _scalar(value, column, "a number")
+    if isinstance(value, bool):
         raise CellError(f"column {column!r}: {value!r} is a boolean, not a number")
-    if isinstance(value, int | float | np.integer | np.floating):
-        return float(value)
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return math.nan
-        try:
-            return float(text)
-        except ValueError:
-            raise CellError(f"column {column!r}: {value[:40]!r} is not a number") from None
-    raise CellError(f"column {column!r}: a {type(value).__name__} is not a number")
+    try:
+        result = reading.number_value(value)
+    except reading.NotANumber:
+        raise CellError(f"column {column!r}: {str(value)[:40]!r} is not a number") from None
+    return math.nan if result is None else float(result)
 
 
 def category(value: Any, column: str) -> str:
-    """A categorical cell as the string StringLookup sees: ``415``, ``415.0`` and ``"415"``
-    are one category; missing is :data:`MISSING`."""
+    """A categorical cell as prepare stores it (``reading.text_value``), missing as
+    :data:`MISSING`; an integral float is the integer (pandas reads a column of codes with a
+    gap as floats: ``415.0`` is the ``415`` of the file)."""
     if _missing(value):
         return MISSING
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool | np.bool_):
-        return str(bool(value))
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if isinstance(value, float | np.floating):
-        return str(int(value)) if float(value).is_integer() else repr(float(value))
-    raise CellError(f"column {column!r}: a {type(value).__name__} is not a category")
+    value = _scalar(value, column, "a category")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return reading.text_value(value) or MISSING
 
 
 def text(value: Any, column: str) -> str:
-    """A text cell as str (missing: empty); CellError for a list, a dict, ..."""
+    """A text cell as prepare stores it (``reading.text_value``, missing as empty)."""
     if _missing(value):
         return MISSING
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
-        return str(value)
-    raise CellError(f"column {column!r}: a {type(value).__name__} is not text")
+    return reading.text_value(_scalar(value, column, "text")) or MISSING
 
 
 _CONVERT = {"text": text, "numeric": number, "categorical": category}
