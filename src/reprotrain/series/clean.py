@@ -89,6 +89,7 @@ def _infer_freq(index: pd.DatetimeIndex) -> str | None:
 
 def infer_frequency(times: pd.DatetimeIndex) -> BaseOffset:
     """The series' step (see the module, rule 3); ``times`` sorted, unique, ≥ 3 of them."""
+    times = pd.DatetimeIndex(times).as_unit("ns")
     whole = _infer_freq(times)
     if whole is not None:
         return to_offset(whole)
@@ -111,6 +112,7 @@ def infer_frequency(times: pd.DatetimeIndex) -> BaseOffset:
 def make_grid(times: pd.DatetimeIndex, offset: BaseOffset) -> pd.DatetimeIndex:
     """The regular steps of ``offset`` covering ``times`` (nearest steps to the first and
     the last). A fixed step is anchored where most timestamps lie (its most common phase)."""
+    times = pd.DatetimeIndex(times).as_unit("ns")
     step = _fixed_step(offset)
     ns = times.asi8
     if step is not None:
@@ -129,7 +131,7 @@ def make_grid(times: pd.DatetimeIndex, offset: BaseOffset) -> pd.DatetimeIndex:
         return back if t - back <= forward - t else forward
 
     start, end = nearest(times[0]), nearest(times[-1])
-    return pd.date_range(start, end, freq=offset).astype("datetime64[ns]")
+    return pd.date_range(start, end, freq=offset).as_unit("ns")
 
 
 def _snap(times: np.ndarray, grid: np.ndarray) -> np.ndarray:

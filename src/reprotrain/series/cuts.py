@@ -65,7 +65,8 @@ class Ledger:
     fractions: dict[str, float] = field(default_factory=dict)
 
     def times(self) -> pd.DatetimeIndex:
-        return pd.date_range(self.first, periods=len(self.digests), freq=to_offset(self.frequency))
+        offset = to_offset(self.frequency)
+        return pd.date_range(self.first, periods=len(self.digests), freq=offset).as_unit("ns")
 
 
 def first_cuts(times: pd.DatetimeIndex, val_fraction: float, test_fraction: float) -> Cuts:
@@ -141,6 +142,7 @@ def write_ledger(path: Path, ledger: Ledger) -> None:
 
 def _compare(previous: Ledger, times: pd.DatetimeIndex, digests: list[str]) -> dict[str, Any]:
     """The steps of the recorded span whose values changed (or went missing)."""
+    times = pd.DatetimeIndex(times).as_unit("ns")
     now = dict(zip(times.asi8.tolist(), digests, strict=True))
     old_times = previous.times()
     changed: dict[str, list[pd.Timestamp]] = {s: [] for s in SPLITS}
@@ -164,11 +166,12 @@ def _compare(previous: Ledger, times: pd.DatetimeIndex, digests: list[str]) -> d
 
 def _merged(previous: Ledger, times: pd.DatetimeIndex, digests: list[str]) -> Ledger | None:
     """The recorded digests kept, the new steps' added: None when the grids do not line up."""
+    times = pd.DatetimeIndex(times).as_unit("ns")
     by_time = dict(zip(times.asi8.tolist(), digests, strict=True))
     by_time.update(zip(previous.times().asi8.tolist(), previous.digests, strict=True))
     first, last = min(by_time), max(by_time)
     offset = to_offset(previous.frequency)
-    grid = pd.date_range(pd.Timestamp(first), pd.Timestamp(last), freq=offset)
+    grid = pd.date_range(pd.Timestamp(first), pd.Timestamp(last), freq=offset).as_unit("ns")
     if len(grid) != len(by_time) or not all(t in by_time for t in grid.asi8.tolist()):
         return None
     return Ledger(
