@@ -233,13 +233,15 @@ class Kept:
 def dedupe(s: Scan, keys: np.ndarray, labels: np.ndarray) -> Kept:
     """Keep the first row of each key; quarantine every row of a key whose labels differ."""
     ok = np.flatnonzero(labels >= 0)
+    if not len(ok):
+        return Kept(ok, 0, 0)
     order = ok[np.argsort(keys[ok], kind="stable")]  # by key, then file order
     sorted_keys = keys[order]
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
     ends = np.r_[starts[1:], len(order)]
     first = order[starts]
-    lo = np.minimum.reduceat(labels[order], starts) if len(order) else np.empty(0, int)
-    hi = np.maximum.reduceat(labels[order], starts) if len(order) else np.empty(0, int)
+    lo = np.minimum.reduceat(labels[order], starts)
+    hi = np.maximum.reduceat(labels[order], starts)
     conflicting = 0
     inverse = {v: k for k, v in s.names.items()}
     for g in np.flatnonzero(lo != hi):
