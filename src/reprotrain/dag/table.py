@@ -7,7 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from reprotrain import paths
-from reprotrain.dag.spec import Kind, Output, Stage, fetch_stage, git_file, sidecar, training
+from reprotrain.dag.spec import (
+    Kind,
+    Output,
+    Stage,
+    fetch_stage,
+    git_file,
+    plot_data,
+    sidecar,
+    training,
+)
 
 KIND_NAME = "table"
 _PREPARED = str(paths.TABLE_PREPARED)
@@ -106,11 +115,12 @@ STAGES: dict[str, Stage] = {
                 str(paths.EXPORT_METRICS),
             ),
             outs=(
+                Output(str(paths.PLOTS_DIR / "images")),
                 Output(str(paths.PLOTS_DIR / "predictions.csv")),
                 git_file(paths.MODEL_CARD),
-                Output(str(paths.REPORTS_DIR / "model_card")),
                 sidecar(paths.EVALUATE_RUN),
                 git_file(paths.METRICS_DIR / "promotion.json"),
+                *plot_data("confusion", "roc", "pr", "training_curves", "worst_rows"),
             ),
             metrics=(git_file(paths.METRICS_DIR / "evaluate.json"),),
             sidecar=str(paths.EVALUATE_RUN),
@@ -125,7 +135,41 @@ STAGES: dict[str, Stage] = {
     )
 }
 
-PLOTS: list[dict[str, Any]] = []
+#: How ``dvc plots show/diff`` draws the files evaluate writes (the image kind's, one stage).
+PLOTS: list[dict[str, Any]] = [
+    {
+        "plots/confusion.csv": {
+            "template": "confusion",
+            "x": "predicted",
+            "y": "actual",
+            "title": "Confusion matrix (test split)",
+        }
+    },
+    {
+        "ROC": {
+            "template": "simple",
+            "x": "fpr",
+            "y": {"plots/roc.csv": "tpr"},
+            "title": "ROC curve (test split)",
+        }
+    },
+    {
+        "Precision-recall": {
+            "template": "simple",
+            "x": "recall",
+            "y": {"plots/pr.csv": "precision"},
+            "title": "Precision-recall curve (test split)",
+        }
+    },
+    {
+        "Training curves": {
+            "template": "linear",
+            "x": "step",
+            "y": {"plots/training_curves.csv": ["val_accuracy", "accuracy"]},
+            "title": "Accuracy over the train stage's epochs",
+        }
+    },
+]
 
 KIND = Kind(
     KIND_NAME,

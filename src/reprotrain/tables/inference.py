@@ -21,7 +21,7 @@ BATCH_ROWS = 1024
 def takes_dict(model: Any) -> bool:
     """Whether ``model`` takes the column dict (Functional) or one stacked tensor
     (``model.api: sequential``)."""
-    return not model.__class__.__name__ == "Sequential"
+    return model.__class__.__name__ != "Sequential"
 
 
 def feed(model: Any, inputs: Mapping[str, np.ndarray], spec: InputSpec) -> Any:
