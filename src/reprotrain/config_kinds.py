@@ -162,3 +162,9 @@ class SeriesConfig(TrainConfig):
     early_stopping_patience: Int = _f(
         5, "epochs without val_loss improvement before stopping", min=1
     )
+    export_max_diff: Float = _f(
+        0.01,
+        "an export ships if its largest |forecast − Keras forecast| on the test windows is at "
+        "most this fraction of the Keras model's test MAE",
+        gt=0.0,
+    )

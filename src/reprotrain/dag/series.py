@@ -3,6 +3,7 @@ The baselines (naive, seasonal naive) need no training: evaluate computes them."
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from reprotrain import paths
@@ -11,6 +12,13 @@ from reprotrain.dag.spec import Kind, Output, Stage, fetch_stage, git_file, side
 KIND_NAME = "series"
 _PREPARED = str(paths.SERIES_PREPARED)
 _WINDOWS = ("series.window", "series.horizon")
+#: train's forecast config beside the model (``series.serving.config_path``).
+_FORECAST_CONFIG = str(paths.SERIES_MODELS / "model.forecast.json")
+
+
+def _with_outputs(stage: Stage, *outs: Output) -> Stage:
+    return dataclasses.replace(stage, outs=(*stage.outs, *outs))
+
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -43,19 +51,23 @@ STAGES: dict[str, Stage] = {
             sidecar=str(paths.SERIES_PREPARE_RUN),
             kind=KIND_NAME,
         ),
-        training(
-            "train",
-            paths.SERIES_MODEL,
-            paths.SERIES_HISTORY,
-            paths.SERIES_RUN,
-            params=("seed", "pipeline.shuffle_buffer", "runtime", "series"),
-            reads=(_PREPARED,),
-            upstream=(str(paths.SERIES_PREPARE_RUN),),
-            kind=KIND_NAME,
+        _with_outputs(
+            training(
+                "train",
+                paths.SERIES_MODEL,
+                paths.SERIES_HISTORY,
+                paths.SERIES_RUN,
+                params=("seed", "runtime", "series"),
+                reads=(_PREPARED,),
+                upstream=(str(paths.SERIES_PREPARE_RUN),),
+                kind=KIND_NAME,
+            ),
+            # The served config (frequency, columns, interval widths) beside the model.
+            Output(_FORECAST_CONFIG),
         ),
         Stage(
             "export",
-            params=("seed", "runtime", "export"),
+            params=("seed", "runtime", "export", "series.export_max_diff"),
             reads=(_PREPARED, str(paths.SERIES_MODEL)),
             outs=(Output(str(paths.SERIES_EXPORT_DIR)), sidecar(paths.SERIES_EXPORT_RUN)),
             metrics=(git_file(paths.EXPORT_METRICS),),

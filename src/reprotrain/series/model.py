@@ -179,3 +179,27 @@ def check_shape(model: Any, window: int, channels: int, horizon: int) -> None:
             f"window {window} × {channels} channels and horizon {horizon}: rerun train "
             "(dvc repro)"
         )
+
+
+def load(path: Any, *, hint: str = "rerun train (dvc repro)") -> Any:
+    """A saved forecaster (safe mode, not compiled); a one-line ModelError when the file is
+    missing, unreadable or not a forecaster. (``models.loading.load_model`` checks an image
+    input, which a forecaster does not have.)"""
+    from pathlib import Path
+
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}; {hint}")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # corrupt zip, unknown layer, version mismatch
+        raise ModelError(
+            f"{path}: cannot load the model ({type(exc).__name__}: {exc}); {hint}"
+        ) from exc
+    if not is_series_model(model):
+        raise ModelError(
+            f"{path} is the Keras model {model.name!r}, not a forecaster (series_*): {hint}"
+        )
+    return model

@@ -69,3 +69,21 @@ def forecast_config(
         intervals=widths,
         model=str(model.name),
     )
+
+
+def in_memory_dataset(
+    x: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle: bool, seed: int
+) -> Any:
+    """``(x, y)`` batches from arrays already in memory, of known length (a cosine
+    schedule needs it), reshuffled each epoch in the same seeded order on every run.
+
+    Why not re-read the TFRecords each epoch: a series' windows are a few MB at most (n ×
+    window × channels floats) and evaluate needs the arrays anyway; parsing them every epoch
+    would make the stage slower than a plain ``model.fit`` on arrays (the benchmark's bar).
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(x, np.float32), np.asarray(y, np.float32)))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
