@@ -1,5 +1,5 @@
 """Small real tables for the table kind's tests: slices of the offline assets' churn,
-topics8 and trump_tweets CSVs (their first rows, as written), plus :func:`write_csv` for
+topics8 and trump_tweets CSVs (rows spread over each file), plus :func:`write_csv` for
 crafted messy files. Skipped without the assets."""
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ SLICE_ROWS = 300
 
 
 def slice_csv(src: Path, dst: Path, rows: int = SLICE_ROWS) -> Path:
-    """The header and the first ``rows`` records of ``src`` (records, not lines: texts
-    span lines), re-written by the csv module."""
+    """The header and ``rows`` records of ``src`` spread evenly over it (the assets are
+    sorted by time or topic: a head would hold one class), re-written by the csv module."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        src.open(newline="", encoding="utf-8") as f,
-        dst.open("w", newline="", encoding="utf-8") as out,
-    ):
-        reader, writer = csv.reader(f), csv.writer(out, lineterminator="\n")
-        for i, row in enumerate(reader):
-            if i > rows:
-                break
-            writer.writerow(row)
+    with src.open(newline="", encoding="utf-8") as f:
+        header, *records = list(csv.reader(f))
+    step = max(1, len(records) // rows)
+    with dst.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(records[::step][:rows])
     return dst
 
 

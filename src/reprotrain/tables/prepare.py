@@ -393,6 +393,11 @@ def prepare_table(
             f"{path}: no usable row ({len(s.reasons)} quarantined): see the reasons above"
         )
     names = sorted({n for n, c in s.names.items() if c in set(labels[index].tolist())})
+    if len(names) < 2:
+        raise DataError(
+            f"{path}: the label column {draft.label!r} has one class ({names[0]!r}) in its "
+            f"{len(index)} usable rows: nothing to learn; check data.columns.label"
+        )
     schema = replace(draft, labels=tuple(names))
     recode = np.full(len(s.names) + 1, -1, np.int32)
     for n, c in s.names.items():
