@@ -274,3 +274,64 @@ def test_no_usable_row_is_one_line(tmp_path: Path) -> None:
     source = write_csv(tmp_path / "e.csv", ["text", "label"], [["x", ""], ["y", ""]])
     with pytest.raises(DataError, match="no usable row"):
         run(source, tmp_path / "w")
+
+
+# ------------------------------------------------------------------ the stages, in a project
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory, trump_csv: Path) -> Path:
+    """A project copy of kind table on the trump slice, after `dvc repro baseline` (fetch,
+    prepare, baseline)."""
+    from tests.conftest import make_project, run, subprocess_env
+
+    params = {"data": {"kind": "table", "source": str(trump_csv), "sha256": None}}
+    proj = make_project(tmp_path_factory.mktemp("table_stage") / "proj", params)
+    run(["dvc", "repro", "baseline"], proj, subprocess_env(), timeout=600)
+    return proj
+
+
+@pytest.mark.slow
+def test_the_stages_prepare_fit_the_baseline_and_are_tracked(staged: Path) -> None:
+    import mlflow
+    import yaml
+
+    from reprotrain import paths
+
+    prepared = staged / paths.TABLE_PREPARED
+    assert Schema.load(prepared).text == ("text",)
+    stats = json.loads((prepared / "stats.json").read_text())
+    assert stats["rows"] == 300 and (staged / paths.TABLE_LEDGER).is_file()
+    assert Schema.load(staged / "data/table/schema.json") == Schema.load(prepared)
+    client = mlflow.MlflowClient(f"sqlite:///{staged / 'mlruns' / 'mlflow.db'}")
+    prep = client.get_run(json.loads((staged / paths.TABLE_PREPARE_RUN).read_text())["run_id"])
+    assert prep.data.metrics["train_rows"] == stats["splits"]["train"]["total"]
+    assert prep.data.params["table.sequence_length"] == "200"
+    metrics = json.loads((staged / "metrics" / "baseline.json").read_text())
+    assert metrics["model"] == "LogisticRegression"
+    assert metrics["test_accuracy"] > metrics["test_majority_accuracy"]
+    base = client.get_run(json.loads((staged / paths.TABLE_BASELINE_RUN).read_text())["run_id"])
+    assert base.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    lock = yaml.safe_load((staged / "dvc.lock").read_text())
+    outs = {o["path"] for o in lock["stages"]["prepare"]["outs"]}
+    assert {str(paths.TABLE_LEDGER), "data/table/schema.json"} <= outs
+
+
+@pytest.mark.slow
+def test_the_stage_reports_a_bad_column_in_one_line(staged: Path) -> None:
+    import yaml
+
+    from tests.conftest import run
+
+    params_file = staged / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["data"]["columns"]["numeric"] = ["likes"]
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = run(["python", "stages/table/prepare.py"], staged, check=False, timeout=300)
+    finally:
+        params_file.write_text(original)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "data.columns.numeric names 'likes'" in proc.stderr and "retweet_count" in proc.stderr
