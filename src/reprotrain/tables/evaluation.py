@@ -50,9 +50,11 @@ test_digest.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 def _cell(value: Any) -> Any:
     if isinstance(value, str) and len(value) > TEXT_CHARS:
         return value[: TEXT_CHARS - 1] + "…"
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
+    value = value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, float):
+        # Stored as float32: 7 significant digits are the value (173.1, not 173.10000610...).
+        return None if np.isnan(value) else float(f"{value:.7g}")
+    return value
 
 
 def worst_rows(
