@@ -121,7 +121,8 @@ def read_rows(paths: Sequence[str], texts: Sequence[str], spec: InputSpec) -> An
     if texts:
         if len(spec.columns) != 1 or not spec.text:
             raise DataError(
-                f"--text is for a model of one text column; this one takes {', '.join(spec.columns)}"
+                "--text is for a model of one text column; this one takes "
+                + ", ".join(spec.columns)
             )
         frames.append(
             pd.DataFrame(
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels, spec = labels_and_inputs(args.model, keras_path, args.labels)
         frame = read_rows(args.paths, args.text, spec)
     except ReprotrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logger.error("%s", exc)
         return 2
     from reprotrain.tables import inference
     from reprotrain.tables.serving import predict_rows
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = inference.load(keras_path, num_classes=len(labels), hint="pass a table model")
     except ReprotrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logger.error("%s", exc)
         return 2
     answers = predict_rows(model, labels, spec, frame)
     results = [
@@ -185,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     failed = [r for r in results if r["error"]]
     for r in failed:
-        print(f"{r['source']}:{r['row']}: {r['error']}", file=sys.stderr)
+        logger.error("%s:%s: %s", r["source"], r["row"], r["error"])
     out = json.dumps(results, indent=2) + "\n" if args.format == "json" else _csv(results, labels)
     sys.stdout.write(out)
     return 1 if failed or not results else 0
