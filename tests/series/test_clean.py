@@ -135,3 +135,10 @@ def test_quarantine_csv_lists_each_row_with_its_reason(tmp_path: Path) -> None:
     assert list(quarantine.columns) == ["line", "time", "reason"]
     assert quarantine["line"].tolist() == [31, 32, 52]
     assert stats["counts"]["quarantined"] == {"duplicate timestamp": 2, "unparseable timestamp": 1}
+
+
+def test_the_grid_keeps_the_last_step() -> None:
+    """np.arange sizes an int64 ns range in float64 and lost the last day of this one."""
+    days = pd.date_range("2020-01-01", periods=240, freq="D")
+    grid = make_grid(days, infer_frequency(days))
+    assert len(grid) == 240 and grid[-1] == days[-1]

@@ -119,10 +119,16 @@ def make_grid(times: pd.DatetimeIndex, offset: BaseOffset) -> pd.DatetimeIndex:
         phases = (ns - ns[0]) % step
         values, counts = np.unique(phases, return_counts=True)
         phase = int(values[np.argmax(counts)])
-        base = ns[0] + phase
-        first = base + round((ns[0] - base) / step) * step
-        last = base + round((ns[-1] - base) / step) * step
-        return pd.DatetimeIndex(np.arange(first, last + 1, step).astype("datetime64[ns]"))
+        base = int(ns[0]) + phase  # integers throughout: a float loses ns at 1e18
+
+        def nearest_step(t: int) -> int:
+            return base + (t - base + step // 2) // step * step
+
+        first, last = nearest_step(int(ns[0])), nearest_step(int(ns[-1]))
+        # not np.arange(first, last + 1, step): it sizes the range in float64 and drops the
+        # last step at ns timestamps (measured with numpy 2)
+        steps = first + step * np.arange((last - first) // step + 1, dtype=np.int64)
+        return pd.DatetimeIndex(steps.astype("datetime64[ns]"))
 
     def nearest(t: pd.Timestamp) -> pd.Timestamp:
         if offset.is_on_offset(t):
@@ -217,6 +223,12 @@ def clean(frame: pd.DataFrame, roles: Roles, max_gap: int) -> Cleaned:
         non_numeric[name], missing_values[name] = bad, missing
     matrix = np.column_stack(channels)
     kept = np.flatnonzero(keep)
+    if len(frame) and reasons[UNPARSEABLE] == len(frame):
+        raise DataError(
+            f"the time column {roles.time!r}: no value parses as a timestamp (the first is "
+            f"{str(text.iloc[0])!r}); write dates such as 2021-01-31 or 2021-01-31T12:00 "
+            "(numbers are read as years only), or set data.columns.time"
+        )
     if len(kept) < 3:
         raise DataError(
             f"only {len(kept)} rows with a usable, unique timestamp in {roles.time!r} "

@@ -1,0 +1,65 @@
+"""Which column is time, target, covariates: as named, or inferred (and the one-line
+errors when inference cannot decide)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from reprotrain.config_kinds import ColumnsConfig
+from reprotrain.errors import ConfigError, DataError
+from reprotrain.series.frame import infer_roles, parse_times, to_numbers
+
+DAYS = [f"2021-01-{d:02d}" for d in range(1, 11)]
+
+
+def _frame(**cols: list) -> pd.DataFrame:
+    return pd.DataFrame({k: [str(v) for v in vs] for k, vs in cols.items()})
+
+
+def test_time_by_name_then_the_only_date_column() -> None:
+    roles = infer_roles(_frame(DS=DAYS, y=range(10)), ColumnsConfig())
+    assert (roles.time, roles.target, roles.covariates) == ("DS", "y", ())
+    roles = infer_roles(_frame(when=DAYS, note=["x"] * 10, y=range(10)), ColumnsConfig())
+    assert (roles.time, roles.target, roles.unused) == ("when", "y", ("note",))
+    assert infer_roles(_frame(date=DAYS, time=DAYS, y=range(10)), ColumnsConfig()).time == "time"
+
+
+def test_undecidable_roles_ask_for_the_column() -> None:
+    with pytest.raises(ConfigError, match=r"^data.columns.time: columns a, b all parse"):
+        infer_roles(_frame(a=DAYS, b=DAYS, y=range(10)), ColumnsConfig())
+    with pytest.raises(ConfigError, match=r"numeric columns y, temp .*set data.columns.target"):
+        infer_roles(_frame(time=DAYS, y=range(10), temp=range(10)), ColumnsConfig())
+    roles = infer_roles(
+        _frame(time=DAYS, y=range(10), temp=range(10)), ColumnsConfig(covariates=("temp",))
+    )
+    assert (roles.target, roles.covariates) == ("y", ("temp",))
+    with pytest.raises(ConfigError, match=r"no column 'demand' in the source"):
+        infer_roles(_frame(time=DAYS, y=range(10)), ColumnsConfig(target="demand"))
+    with pytest.raises(ConfigError, match=r"'period' has a name the prepared series uses"):
+        infer_roles(_frame(time=DAYS, period=range(10)), ColumnsConfig())
+    with pytest.raises(DataError, match=r"column 'label' \(the covariate\) is not numeric"):
+        infer_roles(
+            _frame(time=DAYS, y=range(10), label=["a"] * 10),
+            ColumnsConfig(covariates=("label",)),
+        )
+
+
+def test_a_target_with_some_text_is_still_numeric() -> None:
+    values = ["1", "2", "oops", "4", "", "NA", "7", "8", "9", "10"]
+    roles = infer_roles(_frame(time=DAYS, y=values), ColumnsConfig())
+    assert roles.target == "y"
+    parsed, non_numeric, missing = to_numbers(pd.Series(values))
+    assert (non_numeric, missing) == (1, 2)
+    assert parsed[3] == 4.0 and pd.isna(parsed[2])
+
+
+def test_timestamps_years_offsets_and_mixed_formats() -> None:
+    years = parse_times(pd.Series([1990, 1991, 1992]))
+    assert years.tolist() == [pd.Timestamp(f"{y}-01-01") for y in (1990, 1991, 1992)]
+    aware = parse_times(pd.Series(["2021-01-01T00:00:00+02:00", "2021-01-01T01:00:00+02:00"]))
+    assert aware.tolist() == [pd.Timestamp("2020-12-31 22:00"), pd.Timestamp("2020-12-31 23:00")]
+    mixed = parse_times(pd.Series(["2021-01-01", "Jan 2 2021", "nope"]))
+    assert mixed.iloc[:2].tolist() == [pd.Timestamp("2021-01-01"), pd.Timestamp("2021-01-02")]
+    assert pd.isna(mixed.iloc[2])
+    assert parse_times(pd.Series([1.5e9, 1.6e9])).isna().all()  # numbers are not timestamps

@@ -1,0 +1,107 @@
+"""The series prepare end to end: the real co2 slice, the too-short error, and the stage
+script under `dvc repro` in a project copy (fetch → prepare, tracked in MLflow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from reprotrain import paths
+from reprotrain.errors import DataError
+from reprotrain.series.prepare import check_lengths
+from reprotrain.series.windows import load_meta, load_series, load_windows
+from tests.conftest import make_project, project_client, run, subprocess_env
+from tests.series.conftest import CO2_WEEKS, run_prepare, synthetic
+
+DEMAND = {"target": "demand"}
+
+
+def test_the_co2_slice_prepares(tmp_path: Path, co2_csv: Path) -> None:
+    prepared, stats = run_prepare(tmp_path, co2_csv, window=26, horizon=4)
+    meta = load_meta(prepared)
+    assert meta.frequency == "W-SAT" and (meta.time, meta.target) == ("date", "co2")
+    assert meta.counts["rows"] == meta.counts["steps"] == CO2_WEEKS
+    assert meta.counts["quarantined"] == {} and meta.counts["missing_steps"] == 0
+    recorded = json.loads((tmp_path / "cuts.json").read_text())
+    assert {k: recorded[k] for k in ("val_start", "test_start")} == stats["cuts"]
+    assert sum(p["steps"] for p in meta.periods.values()) == CO2_WEEKS
+    test = load_windows(prepared, "test")
+    assert len(test) == meta.periods["test"]["steps"] - 4 + 1  # its inputs reach back
+    series = load_series(prepared)
+    assert (series["period"] == "test").sum() == meta.periods["test"]["steps"]
+    assert not series["interpolated"].any()
+
+
+def test_too_short_is_one_line_saying_how_long(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as err:
+        run_prepare(tmp_path, synthetic(60), columns=DEMAND, window=40, horizon=8)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("the train period has 42 steps; window 40 + horizon 8 needs at")
+    with pytest.raises(DataError, match=r"^the test period has 5 steps; horizon 8 needs at least"):
+        check_lengths({"train": 100, "val": 20, "test": 5}, 20, 8)
+    with pytest.raises(DataError, match=r"series.recut: true"):
+        check_lengths({"train": 100, "val": 0, "test": 20}, 20, 8, recorded=True)
+    assert not (tmp_path / "cuts.json").exists()  # a failed prepare records nothing
+
+
+def test_every_window_crossing_a_gap_is_a_clear_error(tmp_path: Path) -> None:
+    frame = synthetic(120).astype(str)
+    frame.loc[100:, "demand"] = "?"  # the test period is all text
+    with pytest.raises(DataError, match=r"^the test period has no complete window: all"):
+        run_prepare(tmp_path, frame, columns=DEMAND)
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Path) -> Path:
+    """A project copy of kind series on the synthetic demand.csv, after `dvc repro prepare`."""
+    params = {
+        "data": {
+            "kind": "series",
+            "source": str(synthetic_csv),
+            "sha256": None,
+            "columns": {"target": "demand", "covariates": ["temperature", "workday"]},
+        },
+        "series": {"window": 8, "horizon": 3, "season": 7},
+    }
+    proj = make_project(tmp_path_factory.mktemp("series_stage") / "proj", params)
+    run(["dvc", "repro", "prepare"], proj, subprocess_env(), timeout=600)
+    return proj
+
+
+@pytest.mark.slow
+def test_the_stage_prepares_and_is_tracked(staged: Path) -> None:
+    prepared = staged / paths.SERIES_PREPARED
+    meta = load_meta(prepared)
+    assert meta.channels == ("demand", "temperature", "workday")
+    assert (staged / paths.SERIES_CUTS).is_file()
+    sidecar = json.loads((staged / paths.SERIES_PREPARE_RUN).read_text())
+    client = project_client(staged)
+    run_ = client.get_run(sidecar["run_id"])
+    assert run_.data.metrics["train_windows"] == meta.windows["train"]
+    assert run_.data.params["series.window"] == "8"
+    lock = yaml.safe_load((staged / "dvc.lock").read_text())
+    outs = {o["path"] for o in lock["stages"]["prepare"]["outs"]}
+    assert str(paths.SERIES_CUTS) in outs
+
+
+@pytest.mark.slow
+def test_the_stage_reports_bad_data_in_one_line(staged: Path) -> None:
+    params_file = staged / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["series"]["window"] = 400
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = run(["python", "stages/series/prepare.py"], staged, check=False, timeout=300)
+    finally:
+        params_file.write_text(original)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "window 400 + horizon 3 needs at least 403" in proc.stderr
+    assert load_meta(staged / paths.SERIES_PREPARED).window == 8  # the old folder stays
+    assert pd.read_csv(staged / paths.SERIES_PREPARED / "quarantine.csv").empty
