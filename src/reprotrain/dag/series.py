@@ -7,7 +7,16 @@ import dataclasses
 from typing import Any
 
 from reprotrain import paths
-from reprotrain.dag.spec import Kind, Output, Stage, fetch_stage, git_file, sidecar, training
+from reprotrain.dag.spec import (
+    Kind,
+    Output,
+    Stage,
+    fetch_stage,
+    git_file,
+    plot_data,
+    sidecar,
+    training,
+)
 
 KIND_NAME = "series"
 _PREPARED = str(paths.SERIES_PREPARED)
@@ -89,11 +98,14 @@ STAGES: dict[str, Stage] = {
             reads=(
                 _PREPARED,
                 str(paths.SERIES_MODEL),
+                _FORECAST_CONFIG,
                 str(paths.SERIES_HISTORY),
                 str(paths.EXPORT_METRICS),
             ),
             outs=(
                 Output(str(paths.PLOTS_DIR / "forecast.csv")),
+                Output(str(paths.PLOTS_DIR / "series")),
+                *plot_data("error_by_step"),
                 git_file(paths.MODEL_CARD),
                 Output(str(paths.REPORTS_DIR / "model_card")),
                 sidecar(paths.EVALUATE_RUN),
@@ -111,7 +123,17 @@ STAGES: dict[str, Stage] = {
     )
 }
 
-PLOTS: list[dict[str, Any]] = []
+#: How ``dvc plots show/diff`` draws what evaluate writes (dvc.yaml's top-level ``plots``).
+PLOTS: list[dict[str, Any]] = [
+    {
+        "Error by horizon step": {
+            "template": "linear",
+            "x": "step",
+            "y": {"plots/error_by_step.csv": ["model", "naive", "seasonal_naive"]},
+            "title": "Test MAE by horizon step: model and baselines",
+        }
+    }
+]
 
 KIND = Kind(
     KIND_NAME,
