@@ -1,0 +1,123 @@
+"""``python -m reprotrain predict MODEL history.csv``: forecast from a history table.
+
+``reprotrain.commands.predict`` hands a model whose Keras name starts with ``series`` here
+(``argv`` as given, the model first). MODEL is a ``.keras`` file (its forecast config is the
+``model.forecast.json`` train wrote beside it) or a registry URI (``models:/NAME@champion``;
+the config is the ``forecast.json`` logged with it). The history is a CSV with the time
+column, the target and the covariates, as in the training source; its last ``window`` rows
+are used. The forecast (step, time, forecast, ``lower_<L>``/``upper_<L>`` per interval
+level) goes to stdout or ``--output``, as CSV or JSON (``--format``).
+
+Exit codes, as the image command's: 0 forecast written, 1 the history cannot be used (the
+reason on stderr, one line), 2 usage or model error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reprotrain.errors import DataError, ModelError, ReprotrainError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reprotrain predict",
+        description="Forecast the next horizon steps from a history CSV (a series model).",
+    )
+    p.add_argument("model", help="a series .keras file or models:/NAME@alias | models:/NAME/V")
+    p.add_argument("history", help="CSV: the time column, the target, the covariates")
+    p.add_argument("--format", choices=("csv", "json"), default="csv", help="output format")
+    p.add_argument("--output", "-o", help="write here instead of stdout")
+    return p
+
+
+def find_config(model_path: Path) -> Path:
+    """The forecast config of a local model file (beside it) or of a downloaded registry
+    model (``forecast.json`` among its artifacts)."""
+    from reprotrain.series.serving import CONFIG_ARTIFACT, config_path
+
+    for candidate in (config_path(model_path), model_path.parent / CONFIG_ARTIFACT):
+        if candidate.is_file():
+            return candidate
+    raise ModelError(
+        f"no forecast config beside {model_path} ({config_path(model_path).name} or "
+        f"{CONFIG_ARTIFACT}): the train stage writes it; rerun it (dvc repro) or pass the "
+        "registered model (models:/NAME@champion)"
+    )
+
+
+def read_history(path: str) -> Any:
+    """The history CSV as a table (a DataError names the problem)."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise DataError(f"history file not found: {path}") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+
+
+def render(rows: list[dict[str, Any]], fmt: str, model: str) -> str:
+    """The forecast rows as CSV or JSON text."""
+    if fmt == "json":
+        return json.dumps({"model": model, "forecast": rows}, indent=2) + "\n"
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def forecast(model_spec: str, history_path: str) -> tuple[list[dict[str, Any]], str]:
+    """The forecast rows for a history file, and the model's name."""
+    import numpy as np
+
+    from reprotrain.commands.predict import model_file
+    from reprotrain.series import model as series_model
+    from reprotrain.series.serving import ForecastConfig, forecast_rows, history_window
+
+    model_path = model_file(model_spec)
+    try:
+        cfg = ForecastConfig.read(find_config(model_path))
+    except DataError as exc:  # the model's own file: a model error, not bad input
+        raise ModelError(str(exc)) from None
+    frame = read_history(history_path)
+    x, last = history_window(frame, cfg)  # before loading TensorFlow: bad input fails fast
+    model = series_model.load(model_path, hint="pass a series model saved by reprotrain")
+    series_model.check_shape(model, cfg.window, len(cfg.channels), cfg.horizon)
+    f = np.asarray(model(x, training=False), np.float64)[0]
+    return forecast_rows(f, last, cfg), model.name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Forecast and write it; the exit code (module docstring)."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        rows, name = forecast(args.model, args.history)
+    except DataError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_FAILED_INPUT
+    except ReprotrainError as exc:  # the model (or the registry holding it)
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    text = render(rows, args.format, name)
+    if args.output:
+        from reprotrain.fsio import atomic_write_text
+
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
