@@ -1,0 +1,289 @@
+"""The table kind end to end (issue 24's Done-when), in ONE project built once: churn,
+topics8 and trump_tweets slices each through a real ``dvc repro`` (data.source changed
+between runs), each registered, served over HTTP by ``mlflow models serve`` and predicted
+from a CSV; then the image quick start (tiny generated images) in the same project and back
+to the table: the gate says "not comparable" across kinds and inputs, nothing crashes, and
+neither kind's outputs are touched by the other's runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from scripts.project_copy import deep_update, make_project, subprocess_env
+from tests.conftest import TINY_PARAMS, free_port, http_server, make_class_tree, run
+from tests.tables.conftest import DATASETS, slice_csv
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROWS = 240
+TABLE = {
+    "data": {"kind": "table", "sha256": None},
+    "table": {
+        "epochs": 2,
+        "batch_size": 32,
+        "max_tokens": 3000,
+        "sequence_length": 40,
+        "embedding_dim": 16,
+        "hidden": [16],
+        "min_accuracy": 0.0,  # the first version becomes the champion the others meet
+    },
+    "export": {"formats": ["saved_model", "tflite_float32"], "latency_samples": 3},
+    "evaluate": {"worst_examples": 4},
+    "tracking": {"system_metrics": False},
+}
+SETS = ("churn", "topics8", "trump")
+
+
+def _set_params(proj: Path, extra: dict[str, Any]) -> None:
+    path = proj / "params.yaml"
+    params = deep_update(yaml.safe_load(path.read_text()), extra)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _repro(proj: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """What ``make repro`` does: dvc.yaml for the kind in params.yaml, then ``dvc repro``."""
+    run([sys.executable, "scripts/write_dvc_yaml.py"], proj, env)
+    return run(["dvc", "repro"], proj, env, timeout=1200)
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def project(assets: Path | None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if assets is None:
+        pytest.skip("offline assets (REPROTRAIN_ASSETS) not available")
+    tmp = tmp_path_factory.mktemp("tables-e2e")
+    sources = {
+        name: slice_csv(assets / "datasets" / DATASETS[name], tmp / "data" / f"{name}.csv", ROWS)
+        for name in SETS
+    }
+    proj = make_project(
+        tmp / "proj", deep_update(TABLE, {"data": {"source": str(sources["churn"])}})
+    )
+    env = subprocess_env()
+    out: dict[str, Any] = {"root": proj, "env": env, "runs": {}}
+    for name in SETS:
+        _set_params(proj, {"data": {"source": str(sources[name])}})
+        _repro(proj, env)
+        rows = tmp / f"{name}-test-rows.csv"
+        frame = _test_frame(proj)
+        frame.to_csv(rows, index=False)
+        out["runs"][name] = {
+            "promotion": _json(proj / "metrics/promotion.json"),
+            "evaluate": _json(proj / "metrics/evaluate.json"),
+            "export": _json(proj / "metrics/export.json"),
+            "card": (proj / "reports/model_card.md").read_text(),
+            "predictions": pd.read_csv(proj / "plots/predictions.csv"),
+            "rows": rows,
+            "model": tmp / f"{name}.keras",
+        }
+        shutil.copy2(proj / "models/table/model.keras", out["runs"][name]["model"])
+    out["table_files"] = _digests(proj, "data/table/prepared", "models/table")
+    # The image quick start in the same project (tiny generated images, untrained base).
+    images = make_class_tree(tmp / "images", {"cats": 12, "dogs": 12})
+    _set_params(proj, deep_update(TINY_PARAMS, {"data": {"kind": "images", "source": str(images)}}))
+    _repro(proj, env)
+    out["image_promotion"] = _json(proj / "metrics/promotion.json")
+    out["table_files_after_images"] = _digests(proj, "data/table/prepared", "models/table")
+    out["image_files"] = _digests(proj, "data/prepared", "models/head.keras")
+    # ... and back to the table (the last set).
+    _set_params(proj, {"data": {"kind": "table", "source": str(sources[SETS[-1]])}})
+    out["back"] = _repro(proj, env)
+    out["back_promotion"] = _json(proj / "metrics/promotion.json")
+    out["image_files_after_back"] = _digests(proj, "data/prepared", "models/head.keras")
+    return out
+
+
+def _test_frame(proj: Path) -> pd.DataFrame:
+    from reprotrain.tables import records
+
+    return records.read_frame(proj / "data/table/prepared", "test")
+
+
+def _digests(root: Path, *names: str) -> dict[str, str]:
+    import hashlib
+
+    out = {}
+    for name in names:
+        base = root / name
+        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+        for f in files:
+            out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def _post(url: str, body: Any) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        f"{url}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _probs(answers: list[dict], labels: list[str]) -> np.ndarray:
+    return np.array([[a["probabilities"][c] for c in labels] for a in answers])
+
+
+def test_each_set_registered_with_metrics_gain_importance_and_card(project) -> None:
+    versions = [project["runs"][n]["promotion"]["version"] for n in SETS]
+    assert versions == [1, 2, 3]
+    first = project["runs"]["churn"]["promotion"]
+    assert first["promoted"] and first["alias"] == "champion"  # table.min_accuracy: 0
+    for name in SETS[1:]:  # other inputs than the churn champion's
+        p = project["runs"][name]["promotion"]
+        assert not p["comparable"] and "takes other inputs" in p["reason"], p["reason"]
+    for name in SETS:
+        r = project["runs"][name]
+        ev = r["evaluate"]
+        assert 0 <= ev["accuracy"] <= 1 and ev["n_test"] == len(r["predictions"])
+        assert ev["baseline_gain"]["verdict"] in ("better", "worse", "no_gain")
+        assert set(ev["importance"]) == set(_json_schema_inputs(project, name))
+        for section in (
+            "Gain over the classical baseline",
+            "Permutation importance",
+            "Worst test errors",
+            "Promotion gate",
+            "Data and inputs",
+        ):
+            assert f"## {section}" in r["card"], section
+        saved = r["export"]["formats"]["saved_model"]
+        assert saved["shipped"] and saved["agreement"] == 1.0
+        tfl = r["export"]["formats"]["tflite_float32"]
+        assert tfl["shipped"] or tfl["reason"].startswith("not shipped")
+
+
+def _json_schema_inputs(project, name: str) -> list[str]:
+    frame = pd.read_csv(project["runs"][name]["rows"], nrows=1)
+    return [c for c in frame.columns if c != "label"]
+
+
+def test_predict_from_a_csv_gives_the_numbers_of_predictions_csv(project) -> None:
+    for name in SETS:
+        r = project["runs"][name]
+        out = (
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "reprotrain",
+                    "predict",
+                    str(r["model"]),
+                    str(r["rows"]),
+                    "--labels",
+                    str(project["root"] / "data/table/prepared/schema.json"),
+                ],
+                project["root"],
+                project["env"],
+                check=False,
+            )
+            if name == SETS[-1]
+            else run(
+                [
+                    sys.executable,
+                    "-m",
+                    "reprotrain",
+                    "predict",
+                    f"models:/reprotrain-classifier/{r['promotion']['version']}",
+                    str(r["rows"]),
+                ],
+                project["root"],
+                project["env"],
+                check=False,
+            )
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        answers = json.loads(out.stdout)
+        labels = [
+            c.removeprefix("prob_") for c in r["predictions"].columns if c.startswith("prob_")
+        ]
+        np.testing.assert_allclose(
+            _probs(answers, labels), r["predictions"][[f"prob_{c}" for c in labels]], atol=1e-5
+        )
+
+
+def test_served_over_http_per_row_errors(project) -> None:
+    """All three versions served at once by ``mlflow models serve``: each answers its test
+    rows as predictions.csv says; a bad cell is that row's error, the others predicted."""
+    env = dict(
+        project["env"], MLFLOW_TRACKING_URI=f"sqlite:///{project['root'] / 'mlruns/mlflow.db'}"
+    )
+    with ExitStack() as stack:
+        urls = {}
+        for name in SETS:
+            port = free_port()
+            version = project["runs"][name]["promotion"]["version"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                f"models:/reprotrain-classifier/{version}",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
+            urls[name] = f"http://127.0.0.1:{port}"
+            stack.enter_context(
+                http_server(cmd, project["root"], env, f"{urls[name]}/ping", 300, f"serve {name}")
+            )
+        for name, url in urls.items():
+            r = project["runs"][name]
+            rows = pd.read_csv(r["rows"]).head(5)
+            records = json.loads(rows.to_json(orient="records"))
+            status, answer = _post(url, {"dataframe_records": records})
+            assert status == 200, answer
+            labels = [
+                c.removeprefix("prob_") for c in r["predictions"].columns if c.startswith("prob_")
+            ]
+            np.testing.assert_allclose(
+                _probs(answer["predictions"], labels),
+                r["predictions"][[f"prob_{c}" for c in labels]].head(5),
+                atol=1e-5,
+            )
+        # trump_tweets: a non-number in a numeric column, a missing column.
+        bad = json.loads(
+            pd.read_csv(project["runs"]["trump"]["rows"]).head(3).to_json(orient="records")
+        )
+        bad[1]["retweet_count"] = "many"
+        status, answer = _post(urls["trump"], {"dataframe_records": bad})
+        assert status == 200, answer
+        good, wrong, good2 = answer["predictions"]
+        assert good["error"] is None and good2["error"] is None and good["label"]
+        assert wrong["label"] is None and "'many' is not a number" in wrong["error"]
+        status, answer = _post(urls["trump"], {"dataframe_records": [{"text": "hello"}]})
+        assert status == 200 and "missing column" in answer["predictions"][0]["error"]
+
+
+def test_switching_kinds_and_back(project) -> None:
+    image = project["image_promotion"]
+    assert not image["comparable"] and "data.kind table" in image["reason"], image["reason"]
+    assert project["table_files_after_images"] == project["table_files"]  # images left them
+    assert project["image_files_after_back"] == project["image_files"]  # the table left these
+    # Back on the table: the same data and params as the trump run, so DVC restores that
+    # run's outputs (its run-cache) instead of training again; nothing of the images leaked.
+    assert project["back"].returncode == 0
+    assert project["back_promotion"] == project["runs"]["trump"]["promotion"]
