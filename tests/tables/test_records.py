@@ -92,3 +92,10 @@ def test_serialised_rows_parse_with_tensorflow_example() -> None:
     assert feature["price"].float_list.value[0] == pytest.approx(1.5)
     assert feature["label"].bytes_list.value[0] == b"good"
     assert feature["__label_id__"].int64_list.value[0] == 1
+
+
+def test_the_hand_encoding_is_protobufs_byte_for_byte() -> None:
+    for i, row in enumerate(ROWS):
+        kw = {"label_id": i % 2, "row": 10**6 + i, "key": f"{i:032x}"}
+        ours = records.serialize_row(SCHEMA, row, **kw)
+        assert ours == records.serialize_row_protobuf(SCHEMA, row, **kw)

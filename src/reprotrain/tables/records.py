@@ -75,6 +75,49 @@ def example_type() -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_VARINTS = [_varint(i) for i in range(1 << 14)]  # lengths below 16 KiB: a lookup
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2) with its tag byte ``tag``."""
+    n = len(payload)
+    return tag + (_VARINTS[n] if n < 16384 else _varint(n)) + payload
+
+
+_T = b"\x0a"  # field 1, length-delimited: Example.features, Features.feature, *List.value
+_FLOAT = struct.Struct("<f")
+
+
+@functools.cache
+def _layout(schema: Schema) -> tuple[tuple[str, str, bytes], ...]:
+    """(column, kind, encoded start of its map entry) per feature, in the order protobuf's
+    deterministic serialisation writes map entries (keys sorted). A float entry has a
+    fixed length, so its whole head is precomputed; the others start with the key."""
+    kinds = {c: "bytes" for c in (*schema.text, *schema.categorical, schema.label)}
+    kinds.update({c: "float" for c in schema.numeric})
+    kinds.update({LABEL_ID: "int", ROW: "int", KEY: "bytes"})
+    out = []
+    for c in sorted(kinds, key=lambda k: k.encode("utf-8")):
+        key = _field(_T, c.encode("utf-8"))
+        if kinds[c] == "float":  # entry{key, value: Feature{float_list: {value: [x]}}}
+            body = len(key) + 10
+            out.append((c, "float", _T + _varint(body) + key + b"\x12\x08\x12\x06\x0a\x04"))
+        else:
+            out.append((c, kinds[c], key))
+    return tuple(out)
+
+
 def serialize_row(
     schema: Schema,
     values: Mapping[str, Any],
@@ -85,7 +128,32 @@ def serialize_row(
 ) -> bytes:
     """One row as a serialised ``tf.train.Example``. ``values``: column → value (numbers
     as float, NaN or None for missing; strings, None for missing), the label column's
-    class name among them."""
+    class name among them.
+
+    Encoded by hand from feature.proto's field numbers (BytesList 1, FloatList 2,
+    Int64List 3; packed values): a row is a few dozen small byte strings, several times
+    faster than filling the message (measured on churn). tests/tables/test_records.py
+    checks the bytes against protobuf's deterministic serialisation."""
+    extra = {LABEL_ID: label_id, ROW: row, KEY: key}
+    entries = []
+    for col, kind, head in _layout(schema):
+        v = extra[col] if col in extra else values.get(col)
+        if kind == "float":
+            entries.append(head + _FLOAT.pack(math.nan if v is None else float(v)))
+            continue
+        if kind == "bytes":
+            data = b"" if v is None else str(v).encode("utf-8", "surrogateescape")
+            feature = _field(_T, _field(_T, data))
+        else:
+            feature = _field(b"\x1a", _field(_T, _varint(int(v))))
+        entries.append(_field(_T, head + _field(b"\x12", feature)))
+    return _field(_T, b"".join(entries))
+
+
+def serialize_row_protobuf(
+    schema: Schema, values: Mapping[str, Any], *, label_id: int, row: int, key: str
+) -> bytes:
+    """:func:`serialize_row` by protobuf (the reference the hand encoding is tested on)."""
     example = example_type()()
     feature = example.features.feature
     for col in (*schema.text, *schema.categorical, schema.label):
