@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -54,6 +55,27 @@ def test_every_window_crossing_a_gap_is_a_clear_error(tmp_path: Path) -> None:
     frame.loc[100:, "demand"] = "?"  # the test period is all text
     with pytest.raises(DataError, match=r"^the test period has no complete window: all"):
         run_prepare(tmp_path, frame, columns=DEMAND)
+
+
+def test_same_source_same_bytes_from_csv_tsv_or_parquet(tmp_path: Path) -> None:
+    """DVC hashes the prepared folder: the same rows must give the same files (and the
+    same windows whichever file type holds them)."""
+    frame = synthetic(90)
+    cols = {"target": "demand", "covariates": ["temperature"]}
+    a, _ = run_prepare(tmp_path / "a", frame, columns=cols)
+    b, _ = run_prepare(tmp_path / "b", frame, columns=cols)
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+    typed = frame.assign(time=pd.to_datetime(frame["time"]))
+    typed.to_parquet(tmp_path / "demand.parquet", index=False)
+    frame.to_csv(tmp_path / "demand.tsv", sep="\t", index=False)
+    for i, source in enumerate((tmp_path / "demand.parquet", tmp_path / "demand.tsv")):
+        c, stats = run_prepare(tmp_path / f"c{i}", source, columns=cols)
+        assert stats["frequency"] == "D"
+        for split in ("train", "test"):
+            np.testing.assert_array_equal(load_windows(c, split).x, load_windows(a, split).x)
 
 
 @pytest.fixture(scope="module")

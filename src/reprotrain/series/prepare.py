@@ -35,7 +35,7 @@ from reprotrain.series.windows import (
     SPLITS,
     STATS,
     Windows,
-    make_windows,
+    iter_windows,
     write_split,
 )
 from reprotrain.timing import timed
@@ -78,24 +78,34 @@ def check_lengths(steps: dict[str, int], window: int, horizon: int, recorded: bo
 
 def split_windows(cleaned: Cleaned, periods: np.ndarray, window: int, horizon: int) -> Split:
     """Keras' windows of the cleaned series, each given to the period of its targets."""
-    made = make_windows(cleaned.values, window, horizon)
-    first = periods[made.target_index[:, 0]]
-    last = periods[made.target_index[:, -1]]
-    inside = first == last
     times = cleaned.times.to_numpy().astype("datetime64[ns]")
-    out, dropped = {}, {}
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in SPLITS}
+    dropped = dict.fromkeys(SPLITS, 0)
+    across = 0
+    for made in iter_windows(cleaned.values, window, horizon):
+        first = periods[made.target_index[:, 0]]
+        inside = first == periods[made.target_index[:, -1]]
+        across += int((~inside).sum())
+        for split in SPLITS:
+            mine = inside & (first == split)
+            keep = mine & made.complete
+            dropped[split] += int((mine & ~made.complete).sum())
+            parts[split].append((made.x[keep], made.y[keep], made.target_index[keep]))
+    out = {}
     for split in SPLITS:
-        mine = inside & (first == split)
-        keep = mine & made.complete
-        dropped[split] = int((mine & ~made.complete).sum())
-        idx = made.target_index[keep]
-        out[split] = Windows(
-            x=made.x[keep],
-            y=made.y[keep],
-            times=times[idx],
-            origin=times[idx[:, 0] - 1] if len(idx) else times[:0],
+        x, y, idx = (
+            (np.concatenate([p[i] for p in parts[split]]) for i in range(3))
+            if parts[split]
+            else (
+                np.zeros((0, window, cleaned.values.shape[1]), np.float32),
+                np.zeros((0, horizon), np.float32),
+                np.zeros((0, horizon), np.int64),
+            )
         )
-    return Split(out, dropped, int((~inside).sum()))
+        out[split] = Windows(
+            x=x, y=y, times=times[idx], origin=times[idx[:, 0] - 1] if len(idx) else times[:0]
+        )
+    return Split(out, dropped, across)
 
 
 def _period_table(times: pd.DatetimeIndex, periods: np.ndarray) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -232,9 +233,13 @@ class WindowSet:
     complete: np.ndarray  # (n,) bool: no NaN among the window's steps (no long gap)
 
 
-def make_windows(values: np.ndarray, window: int, horizon: int) -> WindowSet:
-    """Every window of ``values`` (steps × channels, channel 0 the target), stride 1, made
-    by ``keras.utils.timeseries_dataset_from_array`` over ``window + horizon`` steps.
+def iter_windows(
+    values: np.ndarray, window: int, horizon: int, batch_size: int = 1024
+) -> Iterator[WindowSet]:
+    """Every window of ``values`` (steps × channels, channel 0 the target), stride 1, in
+    batches, made by ``keras.utils.timeseries_dataset_from_array`` over ``window +
+    horizon`` steps. Batches, so that a long series never holds all its float64 windows at
+    once (an hourly series of five years, window 168: ≈ 200 MB).
 
     The steps' grid positions ride along as one more float64 channel (exact up to 2**53),
     so each window knows which steps it covers.
@@ -244,23 +249,43 @@ def make_windows(values: np.ndarray, window: int, horizon: int) -> WindowSet:
     steps, channels = values.shape
     length = window + horizon
     if steps < length:
+        return
+    data = np.column_stack([values.astype(np.float64), np.arange(steps, dtype=np.float64)])
+    ds = keras.utils.timeseries_dataset_from_array(
+        data,
+        None,
+        sequence_length=length,
+        sequence_stride=1,
+        batch_size=batch_size,
+        shuffle=False,
+    )
+    for batch in ds.as_numpy_iterator():
+        seqs = np.asarray(batch)
+        past, future = seqs[:, :window, :channels], seqs[:, window:, :]
+        yield WindowSet(
+            x=past.astype(np.float32),
+            y=future[:, :, 0].astype(np.float32),
+            target_index=future[:, :, channels].astype(np.int64),
+            complete=~np.isnan(seqs[:, :, :channels]).any(axis=(1, 2)),
+        )
+
+
+def make_windows(values: np.ndarray, window: int, horizon: int) -> WindowSet:
+    """All of :func:`iter_windows` at once."""
+    parts = list(iter_windows(values, window, horizon))
+    if not parts:
+        channels = values.shape[1]
         return WindowSet(
             np.zeros((0, window, channels), np.float32),
             np.zeros((0, horizon), np.float32),
             np.zeros((0, horizon), np.int64),
             np.zeros((0,), bool),
         )
-    data = np.column_stack([values.astype(np.float64), np.arange(steps, dtype=np.float64)])
-    ds = keras.utils.timeseries_dataset_from_array(
-        data, None, sequence_length=length, sequence_stride=1, batch_size=1024, shuffle=False
-    )
-    seqs = np.concatenate([np.asarray(b) for b in ds.as_numpy_iterator()])
-    past, future = seqs[:, :window, :channels], seqs[:, window:, :]
     return WindowSet(
-        x=past.astype(np.float32),
-        y=future[:, :, 0].astype(np.float32),
-        target_index=future[:, :, channels].astype(np.int64),
-        complete=~np.isnan(seqs[:, :, :channels]).any(axis=(1, 2)),
+        *(
+            np.concatenate([getattr(p, f) for p in parts])
+            for f in ("x", "y", "target_index", "complete")
+        )
     )
 
 
