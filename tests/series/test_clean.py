@@ -142,3 +142,34 @@ def test_the_grid_keeps_the_last_step() -> None:
     days = pd.date_range("2020-01-01", periods=240, freq="D")
     grid = make_grid(days, infer_frequency(days))
     assert len(grid) == 240 and grid[-1] == days[-1]
+
+
+def test_every_source_row_is_accounted_for(tmp_path: Path) -> None:
+    """All the rules at once, with covariates: each source row is a step or a quarantined
+    line, and every gap step is interpolated or left (and so counted)."""
+    days = pd.date_range("2022-01-01", periods=120, freq="D")
+    rng = np.random.default_rng(3)
+    rows = [
+        (d.strftime("%Y-%m-%d"), f"{100 + 10 * np.sin(i / 3):.2f}", f"{rng.normal(15, 3):.1f}")
+        for i, d in enumerate(days)
+    ]
+    rows[7] = (rows[7][0], "oops", rows[7][2])
+    rows[30] = ("2022-13-45", *rows[30][1:])
+    rows.insert(50, rows[49])
+    del rows[70:75]
+    rows[90] = ((days[89] + pd.Timedelta(hours=5)).isoformat(), *rows[90][1:])
+    rng.shuffle(rows)
+    frame = _csv(tmp_path, rows, "date,sales,temperature")
+    got = clean(frame, infer_roles(frame, ColumnsConfig(covariates=("temperature",))), 2)
+    c = got.counts
+    assert sum(c["quarantined"].values()) + c["steps"] - c["missing_steps"] == c["rows"]
+    assert c["quarantined"] == {
+        "duplicate timestamp": 2,
+        "unparseable timestamp": 1,
+        "irregular timestamp": 1,
+    }
+    assert c["non_numeric"] == {"sales": 1, "temperature": 0}
+    assert c["steps"] == 120 and c["missing_steps"] == 8  # dup day, bad date, 5 deleted, day 90
+    gap_steps = int(np.isnan(got.raw).sum())
+    assert c["gaps_interpolated"]["steps"] + c["gaps_left"]["steps"] == gap_steps
+    assert c["gaps_left"] == {"gaps": 2, "steps": 10}  # the 5 deleted days, in both columns
