@@ -25,6 +25,10 @@ def test_tsv_and_empty_files(tmp_path: Path) -> None:
     tsv = tmp_path / "t.tsv"
     tsv.write_text("a\tlabel\n1,5\tx\n")
     assert [r.cells for c in reading.iter_chunks(tsv) for r in c] == [("1,5", "x")]
+    semi = tmp_path / "s.csv"
+    semi.write_text("a;label\n1,5;x\n")
+    assert reading.header(semi) == ["a", "label"]
+    assert [r.cells for c in reading.iter_chunks(semi) for r in c] == [("1,5", "x")]
     (tmp_path / "e.csv").write_text("")
     with pytest.raises(DataError, match="empty"):
         reading.header(tmp_path / "e.csv")

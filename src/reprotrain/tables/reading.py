@@ -172,7 +172,17 @@ def header(path: Path) -> list[str]:
 
 
 def _delimiter(path: Path) -> str:
-    return "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
+    """Tab for ``.tsv``; else a comma, unless the header line has none and holds a
+    semicolon, tab or pipe (a CSV saved by a spreadsheet in a comma-decimal locale)."""
+    if path.name.lower().endswith((".tsv", ".tsv.gz")):
+        return "\t"
+    with _open_text(path) as f:
+        first = f.readline()
+    if "," not in first:
+        for other in (";", "\t", "|"):
+            if other in first:
+                return other
+    return ","
 
 
 def _undecodable(text: str) -> bool:
@@ -207,10 +217,10 @@ def iter_chunks(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[list[Row]]
 
 
 def _csv_rows(path: Path) -> Iterator[Row]:
-    width = len(header(path))
+    width, delimiter = len(header(path)), _delimiter(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a huge text is a row, not an error
     with _open_text(path) as f:
-        reader = csv.reader(f, delimiter=_delimiter(path))
+        reader = csv.reader(f, delimiter=delimiter)
         end, first = 0, True
         while True:
             start = end + 1
