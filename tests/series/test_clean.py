@@ -173,3 +173,13 @@ def test_every_source_row_is_accounted_for(tmp_path: Path) -> None:
     gap_steps = int(np.isnan(got.raw).sum())
     assert c["gaps_interpolated"]["steps"] + c["gaps_left"]["steps"] == gap_steps
     assert c["gaps_left"] == {"gaps": 2, "steps": 10}  # the 5 deleted days, in both columns
+
+
+def test_a_monthly_series_off_the_month_start_keeps_every_month(tmp_path: Path) -> None:
+    """Monthly on the 16th: no pandas alias, no fixed step; each row goes to its month."""
+    months = [pd.Timestamp(2000 + m // 12, m % 12 + 1, 16) for m in range(48) if m != 20]
+    got = _clean(_csv(tmp_path, [(t.strftime("%Y-%m-%d"), i) for i, t in enumerate(months)]))
+    assert got.frequency == "MS" and got.counts["alignment"] == "period start"
+    assert len(got.times) == 48 and got.times[0] == pd.Timestamp("2000-01-01")
+    assert got.counts["quarantined"] == {} and got.counts["missing_steps"] == 1
+    assert got.counts["irregular_moved"] == 47 and got.interpolated[20]

@@ -63,3 +63,16 @@ def test_timestamps_years_offsets_and_mixed_formats() -> None:
     assert mixed.iloc[:2].tolist() == [pd.Timestamp("2021-01-01"), pd.Timestamp("2021-01-02")]
     assert pd.isna(mixed.iloc[2])
     assert parse_times(pd.Series([1.5e9, 1.6e9])).isna().all()  # numbers are not timestamps
+
+
+def test_reading_a_bom_and_bad_bytes(tmp_path) -> None:
+    from reprotrain.series.frame import read_source
+
+    (tmp_path / "bom.csv").write_bytes("\ufefftime,y\n2021-01-01,1\n".encode())
+    assert list(read_source(tmp_path / "bom.csv").columns) == ["time", "y"]
+    (tmp_path / "latin.csv").write_bytes("time,y\n2021-01-01,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.csv: cannot read it as a table \("):
+        read_source(tmp_path / "latin.csv")
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: cannot read it as a table"):
+        read_source(tmp_path / "bad.parquet")

@@ -42,6 +42,9 @@ IRREGULAR = "irregular timestamp"
 ON_GRID_SHARE = 0.5
 #: Steps of each run the frequency is inferred on when the whole series is irregular.
 RUN = 7
+#: A median step of (min, max) days stands for this calendar step (months vary in length,
+#: so a monthly series on the 15th has no fixed step and no pandas alias of its own).
+CALENDAR = ((27, 32, "MS"), (88, 93, "QS"), (360, 370, "YS"))
 
 
 @dataclass(frozen=True)
@@ -106,12 +109,16 @@ def infer_frequency(times: pd.DatetimeIndex) -> BaseOffset:
     if median <= pd.Timedelta(0):
         raise DataError("the timestamps have no regular step (their median step is 0)")
     day = pd.Timedelta(days=1)
+    for low, high, alias in CALENDAR:
+        if pd.Timedelta(days=low) <= median <= pd.Timedelta(days=high):
+            return to_offset(alias)
     return to_offset(f"{median // day}D" if median % day == pd.Timedelta(0) else median)
 
 
-def make_grid(times: pd.DatetimeIndex, offset: BaseOffset) -> pd.DatetimeIndex:
+def make_grid(times: pd.DatetimeIndex, offset: BaseOffset, floor: bool = False) -> pd.DatetimeIndex:
     """The regular steps of ``offset`` covering ``times`` (nearest steps to the first and
-    the last). A fixed step is anchored where most timestamps lie (its most common phase)."""
+    the last; with ``floor``, a calendar offset's period starts holding them). A fixed step
+    is anchored where most timestamps lie (its most common phase)."""
     times = pd.DatetimeIndex(times).as_unit("ns")
     step = _fixed_step(offset)
     ns = times.asi8
@@ -134,14 +141,17 @@ def make_grid(times: pd.DatetimeIndex, offset: BaseOffset) -> pd.DatetimeIndex:
         if offset.is_on_offset(t):
             return t
         back, forward = offset.rollback(t), offset.rollforward(t)
-        return back if t - back <= forward - t else forward
+        return back if floor or t - back <= forward - t else forward
 
     start, end = nearest(times[0]), nearest(times[-1])
     return pd.date_range(start, end, freq=offset).as_unit("ns")
 
 
-def _snap(times: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Each time's nearest grid position (ties: the earlier step)."""
+def _snap(times: np.ndarray, grid: np.ndarray, floor: bool = False) -> np.ndarray:
+    """Each time's nearest grid position (ties: the earlier step); with ``floor``, the last
+    step at or before it (the period holding it)."""
+    if floor:
+        return np.clip(np.searchsorted(grid, times, side="right") - 1, 0, len(grid) - 1)
     pos = (
         np.clip(np.searchsorted(grid, times), 1, len(grid) - 1)
         if len(grid) > 1
@@ -239,7 +249,14 @@ def clean(frame: pd.DataFrame, roles: Roles, max_gap: int) -> Cleaned:
     t_sorted = pd.DatetimeIndex(times.to_numpy()[order])
     offset = infer_frequency(t_sorted)
     grid = make_grid(t_sorted, offset)
-    pos = _snap(t_sorted.asi8, grid.asi8)
+    # A calendar step most timestamps are off (monthly on the 15th): each goes to the start
+    # of the period holding it, not to the nearer of two month starts.
+    floor = _fixed_step(offset) is None and (
+        np.isin(t_sorted.asi8, grid.asi8).mean() < ON_GRID_SHARE
+    )
+    if floor:
+        grid = make_grid(t_sorted, offset, floor=True)
+    pos = _snap(t_sorted.asi8, grid.asi8, floor)
     exact = t_sorted.asi8 == grid.asi8[pos]
     # Exact rows first, then the moved ones by distance: a step's value is its own row's.
     rank = np.lexsort((np.abs(t_sorted.asi8 - grid.asi8[pos]), ~exact, pos))
@@ -271,6 +288,7 @@ def clean(frame: pd.DataFrame, roles: Roles, max_gap: int) -> Cleaned:
         "missing_values": missing_values,
         "missing_steps": int((~taken).sum()),
         "irregular_moved": moved,
+        "alignment": "period start" if floor else "nearest step",
         **gaps,
     }
     problems.sort(key=lambda p: p.line)

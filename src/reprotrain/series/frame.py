@@ -81,7 +81,15 @@ def read_source(path: Path) -> pd.DataFrame:
         if name.endswith((".parquet", ".pq")):
             return pd.read_parquet(path)
         sep = "\t" if name.endswith(".tsv") else ","
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # utf-8-sig: a BOM (spreadsheet exports) is not part of the first column's name
+        return pd.read_csv(
+            path,
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+            encoding="utf-8-sig",
+        )
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read it as a table ({first})") from None
