@@ -12,7 +12,7 @@ Measures images/s at 224×224, batch 32, on the same photos (the hymenoptera tra
   stateless ``tf.image`` ops and one ``ImageProjectiveTransformV3`` per image) before
   ``batch()``;
 * ``cached_batch_augmentation``: today's ``make_dataset`` with the default augmentation,
-  applied per batch after ``batch()`` (:func:`reprotrain.data.pipeline.augment_batch`);
+  applied per batch after ``batch()`` (:func:`reprotrain.data.augmentation.augment_batch`);
 * ``cached_batch_geometric_only`` / ``cached_batch_photometric_only``: the same with only
   flip+rotation+zoom, or only flip+brightness+contrast, to show where the time goes;
 * ``cached_for_augmentation_in_step``: ``pipeline.augment.placement: model`` (the default on

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from reprotrain import runtime, training
 from reprotrain.config import PipelineConfig, RuntimeConfig, TrainHeadConfig
-from reprotrain.data import pipeline
+from reprotrain.data import augmentation, pipeline
 from reprotrain.errors import ConfigError
 from reprotrain.paths import split_files
 from tests.conftest import prepared_tree
@@ -57,7 +57,7 @@ def test_the_train_step_draws_the_pipelines_pixels(shards) -> None:
         assert images.dtype == tf.uint8 and seeds.shape == (images.shape[0], 2)
         assert (seeds == seeds[0]).numpy().all()  # the batch's seed on every row
         np.testing.assert_array_equal(y, y2)
-        np.testing.assert_array_equal(x, pipeline.augment_batch(images, CFG.augment, seeds[0]))
+        np.testing.assert_array_equal(x, augmentation.augment_batch(images, CFG.augment, seeds[0]))
 
 
 def _fit(train: list[Path], val: list[Path], tmp: Path, placement: str) -> keras.Model:

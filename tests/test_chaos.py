@@ -45,7 +45,7 @@ import pytest
 
 from reprotrain.commands import ui
 from reprotrain.config import PipelineConfig, PrepareConfig
-from reprotrain.data import pipeline, tfrecords
+from reprotrain.data import cache, pipeline, tfrecords
 from reprotrain.data.fetch import fetch
 from reprotrain.data.prepare import prepare
 from reprotrain.errors import DataError
@@ -479,8 +479,8 @@ def test_a_writer_killed_mid_epoch_leaves_no_poisoned_cache(
     assert ".lockfile" in proc.stdout  # the kill really left a writer's lock behind
     files = split_files(prepared, "train")
     cfg = PipelineConfig(cache="auto", cache_memory_mb=0)
-    key = pipeline.cache_path(work / pipeline.AUTO_CACHE_PREFIX, files, 32, False)
-    removed = pipeline.clear_unfinished_cache(key)
+    key = cache.cache_path(work / cache.AUTO_CACHE_PREFIX, files, 32, False)
+    removed = cache.clear_unfinished_cache(key)
     assert any(p.name.endswith(".lockfile") for p in removed)
     # Rerun in the same folder, as the next `dvc repro` would: reads fine, same pixels as an
     # uncached read, and the finished cache (index written) is kept from now on.
@@ -494,4 +494,4 @@ def test_a_writer_killed_mid_epoch_leaves_no_poisoned_cache(
     )
     np.testing.assert_array_equal(cached, np.concatenate([x.numpy() for x, _ in plain]))
     assert Path(f"{key}.index").is_file()
-    assert pipeline.clear_unfinished_cache(key) == []  # a complete cache is never touched
+    assert cache.clear_unfinished_cache(key) == []  # a complete cache is never touched

@@ -15,8 +15,9 @@
 A facade, not a second implementation: the pipeline runs as ``dvc repro`` in a subprocess
 (the stages are separate processes under DVC, exactly as on the command line), and every
 other method calls the functions the commands use (``commands.predict``, ``commands.labels``,
-``commands.normalization``, ``tracking.registry``, ``commands.reproduce``). Like
-``commands/``, it may import anything.
+``commands.normalization``, ``tracking.registry``, ``commands.reproduce``); how ``dvc``
+runs as a child process is :mod:`reprotrain.dvc_runner`. Like ``commands/``, it may import
+anything.
 
 Why nothing here exits or changes the caller's process: a notebook kernel is a long-lived
 process the user owns. No method calls ``sys.exit``, configures logging, sets environment
@@ -32,14 +33,9 @@ telemetry off, as every reprotrain process does (``reprotrain.tracking.store``).
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
-import signal
-import subprocess
 import sys
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,20 +43,25 @@ from typing import Any
 
 from reprotrain import cli, paths
 from reprotrain.config import Params, load_params
-from reprotrain.errors import ConfigError, ReprotrainError
-
-logger = logging.getLogger(__name__)
-
-__all__ = ["PipelineError", "Project", "Reproduction", "override_args"]
-
-#: Lines of a failed run's output kept for its error message.
-TAIL_LINES = 40
-#: What DVC prints when a stage starts or is skipped: the stage progress bar counts them.
-_STAGE_LINE = re.compile(
-    r"^(?:Running stage '(?P<run>[\w@-]+)'|Stage '(?P<skip>[\w@-]+)' (?:didn't change|is cached))"
+from reprotrain.dvc_runner import (
+    STOP_TIMEOUT,
+    TAIL_LINES,
+    PipelineError,
+    override_args,
+    run_dvc,
 )
-#: Seconds a stopped ``dvc`` gets to end its stage (the run ends KILLED) before SIGKILL.
-STOP_TIMEOUT = 60.0
+from reprotrain.errors import ConfigError
+
+# How ``dvc`` runs as a child process lives in ``dvc_runner``; these names stay importable
+# from here.
+__all__ = [
+    "STOP_TIMEOUT",
+    "TAIL_LINES",
+    "PipelineError",
+    "Project",
+    "Reproduction",
+    "override_args",
+]
 
 
 @contextmanager
@@ -86,10 +87,6 @@ def _mlflow_globals_kept() -> Iterator[None]:
                 os.environ[key] = value
 
 
-class PipelineError(ReprotrainError):
-    """``dvc repro`` / ``dvc exp run`` failed; the message holds the stage's error line."""
-
-
 @dataclass(frozen=True)
 class Reproduction:
     """What :meth:`Project.reproduce` found: ``identical`` metrics or not, the side-by-side
@@ -98,38 +95,6 @@ class Reproduction:
     identical: bool
     report: str
     run_id: str
-
-
-def override_args(overrides: Mapping[str, Any]) -> list[str]:
-    """``-S key=value`` arguments for ``dvc exp run``, keys dotted (``train_head.epochs``)
-    or with ``__`` for the dot (``train_head__epochs``, usable as a keyword argument).
-
-    Values are written as YAML scalars/flow lists, which is how DVC parses them.
-    """
-    args: list[str] = []
-    for key, value in overrides.items():
-        if not key or not re.fullmatch(r"[A-Za-z0-9_.]+", key):
-            raise ConfigError(f"param override {key!r}: expected a dotted params.yaml key")
-        args += ["-S", f"{key.replace('__', '.')}={_yaml_value(value)}"]
-    return args
-
-
-def _yaml_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value)  # numbers, true/false, null, [lists] and {maps} are YAML too
-
-
-def _first_error(lines: Iterable[str]) -> str | None:
-    """The one-line ``error: ...`` a stage prints (``cli.run``), or DVC's ``ERROR: ...``."""
-    found = None
-    for line in lines:
-        text = line.strip()
-        if text.startswith("error: "):
-            return text.removeprefix("error: ")
-        if found is None and text.startswith("ERROR: "):
-            found = text.removeprefix("ERROR: ")
-    return found
 
 
 class Project:
@@ -192,48 +157,9 @@ class Project:
         verb = ["exp", "run", *override_args(overrides)] if overrides else ["repro"]
         cmd = [sys.executable, "-m", "dvc", *verb]
         cmd += (["--force"] if force else []) + list(targets)
-        self._run_dvc(
-            cmd, stages=len(lineage.read_yaml(self.root / "dvc.yaml")["stages"]), echo=echo
-        )
+        stages = len(lineage.read_yaml(self.root / "dvc.yaml")["stages"])
+        run_dvc(cmd, self.root, self.env(), stages=stages, echo=echo)
         return self.metrics()
-
-    def _run_dvc(self, cmd: Sequence[str], *, stages: int, echo: bool) -> None:
-        from reprotrain.progress import progress
-
-        tail: deque[str] = deque(maxlen=TAIL_LINES)
-        errors: list[str] = []  # every stage's `error:` line (a long log may push it out of tail)
-        logger.info("$ %s  (in %s)", " ".join(cmd[2:]), self.root)
-        proc = subprocess.Popen(
-            list(cmd),
-            cwd=self.root,
-            env=self.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # Ctrl-C in the notebook stops it through _stop only
-        )
-        try:
-            with progress(stages, "dvc", unit="stage") as bar:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    tail.append(line.rstrip("\n"))
-                    if line.startswith("error: "):
-                        errors.append(line.strip())
-                    if echo:
-                        sys.stderr.write(line)
-                    if match := _STAGE_LINE.match(line):
-                        bar.set_postfix_str(match["run"] or f"{match['skip']} (unchanged)")
-                        bar.update(1)
-            code = proc.wait()
-        except BaseException:  # KeyboardInterrupt in a notebook: stop dvc, keep the kernel
-            _stop(proc)
-            raise
-        if code != 0:
-            reason = _first_error([*errors, *tail]) or (tail[-1] if tail else "no output")
-            raise PipelineError(
-                f"`dvc {' '.join(cmd[3:])}` failed (exit {code}) in {self.root}: {reason}"
-            )
 
     def metrics(self) -> dict[str, Any]:
         """Every ``metrics/<name>.json`` of the workspace by name (``evaluate``,
@@ -418,16 +344,3 @@ def _run_row(run: Any) -> dict[str, Any]:
     row.update({f"params.{k}": v for k, v in sorted(data.params.items())})
     row.update({f"tags.{k}": v for k, v in sorted(data.tags.items())})
     return row
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """Stop a ``dvc`` process group the way Ctrl-C in a terminal would (SIGINT: the
-    stage's run ends KILLED), then SIGKILL if it has not ended within STOP_TIMEOUT."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()

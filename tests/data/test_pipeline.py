@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from reprotrain.config import AugmentConfig, PipelineConfig, PrepareConfig
-from reprotrain.data import pipeline
+from reprotrain.data import augmentation, cache, pipeline
 from reprotrain.data.fetch import fetch
 from reprotrain.data.prepare import prepare
 from reprotrain.paths import split_files
@@ -59,18 +59,18 @@ def test_augment_batch_is_seeded_eager_equals_graph_and_identity_when_off() -> N
     images = _batch()
     cfg = AugmentConfig(flip=True, rotation=0.1, zoom=0.2, brightness=0.2, contrast=0.3)
     seed = tf.constant([3, 4], dtype=tf.int64)
-    a = pipeline.augment_batch(images, cfg, seed).numpy()
-    np.testing.assert_array_equal(a, pipeline.augment_batch(images, cfg, seed).numpy())
-    fn = tf.function(lambda im, s: pipeline.augment_batch(im, cfg, s))
+    a = augmentation.augment_batch(images, cfg, seed).numpy()
+    np.testing.assert_array_equal(a, augmentation.augment_batch(images, cfg, seed).numpy())
+    fn = tf.function(lambda im, s: augmentation.augment_batch(im, cfg, s))
     np.testing.assert_allclose(a, fn(images, seed).numpy(), atol=1e-3)
-    b = pipeline.augment_batch(images, cfg, tf.constant([5, 6], dtype=tf.int64)).numpy()
+    b = augmentation.augment_batch(images, cfg, tf.constant([5, 6], dtype=tf.int64)).numpy()
     assert np.abs(a - b).mean() > 1.0  # another seed, another augmentation
     assert a.shape == images.shape and a.dtype == np.float32 and a.min() >= 0 and a.max() <= 255
     pixels = tf.cast(tf.round(images), tf.uint8)  # what the cache holds
-    same = pipeline.augment_batch(pixels, NO_AUG, seed).numpy()
+    same = augmentation.augment_batch(pixels, NO_AUG, seed).numpy()
     np.testing.assert_array_equal(same, pixels.numpy().astype(np.float32))  # off: identity
     # A partial last batch works too (the parameters are drawn for the batch's own size).
-    assert pipeline.augment_batch(images[:1], cfg, seed).shape == (1, SIZE, SIZE, 3)
+    assert augmentation.augment_batch(images[:1], cfg, seed).shape == (1, SIZE, SIZE, 3)
 
 
 def test_augment_batch_draws_parameters_per_image() -> None:
@@ -82,11 +82,11 @@ def test_augment_batch_draws_parameters_per_image() -> None:
         AugmentConfig(flip=False, rotation=0.1, zoom=0.0, brightness=0.0, contrast=0.0),
         AugmentConfig(flip=False, rotation=0.0, zoom=0.0, brightness=0.3, contrast=0.0),
     ):
-        out = pipeline.augment_batch(images, cfg, tf.constant([1, 2], dtype=tf.int64)).numpy()
+        out = augmentation.augment_batch(images, cfg, tf.constant([1, 2], dtype=tf.int64)).numpy()
         assert len({o.tobytes() for o in out}) == 8
     # Flip alone: each image is either itself or its exact mirror, and both occur.
     flip_only = dataclasses.replace(NO_AUG, flip=True)
-    out = pipeline.augment_batch(images, flip_only, tf.constant([7, 8], dtype=tf.int64)).numpy()
+    out = augmentation.augment_batch(images, flip_only, tf.constant([7, 8], dtype=tf.int64)).numpy()
     mirrored = [np.array_equal(o, one.numpy()[:, ::-1]) for o in out]
     assert all(m or np.array_equal(o, one.numpy()) for m, o in zip(mirrored, out, strict=True))
     assert 0 < sum(mirrored) < 8
@@ -100,9 +100,9 @@ def test_fused_resampling_equals_tensorflows_projective_transform() -> None:
     flip = tf.constant([True, False, True, False, True, False])
     angle = tf.constant([0.0, 0.0, 0.3, -0.3, 1.2, 3.0])
     scale = tf.constant([1.0, 1.0, 0.9, 1.1, 0.5, 0.2])  # far outside: several reflections
-    transforms = pipeline.affine_transforms(tf.constant([SIZE, SIZE]), flip, angle, scale)
+    transforms = augmentation.affine_transforms(tf.constant([SIZE, SIZE]), flip, angle, scale)
     ones, zeros = tf.ones([6, 1, 1, 1]), tf.zeros([6, 1, 1, 1])
-    ours = pipeline._resample_adjust(images, transforms, ones, zeros).numpy()
+    ours = augmentation._resample_adjust(images, transforms, ones, zeros).numpy()
     reference = tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(images, tf.float32),
         transforms=transforms,
@@ -221,7 +221,7 @@ def test_cache_files_are_per_split_and_keyed_by_the_data(prepared: Path, tmp_pat
     )
     # New data under the same shard names (prepare reran): a new key, not the stale cache.
     files = split_files(copy, "val")
-    key_before = pipeline.cache_path(cfg.cache, files, SIZE, True)
+    key_before = cache.cache_path(cfg.cache, files, SIZE, True)
     other = tmp_path / "other"
     src = make_class_tree(tmp_path / "src2", {"cats": 24, "dogs": 24}, size=40, seed=5)
     fetch(str(src), tmp_path / "raw2")
@@ -231,28 +231,28 @@ def test_cache_files_are_per_split_and_keyed_by_the_data(prepared: Path, tmp_pat
     for f in split_files(other, "val"):
         shutil.copy(f, copy / f.name)
     shutil.copy(other / "shards.json", copy / "shards.json")
-    assert pipeline.cache_path(cfg.cache, split_files(copy, "val"), SIZE, True) != key_before
+    assert cache.cache_path(cfg.cache, split_files(copy, "val"), SIZE, True) != key_before
     assert _paths(build("val")) == _paths(build("val", other))  # the new images
     new_val = split_files(copy, "val")  # another image size is another cache too
-    assert pipeline.cache_path(cfg.cache, new_val, 64, True) != (
-        pipeline.cache_path(cfg.cache, new_val, SIZE, True)
+    assert cache.cache_path(cfg.cache, new_val, 64, True) != (
+        cache.cache_path(cfg.cache, new_val, SIZE, True)
     )
 
 
 def test_choose_cache_memory_when_the_split_fits_else_a_file() -> None:
-    fits = pipeline.choose_cache("auto", 1000, 224, 2048)  # 1000 × 224² × 3 ≈ 144 MB
+    fits = cache.choose_cache("auto", 1000, 224, 2048)  # 1000 × 224² × 3 ≈ 144 MB
     assert fits.kind == "memory" and "fit pipeline.cache_memory_mb=2048" in fits.reason
-    big = pipeline.choose_cache("auto", 100_000, 224, 2048)  # ≈ 14 GB
-    assert big.kind == "file" and big.prefix == str(pipeline.AUTO_CACHE_PREFIX)
+    big = cache.choose_cache("auto", 100_000, 224, 2048)  # ≈ 14 GB
+    assert big.kind == "file" and big.prefix == str(cache.AUTO_CACHE_PREFIX)
     assert "exceed pipeline.cache_memory_mb=2048" in big.reason and "100000 images" in big.reason
-    edge = pipeline.cache_bytes(1000, 224) / 2**20
-    assert pipeline.choose_cache("auto", 1000, 224, int(edge)).kind == "file"
-    assert pipeline.choose_cache("auto", 1000, 224, int(edge) + 1).kind == "memory"
-    assert pipeline.choose_cache("auto", None, 224, 2048).kind == "file"  # unknown: safe
-    assert pipeline.choose_cache("auto", 10, 32, 0).kind == "file"
-    assert pipeline.choose_cache("memory", 10**9, 224, 0).kind == "memory"  # explicit wins
-    assert pipeline.choose_cache("none", 1, 32, 2048).kind == "none"
-    explicit = pipeline.choose_cache("/tmp/c/tfdata", 1, 32, 2048)
+    edge = cache.cache_bytes(1000, 224) / 2**20
+    assert cache.choose_cache("auto", 1000, 224, int(edge)).kind == "file"
+    assert cache.choose_cache("auto", 1000, 224, int(edge) + 1).kind == "memory"
+    assert cache.choose_cache("auto", None, 224, 2048).kind == "file"  # unknown: safe
+    assert cache.choose_cache("auto", 10, 32, 0).kind == "file"
+    assert cache.choose_cache("memory", 10**9, 224, 0).kind == "memory"  # explicit wins
+    assert cache.choose_cache("none", 1, 32, 2048).kind == "none"
+    explicit = cache.choose_cache("/tmp/c/tfdata", 1, 32, 2048)
     assert explicit.kind == "file" and explicit.prefix == "/tmp/c/tfdata"
 
 
@@ -272,16 +272,16 @@ def test_cache_auto_over_budget_writes_a_keyed_cache_file(
     copy = tmp_path / "prepared"
     shutil.copytree(prepared, copy)
     files = split_files(copy, "val")
-    assert pipeline.count_records(files) == sum(
+    assert cache.count_records(files) == sum(
         1 for _ in tf.data.TFRecordDataset([str(f) for f in files])
     )
     cfg = PipelineConfig(cache="auto", cache_memory_mb=0)
-    with caplog.at_level(logging.INFO, logger="reprotrain.data.pipeline"):
+    with caplog.at_level(logging.INFO, logger="reprotrain.data.cache"):
         ds = pipeline.make_dataset(files, cfg, False, image_size=SIZE, batch_size=8, seed=0)
     assert "tf.data cache for val: file" in caplog.text and "exceed" in caplog.text
     first, labels = _epoch(ds)
     written = list((tmp_path / ".reprotrain" / "tfdata-cache").iterdir())
-    key = pipeline.cache_path(pipeline.AUTO_CACHE_PREFIX, files, SIZE, False).name
+    key = cache.cache_path(cache.AUTO_CACHE_PREFIX, files, SIZE, False).name
     assert written and all(p.name.startswith(key) for p in written)
     for f in files:
         f.unlink()
@@ -289,7 +289,7 @@ def test_cache_auto_over_budget_writes_a_keyed_cache_file(
     np.testing.assert_array_equal(first, again)
     np.testing.assert_array_equal(labels, labels2)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="reprotrain.data.pipeline"):
+    with caplog.at_level(logging.INFO, logger="reprotrain.data.cache"):
         pipeline.make_dataset(
             split_files(prepared, "val"),
             PipelineConfig(),
@@ -368,7 +368,7 @@ def test_parallel_experiments_never_delete_each_others_live_cache(
         live = sorted(p.name for p in prefix.parent.iterdir())
         assert any(n.endswith(".lockfile") for n in live)
         monkeypatch.chdir(tmp_path / "exp2")  # the other experiment's workdir
-        with caplog.at_level(logging.INFO, logger="reprotrain.data.pipeline"):
+        with caplog.at_level(logging.INFO, logger="reprotrain.data.cache"):
             ds = pipeline.make_dataset(files, cfg, False, image_size=SIZE, batch_size=2, seed=0)
             mine = _pixels(ds)
         assert "being written by another live process" in caplog.text
@@ -383,7 +383,7 @@ def test_parallel_experiments_never_delete_each_others_live_cache(
             writer.kill()
             writer.wait()
     assert writer.returncode == 0
-    key = pipeline.cache_path(prefix, files, SIZE, False)
+    key = cache.cache_path(prefix, files, SIZE, False)
     assert Path(f"{key}.index").is_file()  # the writer's cache completed
     assert not list(prefix.parent.glob("*.lockfile"))
     plain = pipeline.make_dataset(
@@ -392,7 +392,7 @@ def test_parallel_experiments_never_delete_each_others_live_cache(
     expected = _pixels(plain)
     assert out.endswith(f"pixels {expected}\n") and mine == expected
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="reprotrain.data.pipeline"):  # now complete
+    with caplog.at_level(logging.INFO, logger="reprotrain.data.cache"):  # now complete
         cached = pipeline.make_dataset(files, cfg, False, image_size=SIZE, batch_size=2, seed=0)
         assert _pixels(cached) == expected
     assert f"file {key}" in caplog.text and "another live process" not in caplog.text

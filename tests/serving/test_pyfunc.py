@@ -344,6 +344,22 @@ def test_in_process_inputs_without_an_image_and_bad_limits(logged: dict[str, str
         PhotoClassifier().load_context(context)
 
 
+def test_served_modules_hold_every_module_the_served_model_imports() -> None:
+    """``SERVED_MODULES`` (the ``code_paths``) is complete: every reprotrain module the served
+    model imports, transitively and inside functions (the import walk of dvc.yaml's deps)."""
+    from reprotrain.serving.packaging import SERVED_MODULES
+    from scripts.write_dvc_yaml import REPO, stage_code
+
+    package = REPO / "src" / "reprotrain"
+    needed = {"__init__.py", "serving/__init__.py"}  # the packages they live in
+    for served in ("serving/pyfunc.py", "serving/limits.py"):
+        needed |= {
+            Path(f).relative_to("src/reprotrain").as_posix() for f in stage_code(package / served)
+        }
+    needed |= {str(Path(m).parent / "__init__.py") for m in needed if "/" in m}
+    assert needed <= set(SERVED_MODULES), needed - set(SERVED_MODULES)
+
+
 @pytest.mark.slow
 def test_served_model_needs_only_its_packaged_code(logged: dict[str, str]) -> None:
     """Loaded where the project's src/ is not importable, it runs on its code_paths copy."""

@@ -40,7 +40,6 @@ SERVED_MODULES = (
     "config_validation.py",
     "data/__init__.py",
     "data/images.py",
-    "data/pipeline.py",
     "data/schema.py",
     "serving/__init__.py",
     "serving/limits.py",

@@ -18,9 +18,10 @@ Modules, by concern:
   stopped server as one clear error), with :mod:`.pipeline` (the one parent row per
   execution), :mod:`.owners` (runs of SIGKILLed processes marked KILLED) and
   :mod:`.process` (SIGTERM as Ctrl-C, MLflow's environment knobs, the server-down check);
-- :mod:`.registry`: versions, aliases, explicit promotion and rollback, ``models:/`` and
-  ``runs:/`` URIs resolved to local files; :mod:`.registration` snapshots the champion,
-  registers a candidate and applies a decision (``evaluation.decision`` decides);
+- :mod:`.registry`: versions, aliases, explicit promotion and rollback; :mod:`.resolve`:
+  ``models:/`` and ``runs:/`` URIs resolved to local files (re-exported by ``registry``);
+  :mod:`.registration` snapshots the champion, registers a candidate and applies a
+  decision (``evaluation.decision`` decides);
 - :mod:`.tags`: the tag names.
 
 ``registry`` and ``registration`` are not imported here: they pull in the promotion rule, and

@@ -7,7 +7,7 @@ resumable backups, the kept epoch's restore and the saved ``.keras`` file are th
 model's, and no exported model carries an augmentation layer.
 
 The pixels are those the input pipeline would have produced: the same
-:func:`reprotrain.data.pipeline.augment_batch`, with the batch seeds the pipeline draws
+:func:`reprotrain.data.augmentation.augment_batch`, with the batch seeds the pipeline draws
 (it delivers ``(uint8 images, seeds)``; ``make_dataset(augment_in="model")``).
 """
 
@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from reprotrain.config import AugmentConfig
-from reprotrain.data.pipeline import augment_batch
+from reprotrain.data.augmentation import augment_batch
 
 
 class AugmentingModel(keras.Model):
