@@ -72,6 +72,8 @@ class Ledger:
 def first_cuts(times: pd.DatetimeIndex, val_fraction: float, test_fraction: float) -> Cuts:
     """The cuts at the fractions of the span (in steps; each period at least one step)."""
     n = len(times)
+    if n < len(SPLITS):
+        raise DataError(f"the series has {n} steps: too few to cut into train, val and test")
     n_test = min(max(1, round(n * test_fraction)), n - 2)
     n_val = min(max(1, round(n * val_fraction)), n - n_test - 1)
     return Cuts(times[n - n_test - n_val], times[n - n_test])
