@@ -117,3 +117,10 @@ def synthetic_prepared(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: 
         columns={"target": "demand", "covariates": ["temperature", "workday"]},
     )
     return prepared
+
+
+@pytest.fixture(scope="session")
+def co2_prepared(tmp_path_factory: pytest.TempPathFactory, co2_csv: Path) -> Path:
+    """The co2 slice prepared (window 8, horizon 3; weekly, no covariates)."""
+    prepared, _ = run_prepare(tmp_path_factory.mktemp("co2_prepared"), co2_csv)
+    return prepared

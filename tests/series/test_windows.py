@@ -135,3 +135,14 @@ def test_a_missing_or_foreign_folder_is_a_one_line_error(tmp_path: Path) -> None
         load_meta(tmp_path)
     with pytest.raises(ValueError, match="unknown split"):
         load_windows(tmp_path, "holdout")
+
+
+def test_co2_windows_are_weekly_and_inside_their_period(co2_prepared: Path) -> None:
+    meta = load_meta(co2_prepared)
+    week = np.timedelta64(7, "D")
+    for split in SPLITS:
+        w = load_windows(co2_prepared, split)
+        first = np.datetime64(meta.periods[split]["first"], "ns")
+        last = np.datetime64(meta.periods[split]["last"], "ns")
+        assert ((w.times >= first) & (w.times <= last)).all(), split
+        assert (np.diff(w.times, axis=1) == week).all() and (w.times[:, 0] - w.origin == week).all()
