@@ -1,0 +1,230 @@
+"""The series kind end to end (issue 25's Done-when), in ONE project built once: a slice of
+co2 with a covariate through a real ``dvc repro`` (fetch → prepare → train → export →
+evaluate), registered and promoted, served over HTTP by ``mlflow models serve`` and
+predicted from a CSV; then a second run (other units) against the first as champion, which
+the paired gate decides."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from scripts.project_copy import deep_update, make_project, subprocess_env
+from tests.conftest import free_port, http_server, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+NAME = "co2-forecaster"
+WINDOW, HORIZON, SEASON = 26, 4, 52
+SERIES = {
+    "data": {
+        "kind": "series",
+        "sha256": None,
+        "columns": {"time": "date", "target": "co2", "covariates": ["week"]},
+    },
+    "series": {
+        "window": WINDOW,
+        "horizon": HORIZON,
+        "season": SEASON,  # longer than the window: the seasonal naive reads the series
+        "units": 16,
+        "epochs": 3,
+        "learning_rate": 0.01,
+        "batch_size": 32,
+    },
+    "export": {"formats": ["saved_model", "tflite_float32"], "latency_samples": 3},
+    "tracking": {"registered_model": NAME, "system_metrics": False},
+}
+
+
+def co2_slice(assets: Path, dest: Path, rows: int = 700) -> Path:
+    """The last ``rows`` weeks of co2, with a covariate known in advance (the week of the
+    year, a seasonal clock), as a user's CSV would have it."""
+    frame = pd.read_csv(assets / "datasets" / "co2" / "co2_weekly.csv").tail(rows)
+    frame["week"] = pd.to_datetime(frame["date"]).dt.isocalendar().week.astype(float)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(dest, index=False)
+    return dest
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _set_params(proj: Path, extra: dict[str, Any]) -> None:
+    path = proj / "params.yaml"
+    path.write_text(yaml.safe_dump(deep_update(yaml.safe_load(path.read_text()), extra)))
+
+
+@pytest.fixture(scope="module")
+def project(assets: Path | None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if assets is None:
+        pytest.skip("offline assets (REPROTRAIN_ASSETS) not available")
+    tmp = tmp_path_factory.mktemp("series-e2e")
+    source = co2_slice(assets, tmp / "data" / "co2.csv")
+    proj = make_project(tmp / "proj", deep_update(SERIES, {"data": {"source": str(source)}}))
+    env = subprocess_env()
+    first = run(["dvc", "repro"], proj, env, timeout=1200)
+    out: dict[str, Any] = {"root": proj, "env": env, "source": source, "first": first}
+    out["evaluate"] = _json(proj / "metrics" / "evaluate.json")
+    out["promotion"] = _json(proj / "metrics" / "promotion.json")
+    out["export"] = _json(proj / "metrics" / "export.json")
+    out["card"] = (proj / "reports" / "model_card.md").read_text()
+    return out
+
+
+@pytest.fixture(scope="module")
+def second(project: dict[str, Any]) -> dict[str, Any]:
+    """Another model (other units) on the same windows, against v1 as champion."""
+    proj = project["root"]
+    _set_params(proj, {"series": {"units": 8}})
+    proc = run(["dvc", "repro"], proj, project["env"], timeout=1200)
+    return {"proc": proc, "promotion": _json(proj / "metrics" / "promotion.json")}
+
+
+def test_metrics_baselines_and_intervals(project: dict[str, Any]) -> None:
+    r = project["evaluate"]
+    for key in ("mae", "rmse", "mase", "smape"):
+        assert np.isfinite(r[key]) and len(r["by_step"][key]) == HORIZON
+        for base in ("naive", "seasonal_naive"):
+            assert len(r["baselines"][base]["by_step"][key]) == HORIZON
+    assert r["mase"] == pytest.approx(r["mae"] / r["mase_scale"])
+    assert r["mase_season"] == SEASON and r["n_windows"] > 20
+    for key, level in (("80", 0.8), ("95", 0.95)):
+        spec = r["intervals"][key]
+        assert spec["nominal"] == level and len(spec["width"]) == HORIZON
+        assert 0.0 <= spec["coverage"] <= 1.0 and len(spec["coverage_by_step"]) == HORIZON
+    assert r["intervals"]["95"]["width"][0] >= r["intervals"]["80"]["width"][0]
+    plots = project["root"] / "plots"
+    forecast = pd.read_csv(plots / "forecast.csv")
+    assert len(forecast) == r["n_windows"] * HORIZON
+    assert {"actual", "forecast", "lower_80", "upper_95", "seasonal_naive"} <= set(forecast)
+    for png in ("forecast.png", "error_by_step.png", "residuals.png"):
+        assert (plots / "series" / png).stat().st_size > 1000
+    card = project["card"]
+    assert "seasonal naive" in card and "95%" in card and "model_card/forecast.png" in card
+
+
+def test_first_run_is_registered_and_promoted(project: dict[str, Any]) -> None:
+    p = project["promotion"]
+    assert p["registered_model"] == NAME and p["version"] == 1
+    assert p["comparable"] and p["champion_version"] is None
+    assert p["mase"] == pytest.approx(project["evaluate"]["mase"])
+    if p["mase"] < 1:
+        assert p["promoted"] and p["alias"] == "champion", p["reason"]
+    else:
+        assert not p["promoted"] and "does not beat the seasonal-naive" in p["reason"]
+
+
+def test_exports_are_rescored(project: dict[str, Any]) -> None:
+    formats = project["export"]["formats"]
+    assert set(formats) == {"saved_model", "tflite_float32"}
+    for row in formats.values():
+        assert row["shipped"], row["reason"]
+        assert row["max_abs_diff"] < 1e-3 and row["mae_ratio"] == pytest.approx(1.0, abs=1e-3)
+        assert row["size_bytes"] > 0 and row["latency_ms"] > 0
+
+
+def _history(project: dict[str, Any], tmp: Path) -> tuple[Path, pd.DataFrame]:
+    frame = pd.read_csv(project["source"]).tail(WINDOW + 5)
+    path = tmp / "history.csv"
+    frame.to_csv(path, index=False)
+    return path, frame
+
+
+def test_predict_from_csv(
+    project: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The local model in process (through the image command's dispatch), the registered
+    one in a real ``python -m reprotrain predict`` process."""
+    from reprotrain.commands import predict
+
+    proj, env = project["root"], project["env"]
+    history, frame = _history(project, tmp_path)
+    local = str(proj / "models" / "series" / "model.keras")
+    assert predict.main([local, str(history), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["forecast"]
+    assert [r["step"] for r in rows] == list(range(1, HORIZON + 1))
+    last = pd.Timestamp(frame["date"].iloc[-1])
+    assert pd.Timestamp(rows[0]["time"]) == last + pd.Timedelta(weeks=1)
+    assert all(r["lower_95"] <= r["lower_80"] <= r["forecast"] <= r["upper_80"] for r in rows)
+    frame.head(WINDOW - 1).to_csv(tmp_path / "short.csv", index=False)
+    assert predict.main([local, str(tmp_path / "short.csv")]) == 1
+    assert f"needs the last {WINDOW}" in capsys.readouterr().err
+    cmd = [sys.executable, "-m", "reprotrain", "predict", f"models:/{NAME}/1", str(history)]
+    served = pd.read_csv(io.StringIO(run(cmd, proj, env).stdout))
+    np.testing.assert_allclose(served["forecast"], [r["forecast"] for r in rows], rtol=1e-5)
+
+
+def _post(url: str, frame: pd.DataFrame) -> tuple[int, Any]:
+    body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
+    req = urllib.request.Request(
+        url, data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_served_over_http(project: dict[str, Any], tmp_path: Path) -> None:
+    proj = project["root"]
+    _, frame = _history(project, tmp_path)
+    port = free_port()
+    from reprotrain import tracking
+
+    env = {**project["env"], "MLFLOW_TRACKING_URI": tracking.default_uri(proj)}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}/1"]
+    cmd += ["--env-manager", "local", "-p", str(port), "-h", "127.0.0.1", "--workers", "1"]
+    base = f"http://127.0.0.1:{port}"
+    with http_server(cmd, proj, env, base + "/ping", timeout=180, what="forecast server"):
+        status, answer = _post(base + "/invocations", frame)
+        assert status == 200, answer
+        rows = answer["predictions"]
+        assert len(rows) == HORIZON and {"time", "forecast", "lower_80", "upper_95"} <= set(rows[0])
+        gap = frame.drop(frame.index[-3])
+        status, answer = _post(base + "/invocations", gap)
+        assert status == 400 and "not consecutive" in answer["message"]
+        nan = frame.copy()
+        nan.loc[nan.index[-2], "co2"] = None
+        status, answer = _post(base + "/invocations", nan)
+        assert status == 400 and "missing or not a number" in answer["message"]
+        status, answer = _post(base + "/invocations", frame.tail(3))
+        assert status == 400 and "needs the last" in answer["message"]
+
+
+def test_second_run_meets_the_champion_in_the_paired_gate(
+    project: dict[str, Any], second: dict[str, Any]
+) -> None:
+    p = second["promotion"]
+    first = project["promotion"]
+    assert p["version"] == 2 and p["comparable"]
+    if not first["promoted"]:
+        pytest.skip(f"v1 was not promoted ({first['reason']}): no champion to meet")
+    assert p["champion_version"] == 1
+    test = p["gate"]["paired_test"]
+    assert test["test"] == "diebold_mariano_hln" and test["n"] == project["evaluate"]["n_windows"]
+    assert p["champion_mase"] is not None and 0 <= test["p_value"] <= 1
+    if p["mase"] >= 1:
+        assert not p["promoted"]
+    else:
+        assert ("champion v1" in p["reason"]) and p["promoted"] == (p["alias"] == "champion")
+
+
+def test_nothing_crashed_and_stages_ran(project: dict[str, Any]) -> None:
+    out = project["first"].stdout + project["first"].stderr
+    for stage in ("prepare", "train", "export", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    assert "Traceback" not in out
+    assert isinstance(project["first"], subprocess.CompletedProcess)
