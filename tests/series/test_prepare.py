@@ -50,6 +50,11 @@ def test_too_short_is_one_line_saying_how_long(tmp_path: Path) -> None:
     assert not (tmp_path / "cuts.json").exists()  # a failed prepare records nothing
 
 
+def test_an_empty_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"series.csv: no rows"):
+        run_prepare(tmp_path, "time,demand\n")
+
+
 def test_every_window_crossing_a_gap_is_a_clear_error(tmp_path: Path) -> None:
     frame = synthetic(120).astype(str)
     frame.loc[100:, "demand"] = "?"  # the test period is all text

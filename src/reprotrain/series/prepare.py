@@ -196,6 +196,8 @@ def prepare(
     the stats written as ``stats.json``."""
     source = find_source(Path(raw_dir))
     frame = read_source(source)
+    if frame.empty:
+        raise DataError(f"{source}: no rows (a series needs one row per time step)")
     roles = infer_roles(frame, columns)
     cleaned = clean(frame, roles, cfg.max_gap)
     previous = cutting.read_ledger(cuts_file) if cuts_file is not None else None
