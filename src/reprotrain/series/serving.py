@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,9 @@ def history_window(frame: Any, cfg: ForecastConfig) -> tuple[np.ndarray, pd.Time
             f"the history has {len(frame)} rows; the model needs the last {cfg.window} "
             f"(one per {cfg.frequency} step, the newest last)"
         )
-    times = pd.to_datetime(frame[cfg.time], errors="coerce")
+    with warnings.catch_warnings():  # text that is no date: our error below, not pandas'
+        warnings.simplefilter("ignore", UserWarning)
+        times = pd.to_datetime(frame[cfg.time], errors="coerce")
     if times.isna().any():
         row = int(np.flatnonzero(times.isna().to_numpy())[0])
         raise HistoryError(f"history row {row}: {cfg.time!r} is not a timestamp")

@@ -1,0 +1,70 @@
+"""``python -m reprotrain predict MODEL history.csv`` for a series model: CSV or JSON out,
+exit 0 / 1 (bad history) / 2 (usage, model), dispatched from the image command by the
+model's name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reprotrain.commands import predict as image_predict
+from reprotrain.series import model as series_model
+from reprotrain.series import predict, serving
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("series-predict")
+    x = np.random.default_rng(0).normal(size=(20, 5, 1)).astype(np.float32) + 100
+    m = series_model.build("gru", 5, 2, 1, series_model.scaling(x, x[:, -2:, 0]), units=2)
+    path = tmp / "model.keras"
+    m.save(path)
+    serving.ForecastConfig(
+        window=5,
+        horizon=2,
+        frequency="D",
+        time="day",
+        target="load",
+        intervals={"95": {"level": 0.95, "width": [0.5, 1.0]}},
+    ).write(serving.config_path(path))
+    return path
+
+
+def _csv(tmp: Path, n: int = 7) -> Path:
+    days = pd.date_range("2024-02-27", periods=n, freq="D")
+    path = tmp / "history.csv"
+    pd.DataFrame({"day": days, "load": np.linspace(99, 101, n)}).to_csv(path, index=False)
+    return path
+
+
+def test_csv_and_json_out(model_file: Path, tmp_path: Path, capsys) -> None:
+    history = _csv(tmp_path)
+    assert image_predict.model_kind(model_file) == "series"
+    assert image_predict.main([str(model_file), str(history)]) == 0
+    out = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
+    assert list(out.columns) == ["step", "time", "forecast", "lower_95", "upper_95"]
+    assert out["time"].tolist() == ["2024-03-05T00:00:00", "2024-03-06T00:00:00"]  # leap day
+    target = tmp_path / "out.json"
+    assert predict.main([str(model_file), str(history), "--format", "json", "-o", str(target)]) == 0
+    doc = json.loads(target.read_text())
+    assert doc["model"] == "series_gru" and len(doc["forecast"]) == 2
+    np.testing.assert_allclose([r["forecast"] for r in doc["forecast"]], out["forecast"], rtol=1e-6)
+
+
+def test_exit_codes(model_file: Path, tmp_path: Path, capsys) -> None:
+    short = _csv(tmp_path, 3)
+    assert predict.main([str(model_file), str(short)]) == 1
+    assert "has 3 rows; the model needs the last 5" in capsys.readouterr().err
+    assert predict.main([str(model_file), str(tmp_path / "nope.csv")]) == 1
+    assert "history file not found" in capsys.readouterr().err
+    alone = tmp_path / "alone.keras"
+    alone.write_bytes(model_file.read_bytes())
+    assert predict.main([str(alone), str(_csv(tmp_path))]) == 2
+    assert "no forecast config" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(model_file)])
+    assert exit_info.value.code == 2
