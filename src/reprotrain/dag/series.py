@@ -35,8 +35,11 @@ STAGES: dict[str, Stage] = {
         fetch_stage(KIND_NAME),
         Stage(
             "prepare",
-            params=(
-                "data.columns",
+            params=(  # the series' roles only: a table-only role never reruns it
+                "data.columns.time",
+                "data.columns.target",
+                "data.columns.covariates",
+                "data.columns.ignore",
                 *_WINDOWS,
                 "series.max_gap",
                 "series.val_fraction",
