@@ -23,7 +23,8 @@ import csv
 import hashlib
 import io
 import logging
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 
 from reprotrain.data.split import PRESENT, Fractions, pool_of, pool_splits, pool_targets
 from reprotrain.errors import DataError
-from reprotrain.fsio import atomic_write_text
+from reprotrain.fsio import atomic_path
 from reprotrain.tables.schema import SPLITS
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,27 @@ def key_hex(key: bytes) -> str:
     return bytes(key).hex().ljust(2 * KEY_BYTES, "0")
 
 
-def _score(seed: int, key_hex: str) -> bytes:
-    """The seeded order of new rows (the image ledger's ``unit_score``, kept as bytes)."""
-    return hashlib.sha256(f"{seed}::{key_hex}".encode()).digest()[:8]
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (a bijection of uint64 that scrambles every bit), vectorised."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def seeded_order(keys: np.ndarray, seed: int) -> np.ndarray:
+    """The order in which new rows fill the splits: fixed by ``seed`` and the keys, another
+    for another seed. Vectorised (a per-row hash, as the image ledger's ``unit_score``,
+    costs a million Python strings at a million rows); ties (never, in 64 bits) by key."""
+    head = np.frombuffer(keys.astype(KEY_DTYPE).tobytes(), dtype=">u8")[::2].astype(np.uint64)
+    salt = _mix(np.asarray([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    with np.errstate(over="ignore"):
+        score = _mix(head ^ salt)
+    return np.lexsort((keys, score))
 
 
 @dataclass
@@ -107,7 +126,7 @@ def read_ledger(path: Path) -> Ledger:
     path = Path(path)
     if not path.is_file():
         return Ledger.empty()
-    keys, labels, splits, present = bytearray(), [], [], []
+    keys, labels, splits, present = bytearray(), array("i"), array("b"), array("b")
     codes: dict[str, int] = {}
     flags = {v: k for k, v in PRESENT.items()}
     with path.open(newline="", encoding="utf-8") as f:
@@ -143,29 +162,37 @@ def read_ledger(path: Path) -> Ledger:
     )
 
 
-def format_ledger(ledger: Ledger) -> str:
-    """CSV text sorted by (label, row_hash): stable, so git diffs show only real changes."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(LEDGER_COLUMNS)
-    names = np.asarray(ledger.names, dtype=object)
-    label_names = names[ledger.labels] if len(ledger) else np.empty(0, object)
-    order = np.lexsort((ledger.keys, label_names.astype(str))) if len(ledger) else []
-    for i in order:
-        w.writerow(
-            (
-                key_hex(ledger.keys[i]),
-                label_names[i],
-                SPLITS[ledger.splits[i]],
-                PRESENT[bool(ledger.present[i])],
-            )
+def _ledger_lines(ledger: Ledger) -> Iterator[str]:
+    """The ledger's CSV lines sorted by (label, row_hash): stable, so git diffs show only
+    real changes."""
+    yield ",".join(LEDGER_COLUMNS) + "\n"
+    if not len(ledger):
+        return
+    names = sorted(set(ledger.names))
+    rank = np.asarray([names.index(n) for n in ledger.names], np.int32)
+    quoted = [_csv_cell(n) for n in ledger.names]
+    for i in np.lexsort((ledger.keys, rank[ledger.labels])):
+        yield (
+            f"{key_hex(ledger.keys[i])},{quoted[ledger.labels[i]]},{SPLITS[ledger.splits[i]]},"
+            f"{PRESENT[bool(ledger.present[i])]}\n"
         )
+
+
+def _csv_cell(text: str) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([text])
     return buf.getvalue()
 
 
+def format_ledger(ledger: Ledger) -> str:
+    """The ledger file's text."""
+    return "".join(_ledger_lines(ledger))
+
+
 def write_ledger(path: Path, ledger: Ledger) -> None:
-    """Atomically (a killed prepare leaves the old ledger, never half of one)."""
-    atomic_write_text(path, format_ledger(ledger))
+    """Streamed, atomically (a killed prepare leaves the old ledger, never half of one)."""
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
+        f.writelines(_ledger_lines(ledger))
 
 
 @dataclass(frozen=True)
@@ -188,17 +215,16 @@ class Assignment:
         }
 
 
-def _fill(
-    order_new: np.ndarray, counts: dict[str, int], targets: dict[str, int], pool: str
-) -> list[int]:
-    """Splits of a pool's new rows, in their seeded order: each to the split furthest below
-    its target (ties: test, then val, then train), as the image ledger does."""
+def _fill(n: int, counts: dict[str, int], targets: dict[str, int], pool: str) -> np.ndarray:
+    """Splits of a pool's ``n`` new rows, in their seeded order: each to the split furthest
+    below its target (ties: test, then val, then train), as the image ledger does."""
     allowed = [s for s in ("test", "val", "train") if s in pool_splits(pool)]
-    out = []
-    for _ in order_new:
-        best = max(allowed, key=lambda s: (targets[s] - counts[s], -allowed.index(s)))
+    rank = {s: -i for i, s in enumerate(allowed)}
+    out = np.empty(n, np.int8)
+    for j in range(n):
+        best = max(allowed, key=lambda s: (targets[s] - counts[s], rank[s]))
         counts[best] += 1
-        out.append(SPLITS.index(best))
+        out[j] = SPLITS.index(best)
     return out
 
 
@@ -221,9 +247,10 @@ def assign(
     at = previous.lookup(keys)
     found = at >= 0
     out = _take(previous.splits, at, NONE).astype(np.int8)
-    prev_names = np.asarray((*previous.names, ""), dtype=object)
-    old_label = prev_names[_take(previous.labels, at, -1)]
-    relabelled = int((found & (old_label != np.asarray(names, dtype=object)[labels])).sum())
+    # Previous class codes in today's names (-2: a class gone from today's data).
+    recode = np.asarray([names.index(n) if n in names else -2 for n in previous.names] + [-1])
+    old_label = recode[_take(previous.labels, at, -1)]
+    relabelled = int((found & (old_label != labels)).sum())
     conflicts = 0
     group = labels.astype(np.int64) * 4 + (given.astype(np.int64) + 1)
     order = np.argsort(group, kind="stable")
@@ -237,10 +264,8 @@ def assign(
         told = old[given[old] >= 0]
         conflicts += int((~np.isin(out[told], allowed)).sum())
         new = members[~found[members]]
-        hexes = [key_hex(k) for k in keys[new]]
-        seeded = sorted(range(len(new)), key=lambda j: (_score(seed, hexes[j]), hexes[j]))
-        new = new[np.asarray(seeded, dtype=np.int64)] if len(new) else new
-        out[new] = _fill(new, counts, targets, pool)
+        new = new[seeded_order(keys[new], seed)]
+        out[new] = _fill(len(new), counts, targets, pool)
     ledger = _merge(keys, labels, names, out, previous, found, at)
     removed = int(previous.present.sum() - previous.present[at[found]].sum())
     returned = int((~previous.present[at[found]]).sum())

@@ -231,31 +231,43 @@ class Kept:
 
 
 def dedupe(s: Scan, keys: np.ndarray, labels: np.ndarray) -> Kept:
-    """Keep the first row of each key; quarantine every row of a key whose labels differ."""
+    """Keep the first row of each key; quarantine every row of a key whose labels differ.
+
+    Lean on memory (a million rows): one sort of the usable rows' keys, then only the
+    few rows that share a key are looked at."""
     ok = np.flatnonzero(labels >= 0)
     if not len(ok):
         return Kept(ok, 0, 0)
     order = ok[np.argsort(keys[ok], kind="stable")]  # by key, then file order
     sorted_keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    ends = np.r_[starts[1:], len(order)]
-    first = order[starts]
-    lo = np.minimum.reduceat(labels[order], starts)
-    hi = np.maximum.reduceat(labels[order], starts)
-    conflicting = 0
+    repeat = np.zeros(len(order), bool)  # the row's key is the previous row's
+    np.equal(sorted_keys[1:], sorted_keys[:-1], out=repeat[1:])
+    del sorted_keys
+    if not repeat.any():
+        return Kept(ok, 0, 0)
+    shared = repeat.copy()  # rows in a group of two or more
+    shared[:-1] |= repeat[1:]
+    pos = np.flatnonzero(shared)
+    group = np.cumsum(~repeat[pos])  # group number of each shared row
+    rows = order[pos]
+    drop = np.zeros(len(labels), bool)
+    drop[rows[repeat[pos]]] = True  # every duplicate but the first
+    conflicting = duplicates = 0
     inverse = {v: k for k, v in s.names.items()}
-    for g in np.flatnonzero(lo != hi):
-        members = np.sort(order[starts[g] : ends[g]])
-        lines = [s.lines[i] for i in members]
+    bounds = np.flatnonzero(np.diff(group)) + 1
+    for members in np.split(rows, bounds):
         classes = sorted({inverse[int(labels[i])] for i in members})
+        if len(classes) == 1:
+            duplicates += len(members) - 1
+            continue
+        members = np.sort(members)
+        drop[members] = True
+        lines = [s.lines[i] for i in members]
         for i in members:
             others = ", ".join(str(x) for x in lines if x != s.lines[i])[:60]
             s.reasons[int(i)] = f"{CONFLICT}: same features as line(s) {others}, labels {classes}"
         conflicting += len(members)
-    good = lo == hi
-    kept = np.sort(first[good])
-    duplicates = int((ends - starts)[good].sum() - good.sum())
-    return Kept(kept, duplicates, conflicting)
+    return Kept(ok[~drop[ok]], duplicates, conflicting)
 
 
 def drop_small_classes(s: Scan, kept: np.ndarray, labels: np.ndarray) -> np.ndarray:
