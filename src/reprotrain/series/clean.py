@@ -152,13 +152,9 @@ def _snap(times: np.ndarray, grid: np.ndarray, floor: bool = False) -> np.ndarra
     step at or before it (the period holding it)."""
     if floor:
         return np.clip(np.searchsorted(grid, times, side="right") - 1, 0, len(grid) - 1)
-    pos = (
-        np.clip(np.searchsorted(grid, times), 1, len(grid) - 1)
-        if len(grid) > 1
-        else (np.zeros(len(times), dtype=int))
-    )
     if len(grid) == 1:
-        return pos
+        return np.zeros(len(times), dtype=int)
+    pos = np.clip(np.searchsorted(grid, times), 1, len(grid) - 1)
     left = grid[pos - 1]
     right = grid[pos]
     return np.where(times - left <= right - times, pos - 1, pos)
