@@ -79,7 +79,11 @@ class ColumnsConfig:
         None, "table: a column giving each row's split (train|val|test); respected when set"
     )
     ignore: tuple[Str, ...] = _f((), "columns never used as inputs (ids, free-form notes)")
-    time: Str | None = _f(None, "series: the timestamp column (null: a column named 'time')")
+    time: Str | None = _f(
+        None,
+        "series: the timestamp column (null: one named time, date, timestamp, datetime or ds, "
+        "else the only column that parses as dates)",
+    )
     target: Str | None = _f(None, "series: the value to forecast (null: the only numeric column)")
     covariates: tuple[Str, ...] | None = _f(
         None, "series: other numeric columns known up to 'now' (extra input channels)"
