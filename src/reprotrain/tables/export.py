@@ -13,9 +13,11 @@ What differs: the model takes a dict of raw columns (strings and numbers), not o
 tensor. The SavedModel's ``serving_default`` signature takes one ``[batch, 1]`` tensor
 per column (named after the column: :func:`reprotrain.tables.model.layer_name`). TFLite
 (float32, float16) is converted from it with ``SELECT_TF_OPS``: tokenising and lookups are
-TensorFlow string ops that TFLite's builtins lack, and a runtime without the Flex delegate
-cannot run the file (that row then says so, not shipped). int8 (no calibration of string
-inputs), ONNX and OpenVINO (no string tensors) are reported not shipped with the reason.
+TensorFlow string ops that TFLite's builtins lack, and neither LiteRT's wheel nor
+``tf.lite.Interpreter`` links the Flex delegate here, so a model with text is reported not
+shipped with that reason; numbers and categories convert to builtins (lookups are TFLite
+hash-table ops) and ship when they agree. int8 (no calibration of raw-column inputs), ONNX
+and OpenVINO (no string tensors) are reported not shipped with the reason.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 #: Formats a table model cannot be written in, and why.
 UNSUPPORTED = {
-    "tflite_int8": "int8 needs calibration data for every input, and string inputs have none",
+    "tflite_int8": "int8 calibration of raw-column inputs is not implemented for table models",
     "onnx": "ONNX has no tokenising or string-lookup ops for the raw text and category inputs",
     "openvino": "OpenVINO takes no string tensors (the raw text and category inputs)",
 }
@@ -82,26 +84,24 @@ def saved_model_predictor(directory: Path, model: Any, spec: InputSpec) -> Predi
 
 
 def tflite_predictor(path: Path, model: Any, spec: InputSpec) -> Predict:
-    """A TFLite file in LiteRT, row by row (its inputs are ``[1, 1]``; strings as UTF-8)."""
+    """A TFLite file in LiteRT, row by row (its inputs are ``[1, 1]``; strings as UTF-8
+    bytes). A file with TensorFlow ops (text: the Flex delegate, which neither LiteRT's
+    wheel nor ``tf.lite.Interpreter`` links here) fails on its first row: not shipped."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=str(path)).get_signature_runner()
 
+    def row(named: Mapping[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+        return {
+            k: np.array([[s.encode("utf-8") for s in v[i]]]) if v.dtype == object else v[i : i + 1]
+            for k, v in named.items()
+        }
+
     def predict(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         named = _named(model, inputs, spec)
         n = len(next(iter(named.values())))
-        out = []
-        for i in range(n):
-            row = {
-                k: (
-                    np.array([[s.encode("utf-8") for s in v[i]]])
-                    if v.dtype == object
-                    else v[i : i + 1]
-                )
-                for k, v in named.items()
-            }
-            out.append(np.asarray(next(iter(runner(**row).values())), dtype=np.float64)[0])
-        return np.stack(out)
+        out = [next(iter(runner(**row(named, i)).values())) for i in range(n)]
+        return np.asarray(out, dtype=np.float64)[:, 0]
 
     return predict
 

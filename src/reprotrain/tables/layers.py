@@ -33,7 +33,7 @@ class ImputeMissing(keras.layers.Layer):
         x = keras.ops.cast(inputs, "float32")
         missing = keras.ops.isnan(x)
         fill = keras.ops.convert_to_tensor(self.fill, dtype="float32")
-        filled = keras.ops.where(missing, keras.ops.broadcast_to(fill, keras.ops.shape(x)), x)
+        filled = keras.ops.where(missing, fill, x)  # fill [n] broadcasts over the batch
         return keras.ops.concatenate([filled, keras.ops.cast(missing, "float32")], axis=-1)
 
     def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
