@@ -410,9 +410,9 @@ def restore_workspace(project: Project) -> None:
 
 
 # --------------------------------------------------------------------------- tracking helpers
-# Shared by tests/tracking/test_runs.py, test_ui.py, test_promote.py and the chaos tests: a tiny
-# project (dvc.yaml, params.yaml, a dvc.lock and a manifest in a git repo) whose stages are
-# simulated by calling ``tracking.stage_run`` the way stages/*.py do.
+# Shared by tests/tracking/test_runs.py, tests/commands/test_ui.py, test_promote.py and the
+# chaos tests: a tiny project (dvc.yaml, params.yaml, a dvc.lock and a manifest in a git repo)
+# whose stages are simulated by calling ``tracking.stage_run`` the way stages/*.py do.
 
 PREPARED_MD5 = "0123456789abcdef0123456789abcdef.dir"
 HEAD_MD5 = "fedcba9876543210fedcba9876543210"
