@@ -252,7 +252,7 @@ def assign(
     old_label = recode[_take(previous.labels, at, -1)]
     relabelled = int((found & (old_label != labels)).sum())
     conflicts = 0
-    group = labels.astype(np.int64) * 4 + (given.astype(np.int64) + 1)
+    group = labels.astype(np.int32) * 4 + (given.astype(np.int32) + 1)
     order = np.argsort(group, kind="stable")
     bounds = np.flatnonzero(np.diff(group[order])) + 1
     for members in np.split(order, bounds) if len(order) else []:
@@ -275,7 +275,7 @@ def assign(
 def _take(values: np.ndarray, at: np.ndarray, fill: int) -> np.ndarray:
     """``values[at]``, ``fill`` where ``at`` is -1 (also when ``values`` is empty)."""
     if not len(values):
-        return np.full(len(at), fill, dtype=np.int64)
+        return np.full(len(at), fill, dtype=values.dtype)
     return np.where(at >= 0, values[at.clip(0)], fill)
 
 
@@ -289,6 +289,15 @@ def _merge(
     at: np.ndarray,
 ) -> Ledger:
     """The new ledger: every item present, every other previous row absent."""
+    if not len(previous):  # the first prepare: no absent rows to add
+        order = np.argsort(keys, kind="stable")
+        return Ledger(
+            keys[order],
+            labels.astype(np.int32)[order],
+            names,
+            splits[order],
+            np.ones(len(keys), bool),
+        )
     gone = np.ones(len(previous), bool)
     gone[at[found]] = False
     all_names = tuple(dict.fromkeys((*names, *previous.names)))

@@ -396,7 +396,7 @@ def prepare_table(
         header, profiles, options.columns, max_categories=options.max_categories, labels=()
     )
     s = scan(path, header, draft, total)
-    keys = np.frombuffer(bytes(s.keys), dtype=ledgers.KEY_DTYPE)
+    keys = np.frombuffer(s.keys, dtype=ledgers.KEY_DTYPE)  # a view: no copy
     labels = np.frombuffer(s.labels, np.int32)
     kept = dedupe(s, keys, labels)
     index = drop_small_classes(s, kept.index, labels)
