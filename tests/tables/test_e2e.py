@@ -27,11 +27,11 @@ from tests.tables.conftest import DATASETS, slice_csv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ROWS = 240
+ROWS = 160
 TABLE = {
     "data": {"kind": "table", "sha256": None},
     "table": {
-        "epochs": 2,
+        "epochs": 1,
         "batch_size": 32,
         "max_tokens": 3000,
         "sequence_length": 40,
@@ -283,7 +283,10 @@ def test_switching_kinds_and_back(project) -> None:
     assert not image["comparable"] and "data.kind table" in image["reason"], image["reason"]
     assert project["table_files_after_images"] == project["table_files"]  # images left them
     assert project["image_files_after_back"] == project["image_files"]  # the table left these
-    # Back on the table: the same data and params as the trump run, so DVC restores that
-    # run's outputs (its run-cache) instead of training again; nothing of the images leaked.
+    # Back on the table: the trump data and params again. DVC restores that run's outputs
+    # from its run-cache, or (when the code changed in between) reruns them: either way the
+    # run ends well and the gate compares with the churn champion only by its inputs.
     assert project["back"].returncode == 0
-    assert project["back_promotion"] == project["runs"]["trump"]["promotion"]
+    back, trump = project["back_promotion"], project["runs"]["trump"]["promotion"]
+    assert back == trump or (back["version"] > trump["version"] and not back["comparable"])
+    assert "takes other inputs" in back["reason"]
