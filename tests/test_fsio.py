@@ -33,8 +33,10 @@ from reprotrain import fsio
 from tests.conftest import REPO, subprocess_env
 
 WRITER = r'''
-import hashlib, json, os, sys
+import json, os, sys
 from pathlib import Path
+
+from tests.test_fsio import tree_digest as digest  # the test's own formula
 
 kinds, point, root = sys.argv[1].split(","), sys.argv[2], Path(sys.argv[3])
 current = {}
@@ -48,16 +50,6 @@ def pause():
     sys.stdout.flush()
     if not sys.stdin.buffer.read(1):
         os._exit(3)
-
-
-def digest(path):
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
 
 
 def hook(event, args):
@@ -201,8 +193,10 @@ for kind in kinds:
 '''
 
 
-def _digest(path: Path) -> str:
-    """The writer's digest of a file or tree (same formula as ``WRITER``'s)."""
+def tree_digest(path: Path | str) -> str:
+    """The digest of a file or tree: names and contents (``WRITER`` imports it, so the writer
+    and the test compare with one formula)."""
+    path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256()
     for p in files:
@@ -311,9 +305,9 @@ def _check_killed(kind: str, point: str, work: Path, *, live: bool) -> None:
     mine = f".{target.name}{fsio.TMP_MARK}"
     temporaries = [p for p in target.parent.iterdir() if p.name.startswith(mine)]
     if point == "after":
-        assert _digest(target) != old, f"{kind}: killed after the rename: the new version"
+        assert tree_digest(target) != old, f"{kind}: killed after the rename: the new version"
     else:
-        assert _digest(target) == old, f"{kind}: killed before the rename: the old version"
+        assert tree_digest(target) == old, f"{kind}: killed before the rename: the old version"
         # The kill really was inside an atomic write: its temporary is there.
         assert temporaries, f"{kind}: no temporary: the writer was not inside fsio"
     if not live:

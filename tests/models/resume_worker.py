@@ -12,17 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-from reprotrain import runtime, training
-from reprotrain.config import RuntimeConfig, TrainHeadConfig
-from tests.models.tiny import tiny_arrays, tiny_cnn, tiny_dataset
+from reprotrain.config import TrainHeadConfig
+from tests.models.tiny import train_tiny
 
 
 def main() -> None:
     ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
     pause = sys.argv[3:] == ["pause"]
-    info = runtime.configure(RuntimeConfig(), seed=5)
-    model = tiny_cnn()
-    x, y = tiny_arrays(16)
     cfg = TrainHeadConfig(epochs=4, batch_size=8, feature_cache="off", early_stopping_patience=9)
     seen: list[int] = []
 
@@ -33,16 +29,7 @@ def main() -> None:
             print("paused", flush=True)
             sys.stdin.read(1)
 
-    result = training.train(
-        model,
-        tiny_dataset(x, y),
-        tiny_dataset(x, y),
-        cfg,
-        info,
-        checkpoint_dir=ckpt,
-        epoch_hook=hook,
-        resume_key="same-inputs",
-    )
+    _, result = train_tiny(ckpt, cfg, hook=hook, validate_on_train=True)
     out.write_text(
         json.dumps({"seen": seen, "summary": result.summary(), "history": result.history})
     )

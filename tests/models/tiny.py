@@ -8,11 +8,13 @@ the base computes real features whose gradients actually move the unfrozen layer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from reprotrain.config import ModelConfig
+from reprotrain.config import ModelConfig, RuntimeConfig, TrainConfig
 from reprotrain.models.transfer import imagenet_weights_filename
 from tests.conftest import ASSETS
 
@@ -58,6 +60,39 @@ def tiny_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = 8):
     import tensorflow as tf
 
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+
+
+def train_tiny(
+    checkpoint_dir: Path,
+    cfg: TrainConfig,
+    *,
+    hook: Callable[[int, dict[str, float]], None] | None = None,
+    resume_key: str = "same-inputs",
+    validate_on_train: bool = False,
+    tensorboard_dir: Path | None = None,
+) -> tuple[Any, Any]:
+    """``training.train`` of a fresh :func:`tiny_cnn` (seed-5 runtime) on 16
+    :func:`tiny_arrays` images, validated on 8 others (or on the same 16 with
+    ``validate_on_train``): the run the resume tests kill, fail and resume. Returns
+    ``(model, result)``."""
+    from reprotrain import runtime, training
+
+    info = runtime.configure(RuntimeConfig(), seed=5)
+    model = tiny_cnn()
+    x, y = tiny_arrays(16)
+    xv, yv = (x, y) if validate_on_train else tiny_arrays(8, seed=3)
+    result = training.train(
+        model,
+        tiny_dataset(x, y),
+        tiny_dataset(xv, yv),
+        cfg,
+        info,
+        checkpoint_dir=checkpoint_dir,
+        tensorboard_dir=tensorboard_dir,
+        epoch_hook=hook,
+        resume_key=resume_key,
+    )
+    return model, result
 
 
 def tensorboard_steps(log_dir: Path) -> dict[str, list[int]]:

@@ -20,7 +20,7 @@ from reprotrain.evaluation import gate
 from reprotrain.evaluation.gain import finetune_gain
 from reprotrain.models import scratch
 from reprotrain.training import optim
-from tests.models.tiny import SIZE, tiny_arrays, tiny_cnn, tiny_dataset
+from tests.models.tiny import SIZE, tiny_arrays, tiny_dataset, train_tiny
 
 COSINE = TrainHeadConfig(
     epochs=4,
@@ -53,24 +53,6 @@ def test_warmup_must_leave_epochs_to_decay() -> None:
         params_from_dict({"finetune": {"schedule": "cosine", "warmup_epochs": 3, "epochs": 3}})
 
 
-def _train(ckpt: Path, cfg: TrainHeadConfig, hook=None):
-    info = runtime.configure(RuntimeConfig(), seed=5)
-    model = tiny_cnn()
-    x, y = tiny_arrays(16)
-    xv, yv = tiny_arrays(8, seed=3)
-    result = training.train(
-        model,
-        tiny_dataset(x, y),
-        tiny_dataset(xv, yv),
-        cfg,
-        info,
-        checkpoint_dir=ckpt,
-        epoch_hook=hook,
-        resume_key="k",
-    )
-    return model, result
-
-
 class Stop(RuntimeError):
     pass
 
@@ -83,15 +65,15 @@ def test_a_resumed_cosine_run_ends_where_an_uninterrupted_one_ends(
     """The scheduled rate is a function of the optimizer's step, which the backups keep: a
     run stopped after epoch 2 and resumed in a new model ends bit-identical, on the curve."""
     cfg = dataclasses.replace(COSINE, loop=loop)
-    whole, whole_result = _train(tmp_path / "a", cfg)
+    whole, whole_result = train_tiny(tmp_path / "a", cfg, resume_key="k")
 
     def stop_after_second(epoch: int, metrics: dict[str, float]) -> None:
         if epoch == 1:
             raise Stop
 
     with pytest.raises(Stop):
-        _train(tmp_path / "b", cfg, stop_after_second)
-    resumed, resumed_result = _train(tmp_path / "b", cfg)
+        train_tiny(tmp_path / "b", cfg, hook=stop_after_second, resume_key="k")
+    resumed, resumed_result = train_tiny(tmp_path / "b", cfg, resume_key="k")
     assert resumed_result.initial_epoch == 2
     assert resumed_result.history == whole_result.history
     for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):

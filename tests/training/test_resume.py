@@ -23,7 +23,7 @@ import pytest
 from reprotrain import runtime, training
 from reprotrain.config import RuntimeConfig, TrainHeadConfig
 from tests.conftest import REPO, run, subprocess_env
-from tests.models.tiny import tensorboard_steps, tiny_arrays, tiny_cnn, tiny_dataset
+from tests.models.tiny import tensorboard_steps, tiny_cnn, train_tiny
 
 CFG = TrainHeadConfig(
     epochs=4, batch_size=8, feature_cache="off", early_stopping_patience=9, learning_rate=0.02
@@ -37,23 +37,6 @@ class HookFailed(RuntimeError):
 def _model():
     info = runtime.configure(RuntimeConfig(), seed=5)
     return info, tiny_cnn()
-
-
-def _train(ckpt: Path, hook=None, cfg=CFG):
-    info, model = _model()
-    x, y = tiny_arrays(16)
-    xv, yv = tiny_arrays(8, seed=3)
-    result = training.train(
-        model,
-        tiny_dataset(x, y),
-        tiny_dataset(xv, yv),
-        cfg,
-        info,
-        checkpoint_dir=ckpt,
-        epoch_hook=hook,
-        resume_key="same-inputs",
-    )
-    return model, result
 
 
 @pytest.mark.slow
@@ -101,10 +84,10 @@ def test_failing_hook_loses_no_epoch_and_best_weights_survive_resume(tmp_path: P
             raise HookFailed("tracking server went away")
 
     with pytest.raises(HookFailed):
-        _train(ckpt, failing)
+        train_tiny(ckpt, CFG, hook=failing)
     assert json.loads((ckpt / training.STATE_FILE).read_text())["done"] == 2
     seen: list[int] = []
-    model, result = _train(ckpt, lambda e, m: seen.append(e))
+    model, result = train_tiny(ckpt, CFG, hook=lambda e, m: seen.append(e))
     assert seen == [2, 3] and result.initial_epoch == 2
     assert result.history["epoch"] == [1, 2, 3, 4]
     val_loss = result.history["val_loss"]
@@ -118,7 +101,7 @@ def test_failing_hook_loses_no_epoch_and_best_weights_survive_resume(tmp_path: P
     # whose first two epochs had a lower val_loss than anything after.
     ckpt2 = tmp_path / "ckpt2"
     with pytest.raises(HookFailed):
-        _train(ckpt2, failing)
+        train_tiny(ckpt2, CFG, hook=failing)
     state = json.loads((ckpt2 / training.STATE_FILE).read_text())
     state["best_value"] = -1.0  # pretend epoch best_epoch was unbeatable
     (ckpt2 / training.STATE_FILE).write_text(json.dumps(state))
@@ -127,7 +110,7 @@ def test_failing_hook_loses_no_epoch_and_best_weights_survive_resume(tmp_path: P
     probe.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     probe.optimizer.build(probe.trainable_variables)
     probe.load_weights(ckpt2 / training.epoch_file(best))
-    model, result = _train(ckpt2)
+    model, result = train_tiny(ckpt2, CFG)
     assert result.best_epoch == best + 1 and result.initial_epoch == 2
     for a, b in zip(probe.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -145,7 +128,7 @@ def test_unreadable_backup_is_discarded_with_a_warning(
         raise HookFailed
 
     with pytest.raises(HookFailed):
-        _train(ckpt, stop, cfg)
+        train_tiny(ckpt, cfg, hook=stop)
     weights = ckpt / training.epoch_file(0)
     if damage == "truncate":  # what a kill during an in-place write leaves
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
@@ -154,7 +137,7 @@ def test_unreadable_backup_is_discarded_with_a_warning(
     else:
         (ckpt / training.STATE_FILE).write_text('{"done": 1, "rec')
     with caplog.at_level(logging.WARNING, logger="reprotrain"):
-        _, result = _train(ckpt, None, cfg)
+        _, result = train_tiny(ckpt, cfg)
     assert "discarding the training backup" in caplog.text
     assert "restarts from epoch 1" in caplog.text
     assert result.initial_epoch == 0 and result.history["epoch"] == [1, 2]
@@ -241,19 +224,7 @@ def test_a_resumed_run_keeps_the_killed_runs_tensorboard_logs(tmp_path: Path) ->
         return hook
 
     def attempt(hook=None):
-        info, model = _model()
-        x, y = tiny_arrays(16)
-        return training.train(
-            model,
-            tiny_dataset(x, y),
-            tiny_dataset(x, y),
-            CFG,
-            info,
-            checkpoint_dir=ckpt,
-            tensorboard_dir=logs,
-            epoch_hook=hook,
-            resume_key="same-inputs",
-        )
+        return train_tiny(ckpt, CFG, hook=hook, validate_on_train=True, tensorboard_dir=logs)[1]
 
     for at in (1, 3):
         with pytest.raises(HookFailed):
@@ -272,7 +243,7 @@ def _fail_first_run(ckpt: Path, cfg=CFG) -> None:
             raise HookFailed
 
     with pytest.raises(HookFailed):
-        _train(ckpt, stop, cfg)
+        train_tiny(ckpt, cfg, hook=stop)
 
 
 @contextlib.contextmanager
@@ -328,7 +299,7 @@ def test_a_transient_restore_error_stops_the_stage_and_keeps_every_backup(
     assert "\n" not in message and "Too many open files" in message, message
     assert "backups are kept" in message and str(ckpt) in message
     assert {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()} == before
-    _, result = _train(ckpt)
+    _, result = train_tiny(ckpt, CFG)
     assert result.initial_epoch == 2 and result.history["epoch"] == [1, 2, 3, 4]
 
 
