@@ -79,3 +79,34 @@ def test_the_pyfunc_answers_rows_or_an_invalid_parameter_error(tmp_path: Path) -
     with pytest.raises(MlflowException) as info:
         model.predict(None, _history(3))
     assert info.value.get_http_status_code() == 400 and "needs the last 6" in info.value.message
+
+
+@pytest.mark.slow
+def test_exports_are_rescored_and_int8_is_a_reasoned_row(tmp_path: Path) -> None:
+    """SavedModel and TFLite float32 re-scored on windows against Keras; tflite_int8 is
+    reported as not shipped with the reason, not a failure (serving formats of the kind)."""
+    from reprotrain.series import export
+
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(12, 6, 2)) + 50).astype(np.float32)
+    y = x[:, -3:, 0] + 1
+    m = series_model.build("lstm", 6, 3, 2, series_model.scaling(x, y), units=3)
+    m.save(tmp_path / "model.keras")
+    report = export.export_and_verify(
+        m,
+        tmp_path / "model.keras",
+        tmp_path / "export",
+        x,
+        y,
+        ["saved_model", "tflite_float32", "tflite_int8"],
+        max_diff=0.01,
+        latency_samples=2,
+    )
+    rows = report["formats"]
+    for name in ("saved_model", "tflite_float32"):
+        assert rows[name]["shipped"] and rows[name]["max_abs_diff"] < 1e-3, rows[name]
+        assert rows[name]["size_bytes"] > 0 and rows[name]["latency_ms"] > 0
+    assert not rows["tflite_int8"]["shipped"] and "no fixed range" in rows["tflite_int8"]["reason"]
+    assert report["keras"]["mae"] > 0 and report["test_windows"] == 12
+    bad = export.verdict(y + 1.0, y, y, 0.01)
+    assert not bad["shipped"] and bad["max_abs_diff"] == pytest.approx(1.0)
