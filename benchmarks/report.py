@@ -229,6 +229,40 @@ def recipes(data: Mapping[str, Any]) -> str:
     return table(data) + "\n\n" + _source("recipes", data)
 
 
+def series_training(data: Mapping[str, Any]) -> str:
+    """Series training (``benchmarks/series_training.py``): the pipeline's train stage vs the
+    seed's plain Keras script, and the whole co2 ``dvc repro`` by stage."""
+    speed = data.get("speed", {})
+    plain, pipe = speed.get("plain_keras", {}), speed.get("pipeline", {})
+    rows = [
+        ["plain Keras (window arrays in memory)", _num(plain.get("windows_per_second"), 1), "1"],
+        [
+            "pipeline train stage (normalisation inside, backups, callbacks)",
+            _num(pipe.get("windows_per_second"), 1),
+            _num(speed.get("pipeline_vs_plain"), 3),
+        ],
+    ]
+    whole = data.get("whole_run", {})
+    stages = whole.get("stages_s", {})
+    stage_rows = [[name, _num(seconds, 1)] for name, seconds in stages.items()]
+    stage_rows.append(["**dvc repro, wall**", _num(whole.get("wall_s"), 1)])
+    return (
+        f"{speed.get('model')}, window {speed.get('window')}, horizon {speed.get('horizon')}, "
+        f"{speed.get('train_windows')} train windows, {speed.get('epochs')} epochs, batch "
+        f"{speed.get('batch_size')}, {speed.get('dataset')} (target ≥ {speed.get('target')}):"
+        "\n\n"
+        + markdown_table(["", "windows/s", "ratio"], rows)
+        + f"\n\nThe whole pipeline on co2 with the default params (target under "
+        f"{whole.get('target_s')} s): {whole.get('epochs_run')} epochs run, test MASE "
+        f"{_num(whole.get('mase'), 3)} (naive {_num(whole.get('naive_mase'), 3)}), interval "
+        f"coverage {_num(whole.get('coverage_80'), 3)} (80%) and "
+        f"{_num(whole.get('coverage_95'), 3)} (95%):\n\n"
+        + markdown_table(["stage", "seconds"], stage_rows)
+        + "\n\n"
+        + _source("series_training", data)
+    )
+
+
 #: Result file name (without ``.json``) → its renderer. A new benchmark adds one line here.
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "pipeline": pipeline,
@@ -238,6 +272,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "backbones": backbones,
     "system_metrics": system_metrics,
     "recipes": recipes,
+    "series_training": series_training,
 }
 
 

@@ -1,0 +1,233 @@
+"""The series kind's training: the pipeline's train stage vs the seed's plain Keras script,
+and the whole co2 pipeline's wall time by stage → benchmarks/results/series_training.json.
+
+    python benchmarks/series_training.py [--epochs 5] [--work DIR]
+
+Builds a throw-away series project on the offline assets' ``co2/co2_weekly.csv`` (default
+params: window 52, horizon 8, LSTM(64)) and runs a real ``dvc repro`` on it, recording each
+stage's wall time (``reprotrain.timing``'s "<stage> took N s" lines) and the total. Then,
+in this process, on the prepared windows:
+
+- ``pipeline_vs_plain``: training windows/s of the train stage's code path (the model with
+  its normalisation inside, the in-memory dataset, ``training.train`` with its backups and
+  callbacks) divided by the seed's script (``Input → LSTM(64) → Dense(horizon)``, ``fit`` on
+  the window arrays in memory), the same epochs and batch size, both with validation each
+  epoch, under the same TensorFlow settings (``runtime.configure``: op determinism, seeds),
+  so the ratio measures the stage's code path. ``--rounds`` rounds, the two interleaved;
+  each side's fastest epoch after its first (warm-up). Target ≥ 0.9.
+
+Timings on a shared machine are noisy (other processes only add time): hence the fastest
+epoch of interleaved rounds rather than a median of one run each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # for scripts.project_copy (run as `python benchmarks/...`)
+
+from scripts.project_copy import make_project, subprocess_env  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "series_training.json"
+TOOK = re.compile(r"reprotrain\.timing: (\w+) took ([0-9.]+) s")
+
+
+def assets() -> Path:
+    env = os.environ.get("REPROTRAIN_ASSETS")
+    root = Path(env) if env else REPO.parent / "shared" / "assets"
+    if not (root / "datasets").is_dir():
+        sys.exit(f"no datasets under {root}: set REPROTRAIN_ASSETS")
+    return root / "datasets"
+
+
+def whole_run(work: Path, source: Path) -> tuple[Path, dict[str, Any]]:
+    """``dvc repro`` of the whole series pipeline; its wall time and each stage's."""
+    proj = make_project(
+        work / "co2",
+        {
+            "data": {"kind": "series", "source": str(source), "sha256": None},
+            "tracking": {"registered_model": "co2-forecaster"},
+            "export": {"formats": ["saved_model", "tflite_float32"]},
+        },
+    )
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["dvc", "repro"], cwd=proj, env=subprocess_env(), text=True, capture_output=True
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"dvc repro failed:\n{proc.stderr[-4000:]}")
+    stages = {m[0]: float(m[1]) for m in TOOK.findall(proc.stdout + proc.stderr)}
+    train = json.loads((proj / "metrics" / "train.json").read_text())
+    evaluate = json.loads((proj / "metrics" / "evaluate.json").read_text())
+    return proj, {
+        "wall_s": round(wall, 1),
+        "stages_s": stages,
+        "epochs_run": train.get("epochs_run"),
+        "mase": round(evaluate["mase"], 4),
+        "naive_mase": round(evaluate["baselines"]["naive"]["mase"], 4),
+        "coverage_80": round(evaluate["intervals"]["80"]["coverage"], 4),
+        "coverage_95": round(evaluate["intervals"]["95"]["coverage"], 4),
+        "target_s": 120,
+    }
+
+
+class EpochClock:
+    """Wall time of each epoch (fit's callback, or training.train's epoch hook)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last = time.perf_counter()
+
+    def tick(self, *_: Any) -> None:
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+
+    def per_second(self, n: int) -> float:
+        """Windows per second of the least-disturbed epoch after the first (warm-up): on a
+        shared machine other processes only ever add time to an epoch."""
+        steady = self.times[1:] or self.times
+        return n / min(steady)
+
+
+def plain_script(train: Any, val: Any, cfg: Any) -> dict[str, Any]:
+    """The seed's model, fit on the window arrays in memory."""
+    import keras
+
+    keras.utils.set_random_seed(42)
+    window, channels = train.x.shape[1:]
+    model = keras.Sequential(
+        [
+            keras.Input((window, channels)),
+            keras.layers.LSTM(cfg.units),
+            keras.layers.Dense(train.y.shape[1]),
+        ]
+    )
+    model.compile("adam", "mse", metrics=["mae"])
+    clock = EpochClock()
+    model.fit(
+        train.x,
+        train.y,
+        validation_data=(val.x, val.y),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        verbose=0,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=clock.tick)],
+    )
+    return {
+        "windows_per_second": round(clock.per_second(len(train)), 1),
+        "epoch_s": [round(t, 3) for t in clock.times],
+    }
+
+
+def pipeline_stage(proj: Path, train: Any, val: Any, cfg: Any, meta: Any) -> dict[str, Any]:
+    """The train stage's code path (stages/series/train.py), timed per epoch."""
+    from reprotrain import runtime, training
+    from reprotrain.config import RuntimeConfig
+    from reprotrain.series import training as series_training
+
+    os.chdir(proj)
+    info = runtime.configure(RuntimeConfig(), 42)
+    model = series_training.build_model(cfg, meta, train)
+    common = dict(batch_size=cfg.batch_size, seed=42)
+    train_ds = series_training.in_memory_dataset(train.x, train.y, shuffle=True, **common)
+    val_ds = series_training.in_memory_dataset(val.x, val.y, shuffle=False, **common)
+    clock = EpochClock()
+    with tempfile.TemporaryDirectory() as ckpt:
+        result = training.train(
+            model,
+            train_ds,
+            val_ds,
+            cfg,
+            info,
+            checkpoint_dir=Path(ckpt),
+            regression=cfg.loss,
+            epoch_hook=clock.tick,
+        )
+    return {
+        "windows_per_second": round(clock.per_second(len(train)), 1),
+        "epoch_s": [round(t, 3) for t in clock.times],
+        "epochs_run": result.epochs_run,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of the speed comparison")
+    parser.add_argument(
+        "--reuse", action="store_true", help="skip dvc repro: reuse --work's project and result"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="reprotrain-series-bench-"))
+    source = assets() / "co2" / "co2_weekly.csv"
+    if args.reuse and RESULTS.is_file():
+        proj, run = work / "co2", json.loads(RESULTS.read_text())["whole_run"]
+    else:
+        proj, run = whole_run(work, source)
+    print(f"dvc repro: {run}", file=sys.stderr)
+
+    from reprotrain.config import load_params
+    from reprotrain.series import windows
+
+    prepared = proj / "data" / "series" / "prepared"
+    meta = windows.load_meta(prepared)
+    train, val = windows.load_windows(prepared, "train"), windows.load_windows(prepared, "val")
+    base = load_params(proj / "params.yaml").series
+    cfg = dataclasses.replace(base, epochs=args.epochs, early_stopping_patience=args.epochs)
+    from reprotrain import runtime
+    from reprotrain.config import RuntimeConfig
+
+    runtime.configure(RuntimeConfig(), 42)  # the same TF settings for both sides
+    plains, pipes = [], []
+    for _ in range(args.rounds):
+        plains.append(plain_script(train, val, cfg))
+        pipes.append(pipeline_stage(proj, train, val, cfg, meta))
+    plain = max(plains, key=lambda r: r["windows_per_second"])
+    pipe = max(pipes, key=lambda r: r["windows_per_second"])
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the machine
+        },
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "speed": {
+            "dataset": "co2/co2_weekly.csv",
+            "model": f"LSTM({cfg.units})",
+            "window": meta.window,
+            "horizon": meta.horizon,
+            "train_windows": len(train),
+            "epochs": args.epochs,
+            "rounds": args.rounds,
+            "batch_size": cfg.batch_size,
+            "plain_keras": plain,
+            "pipeline": pipe,
+            "pipeline_vs_plain": round(pipe["windows_per_second"] / plain["windows_per_second"], 3),
+            "target": 0.9,
+        },
+        "whole_run": run,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
