@@ -36,14 +36,15 @@ from pathlib import Path
 from reprotrain.config_kinds import ColumnsConfig
 from reprotrain.tables.prepare import Options, prepare_table
 work = Path(sys.argv[1])
-opts = Options(ColumnsConfig(), 0.15, 0.15, 4096, 50, 200, 42)
-t = time.perf_counter()
+opts = Options(ColumnsConfig(), 0.15, 0.15, 0.5, 4096, 50, 200, 42)
+t, cpu = time.perf_counter(), time.process_time()
 stats = prepare_table(
     work / "raw", work / "prepared", opts, work / "splits.csv", work / "schema.json"
 )
-seconds = time.perf_counter() - t
+seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
 print(json.dumps({
     "seconds": round(seconds, 2),
+    "cpu_seconds": round(cpu, 2),
     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     "rows_read": stats["rows_read"],
     "rows": stats["rows"],
@@ -98,6 +99,7 @@ def measure(rows: int, work: Path) -> dict:
         sum(p.stat().st_size for p in (work / "prepared").iterdir()) / 2**20, 1
     )
     out["rows_per_second"] = round(rows / out["seconds"])
+    out["rows_per_cpu_second"] = round(rows / out["cpu_seconds"])
     shutil.rmtree(work)
     return out
 

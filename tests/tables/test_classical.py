@@ -20,7 +20,7 @@ from reprotrain.tables.schema import Schema
 def _prepared(source: Path, work: Path) -> Path:
     (work / "raw").mkdir(parents=True)
     shutil.copy(source, work / "raw" / source.name)
-    opts = Options(ColumnsConfig(), 0.15, 0.15, 128, 50, 200, 0)
+    opts = Options(ColumnsConfig(), 0.15, 0.15, 0.5, 128, 50, 200, 0)
     prepare_table(work / "raw", work / "prepared", opts, work / "splits.csv", work / "schema.json")
     return work / "prepared"
 

@@ -26,6 +26,7 @@ def options(**columns: Any) -> Options:
         ColumnsConfig(**columns),
         val_fraction=0.15,
         test_fraction=0.15,
+        test_from_val=0.5,
         shard_size=64,
         max_categories=50,
         sequence_length=20,

@@ -33,6 +33,7 @@ STAGES: dict[str, Stage] = {
                 "seed",
                 "prepare.val_fraction",
                 "prepare.test_fraction",
+                "prepare.test_from_val",
                 "prepare.shard_size",
                 "data.columns",
                 "table.max_categories",

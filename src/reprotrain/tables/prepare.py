@@ -71,6 +71,7 @@ class Options:
     columns: Any  # config.ColumnsConfig
     val_fraction: float
     test_fraction: float
+    test_from_val: float
     shard_size: int
     max_categories: int
     sequence_length: int
@@ -82,6 +83,7 @@ class Options:
             params.data.columns,
             params.prepare.val_fraction,
             params.prepare.test_fraction,
+            params.prepare.test_from_val,
             params.prepare.shard_size,
             params.table.max_categories,
             params.table.sequence_length,
@@ -325,6 +327,8 @@ def write_shards(
     with progress(len(s.lines), "prepare: write TFRecords", unit="rows") as bar:
         for chunk in reading.iter_chunks(path):
             for row in chunk:
+                if index >= len(splits):
+                    raise DataError(f"{path} grew while prepare read it: rerun prepare")
                 if index in s.reasons and index not in s.excerpts and row.cells is not None:
                     s.excerpts[index] = reading.clip(",".join(map(str, row.cells)))
                 code = int(splits[index])
@@ -423,7 +427,7 @@ def prepare_table(
         np.frombuffer(s.given, np.int8)[index],
         ledgers.read_ledger(ledger_path),
         seed=options.seed,
-        fractions=Fractions(options.val_fraction, options.test_fraction, 0.5),
+        fractions=Fractions(options.val_fraction, options.test_fraction, options.test_from_val),
     )
     counts = ledgers.split_counts(assignment.splits, item_labels, names)
     check_coverage(counts, names)
