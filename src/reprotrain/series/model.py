@@ -7,8 +7,9 @@ exports need no statistics file that could drift from the weights. The input
 covariates); the output is de-normalised by a ``Rescaling`` of the train statistics and, with
 ``anchor: last`` (the default), added to the last observed target: the network learns the
 change over the horizon, so a trend that leaves the train range (co2) is followed instead of
-being clipped by saturated recurrent units. ``anchor: mean`` is the seed's level forecast
-(train mean + std × output).
+being clipped by saturated recurrent units; its input is then the target's change from the
+last value too (:func:`_relative_target`). ``anchor: mean`` is the seed's level forecast
+(train mean + std × output) on the normalised levels.
 
 Models are named ``series_<model>``: ``predict`` dispatches on the ``series`` prefix.
 """
@@ -109,6 +110,26 @@ def _core(name: str, window: int, channels: int, units: int) -> Any:
     return core
 
 
+def _relative_target(norm: Any, stats: Scaling, channels: int) -> Any:
+    """The target channel as its change from the window's last value, in units of the
+    train's one-step change (the covariates stay as normalised).
+
+    Why: a level normalised by the train period's mean and variance drifts out of range
+    as a trend continues, and a season's shape is a small ripple on it; relative to "now"
+    the network sees the last ``window`` steps' shape at the scale of the changes it must
+    forecast (on co2 this cut the test MAE about threefold against the level input).
+    """
+    import keras
+
+    target = norm[:, :, 0:1]
+    change = keras.layers.Subtract(name="relative")([target, target[:, -1:, :]])
+    scale = float(np.sqrt(stats.variance[0]) / stats.out_std[0])
+    change = keras.layers.Rescaling(scale, name="change_scale")(change)
+    if channels == 1:
+        return change
+    return keras.layers.Concatenate(axis=-1, name="channels")([change, norm[:, :, 1:]])
+
+
 def model_name(name: str) -> str:
     """``series_<model>`` (a custom ref's function name, made a valid Keras name)."""
     short = name.rpartition(":")[2] if ":" in name else name
@@ -137,6 +158,8 @@ def build(
     norm = keras.layers.Normalization(
         axis=-1, mean=stats.mean.tolist(), variance=stats.variance.tolist(), name="normalise"
     )(inputs)
+    if stats.anchor == "last":
+        norm = _relative_target(norm, stats, channels)
     features = _core(name, window, channels, units)(norm)
     if len(features.shape) != 2:
         raise ModelError(
