@@ -17,9 +17,9 @@ from pathlib import Path
 
 from reprotrain import dag, fsio, paths, runtime, tracking
 from reprotrain.cli import run_main
-from reprotrain.config import Params, load_params, to_dict
+from reprotrain.config import Params, load_params
 from reprotrain.errors import ModelError, ReprotrainError
-from reprotrain.evaluation import decision, flatten_metrics, gain, gate, plots, results
+from reprotrain.evaluation import decision, flatten_metrics, gate, results
 from reprotrain.evaluation.scoring import ModelScorer
 from reprotrain.evaluation.testset import TestSet, load_test_set
 from reprotrain.models.loading import load_model
@@ -31,7 +31,6 @@ SPEC = dag.stage("evaluate")
 IMAGES_DIR = paths.PLOTS_DIR / "images"
 METRICS = paths.METRICS_DIR / "evaluate.json"
 PROMOTION = paths.METRICS_DIR / "promotion.json"
-HISTORIES = (("train_head", paths.HEAD_HISTORY), ("finetune", paths.FINETUNED_HISTORY))
 logger = logging.getLogger("reprotrain.stages.evaluate")
 
 
@@ -63,12 +62,12 @@ def main() -> int:
                 paths.BASELINE_MODEL, image_size=params.baseline.image_size
             ),
         }
-        metrics, preds = scores["finetuned"]
+        preds = scores["finetuned"][1]
         test.check_scored(len(preds.y_true))
         report = results.write_results(
             scores,
             test.labels,
-            HISTORIES,
+            results.HISTORIES,
             metrics_file=METRICS,
             plots_dir=paths.PLOTS_DIR,
             images_dir=IMAGES_DIR,
@@ -86,34 +85,17 @@ def main() -> int:
             export_run = tracking.read_sidecar(paths.EXPORT_RUN) or {}
             export_tags.attach_exports(name, version, export_report, export_run.get("run_id"))
 
-        card.write_model_card(
-            paths.MODEL_CARD,
-            model=finetuned,
-            worst=preds.worst,
-            worst_k=4,
-            model_name=name,
-            version=version,
-            labels=test.labels,
-            y_true=preds.y_true,
-            probs=preds.probs,
-            metrics=metrics,
-            stats=test.stats,
-            params=to_dict(params),
-            environment=runtime.environment_info(info),
+        fields = results.card_fields(
+            params,
+            scores,
+            test,
+            promotion,
+            export_report,
             run_id=run.run_id,
-            data_source=params.data.source,
-            data_digest=params.data.sha256 or "",
-            epochs_run={s: len(plots.read_history(p)["epoch"]) for s, p in HISTORIES},
-            promotion=promotion,
-            export=export_report,
-            reproduce=f"python -m reprotrain reproduce {run.run_id}",
-            seed=params.seed,
-            finetune_gain=gain.finetune_gain(
-                preds.y_true,
-                scores["head"][1].probs.argmax(axis=1),
-                preds.probs.argmax(axis=1),
-                alpha=cfg.alpha,
-            ),
+            environment=runtime.environment_info(info),
+        )
+        card.write_model_card(
+            paths.MODEL_CARD, model=finetuned, worst=preds.worst, worst_k=4, **fields
         )
         run.log_artifact(paths.REPORTS_DIR, artifact_path="reports")
         # The same PNGs as MLflow images: the run page's image view, compared across runs.

@@ -1,6 +1,7 @@
 """What evaluate writes for people and for DVC: ``metrics/evaluate.json`` (the fine-tuned
 model's metrics at the top level, the head's and the baseline's beside them), the plot CSVs
-and PNGs, per-class recall by model and one prediction row per test image."""
+and PNGs, per-class recall by model and one prediction row per test image; and what the
+model card is made of (:func:`card_fields`), gathered from the same scores."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reprotrain.evaluation import compare, plots
+from reprotrain import paths
+from reprotrain.config import Params, to_dict
+from reprotrain.evaluation import compare, gain, plots
 from reprotrain.evaluation.metrics import plot_inputs
 from reprotrain.evaluation.predictions import SplitPredictions
 from reprotrain.evaluation.rows import prediction_rows
+from reprotrain.evaluation.testset import TestSet
 from reprotrain.fsio import atomic_write_json
 
 #: The models evaluate scores, by name: the candidate first.
 Scores = Mapping[str, tuple[dict[str, Any], SplitPredictions]]
+#: The training histories evaluate reads (the timeline plot, the card's epochs), by stage.
+HISTORIES = (("train_head", paths.HEAD_HISTORY), ("finetune", paths.FINETUNED_HISTORY))
 
 
 def metrics_report(scores: Scores) -> dict[str, Any]:
@@ -62,3 +68,46 @@ def write_results(
     rows = prediction_rows(preds, labels)
     plots.write_csv(plots_dir / "predictions.csv", rows, list(rows[0]))
     return report
+
+
+def card_fields(
+    params: Params,
+    scores: Scores,
+    test: TestSet,
+    promotion: Mapping[str, Any],
+    export: Mapping[str, Any] | None,
+    *,
+    run_id: str,
+    environment: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The model card's fields (``reports.card.CardData``'s) for the candidate
+    (``scores["finetuned"]``): its test predictions and metrics, the registered version and
+    promotion (``metrics/promotion.json``), the export report, the data and params it was
+    trained from, the epochs each training stage ran (:data:`HISTORIES`) and what
+    fine-tuning added over the head on the same images."""
+    metrics, preds = scores["finetuned"]
+    return {
+        "model_name": promotion["registered_model"],
+        "version": promotion["version"],
+        "labels": test.labels,
+        "y_true": preds.y_true,
+        "probs": preds.probs,
+        "metrics": metrics,
+        "stats": test.stats,
+        "params": to_dict(params),
+        "environment": environment,
+        "run_id": run_id,
+        "data_source": params.data.source,
+        "data_digest": params.data.sha256 or "",
+        "epochs_run": {s: len(plots.read_history(p)["epoch"]) for s, p in HISTORIES},
+        "promotion": promotion,
+        "export": export,
+        "reproduce": f"python -m reprotrain reproduce {run_id}",
+        "seed": params.seed,
+        "finetune_gain": gain.finetune_gain(
+            preds.y_true,
+            scores["head"][1].probs.argmax(axis=1),
+            preds.probs.argmax(axis=1),
+            alpha=params.evaluate.alpha,
+        ),
+    }
