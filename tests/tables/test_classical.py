@@ -52,19 +52,26 @@ def test_text_gets_tfidf_logistic_regression_and_beats_the_majority(
     np.testing.assert_array_equal(again, probs)
 
 
-def test_numbers_and_categories_get_gradient_boosting(churn: Path) -> None:
+@pytest.fixture(scope="module")
+def churn_model(churn: Path) -> object:
+    return classical.fit_baseline(Schema.load(churn), read_frame(churn, "train"))
+
+
+def test_numbers_and_categories_get_gradient_boosting(churn: Path, churn_model: object) -> None:
     schema = Schema.load(churn)
-    train, val = read_frame(churn, "train"), read_frame(churn, "val")
-    model = classical.fit_baseline(schema, train)
+    val = read_frame(churn, "val")
+    model = churn_model
     assert classical.describe(model) == "HistGradientBoostingClassifier"
     probs = classical.baseline_probs(model, val, schema)
     assert probs.shape == (len(val), 2) and 0.5 < classical.accuracy(probs, val, schema) <= 1
 
 
-def test_columns_follow_schema_labels_and_unseen_classes_get_zero(churn: Path) -> None:
+def test_columns_follow_schema_labels_and_unseen_classes_get_zero(
+    churn: Path, churn_model: object
+) -> None:
     schema = Schema.load(churn)
     train = read_frame(churn, "train")
-    model = classical.fit_baseline(schema, train)
+    model = churn_model
     wider = Schema(**{**schema.to_dict(), "labels": ["0", "1", "2"]})  # type: ignore[arg-type]
     wider = Schema.from_dict(wider.to_dict())
     probs = classical.baseline_probs(model, train.iloc[:5], wider)
