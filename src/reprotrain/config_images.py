@@ -99,7 +99,11 @@ class FinetuneConfig(TrainConfig):
 
     learning_rate: Float = _f(1e-4, "initial learning rate", gt=0.0, max=1.0)
     epochs: Int = _f(10, "maximum epochs", min=1, max=10000)
-    augment: Bool = _f(True, "apply random augmentation to training batches")
+    augment: Bool = _f(
+        False,
+        "apply random augmentation to training batches (off by default: measured, "
+        "docs/finetuning.md; flips and rotations change what a glyph or a digit means)",
+    )
     unfreeze_top: Int = _f(30, "number of base layers (from the top) to unfreeze", min=0)
 
 
