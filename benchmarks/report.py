@@ -252,7 +252,8 @@ def series_training(data: Mapping[str, Any]) -> str:
         f"{speed.get('batch_size')}, {speed.get('dataset')} (target ≥ {speed.get('target')}):"
         "\n\n"
         + markdown_table(["", "windows/s", "ratio"], rows)
-        + f"\n\nThe whole pipeline on co2 with the default params (target under "
+        + f"\n\nThe whole pipeline on co2 with the default params and export.formats "
+        f"[saved_model, tflite_float32] (target under "
         f"{whole.get('target_s')} s): {whole.get('epochs_run')} epochs run, test MASE "
         f"{_num(whole.get('mase'), 3)} (naive {_num(whole.get('naive_mase'), 3)}), interval "
         f"coverage {_num(whole.get('coverage_80'), 3)} (80%) and "
