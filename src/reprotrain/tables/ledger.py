@@ -67,22 +67,26 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser (a bijection of uint64 that scrambles every bit), vectorised."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
+    """splitmix64's finaliser (a bijection of uint64 that scrambles every bit), vectorised
+    and in place (a million rows: one temporary at a time)."""
+    x ^= x >> np.uint64(30)
+    x *= _M1
+    x ^= x >> np.uint64(27)
+    x *= _M2
+    x ^= x >> np.uint64(31)
+    return x
 
 
 def seeded_order(keys: np.ndarray, seed: int) -> np.ndarray:
     """The order in which new rows fill the splits: fixed by ``seed`` and the keys, another
     for another seed. Vectorised (a per-row hash, as the image ledger's ``unit_score``,
     costs a million Python strings at a million rows); ties (never, in 64 bits) by key."""
-    head = np.frombuffer(keys.astype(KEY_DTYPE).tobytes(), dtype=">u8")[::2].astype(np.uint64)
+    keys = np.ascontiguousarray(keys, dtype=KEY_DTYPE)
     salt = _mix(np.asarray([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    score = keys.view(">u8")[::2].astype(np.uint64)  # the keys' first 8 bytes
     with np.errstate(over="ignore"):
-        score = _mix(head ^ salt)
+        score ^= salt
+        score = _mix(score)
     return np.lexsort((keys, score))
 
 
@@ -247,10 +251,7 @@ def assign(
     at = previous.lookup(keys)
     found = at >= 0
     out = _take(previous.splits, at, NONE).astype(np.int8)
-    # Previous class codes in today's names (-2: a class gone from today's data).
-    recode = np.asarray([names.index(n) if n in names else -2 for n in previous.names] + [-1])
-    old_label = recode[_take(previous.labels, at, -1)]
-    relabelled = int((found & (old_label != labels)).sum())
+    relabelled = _relabelled(previous, at, found, labels, names) if len(previous) else 0
     conflicts = 0
     group = labels.astype(np.int32) * 4 + (given.astype(np.int32) + 1)
     order = np.argsort(group, kind="stable")
@@ -270,6 +271,15 @@ def assign(
     removed = int(previous.present.sum() - previous.present[at[found]].sum())
     returned = int((~previous.present[at[found]]).sum())
     return Assignment(out, ledger, conflicts, relabelled, removed, returned)
+
+
+def _relabelled(
+    previous: Ledger, at: np.ndarray, found: np.ndarray, labels: np.ndarray, names: tuple
+) -> int:
+    """Rows in the ledger whose class changed."""
+    # Previous class codes in today's names (-2: a class gone from today's data).
+    recode = np.asarray([names.index(n) if n in names else -2 for n in previous.names] + [-1])
+    return int((found & (recode[_take(previous.labels, at, -1)] != labels)).sum())
 
 
 def _take(values: np.ndarray, at: np.ndarray, fill: int) -> np.ndarray:

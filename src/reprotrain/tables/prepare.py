@@ -132,17 +132,20 @@ def profile(path: Path, header: Sequence[str], label: str) -> tuple[dict[str, Co
 class Scan:
     """Pass 2's result: one entry per data row, in file order."""
 
-    # Compact arrays (a million rows: ~30 MB), not lists of Python ints.
-    lines: array = field(default_factory=lambda: array("q"))
+    # Compact arrays (a million rows: ~21 MB), not lists of Python ints.
+    rows: int = 0
     keys: bytearray = field(default_factory=bytearray)
     labels: array = field(default_factory=lambda: array("i"))  # codes into names; -1: none
     given: array = field(default_factory=lambda: array("b"))  # split codes, -1: none given
     names: dict[str, int] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)  # row index → reason
     excerpts: dict[int, str] = field(default_factory=dict)
+    lines: dict[int, int] = field(default_factory=dict)  # of the quarantined rows only
+    #: Groups of rows with the same features and different labels (row indices, classes).
+    conflicts: list[tuple[np.ndarray, list[str]]] = field(default_factory=list)
 
-    def add(self, line: int, key: bytes, label: str | None, given: int) -> None:
-        self.lines.append(line)
+    def add(self, key: bytes, label: str | None, given: int) -> None:
+        self.rows += 1
         self.keys += key
         self.labels.append(-1 if label is None else self.names.setdefault(label, len(self.names)))
         self.given.append(given)
@@ -207,15 +210,16 @@ def scan(path: Path, header: Sequence[str], schema: Schema, total: int) -> Scan:
     with progress(total, "prepare: check rows", unit="rows") as bar:
         for chunk in reading.iter_chunks(path):
             for row in chunk:
-                index = len(out.lines)
+                index = out.rows
                 if row.cells is None:
                     reason, key, label, given = row.problem, empty, None, ledgers.NONE
                     out.excerpts[index] = row.excerpt
                 else:
                     reason, key, label, given = checker.check(row.cells)
-                out.add(row.line, key or empty, None if reason else label, given)
+                out.add(key or empty, None if reason else label, given)
                 if reason:
                     out.reasons[index] = reason
+                    out.lines[index] = row.line
             bar.update(len(chunk))
     return out
 
@@ -264,12 +268,21 @@ def dedupe(s: Scan, keys: np.ndarray, labels: np.ndarray) -> Kept:
             continue
         members = np.sort(members)
         drop[members] = True
-        lines = [s.lines[i] for i in members]
-        for i in members:
-            others = ", ".join(str(x) for x in lines if x != s.lines[i])[:60]
-            s.reasons[int(i)] = f"{CONFLICT}: same features as line(s) {others}, labels {classes}"
+        for i in members:  # the lines are known in pass 3: see name_conflicts
+            s.reasons[int(i)] = CONFLICT
+        s.conflicts.append((members, classes))
         conflicting += len(members)
     return Kept(ok[~drop[ok]], duplicates, conflicting)
+
+
+def name_conflicts(s: Scan) -> None:
+    """Each conflicting duplicate's reason names the lines of the others (pass 3 has
+    recorded every quarantined row's line)."""
+    for members, classes in s.conflicts:
+        lines = [s.lines[int(i)] for i in members]
+        for i, line in zip(members, lines, strict=True):
+            others = ", ".join(str(x) for x in lines if x != line)[:60]
+            s.reasons[int(i)] = f"{CONFLICT}: same features as line(s) {others}, labels {classes}"
 
 
 def drop_small_classes(s: Scan, kept: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -324,13 +337,15 @@ def write_shards(
     ]
     truncated, index = 0, 0
     text_at = [checker.inputs.index(c) for c in schema.text]
-    with progress(len(s.lines), "prepare: write TFRecords", unit="rows") as bar:
+    with progress(s.rows, "prepare: write TFRecords", unit="rows") as bar:
         for chunk in reading.iter_chunks(path):
             for row in chunk:
                 if index >= len(splits):
                     raise DataError(f"{path} grew while prepare read it: rerun prepare")
-                if index in s.reasons and index not in s.excerpts and row.cells is not None:
-                    s.excerpts[index] = reading.clip(",".join(map(str, row.cells)))
+                if index in s.reasons:
+                    s.lines[index] = row.line
+                    if index not in s.excerpts and row.cells is not None:
+                        s.excerpts[index] = reading.clip(",".join(map(str, row.cells)))
                 code = int(splits[index])
                 if code >= 0:
                     values = checker.values(row.cells)
@@ -352,6 +367,7 @@ def write_shards(
                     writers[code].write(data)
                 index += 1
             bar.update(len(chunk))
+    name_conflicts(s)
     return {sp: w.close() for sp, w in zip(SPLITS, writers, strict=True)}, truncated
 
 
@@ -431,7 +447,7 @@ def prepare_table(
     )
     counts = ledgers.split_counts(assignment.splits, item_labels, names)
     check_coverage(counts, names)
-    splits = np.full(len(s.lines), -1, np.int8)
+    splits = np.full(s.rows, -1, np.int8)
     splits[index] = assignment.splits
     changes = schema_changes(previous_schema(last_schema), schema)
     for change in changes:
@@ -445,7 +461,7 @@ def prepare_table(
         atomic_write_text(tmp / QUARANTINE_FILE, quarantine_csv(s))
         stats = {
             "source": path.name,
-            "rows_read": len(s.lines),
+            "rows_read": s.rows,
             "rows": len(index),
             "splits": counts,
             "quarantined": len(s.reasons),
