@@ -66,21 +66,45 @@ def test_regression_trains_and_is_deterministic(tmp_path: Path, loop: str) -> No
             np.testing.assert_array_equal(wa, wb)
 
 
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+from reprotrain.config import SeriesConfig
+from tests.series.test_training import _fit
+
+def kill_after_first(epoch, metrics):
+    if epoch == 0:
+        os.kill(os.getpid(), signal.SIGKILL)  # after the epoch's commit, nothing cleaned up
+
+cfg = SeriesConfig(units=4, epochs=3, batch_size=16, loop="custom", loss="mae", clip_norm=0.5)
+_fit(Path(sys.argv[1]), cfg, hook=kill_after_first)
+"""
+
+
 @pytest.mark.slow
-def test_interrupted_custom_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    cfg = SeriesConfig(units=4, epochs=3, batch_size=16, loop="custom", loss="mae")
+def test_sigkilled_custom_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """A process SIGKILLed after its first epoch; the rerun resumes from the backup and ends
+    with the weights of a run that was never stopped."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    cfg = SeriesConfig(units=4, epochs=3, batch_size=16, loop="custom", loss="mae", clip_norm=0.5)
     whole, _ = _fit(tmp_path / "whole", cfg)
-
-    def stop_after_first(epoch: int, metrics: dict) -> None:
-        if epoch == 0:
-            raise KeyboardInterrupt  # after the epoch's commit, as a kill would be
-
-    with pytest.raises(KeyboardInterrupt):
-        _fit(tmp_path / "cut", cfg, hook=stop_after_first)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(tmp_path / "cut")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     resumed, result = _fit(tmp_path / "cut", cfg)
     assert result.initial_epoch == 1 and result.epochs_run == 3
     for wa, wb in zip(whole.get_weights(), resumed.get_weights(), strict=True):
-        np.testing.assert_allclose(wa, wb, rtol=0, atol=0)
+        np.testing.assert_array_equal(wa, wb)
 
 
 def test_class_weights_are_refused_and_config_written(tmp_path: Path) -> None:
