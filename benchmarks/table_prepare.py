@@ -2,8 +2,9 @@
 from the offline assets' ``churn.csv``.
 
 Why two sizes: prepare streams (three passes over the file, a chunk of rows at a time) and
-keeps about 30 bytes per row, so peak RSS should barely grow from 100k to 1M rows while the
-file grows tenfold. Each size runs in a fresh process, so its peak RSS is its own.
+holds no row, only the ledger's working set (a 16-byte key and class and split codes per
+row, and the temporaries of sorting them): the ratio of the peaks shows how much of the
+memory grows with the rows. Each size runs in a fresh process, so its peak RSS is its own.
 
 Rows are drawn with replacement and one numeric cell jittered, so that nearly every row is
 distinct (a million copies of 5,000 rows would measure the de-duplication instead).

@@ -10,8 +10,9 @@ It streams: three passes over the file, none holding more than a chunk of rows.
    (:mod:`.ledger`);
 3. write each kept row to its split's shards, in file order.
 
-Per row, passes 2 and 3 keep about 30 bytes (key, class, split codes), so a million rows
-prepare in flat memory (benchmarks/table_prepare.py).
+No row is held: per row, passes 2 and 3 keep about 21 bytes (key, class and split codes),
+plus the temporaries of sorting and assigning them; memory grows with the ledger, not with
+the file (benchmarks/table_prepare.py).
 """
 
 from __future__ import annotations
