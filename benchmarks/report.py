@@ -264,6 +264,32 @@ def series_training(data: Mapping[str, Any]) -> str:
     )
 
 
+def table_prepare(data: Mapping[str, Any]) -> str:
+    """Table prepare at two sizes (``benchmarks/table_prepare.py``): peak memory, rows/s."""
+    runs = data.get("runs", [])
+    rows = [
+        [
+            f"{r['rows_generated']:,}",
+            _num(r.get("csv_mb"), 1, " MB"),
+            _num(r.get("seconds"), 1, " s"),
+            r.get("rows_per_second"),
+            r.get("rows_per_cpu_second"),
+            _num(r.get("peak_rss_mb"), 1, " MB"),
+            _num(r.get("prepared_mb"), 1, " MB"),
+        ]
+        for r in runs
+    ]
+    head = ["rows", "CSV", "prepare", "rows/s", "rows per CPU s", "peak RSS", "TFRecords"]
+    ratio = (
+        f"Peak RSS {runs[-1]['rows_generated']:,} ÷ {runs[0]['rows_generated']:,} rows: "
+        f"{_num(data.get('rss_ratio_large_over_small'), 2)} for "
+        f"{_num(data.get('rows_ratio_large_over_small'), 1)}× the rows."
+        if len(runs) > 1
+        else ""
+    )
+    return markdown_table(head, rows) + "\n\n" + ratio + "\n\n" + _source("table_prepare", data)
+
+
 #: Result file name (without ``.json``) → its renderer. A new benchmark adds one line here.
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "pipeline": pipeline,
@@ -273,6 +299,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "backbones": backbones,
     "system_metrics": system_metrics,
     "recipes": recipes,
+    "table_prepare": table_prepare,
     "series_training": series_training,
 }
 
