@@ -290,6 +290,58 @@ def table_prepare(data: Mapping[str, Any]) -> str:
     return markdown_table(head, rows) + "\n\n" + ratio + "\n\n" + _source("table_prepare", data)
 
 
+def table_training(data: Mapping[str, Any]) -> str:
+    """Table training (``benchmarks/table_training.py``): the pipeline's train stage vs the
+    seed's plain Keras script, and the text encoders' test accuracy vs the baseline."""
+    speed = data.get("speed", {})
+    plain, pipe = speed.get("plain_keras", {}), speed.get("pipeline", {})
+    head = ["", "examples/s", "ratio"]
+    rows = [
+        ["plain Keras (padded arrays in memory)", _num(plain.get("examples_per_second"), 1), "1"],
+        [
+            "pipeline train stage (raw columns in)",
+            _num(pipe.get("examples_per_second"), 1),
+            _num(speed.get("pipeline_vs_plain"), 3),
+        ],
+    ]
+    acc = data.get("accuracy", {})
+    topics, churn = acc.get("topics8", {}), acc.get("churn", {})
+    encoders = ("bilstm", "gru", "average")
+    acc_rows = [
+        [
+            "topics8",
+            _num(topics.get("majority"), 3),
+            _num(topics.get("baseline"), 3),
+            *(_num(topics.get(e), 3) for e in encoders),
+            topics.get("n_test"),
+        ],
+        [
+            "churn (no text)",
+            _num(churn.get("majority"), 3),
+            _num(churn.get("baseline"), 3),
+            None,
+            None,
+            _num(churn.get("network"), 3),
+            churn.get("n_test"),
+        ],
+    ]
+    seconds = topics.get("seconds_per_epoch", {})
+    acc_head = ["set", "majority", "classical baseline", *encoders, "n test"]
+    return (
+        f"BiLSTM, {speed.get('epochs')} epochs, batch {speed.get('batch_size')}, "
+        f"sequence length {speed.get('sequence_length')}, {speed.get('dataset')} "
+        f"(target ≥ {speed.get('target')}):\n\n"
+        + markdown_table(head, rows)
+        + f"\n\nTest accuracy after {acc.get('epochs')} epochs (early stopping on val_loss); "
+        + "seconds per epoch on topics8: "
+        + ", ".join(f"{e} {_num(seconds.get(e), 1)}" for e in encoders)
+        + f"; best text encoder: `{acc.get('best_text_encoder')}`:\n\n"
+        + markdown_table(acc_head, acc_rows)
+        + "\n\n"
+        + _source("table_training", data)
+    )
+
+
 #: Result file name (without ``.json``) → its renderer. A new benchmark adds one line here.
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "pipeline": pipeline,
@@ -300,6 +352,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "system_metrics": system_metrics,
     "recipes": recipes,
     "table_prepare": table_prepare,
+    "table_training": table_training,
     "series_training": series_training,
 }
 
