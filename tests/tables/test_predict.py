@@ -20,6 +20,8 @@ from reprotrain.tables.schema import Schema
 
 LABELS = ("android", "iphone", "web")
 
+pytestmark = pytest.mark.slow  # real training / MLflow logging: tens of seconds
+
 
 @pytest.fixture(scope="module")
 def trained(assets, tmp_path_factory: pytest.TempPathFactory):

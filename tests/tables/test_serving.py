@@ -25,6 +25,8 @@ SPEC = features.InputSpec(
     text=("text",), numeric=("retweet_count", "favorite_count"), categorical=("hour",)
 )
 
+pytestmark = pytest.mark.slow  # real training / MLflow logging: tens of seconds
+
 
 @pytest.fixture(scope="module")
 def logged(assets, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from reprotrain.tables.training import make_dataset
 
 SEED = 7
 
+pytestmark = pytest.mark.slow  # real training / MLflow logging: tens of seconds
+
 
 @pytest.fixture(scope="module")
 def churn(assets):

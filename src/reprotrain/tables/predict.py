@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="*", metavar="PATH", help="CSV or Parquet files of rows")
     parser.add_argument("--text", action="append", default=[], help="one text (a text model)")
     parser.add_argument("--format", choices=("json", "csv"), default="json", help="output")
-    parser.add_argument("--batch-size", type=int, default=1024, help="rows per model call")
+    parser.add_argument("--batch-size", type=_positive, default=1024, help="rows per model call")
     parser.add_argument(
         "--labels",
         type=Path,
@@ -77,6 +77,16 @@ def _from_schema(path: Path) -> tuple[list[str] | None, InputSpec | None]:
     if isinstance(data, list):  # labels.json
         return [str(x) for x in data], None
     return [str(x) for x in data.get("labels", [])], InputSpec.from_dict(data)
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be ≥ 1")
+    return n
 
 
 def labels_and_inputs(model_arg: str, keras_path: Path, labels_file: Path | None) -> tuple:
@@ -179,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReprotrainError as exc:
         logger.error("%s", exc)
         return 2
-    answers = predict_rows(model, labels, spec, frame)
+    answers = predict_rows(model, labels, spec, frame, args.batch_size)
     results = [
         {"source": src, "row": int(row), **answer}
         for src, row, answer in zip(frame["__source__"], frame["__row__"], answers, strict=True)

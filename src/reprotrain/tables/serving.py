@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from reprotrain.tables.features import InputSpec, row_inputs
-from reprotrain.tables.inference import predict_probs
+from reprotrain.tables.inference import BATCH_ROWS, predict_probs
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +79,18 @@ def prediction_row(p: np.ndarray, labels: list[str]) -> dict[str, Any]:
     }
 
 
-def predict_rows(model: Any, labels: list[str], spec: InputSpec, frame: pd.DataFrame) -> list[dict]:
+def predict_rows(
+    model: Any,
+    labels: list[str],
+    spec: InputSpec,
+    frame: pd.DataFrame,
+    batch_size: int = BATCH_ROWS,
+) -> list[dict]:
     """One answer per row of ``frame`` (predict and the served model share it)."""
     inputs, good, errors = row_inputs(frame, spec)
     rows = [error_row(e) if e is not None else {} for e in errors]
     if good:
-        probs = predict_probs(model, inputs, spec)
+        probs = predict_probs(model, inputs, spec, batch_size)
         for i, p in zip(good, probs, strict=True):
             rows[i] = prediction_row(p, labels)
     return rows
