@@ -11,6 +11,7 @@ table model on the same inputs (a champion of another kind is "not comparable").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -185,6 +186,11 @@ def promote(  # noqa: PLR0913  (the scored challenger's parts, named)
             registration.record_rescore(run.uri, name, champion, scored)
         champion = scored
     verdict = decision.decide_promotion(challenger, champion, policy)
+    # The gate names the image kind's key; a table's floor is table.min_accuracy or the
+    # baseline's accuracy (floor[1] says which).
+    verdict = dataclasses.replace(
+        verdict, reason=verdict.reason.replace("evaluate.min_accuracy", f"({floor[1]})")
+    )
     version = registration.register_version(
         run,
         name,
