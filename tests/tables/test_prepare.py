@@ -142,6 +142,17 @@ def test_every_bad_row_is_quarantined_with_its_line_and_reason(tmp_path: Path) -
     }
 
 
+def test_a_file_mostly_quarantined_is_called_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [f"caf\xe9 {i},{'a' if i % 2 else 'b'}".encode("latin-1") for i in range(20)]
+    rows += [f"plain {i},{'a' if i % 2 else 'b'}".encode() for i in range(10)]
+    (tmp_path / "latin1.csv").write_bytes(b"\n".join([b"text,label", *rows]))
+    stats, _ = run(tmp_path / "latin1.csv", tmp_path / "w")
+    assert stats["quarantined_by_reason"] == {"undecodable bytes": 20} and stats["rows"] == 10
+    assert "20 of 30 rows were quarantined, most for 'undecodable bytes'" in caplog.text
+
+
 def test_an_empty_text_is_quarantined_when_text_is_the_only_input(tmp_path: Path) -> None:
     rows = [[f"words {i}", "a" if i % 2 else "b"] for i in range(12)] + [["", "a"], ["NA", "b"]]
     source = write_csv(tmp_path / "t.csv", ["text", "label"], rows)

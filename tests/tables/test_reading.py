@@ -29,6 +29,9 @@ def test_tsv_and_empty_files(tmp_path: Path) -> None:
     semi.write_text("a;label\n1,5;x\n")
     assert reading.header(semi) == ["a", "label"]
     assert [r.cells for c in reading.iter_chunks(semi) for r in c] == [("1,5", "x")]
+    index = tmp_path / "i.csv"
+    index.write_text(",text,label\n0,a,x\n")  # pandas' to_csv with its index
+    assert reading.header(index) == ["column_1", "text", "label"]
     (tmp_path / "e.csv").write_text("")
     with pytest.raises(DataError, match="empty"):
         reading.header(tmp_path / "e.csv")

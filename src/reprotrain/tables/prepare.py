@@ -484,6 +484,10 @@ def prepare_table(
     return stats
 
 
+#: Share of quarantined rows above which prepare warns that the file itself may be wrong.
+MANY_QUARANTINED = 0.1
+
+
 def log_summary(stats: dict[str, Any]) -> None:
     log.info("roles: %s", ", ".join(f"{c}={r}" for c, r in stats["roles"].items()))
     log.info(
@@ -497,3 +501,13 @@ def log_summary(stats: dict[str, Any]) -> None:
         stats["truncated_texts"],
         stats["sequence_length"],
     )
+    if stats["quarantined"] > MANY_QUARANTINED * stats["rows_read"]:
+        top = max(stats["quarantined_by_reason"].items(), key=lambda kv: kv[1])
+        log.warning(
+            "%d of %d rows were quarantined, most for %r (%d): is the file what data.source "
+            "should be (encoding UTF-8, delimiter, header row)? See quarantine.csv",
+            stats["quarantined"],
+            stats["rows_read"],
+            top[0],
+            top[1],
+        )

@@ -155,7 +155,7 @@ def header(path: Path) -> list[str]:
     """The column names (a DataError for an empty or unreadable file)."""
     path = Path(path)
     if is_parquet(path):
-        return list(_parquet(path).schema_arrow.names)
+        return unnamed([str(n).strip() for n in _parquet(path).schema_arrow.names])
     with _open_text(path) as f:
         try:
             names = next(csv.reader(f, delimiter=_delimiter(path)))
@@ -168,7 +168,13 @@ def header(path: Path) -> list[str]:
         raise DataError(f"{path}: the header row is not UTF-8 text; re-save the file as UTF-8")
     if not any(names):
         raise DataError(f"{path}: the header row is empty")
-    return names
+    return unnamed(names)
+
+
+def unnamed(names: list[str]) -> list[str]:
+    """Blank column names (a DataFrame's index saved by ``to_csv``) as ``column_<N>``
+    (1-based position), so every column has a name a feature and an input can carry."""
+    return [n if n else f"column_{i}" for i, n in enumerate(names, start=1)]
 
 
 def _delimiter(path: Path) -> str:
