@@ -125,3 +125,37 @@ def test_cells_convert_alike_and_bad_rows_are_reported():
     assert inputs["n"].ravel().tolist() == [1.0, 2.5]
     _, good, errors = features.row_inputs(frame.drop(columns="c"), spec)
     assert good == [] and all("missing column 'c'" in e for e in errors)
+
+
+@pytest.mark.slow
+def test_exports_take_the_raw_columns_and_are_rescored(churn, tweets, tmp_path):
+    """SavedModel and TFLite of a numbers+categories model and of the Sequential one agree
+    with Keras (NaN rows included); a text model's TFLite needs the Flex delegate: reported
+    not shipped, with the reason, never a crash."""
+    from reprotrain.config import ExportConfig
+    from reprotrain.tables import export
+
+    cfg = ExportConfig(formats=("saved_model", "tflite_float32", "onnx"), latency_samples=2)
+    frame, _, _ = tweets
+    cats = features.InputSpec(numeric=("retweet_count",), categorical=("hour",))
+    cases = {
+        "categories": (cats, features.model_inputs(frame, cats), "functional", True),
+        "sequential": (churn[1], churn[2], "sequential", True),
+        "text": (tweets[1], tweets[2], "functional", False),
+    }
+    for name, (spec, inputs, api, tflite_ships) in cases.items():
+        inputs = {k: v[:40].copy() for k, v in inputs.items()}
+        first = spec.numeric[0]
+        inputs[first][:3] = np.nan
+        model = tm.build(spec, 3, inputs, _cfg(), api)
+        model.save(tmp_path / f"{name}.keras")
+        y = np.zeros(40, dtype=np.int64)
+        report = export.export_and_verify(
+            model, tmp_path / f"{name}.keras", tmp_path / name, spec, (inputs, y), cfg
+        )
+        rows = report["formats"]
+        assert rows["saved_model"]["shipped"] and rows["saved_model"]["agreement"] == 1.0, name
+        assert rows["tflite_float32"]["shipped"] is tflite_ships, (name, rows["tflite_float32"])
+        if not tflite_ships:
+            assert "Flex" in rows["tflite_float32"]["reason"]
+        assert not rows["onnx"]["shipped"] and "string" in rows["onnx"]["reason"]
