@@ -29,7 +29,8 @@ COLUMNS = {
     "country": ["fr", "de", "us", "it"] * (N // 4),  # a few values
     "state": [f"S{i % 60}" for i in range(N)],  # one-word codes, > max_categories
     "review": [f"words and more words {i}" for i in range(N)],  # free text
-    "id": [f"id{i}" for i in range(N)],  # unique: not categorical
+    "code": [f"c{i}" for i in range(N)],  # unique: not categorical
+    "Unnamed: 0": [str(i) for i in range(N)],  # a saved DataFrame index: a row id
     "typo": [str(i) for i in range(N - 1)] + ["oops"],  # 99.5% numbers: numeric
     "empty": [""] * N,
     "label": ["a", "b"] * (N // 2),
@@ -50,15 +51,15 @@ def test_roles_are_inferred_as_a_person_would() -> None:
     schema = infer()
     assert schema.numeric == ("price", "typo")
     assert schema.categorical == ("country", "state")
-    assert schema.text == ("review", "id")
-    assert schema.ignore == ("empty",) and schema.label == "label"
+    assert schema.text == ("review", "code")
+    assert schema.ignore == ("Unnamed: 0", "empty") and schema.label == "label"
     assert schema.labels == ("a", "b")
-    assert schema.inputs == ("review", "id", "price", "typo", "country", "state")
+    assert schema.inputs == ("review", "code", "price", "typo", "country", "state")
 
 
 def test_explicit_roles_win_and_ignore_drops() -> None:
-    schema = infer(text=["review"], categorical=["id"], ignore=["state"])
-    assert schema.text == ("review",) and schema.categorical == ("id",)
+    schema = infer(text=["review"], categorical=["code"], ignore=["state"])
+    assert schema.text == ("review",) and schema.categorical == ("code",)
     assert "state" in schema.ignore and "country" in schema.ignore  # left out of a given list
     assert schema.numeric == ("price", "typo")
     assert schema.inferred == ("label", "numeric")
@@ -79,10 +80,10 @@ def test_save_load_and_changes(tmp_path: Path) -> None:
     schema = infer()
     assert Schema.load(schema.save(tmp_path / "schema.json")) == schema
     assert schema_changes(None, schema) == [] and schema_changes(schema, schema) == []
-    other = infer(text=["review", "state"], ignore=["id"])
+    other = infer(text=["review", "state"], ignore=["code"])
     other = Schema.from_dict({**other.to_dict(), "labels": ["a", "c"]})
     assert schema_changes(schema, other) == [
-        "column 'id': text → ignore",
+        "column 'code': text → ignore",
         "column 'state': categorical → text",
         "new class(es): c",
         "class(es) gone: b",

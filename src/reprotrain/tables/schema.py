@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ DISTINCT_CAP = 10_000
 ONE_WORD = 1.5
 
 ROLES = ("text", "numeric", "categorical")
+_ROW_ID = re.compile(r"(row_?)?(id|index|idx)|uuid|unnamed: \d+|column_\d+")
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,16 @@ class ColumnProfile:
                 self.many, self.distinct = True, set()
 
     @property
+    def is_row_id(self) -> bool:
+        """Named like a row id (``id``, ``index``, pandas' ``Unnamed: 0``, a blank name) and
+        holding mostly distinct values: an identifier, not a feature (it would also make
+        every row distinct, hiding duplicates)."""
+        d = self.n_distinct
+        return bool(_ROW_ID.fullmatch(self.name.strip().lower())) and (
+            d is None or d > self.present / 2
+        )
+
+    @property
     def is_numeric(self) -> bool:
         return self.present > 0 and self.numbers >= NUMERIC_SHARE * self.present
 
@@ -243,7 +255,7 @@ def infer_roles(
         if name in taken:
             continue
         p = profiles[name]
-        if p.present == 0:
+        if p.present == 0 or p.is_row_id:
             empty.append(name)
         elif p.is_numeric:
             found["numeric"].append(name)
@@ -252,7 +264,11 @@ def infer_roles(
         else:
             found["text"].append(name)
     if empty:
-        log.warning("column(s) %s have no value in any row: ignored", ", ".join(empty))
+        log.warning(
+            "column(s) %s have no value in any row or are row ids (named like one, a value "
+            "per row): ignored; give them a role in data.columns to use them",
+            ", ".join(empty),
+        )
     roles = {r: tuple(given[r]) if given[r] is not None else tuple(found[r]) for r in ROLES}
     # A column inferred for a role whose list was given explicitly is left out: ignored.
     leftover = [c for r in ROLES if given[r] is not None for c in found[r]]
