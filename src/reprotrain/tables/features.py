@@ -9,8 +9,10 @@ once, keeps the served answers equal to the ones evaluate measured.
 
 Two modes: :func:`model_inputs` (training and evaluation data: a bad cell is a DataError
 naming the column and the row) and :func:`row_inputs` (serving and predict: a bad cell
-makes that row's error, the other rows are predicted). Needs numpy and pandas only: the
-served model imports it (``tables.packaging`` ships it).
+makes that row's error, the other rows are predicted). A cell is read as prepare read it
+(``reading.number_value`` / ``text_value``: the same missing spellings, the same stripped
+text). Needs numpy, pandas and ``tables.reading`` (standard library only): the served model
+imports it (``tables.packaging`` ships both).
 """
 
 from __future__ import annotations
