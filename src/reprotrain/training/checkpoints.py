@@ -16,7 +16,7 @@ every backup (:func:`unreadable_backup`).
 ``state.json`` also carries the per-epoch history, the early-stopping and learning-rate
 schedule state and the layers' random-seed state (dropout), so a resumed run takes its
 decisions from the whole history and draws the dropout masks an uninterrupted one would (the
-input pipeline's per-epoch randomness: ``loop.skip_iterators``): it ends bit-identical to one
+input pipeline's per-epoch randomness: ``iterators.skip_iterators``): it ends bit-identical to one
 that never stopped (tested with both loops). The callback that fills and commits the record
 each epoch is :class:`reprotrain.training.callbacks.EpochCommitter`.
 """

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from reprotrain.config import AugmentConfig, TrainConfig
 from reprotrain.errors import ConfigError, DataError, ModelError
-from reprotrain.runtime import MIXED, RuntimeInfo, gather_from_workers
+from reprotrain.runtime import MIXED, RuntimeInfo
 from reprotrain.timing import timed
-from reprotrain.training import optim
+from reprotrain.training import custom_loop, optim
 from reprotrain.training.augment import AugmentingModel
 from reprotrain.training.callbacks import MONITOR, EpochCommitter, EpochHook
 from reprotrain.training.checkpoints import (
@@ -38,6 +37,12 @@ from reprotrain.training.checkpoints import (
     epoch_file,
     restore_rng,
     unreadable_backup,
+)
+from reprotrain.training.iterators import (
+    check_workers_agree,
+    iterators_created,
+    shard_across_workers,
+    skip_iterators,
 )
 from reprotrain.training.optim import make_optimizer
 from reprotrain.training.tensorboard_logs import (
@@ -167,61 +172,6 @@ def _resume(
     return state
 
 
-def shard_across_workers(ds: Any) -> Any:
-    """``ds`` with its multi-worker auto-shard policy set explicitly to ``DATA``.
-
-    Each worker then reads every TFRecord shard and keeps every N-th batch. ``FILE`` (each
-    worker reads its own shard files) saves reading, but needs at least one file per
-    worker and gives workers different numbers of batches when the files differ in size;
-    a worker that runs out first leaves the others waiting in a collective op. Prepared
-    splits have few shards (``prepare.shard_size`` images each), so ``DATA`` is the safe
-    choice; TensorFlow's default (``AUTO``) would pick ``FILE`` for TFRecords.
-    """
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
-
-
-def _check_workers_agree(info: RuntimeInfo, value: int, what: str, backup: Path) -> None:
-    """Every worker must start from the same point, or their collectives mismatch (a hang
-    or garbage): compare ``value`` across workers and stop all of them if it differs."""
-    seen = sorted(set(gather_from_workers(info, value)))
-    if len(seen) > 1:
-        raise ConfigError(
-            f"multi-worker: the workers see different training backups in {backup} "
-            f"({what}: {seen}); put the project directory on a file system all workers "
-            f"share (docs/scale-out.md), or delete {backup} and rerun"
-        )
-
-
-def iterators_created(loop: str, epochs: int, *, known_length: bool) -> int:
-    """Iterators a training loop creates over the train dataset in its first ``epochs``.
-
-    The custom loop: one per epoch. Keras 3's ``fit`` (its ``EpochIterator``): for a dataset
-    of known length, two per epoch (one at the end of each epoch, which the next epoch
-    replaces with its own); for an unknown length, one per epoch (counted on Keras 3.15).
-    ``test_a_resumed_run_trains_what_an_uninterrupted_one_trains`` fails if Keras changes
-    this.
-    """
-    return 2 * epochs if loop == "fit" and known_length else epochs
-
-
-def skip_iterators(ds: Any, iterators: int) -> None:
-    """Advance ``ds``'s per-iteration randomness past ``iterators`` iterators, reading nothing.
-
-    Why: the pipeline reshuffles and draws fresh augmentation seeds each time an iterator is
-    created (``reshuffle_each_iteration``, ``Dataset.random(rerandomize_each_iteration)``),
-    and a new process starts that sequence over. A run resumed after epoch 3 would train
-    epoch 4 on epoch 1's order and augmentation, and end with other weights than the run
-    that was never stopped. Creating (and dropping) the iterators the finished epochs
-    created (:func:`iterators_created`) draws their seeds, so the resumed epochs see what
-    they would have seen. Not on multi-worker clusters, where the strategy rebuilds each
-    worker's dataset.
-    """
-    for _ in range(iterators):
-        iter(ds)
-
-
 def discard_checkpoint(checkpoint_dir: Path) -> None:
     """Delete a run's resumable state: call it once the run's outputs are saved."""
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -317,7 +267,7 @@ def _train(  # noqa: PLR0913  (train's options, passed on)
         steps = int(train_ds.cardinality())
         compile_model(model, cfg, info, steps if steps >= 0 else None, regression)
     state = store.load() or BackupRecord()
-    _check_workers_agree(info, state.done, "finished epochs", store.dir)
+    check_workers_agree(info, state.done, "finished epochs", store.dir)
     start_weights = model.get_weights() if keep_start_if_better else None
     if keep_start_if_better and state.start is None:
         state.start = _val_metrics(model, val_ds)
@@ -327,7 +277,7 @@ def _train(  # noqa: PLR0913  (train's options, passed on)
             state.start["val_accuracy"],
         )
     state = _resume(store, model, state, cfg.epochs, info.strategy)
-    _check_workers_agree(info, state.done, "resumable epochs", store.dir)
+    check_workers_agree(info, state.done, "resumable epochs", store.dir)
     initial = state.done
     if initial and info.num_workers == 1:
         known = int(train_ds.cardinality()) >= 0
@@ -336,12 +286,22 @@ def _train(  # noqa: PLR0913  (train's options, passed on)
         callbacks = _callbacks(cfg, store, state, tensorboard_dir, epoch_hook)
         cw = dict(class_weight) if class_weight else None
         verbose = 1 if sys.stdout.isatty() else 0
-        if cfg.loop == "custom" and regression is not None:
-            _custom_regression_fit(
-                model, train_ds, val_ds, cfg, info, callbacks, regression, initial_epoch=initial
+        if cfg.loop == "custom":
+            step = (
+                custom_loop.regression_step(model, cfg, info, regression)
+                if regression is not None
+                else custom_loop.classifier_step(model, cfg, info, cw)
             )
-        elif cfg.loop == "custom":
-            _custom_fit(model, train_ds, val_ds, cfg, info, callbacks, cw, verbose, initial)
+            custom_loop.fit_custom(
+                model,
+                step,
+                train_ds,
+                lambda: _val_metrics(model, val_ds),
+                callbacks,
+                epochs=cfg.epochs,
+                initial_epoch=initial,
+                verbose=verbose,
+            )
         else:
             model.fit(
                 train_ds,
@@ -412,147 +372,3 @@ def _callbacks(
     if tensorboard_dir is not None:  # after the commit: each committed epoch logged once
         cbs.append(ScalarTensorBoard(tensorboard_dir, state))
     return cbs
-
-
-def _custom_fit(  # noqa: PLR0913  (fit's arguments, mirrored so both loops read alike)
-    model: Any,
-    train_ds: Any,
-    val_ds: Any,
-    cfg: TrainConfig,
-    info: RuntimeInfo,
-    callbacks: list[Any],
-    class_weight: dict[int, float] | None,
-    verbose: int,
-    initial_epoch: int,
-) -> None:
-    """A ``tf.function`` GradientTape step driving the same callbacks as ``fit``.
-
-    The loss matches Keras': per-example cross-entropy times the class weight, summed and
-    divided by the batch size. Starts at ``initial_epoch`` (non-zero when resumed).
-    """
-    if info.replicas > 1:
-        raise ConfigError(
-            "loop = custom runs on one device; use loop: fit with runtime.distribute: "
-            "mirrored or multi_worker (or distribute: none with the custom loop)"
-        )
-    num_classes = int(model.output_shape[-1])
-    weights = [float((class_weight or {}).get(i, 1.0)) for i in range(num_classes)]
-    cw = tf.constant(weights, tf.float32)
-    opt = model.optimizer
-    clip = cfg.clip_norm if info.mixed_precision != MIXED else None  # else: global_clipnorm
-    loss_mean = keras.metrics.Mean(name="loss")
-    acc = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-
-    @tf.function(jit_compile=info.jit_compile, reduce_retracing=True)
-    def train_step(x: Any, y: Any) -> None:
-        y = tf.cast(y, tf.int32)
-        with tf.GradientTape() as tape:
-            probs = model(x, training=True)
-            per_example = optim.per_example_loss(cfg, y, probs, num_classes)
-            w = tf.gather(cw, y)
-            batch = tf.cast(tf.shape(y)[0], tf.float32)
-            loss = tf.reduce_sum(tf.cast(per_example, tf.float32) * w) / batch
-            if model.losses:
-                loss += tf.add_n([tf.cast(t, tf.float32) for t in model.losses])
-            scaled = opt.scale_loss(loss)
-        variables = model.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        if clip is not None:
-            grads, _ = tf.clip_by_global_norm(grads, clip)
-        opt.apply_gradients(zip(grads, variables, strict=True))
-        loss_mean.update_state(loss, sample_weight=batch)
-        acc.update_state(y, probs)
-
-    cbs = keras.callbacks.CallbackList(
-        callbacks,
-        add_history=True,
-        add_progbar=verbose > 0,
-        model=model,
-        verbose=verbose,
-        epochs=cfg.epochs,
-        steps=None,
-    )
-    model.stop_training = False
-    cbs.on_train_begin()
-    logs: dict[str, float] = {}
-    for epoch in range(initial_epoch, cfg.epochs):
-        loss_mean.reset_state()
-        acc.reset_state()
-        cbs.on_epoch_begin(epoch)
-        for step, (x, y) in enumerate(train_ds):
-            cbs.on_train_batch_begin(step)
-            train_step(x, y)
-            cbs.on_train_batch_end(
-                step, {"loss": float(loss_mean.result()), "accuracy": float(acc.result())}
-            )
-        logs = {"loss": float(loss_mean.result()), "accuracy": float(acc.result())}
-        logs.update(_val_metrics(model, val_ds))
-        cbs.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    cbs.on_train_end(logs)
-
-
-def _custom_regression_fit(  # noqa: PLR0913  (fit's arguments, as _custom_fit)
-    model: Any,
-    train_ds: Any,
-    val_ds: Any,
-    cfg: TrainConfig,
-    info: RuntimeInfo,
-    callbacks: list[Any],
-    loss_name: str,
-    *,
-    initial_epoch: int = 0,
-) -> None:
-    """The custom loop of a regression task: the GradientTape step of :func:`_custom_fit`
-    with the compiled regression loss (Keras' mean over the batch) and ``mae`` as its
-    metric, no class weights. Apart from ``_custom_fit`` so that the classifier's step (and
-    its bit-identical weights) stays exactly as it was."""
-    if info.replicas > 1:
-        raise ConfigError(
-            "loop = custom runs on one device; use loop: fit with runtime.distribute: "
-            "mirrored or multi_worker (or distribute: none with the custom loop)"
-        )
-    loss_fn = keras.losses.get(loss_name)
-    opt = model.optimizer
-    clip = cfg.clip_norm if info.mixed_precision != MIXED else None  # else: global_clipnorm
-    loss_mean = keras.metrics.Mean(name="loss")
-    mae = keras.metrics.MeanAbsoluteError(name="mae")
-
-    @tf.function(jit_compile=info.jit_compile, reduce_retracing=True)
-    def train_step(x: Any, y: Any) -> None:
-        y = tf.cast(y, tf.float32)
-        with tf.GradientTape() as tape:
-            pred = tf.cast(model(x, training=True), tf.float32)
-            loss = tf.reduce_mean(loss_fn(y, pred))
-            if model.losses:
-                loss += tf.add_n([tf.cast(t, tf.float32) for t in model.losses])
-            scaled = opt.scale_loss(loss)
-        variables = model.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        if clip is not None:
-            grads, _ = tf.clip_by_global_norm(grads, clip)
-        opt.apply_gradients(zip(grads, variables, strict=True))
-        loss_mean.update_state(loss, sample_weight=tf.cast(tf.shape(y)[0], tf.float32))
-        mae.update_state(y, pred)
-
-    cbs = keras.callbacks.CallbackList(
-        callbacks, add_history=True, add_progbar=False, model=model, epochs=cfg.epochs
-    )
-    model.stop_training = False
-    cbs.on_train_begin()
-    logs: dict[str, float] = {}
-    for epoch in range(initial_epoch, cfg.epochs):
-        loss_mean.reset_state()
-        mae.reset_state()
-        cbs.on_epoch_begin(epoch)
-        for step, (x, y) in enumerate(train_ds):
-            cbs.on_train_batch_begin(step)
-            train_step(x, y)
-            cbs.on_train_batch_end(step, {"loss": float(loss_mean.result())})
-        logs = {"loss": float(loss_mean.result()), "mae": float(mae.result())}
-        logs.update(_val_metrics(model, val_ds))
-        cbs.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    cbs.on_train_end(logs)
