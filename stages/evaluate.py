@@ -18,7 +18,6 @@ from pathlib import Path
 from reprotrain import dag, fsio, paths, runtime, tracking
 from reprotrain.cli import run_main
 from reprotrain.config import Params, load_params
-from reprotrain.errors import ModelError, ReprotrainError
 from reprotrain.evaluation import decision, flatten_metrics, gate, results
 from reprotrain.evaluation.scoring import ModelScorer
 from reprotrain.evaluation.testset import TestSet, load_test_set
@@ -122,23 +121,10 @@ def promote(
     policy = decision.Policy(
         cfg.gate, rule, name, mode, run.reproduces, os.environ.get("DVC_EXP_NAME")
     )
-    champion = registration.champion_snapshot(run.uri, name)
-    if champion is not None and decision.needs_champion_scores(champion, challenger, policy):
-        file = registration.champion_file(name, champion)
-        try:
-            probs = scorer.predictions(file, hint="it cannot be scored on this test set").probs
-        except ReprotrainError:
-            raise
-        except Exception as exc:
-            raise ModelError(
-                f"the promotion gate could not compare with champion v{champion.version} of "
-                f"{name} ({type(exc).__name__}: {exc}); no version was registered and the "
-                "aliases are unchanged"
-            ) from exc
-        scored = champion.scored(probs, preds.y_true, test.digest)
-        if policy.gate == "accuracy":
-            registration.record_rescore(run.uri, name, champion, scored)
-        champion = scored
+    hint = "it cannot be scored on this test set"
+    champion = registration.scored_champion(
+        run, name, challenger, policy, lambda file: scorer.predictions(file, hint=hint).probs
+    )
     verdict = decision.decide_promotion(challenger, champion, policy)
     # The registered model takes photos, normalised exactly as prepare normalised the
     # training images (stats.json records how).

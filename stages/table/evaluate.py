@@ -11,7 +11,6 @@ table model on the same inputs (a champion of another kind is "not comparable").
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -20,7 +19,6 @@ from pathlib import Path
 from reprotrain import dag, fsio, paths, runtime, tracking
 from reprotrain.cli import run_main
 from reprotrain.config import load_params, to_dict
-from reprotrain.errors import ModelError, ReprotrainError
 from reprotrain.evaluation import decision, flatten_metrics, gate, plots
 from reprotrain.evaluation.metrics import classification_metrics
 from reprotrain.serving import export_tags
@@ -160,37 +158,27 @@ def promote(  # noqa: PLR0913  (the scored challenger's parts, named)
         inputs=json.dumps(spec.to_dict(), sort_keys=True),
     )
     rule = gate.GateRule(
-        floor[0], cfg.min_improvement, cfg.alpha, cfg.max_class_regression, seed=params.seed
+        floor[0],
+        cfg.min_improvement,
+        cfg.alpha,
+        cfg.max_class_regression,
+        seed=params.seed,
+        floor_name=floor[1],
     )
     policy = decision.Policy(
         cfg.gate, rule, name, mode, run.reproduces, os.environ.get("DVC_EXP_NAME")
     )
-    champion = registration.champion_snapshot(run.uri, name)
-    if champion is not None and decision.needs_champion_scores(champion, challenger, policy):
-        file = registration.champion_file(name, champion)
-        try:
-            hint = "it cannot be scored on this test set"
-            theirs = inference.predict_probs(
-                inference.load(file, num_classes=len(labels), hint=hint), test.inputs, spec
-            )
-        except ReprotrainError:
-            raise
-        except Exception as exc:
-            raise ModelError(
-                f"the promotion gate could not compare with champion v{champion.version} of "
-                f"{name} ({type(exc).__name__}: {exc}); no version was registered and the "
-                "aliases are unchanged"
-            ) from exc
-        scored = champion.scored(theirs, test.y, challenger.test_digest)
-        if policy.gate == "accuracy":
-            registration.record_rescore(run.uri, name, champion, scored)
-        champion = scored
-    verdict = decision.decide_promotion(challenger, champion, policy)
-    # The gate names the image kind's key; a table's floor is table.min_accuracy or the
-    # baseline's accuracy (floor[1] says which).
-    verdict = dataclasses.replace(
-        verdict, reason=verdict.reason.replace("evaluate.min_accuracy", f"({floor[1]})")
+    hint = "it cannot be scored on this test set"
+    champion = registration.scored_champion(
+        run,
+        name,
+        challenger,
+        policy,
+        lambda file: inference.predict_probs(
+            inference.load(file, num_classes=len(labels), hint=hint), test.inputs, spec
+        ),
     )
+    verdict = decision.decide_promotion(challenger, champion, policy)
     version = registration.register_version(
         run,
         name,

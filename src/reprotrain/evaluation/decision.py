@@ -265,6 +265,10 @@ def _gate(
     rule = policy.rule
     champion_accuracy = champion.accuracy if champion is not None else None
     verdict = decide(
-        challenger.accuracy, champion_accuracy, rule.min_accuracy, rule.min_improvement
+        challenger.accuracy,
+        champion_accuracy,
+        rule.min_accuracy,
+        rule.min_improvement,
+        rule.floor_name,
     )
     return None, verdict.promoted, verdict.reason

@@ -33,6 +33,9 @@ class GateRule:
     max_class_regression: float = 0.05
     n_boot: int = 10_000
     seed: int = 0
+    #: What the reasons call the floor (a table's floor is its own key, or the baseline's
+    #: accuracy).
+    floor_name: str = "evaluate.min_accuracy"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ def decide(
     champion_accuracy: float | None,
     min_accuracy: float,
     min_improvement: float,
+    floor_name: str = "evaluate.min_accuracy",
 ) -> Decision:
     """Promote iff the candidate clears ``min_accuracy`` and beats the champion by
     ``min_improvement`` (both measured on the same test set).
@@ -61,7 +65,7 @@ def decide(
             False,
             CHALLENGER,
             f"test accuracy {candidate_accuracy:.4f} is below the floor "
-            f"evaluate.min_accuracy = {min_accuracy:.4f}",
+            f"{floor_name} = {min_accuracy:.4f}",
         )
     if champion_accuracy is None:
         return Decision(
@@ -272,7 +276,7 @@ def decide_paired(
         promoted, reason = (
             False,
             (
-                f"test accuracy {ch_acc:.4f} is below the floor evaluate.min_accuracy = "
+                f"test accuracy {ch_acc:.4f} is below the floor {rule.floor_name} = "
                 f"{rule.min_accuracy:.4f}"
             ),
         )

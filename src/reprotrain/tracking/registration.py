@@ -18,13 +18,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from reprotrain.errors import ConfigError, ReprotrainError, TrackingError
+from reprotrain.errors import ConfigError, ModelError, ReprotrainError, TrackingError
 from reprotrain.evaluation.decision import (
     MODES,
     PROMOTE_ENV,
     Challenger,
     ChampionSnapshot,
+    Policy,
     PromotionDecision,
+    needs_champion_scores,
 )
 from reprotrain.evaluation.gate import CHALLENGER, CHAMPION
 from reprotrain.timing import timed
@@ -130,6 +132,37 @@ def record_rescore(uri: str, name: str, before: ChampionSnapshot, after: Champio
             name, v, "reprotrain.rescored_from", f"{before.test_digest}:{before.accuracy}"
         )
     logger.info("champion v%s scored on the current test set: %.4f", v, after.accuracy)
+
+
+def scored_champion(
+    run: StageRun,
+    name: str,
+    challenger: Challenger,
+    policy: Policy,
+    probs_of: Callable[[Path], Any],
+) -> ChampionSnapshot | None:
+    """The champion's snapshot, scored on the current test set where the decision needs it
+    (``probs_of(file)`` predicts the downloaded champion; the accuracy gate records the
+    figure on the version). A champion that cannot be scored stops the stage before anything
+    is registered: every alias stays where it was."""
+    champion = champion_snapshot(run.uri, name)
+    if champion is None or not needs_champion_scores(champion, challenger, policy):
+        return champion
+    file = champion_file(name, champion)
+    try:
+        probs = probs_of(file)
+    except ReprotrainError:
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"the promotion gate could not compare with champion v{champion.version} of "
+            f"{name} ({type(exc).__name__}: {exc}); no version was registered and the "
+            "aliases are unchanged"
+        ) from exc
+    scored = champion.scored(probs, challenger.y_true, challenger.test_digest)
+    if policy.gate == "accuracy":
+        record_rescore(run.uri, name, champion, scored)
+    return scored
 
 
 @timed("logging")
