@@ -178,7 +178,7 @@ def discard_checkpoint(checkpoint_dir: Path) -> None:
 
 
 @timed("train")
-def train(  # noqa: PLR0913  (its keywords are the run options every stage passes; see FitOptions in the closing note)
+def train(  # noqa: PLR0913  (keyword-only run options, each defaulted: stage_io.fit_options() fills the stage's)
     model: Any,
     train_ds: Any,
     val_ds: Any,
@@ -215,7 +215,7 @@ def train(  # noqa: PLR0913  (its keywords are the run options every stage passe
     and keep them if no epoch reaches a lower val_loss, so fine-tuning can never hand on a
     model that is worse on validation than the one it started from.
     """
-    options = dict(
+    options = _RunOptions(
         class_weight=class_weight,
         epoch_hook=epoch_hook,
         resume_key=resume_key,
@@ -238,7 +238,7 @@ def train(  # noqa: PLR0913  (its keywords are the run options every stage passe
     # to ``tensorboard_dir`` at the end: a resumed run keeps the killed run's logs.
     live_logs = store.dir / TENSORBOARD if tensorboard_dir is not None else None
     try:
-        result = _train(model, train_ds, val_ds, cfg, info, store, live_logs, **options)
+        result = _train(model, train_ds, val_ds, cfg, info, store, live_logs, options)
     finally:
         store.close()
     if tensorboard_dir is not None and live_logs is not None:
@@ -246,7 +246,19 @@ def train(  # noqa: PLR0913  (its keywords are the run options every stage passe
     return result
 
 
-def _train(  # noqa: PLR0913  (train's options, passed on)
+@dataclass(frozen=True)
+class _RunOptions:
+    """:func:`train`'s options that :func:`_train` acts on (see train's docstring)."""
+
+    class_weight: Mapping[int, float] | None
+    epoch_hook: EpochHook | None
+    resume_key: str | None
+    compile: bool
+    keep_start_if_better: bool
+    regression: str | None
+
+
+def _train(  # noqa: PLR0913  (the run's data, config, runtime, backup and logs, then its options)
     model: Any,
     train_ds: Any,
     val_ds: Any,
@@ -254,16 +266,12 @@ def _train(  # noqa: PLR0913  (train's options, passed on)
     info: RuntimeInfo,
     store: CheckpointStore,
     tensorboard_dir: Path | None,
-    *,
-    class_weight: Mapping[int, float] | None,
-    epoch_hook: EpochHook | None,
-    resume_key: str | None,
-    compile: bool,
-    keep_start_if_better: bool,
-    regression: str | None = None,
+    opts: _RunOptions,
 ) -> TrainResult:
-    store.prepare(resume_key)
-    if compile:
+    class_weight, epoch_hook, regression = opts.class_weight, opts.epoch_hook, opts.regression
+    keep_start_if_better = opts.keep_start_if_better
+    store.prepare(opts.resume_key)
+    if opts.compile:
         steps = int(train_ds.cardinality())
         compile_model(model, cfg, info, steps if steps >= 0 else None, regression)
     state = store.load() or BackupRecord()
