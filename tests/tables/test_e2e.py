@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from reprotrain.tables.schema import Schema
 from scripts.project_copy import deep_update, make_project, subprocess_env
 from tests.conftest import TINY_PARAMS, free_port, http_server, make_class_tree, run
 from tests.tables.conftest import DATASETS, slice_csv
@@ -28,22 +29,31 @@ from tests.tables.conftest import DATASETS, slice_csv
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROWS = 160
+#: The table runs' params, merged over the image quick start's (TINY_PARAMS): switching kinds
+#: then changes data.kind and data.source only, so the run back to the table has the trump
+#: run's params (DVC can restore what it can from its run-cache). Small, to keep each stage
+#: at its process start-up: 1 epoch, few tokens, a short sequence, no system metrics.
 TABLE = {
     "data": {"kind": "table", "sha256": None},
+    "prepare": {"shard_size": 64},
     "table": {
         "epochs": 1,
         "batch_size": 32,
-        "max_tokens": 3000,
-        "sequence_length": 40,
-        "embedding_dim": 16,
-        "hidden": [16],
+        "max_tokens": 2000,
+        "sequence_length": 32,
+        "embedding_dim": 8,
+        "hidden": [8],
         "min_accuracy": 0.0,  # the first version becomes the champion the others meet
     },
-    "export": {"formats": ["saved_model", "tflite_float32"], "latency_samples": 3},
+    "train_head": {"epochs": 1},
+    "baseline": {"epochs": 1},
     "evaluate": {"worst_examples": 4},
     "tracking": {"system_metrics": False},
 }
 SETS = ("churn", "topics8", "trump")
+#: Only churn's run converts to TFLite (it ships there: no text); the others SavedModel only
+#: (a text model's TFLite is "not shipped, needs Flex": tests/tables/test_model.py).
+TFLITE_SET = "churn"
 
 
 def _set_params(proj: Path, extra: dict[str, Any]) -> None:
@@ -72,12 +82,14 @@ def project(assets: Path | None, tmp_path_factory: pytest.TempPathFactory) -> di
         for name in SETS
     }
     proj = make_project(
-        tmp / "proj", deep_update(TABLE, {"data": {"source": str(sources["churn"])}})
+        tmp / "proj",
+        deep_update(deep_update(TINY_PARAMS, TABLE), {"data": {"source": str(sources["churn"])}}),
     )
     env = subprocess_env()
     out: dict[str, Any] = {"root": proj, "env": env, "runs": {}}
     for name in SETS:
-        _set_params(proj, {"data": {"source": str(sources[name])}})
+        formats = ["saved_model", "tflite_float32"] if name == TFLITE_SET else ["saved_model"]
+        _set_params(proj, {"data": {"source": str(sources[name])}, "export": {"formats": formats}})
         _repro(proj, env)
         rows = tmp / f"{name}-test-rows.csv"
         frame = _test_frame(proj)
@@ -92,10 +104,11 @@ def project(assets: Path | None, tmp_path_factory: pytest.TempPathFactory) -> di
             "model": tmp / f"{name}.keras",
         }
         shutil.copy2(proj / "models/table/model.keras", out["runs"][name]["model"])
+    out["stages"] = _stage_outputs(proj)  # the trump run's prepare and baseline
     out["table_files"] = _digests(proj, "data/table/prepared", "models/table")
     # The image quick start in the same project (tiny generated images, untrained base).
     images = make_class_tree(tmp / "images", {"cats": 12, "dogs": 12})
-    _set_params(proj, deep_update(TINY_PARAMS, {"data": {"kind": "images", "source": str(images)}}))
+    _set_params(proj, {"data": {"kind": "images", "source": str(images)}})
     _repro(proj, env)
     out["image_promotion"] = _json(proj / "metrics/promotion.json")
     out["table_files_after_images"] = _digests(proj, "data/table/prepared", "models/table")
@@ -106,6 +119,22 @@ def project(assets: Path | None, tmp_path_factory: pytest.TempPathFactory) -> di
     out["back_promotion"] = _json(proj / "metrics/promotion.json")
     out["image_files_after_back"] = _digests(proj, "data/prepared", "models/head.keras")
     return out
+
+
+def _stage_outputs(proj: Path) -> dict[str, Any]:
+    """What the prepare and baseline stages left (read while the files are the table's)."""
+    from reprotrain import paths
+
+    return {
+        "stats": _json(proj / paths.TABLE_PREPARED / "stats.json"),
+        "schema": Schema.load(proj / paths.TABLE_PREPARED),
+        "last_schema": Schema.load(proj / "data/table/schema.json"),
+        "ledger": (proj / paths.TABLE_LEDGER).is_file(),
+        "prepare_run": _json(proj / paths.TABLE_PREPARE_RUN)["run_id"],
+        "baseline": _json(proj / "metrics/baseline.json"),
+        "baseline_run": _json(proj / paths.TABLE_BASELINE_RUN)["run_id"],
+        "lock": yaml.safe_load((proj / "dvc.lock").read_text()),
+    }
 
 
 def _test_frame(proj: Path) -> pd.DataFrame:
@@ -167,8 +196,8 @@ def test_each_set_registered_with_metrics_gain_importance_and_card(project) -> N
             assert f"## {section}" in r["card"], section
         saved = r["export"]["formats"]["saved_model"]
         assert saved["shipped"] and saved["agreement"] == 1.0
-        tfl = r["export"]["formats"]["tflite_float32"]
-        assert tfl["shipped"] or tfl["reason"].startswith("not shipped")
+    tfl = project["runs"][TFLITE_SET]["export"]["formats"]["tflite_float32"]
+    assert tfl["shipped"] or tfl["reason"].startswith("not shipped")
 
 
 def _json_schema_inputs(project, name: str) -> list[str]:
@@ -290,3 +319,52 @@ def test_switching_kinds_and_back(project) -> None:
     back, trump = project["back_promotion"], project["runs"]["trump"]["promotion"]
     assert back == trump or (back["version"] > trump["version"] and not back["comparable"])
     assert "takes other inputs" in back["reason"]
+
+
+# The prepare and baseline stages, as tests/tables/test_prepare.py checked them in a project
+# of their own (fetch → prepare → baseline, here the trump run's).
+
+
+def test_the_stages_prepare_fit_the_baseline_and_are_tracked(project) -> None:
+    import mlflow
+
+    from reprotrain import paths
+
+    st = project["stages"]
+    assert st["schema"].text == ("text",)
+    assert st["stats"]["rows"] == ROWS and st["ledger"]
+    assert st["last_schema"] == st["schema"]
+    client = mlflow.MlflowClient(f"sqlite:///{project['root'] / 'mlruns' / 'mlflow.db'}")
+    prep = client.get_run(st["prepare_run"])
+    assert prep.data.metrics["train_rows"] == st["stats"]["splits"]["train"]["total"]
+    assert prep.data.params["table.sequence_length"] == str(TABLE["table"]["sequence_length"])
+    metrics = st["baseline"]
+    assert metrics["model"] == "LogisticRegression"
+    assert metrics["test_accuracy"] > metrics["test_majority_accuracy"]
+    base = client.get_run(st["baseline_run"])
+    assert base.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    outs = {o["path"] for o in st["lock"]["stages"]["prepare"]["outs"]}
+    assert {str(paths.TABLE_LEDGER), "data/table/schema.json"} <= outs
+
+
+def test_the_stage_reports_a_bad_column_in_one_line(project) -> None:
+    """Last: on the project as the run back to the table (trump) left it."""
+    root = project["root"]
+    params_file = root / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["data"]["columns"]["numeric"] = ["likes"]
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = run(
+            [sys.executable, "stages/table/prepare.py"],
+            root,
+            project["env"],
+            check=False,
+            timeout=300,
+        )
+    finally:
+        params_file.write_text(original)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "data.columns.numeric names 'likes'" in proc.stderr and "retweet_count" in proc.stderr
