@@ -1,8 +1,13 @@
 """The series kind end to end (issue 25's Done-when), in ONE project built once: a slice of
 co2 with a covariate through a real ``dvc repro`` (fetch → prepare → train → export →
 evaluate), registered and promoted, served over HTTP by ``mlflow models serve`` and
-predicted from a CSV; then a second run (other units) against the first as champion, which
-the paired gate decides."""
+predicted from a CSV; the prepare stage's MLflow run, sidecar and cuts.json in dvc.lock,
+and its one-line error on bad data; then a second run (other units: train-only, so prepare
+stays cached) against the first as champion, which the paired gate decides.
+
+Small on purpose (each stage is a process that pays for importing TensorFlow and MLflow,
+so the slice, the epochs and the units are what still proves each point): 320 weeks give
+45 test windows, 2 epochs of 8 units beat the seasonal naive by far (MASE about 0.3)."""
 
 from __future__ import annotations
 
@@ -20,8 +25,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from reprotrain import paths
+from reprotrain.series.windows import load_meta
 from scripts.project_copy import deep_update, make_project, subprocess_env
-from tests.conftest import free_port, http_server, run
+from tests.conftest import free_port, http_server, project_client, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,17 +44,17 @@ SERIES = {
         "window": WINDOW,
         "horizon": HORIZON,
         "season": SEASON,  # longer than the window: the seasonal naive reads the series
-        "units": 16,
-        "epochs": 3,
+        "units": 8,
+        "epochs": 2,
         "learning_rate": 0.01,
         "batch_size": 32,
     },
-    "export": {"formats": ["saved_model", "tflite_float32"], "latency_samples": 3},
+    "export": {"formats": ["saved_model", "tflite_float32"], "latency_samples": 2},
     "tracking": {"registered_model": NAME, "system_metrics": False},
 }
 
 
-def co2_slice(assets: Path, dest: Path, rows: int = 700) -> Path:
+def co2_slice(assets: Path, dest: Path, rows: int = 320) -> Path:
     """The last ``rows`` weeks of co2, with a covariate known in advance (the week of the
     year, a seasonal clock), as a user's CSV would have it."""
     frame = pd.read_csv(assets / "datasets" / "co2" / "co2_weekly.csv").tail(rows)
@@ -85,11 +92,27 @@ def project(assets: Path | None, tmp_path_factory: pytest.TempPathFactory) -> di
 
 @pytest.fixture(scope="module")
 def second(project: dict[str, Any]) -> dict[str, Any]:
-    """Another model (other units) on the same windows, against v1 as champion."""
+    """Another model (other units: a train-only param, prepare is not rerun) on the same
+    windows, against v1 as champion."""
     proj = project["root"]
-    _set_params(proj, {"series": {"units": 8}})
+    _set_params(proj, {"series": {"units": 4}})
     proc = run(["dvc", "repro"], proj, project["env"], timeout=1200)
     return {"proc": proc, "promotion": _json(proj / "metrics" / "promotion.json")}
+
+
+def test_the_prepare_stage_is_tracked_and_its_cuts_locked(project: dict[str, Any]) -> None:
+    """prepare's MLflow run (from its sidecar), and cuts.json an output in dvc.lock."""
+    proj = project["root"]
+    meta = load_meta(proj / paths.SERIES_PREPARED)
+    assert meta.channels == ("co2", "week")
+    assert (proj / paths.SERIES_CUTS).is_file()
+    sidecar = _json(proj / paths.SERIES_PREPARE_RUN)
+    run_ = project_client(proj).get_run(sidecar["run_id"])
+    assert run_.data.metrics["train_windows"] == meta.windows["train"]
+    assert run_.data.params["series.window"] == str(WINDOW)
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())
+    outs = {o["path"] for o in lock["stages"]["prepare"]["outs"]}
+    assert str(paths.SERIES_CUTS) in outs
 
 
 def test_metrics_baselines_and_intervals(project: dict[str, Any]) -> None:
@@ -143,13 +166,17 @@ def _history(project: dict[str, Any], tmp: Path) -> tuple[Path, pd.DataFrame]:
 
 
 def test_predict_from_csv(
-    project: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    project: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The local model in process (through the image command's dispatch), the registered
-    one in a real ``python -m reprotrain predict`` process."""
+    """The local model and the registered one (resolved from the project's registry), both
+    through the image command's dispatch, in process (a ``python -m reprotrain predict``
+    process would only add TensorFlow's import; the real server is the process here)."""
     from reprotrain.commands import predict
 
-    proj, env = project["root"], project["env"]
+    proj = project["root"]
     history, frame = _history(project, tmp_path)
     local = str(proj / "models" / "series" / "model.keras")
     assert predict.main([local, str(history), "--format", "json"]) == 0
@@ -161,8 +188,10 @@ def test_predict_from_csv(
     frame.head(WINDOW - 1).to_csv(tmp_path / "short.csv", index=False)
     assert predict.main([local, str(tmp_path / "short.csv")]) == 1
     assert f"needs the last {WINDOW}" in capsys.readouterr().err
-    cmd = [sys.executable, "-m", "reprotrain", "predict", f"models:/{NAME}/1", str(history)]
-    served = pd.read_csv(io.StringIO(run(cmd, proj, env).stdout))
+    monkeypatch.chdir(proj)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert predict.main([f"models:/{NAME}/1", str(history)]) == 0
+    served = pd.read_csv(io.StringIO(capsys.readouterr().out))
     np.testing.assert_allclose(served["forecast"], [r["forecast"] for r in rows], rtol=1e-5)
 
 
@@ -207,6 +236,10 @@ def test_served_over_http(project: dict[str, Any], tmp_path: Path) -> None:
 def test_second_run_meets_the_champion_in_the_paired_gate(
     project: dict[str, Any], second: dict[str, Any]
 ) -> None:
+    out = second["proc"].stdout + second["proc"].stderr
+    assert "Stage 'prepare' didn't change, skipping" in out  # a train-only param
+    for stage in ("train", "export", "evaluate"):
+        assert f"Running stage '{stage}'" in out
     p = second["promotion"]
     first = project["promotion"]
     assert p["version"] == 2 and p["comparable"]
@@ -228,3 +261,20 @@ def test_nothing_crashed_and_stages_ran(project: dict[str, Any]) -> None:
         assert f"Running stage '{stage}'" in out
     assert "Traceback" not in out
     assert isinstance(project["first"], subprocess.CompletedProcess)
+
+
+def test_the_prepare_stage_reports_bad_data_in_one_line(project: dict[str, Any]) -> None:
+    """Last in the module: it edits params.yaml (restored) and leaves a failed run."""
+    proj = project["root"]
+    params_file = proj / "params.yaml"
+    original = params_file.read_text()
+    _set_params(proj, {"series": {"window": 400}})
+    try:
+        proc = run(["python", "stages/series/prepare.py"], proj, project["env"], check=False)
+    finally:
+        params_file.write_text(original)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"window 400 + horizon {HORIZON} needs at least {400 + HORIZON}" in proc.stderr
+    assert load_meta(proj / paths.SERIES_PREPARED).window == WINDOW  # the old folder stays
+    assert pd.read_csv(proj / paths.SERIES_PREPARED / "quarantine.csv").empty

@@ -1,5 +1,7 @@
-"""The series prepare end to end: the real co2 slice, the too-short error, and the stage
-script under `dvc repro` in a project copy (fetch → prepare, tracked in MLflow)."""
+"""The series prepare in process: the real co2 slice, the too-short error, messy sources,
+the same bytes from any file type. The stage script under `dvc repro` (its MLflow run,
+sidecar and cuts.json in dvc.lock, its one-line error on bad data) is checked in the
+project test_e2e.py builds anyway."""
 
 from __future__ import annotations
 
@@ -9,13 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from reprotrain import paths
 from reprotrain.errors import DataError
 from reprotrain.series.prepare import check_lengths
 from reprotrain.series.windows import load_meta, load_series, load_windows
-from tests.conftest import make_project, project_client, run, subprocess_env
 from tests.series.conftest import CO2_WEEKS, run_prepare, synthetic
 
 DEMAND = {"target": "demand"}
@@ -81,54 +80,3 @@ def test_same_source_same_bytes_from_csv_tsv_or_parquet(tmp_path: Path) -> None:
         assert stats["frequency"] == "D"
         for split in ("train", "test"):
             np.testing.assert_array_equal(load_windows(c, split).x, load_windows(a, split).x)
-
-
-@pytest.fixture(scope="module")
-def staged(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Path) -> Path:
-    """A project copy of kind series on the synthetic demand.csv, after `dvc repro prepare`."""
-    params = {
-        "data": {
-            "kind": "series",
-            "source": str(synthetic_csv),
-            "sha256": None,
-            "columns": {"target": "demand", "covariates": ["temperature", "workday"]},
-        },
-        "series": {"window": 8, "horizon": 3, "season": 7},
-    }
-    proj = make_project(tmp_path_factory.mktemp("series_stage") / "proj", params)
-    run(["dvc", "repro", "prepare"], proj, subprocess_env(), timeout=600)
-    return proj
-
-
-@pytest.mark.slow
-def test_the_stage_prepares_and_is_tracked(staged: Path) -> None:
-    prepared = staged / paths.SERIES_PREPARED
-    meta = load_meta(prepared)
-    assert meta.channels == ("demand", "temperature", "workday")
-    assert (staged / paths.SERIES_CUTS).is_file()
-    sidecar = json.loads((staged / paths.SERIES_PREPARE_RUN).read_text())
-    client = project_client(staged)
-    run_ = client.get_run(sidecar["run_id"])
-    assert run_.data.metrics["train_windows"] == meta.windows["train"]
-    assert run_.data.params["series.window"] == "8"
-    lock = yaml.safe_load((staged / "dvc.lock").read_text())
-    outs = {o["path"] for o in lock["stages"]["prepare"]["outs"]}
-    assert str(paths.SERIES_CUTS) in outs
-
-
-@pytest.mark.slow
-def test_the_stage_reports_bad_data_in_one_line(staged: Path) -> None:
-    params_file = staged / "params.yaml"
-    original = params_file.read_text()
-    params = yaml.safe_load(original)
-    params["series"]["window"] = 400
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        proc = run(["python", "stages/series/prepare.py"], staged, check=False, timeout=300)
-    finally:
-        params_file.write_text(original)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert "window 400 + horizon 3 needs at least 403" in proc.stderr
-    assert load_meta(staged / paths.SERIES_PREPARED).window == 8  # the old folder stays
-    assert pd.read_csv(staged / paths.SERIES_PREPARED / "quarantine.csv").empty
