@@ -52,37 +52,53 @@ def _fit(tmp: Path, cfg: SeriesConfig, hook=None, key: str = "k"):
     return model, result
 
 
-@pytest.mark.parametrize("loop", ["fit", "custom"])
-def test_regression_trains_and_is_deterministic(tmp_path: Path, loop: str) -> None:
-    cfg = SeriesConfig(units=4, epochs=3, batch_size=16, loop=loop, clip_norm=1.0)
-    a, result = _fit(tmp_path / "a", cfg)
+#: The custom loop with clip_norm: the run the SIGKILLed one must end up equal to.
+CUSTOM = dict(units=4, epochs=2, batch_size=16, loop="custom", loss="mae", clip_norm=0.5)
+
+
+@pytest.fixture(scope="module")
+def custom_run(tmp_path_factory: pytest.TempPathFactory):
+    """One uninterrupted :data:`CUSTOM` run (model, result), shared by the tests below."""
+    return _fit(tmp_path_factory.mktemp("custom") / "whole", SeriesConfig(**CUSTOM))
+
+
+def _trains_a_regression(result) -> None:
     history = result.history
     assert {"loss", "mae", "val_loss", "val_mae"} <= set(history)
     assert "accuracy" not in history and "best_val_accuracy" not in result.summary()
     assert history["val_loss"][-1] < history["val_loss"][0]
-    if loop == "fit":  # the custom loop's determinism: the resume test's equality
-        b, _ = _fit(tmp_path / "b", cfg)
-        for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
-            np.testing.assert_array_equal(wa, wb)
+
+
+def test_fit_regression_trains_and_is_deterministic(tmp_path: Path) -> None:
+    cfg = SeriesConfig(units=4, epochs=3, batch_size=16, loop="fit", clip_norm=1.0)
+    a, result = _fit(tmp_path / "a", cfg)
+    _trains_a_regression(result)
+    b, _ = _fit(tmp_path / "b", cfg)
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_custom_loop_with_clip_norm_trains(custom_run) -> None:
+    """(Its determinism: the resume test's equality with this very run.)"""
+    _trains_a_regression(custom_run[1])
 
 
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
 from reprotrain.config import SeriesConfig
-from tests.series.test_training import _fit
+from tests.series.test_training import CUSTOM, _fit
 
 def kill_after_first(epoch, metrics):
     if epoch == 0:
         os.kill(os.getpid(), signal.SIGKILL)  # after the epoch's commit, nothing cleaned up
 
-cfg = SeriesConfig(units=4, epochs=3, batch_size=16, loop="custom", loss="mae", clip_norm=0.5)
-_fit(Path(sys.argv[1]), cfg, hook=kill_after_first)
+_fit(Path(sys.argv[1]), SeriesConfig(**CUSTOM), hook=kill_after_first)
 """
 
 
 @pytest.mark.slow
-def test_sigkilled_custom_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+def test_sigkilled_custom_run_resumes_to_the_same_weights(tmp_path: Path, custom_run) -> None:
     """A process SIGKILLed after its first epoch; the rerun resumes from the backup and ends
     with the weights of a run that was never stopped."""
     import signal
@@ -91,8 +107,7 @@ def test_sigkilled_custom_run_resumes_to_the_same_weights(tmp_path: Path) -> Non
 
     from tests.conftest import REPO
 
-    cfg = SeriesConfig(units=4, epochs=3, batch_size=16, loop="custom", loss="mae", clip_norm=0.5)
-    whole, _ = _fit(tmp_path / "whole", cfg)
+    whole, _ = custom_run
     proc = subprocess.run(
         [sys.executable, "-c", KILLED_RUN, str(tmp_path / "cut")],
         cwd=REPO,
@@ -101,8 +116,8 @@ def test_sigkilled_custom_run_resumes_to_the_same_weights(tmp_path: Path) -> Non
         timeout=600,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    resumed, result = _fit(tmp_path / "cut", cfg)
-    assert result.initial_epoch == 1 and result.epochs_run == 3
+    resumed, result = _fit(tmp_path / "cut", SeriesConfig(**CUSTOM))
+    assert result.initial_epoch == 1 and result.epochs_run == CUSTOM["epochs"]
     for wa, wb in zip(whole.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
 
