@@ -343,6 +343,30 @@ def table_training(data: Mapping[str, Any]) -> str:
 
 
 #: Result file name (without ``.json``) → its renderer. A new benchmark adds one line here.
+def table_pipeline(data: Mapping[str, Any]) -> str:
+    """The whole table pipeline (``benchmarks/table_pipeline.py``): ``dvc repro`` per
+    dataset, by stage, against issue 24's 2-minute target."""
+    runs = data.get("runs", {})
+    stages = sorted({s for r in runs.values() for s in r.get("stages", {})}, key=_stage_order)
+    rows = [
+        [
+            name,
+            *(_num(r.get("stages", {}).get(s), 1) for s in stages),
+            _num(r.get("total_s"), 1),
+            _num(r.get("accuracy"), 3),
+            _num(r.get("baseline_gain"), 3),
+        ]
+        for name, r in runs.items()
+    ]
+    header = ["dataset", *stages, "total s (target < 120)", "test accuracy", "gain over baseline"]
+    return markdown_table(header, rows) + "\n\n" + _source("table_pipeline", data)
+
+
+def _stage_order(stage: str) -> int:
+    order = ("fetch", "prepare", "train", "baseline", "export", "evaluate")
+    return order.index(stage) if stage in order else len(order)
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "pipeline": pipeline,
     "input_pipeline": input_pipeline,
@@ -353,6 +377,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "recipes": recipes,
     "table_prepare": table_prepare,
     "table_training": table_training,
+    "table_pipeline": table_pipeline,
     "series_training": series_training,
 }
 
