@@ -32,9 +32,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROWS = 160
 #: The table runs' params, merged over the image quick start's (TINY_PARAMS): switching kinds
-#: then changes data.kind and data.source only, so the run back to the table has the trump
-#: run's params (DVC can restore what it can from its run-cache). Small, to keep each stage
-#: at its process start-up: 1 epoch, few tokens, a short sequence, no system metrics.
+#: changes data.kind and data.source only. Small, so that each stage costs little more than
+#: its process start-up: 1 epoch, few tokens, a short sequence, no system metrics.
 TABLE = {
     "data": {"kind": "table", "sha256": None},
     "prepare": {"shard_size": 64},
@@ -108,7 +107,7 @@ def project(assets: Path | None, tmp_path_factory: pytest.TempPathFactory) -> di
                 "export": {"formats": formats},
             },
         )
-        out["back"] = _repro(proj, env)
+        out["back"] = _repro(proj, env)  # kept: the last set's, the switch back
         rows = tmp / f"{name}-test-rows.csv"
         frame = _test_frame(proj)
         frame.to_csv(rows, index=False)
