@@ -60,6 +60,7 @@ from reprotrain.tables.screening import (
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Options:
     """What prepare reads from params.yaml (``prepare``, ``data.columns``, ``table``)."""

@@ -39,7 +39,6 @@ CONFLICT = "conflicting duplicate"
 SMALL_CLASS = "class too small"
 
 
-
 @dataclass
 class Scan:
     """Pass 2's result: one entry per data row, in file order."""
@@ -237,5 +236,3 @@ def reason_counts(s: Scan) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------ the whole
-
-
