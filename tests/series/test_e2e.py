@@ -213,7 +213,8 @@ def test_served_over_http(project: dict[str, Any], tmp_path: Path) -> None:
     port = free_port()
     from reprotrain import tracking
 
-    env = {**project["env"], "MLFLOW_TRACKING_URI": tracking.default_uri(proj)}
+    uri = tracking.default_uri(proj)  # the store and the registry: nothing inherited
+    env = {**project["env"], "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}/1"]
     cmd += ["--env-manager", "local", "-p", str(port), "-h", "127.0.0.1", "--workers", "1"]
     base = f"http://127.0.0.1:{port}"
