@@ -7,6 +7,7 @@ from typing import Any
 
 from reprotrain import paths
 from reprotrain.dag.spec import (
+    CLASSIFIER_PLOTS,
     Kind,
     Output,
     Stage,
@@ -134,30 +135,7 @@ STAGES: dict[str, Stage] = {
 
 #: How ``dvc plots show/diff`` draws the files evaluate writes (dvc.yaml's top-level ``plots``).
 PLOTS: list[dict[str, Any]] = [
-    {
-        "plots/confusion.csv": {
-            "template": "confusion",
-            "x": "predicted",
-            "y": "actual",
-            "title": "Confusion matrix (test split)",
-        }
-    },
-    {
-        "ROC": {
-            "template": "simple",
-            "x": "fpr",
-            "y": {"plots/roc.csv": "tpr"},
-            "title": "ROC curve (test split)",
-        }
-    },
-    {
-        "Precision-recall": {
-            "template": "simple",
-            "x": "recall",
-            "y": {"plots/pr.csv": "precision"},
-            "title": "Precision-recall curve (test split)",
-        }
-    },
+    *CLASSIFIER_PLOTS,
     {
         "Training curves": {
             "template": "linear",

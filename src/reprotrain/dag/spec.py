@@ -89,6 +89,35 @@ def git_file(path: Path | str) -> Output:
     return Output(str(path), cache=False)
 
 
+#: The classifier kinds' test-split plots (confusion, ROC, precision-recall), drawn the same
+#: way for images and tables.
+CLASSIFIER_PLOTS: tuple[dict[str, Any], ...] = (
+    {
+        "plots/confusion.csv": {
+            "template": "confusion",
+            "x": "predicted",
+            "y": "actual",
+            "title": "Confusion matrix (test split)",
+        }
+    },
+    {
+        "ROC": {
+            "template": "simple",
+            "x": "fpr",
+            "y": {"plots/roc.csv": "tpr"},
+            "title": "ROC curve (test split)",
+        }
+    },
+    {
+        "Precision-recall": {
+            "template": "simple",
+            "x": "recall",
+            "y": {"plots/pr.csv": "precision"},
+            "title": "Precision-recall curve (test split)",
+        }
+    },
+)
+
 PLOT_NOTE = (
     "Plot data: drawn by the top-level `plots:` definitions below (listing them under a\n"
     "stage's `plots:` as well would render each one twice in `dvc plots show`)."
