@@ -19,6 +19,15 @@ then the Dense head (``table.hidden``, ``table.dropout``) and a float32 softmax.
 of the registered :class:`~reprotrain.tables.layers.MLPBlock`), ``sequential`` (numbers only:
 a ``keras.Sequential`` stack taking one ``[batch, n_numeric]`` tensor, columns in schema
 order). Models are named ``table_<api>``: predict dispatches on the ``table`` prefix.
+
+Why not ``keras.utils.FeatureSpace``: it would cover only the simplest part. Its
+``float_normalized`` feature passes a missing value (NaN) to ``Normalization`` as it is, so
+the imputation and the missing indicator would still be our layers; its ``adapt`` computes
+statistics by iterating a ``tf.data`` dataset, where ours are exact numpy statistics of the
+train split with NaN excluded; and a text column must stay a token sequence per column for
+its encoder, so FeatureSpace would be used in ``output_mode="dict"`` as a dict of our own
+layers. The same layers, built directly, keep one code path for the three ``model.api``
+flavours.
 """
 
 from __future__ import annotations
