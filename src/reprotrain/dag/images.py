@@ -11,8 +11,9 @@ from reprotrain.dag.spec import (
     Kind,
     Output,
     Stage,
+    evaluate_stage,
+    export_stage,
     fetch_stage,
-    git_file,
     plot_data,
     sidecar,
     training,
@@ -64,13 +65,12 @@ STAGES: dict[str, Stage] = {
             reads=(str(paths.PREPARED_DIR), str(paths.HEAD_MODEL)),
             upstream=(str(paths.PREPARE_RUN), str(paths.HEAD_RUN)),
         ),
-        Stage(
-            "export",
+        export_stage(
+            "images",
+            paths.EXPORT_DIR,
+            paths.EXPORT_RUN,
             params=("seed", "model.image_size", "pipeline", "runtime", "export"),
             reads=(str(paths.PREPARED_DIR), str(paths.FINETUNED_MODEL)),
-            outs=(Output(str(paths.EXPORT_DIR)), sidecar(paths.EXPORT_RUN)),
-            metrics=(git_file(paths.EXPORT_METRICS),),
-            sidecar=str(paths.EXPORT_RUN),
             upstream=(str(paths.PREPARE_RUN), str(paths.FINETUNED_RUN)),
         ),
         training(
@@ -86,17 +86,11 @@ STAGES: dict[str, Stage] = {
                 "to train_head: evaluate compares it with the transfer models (transfer_gain)."
             ),
         ),
-        Stage(
-            "evaluate",
+        evaluate_stage(
+            "images",
             params=(
-                "seed",
-                "runtime",
-                "evaluate",
                 "baseline.image_size",
-                "tracking.registered_model",
                 # Shown on the model card:
-                "data.source",
-                "data.sha256",
                 "model",
                 "prepare.max_side",
                 "train_head",
@@ -109,19 +103,13 @@ STAGES: dict[str, Stage] = {
                 str(paths.HEAD_HISTORY),
                 str(paths.FINETUNED_HISTORY),
                 str(paths.BASELINE_MODEL),
-                str(paths.EXPORT_METRICS),
             ),
             outs=(
                 Output(str(paths.PLOTS_DIR / "images")),
                 Output(str(paths.PLOTS_DIR / "predictions.csv")),
-                git_file(paths.MODEL_CARD),
                 Output(str(paths.REPORTS_DIR / "model_card")),
-                sidecar(paths.EVALUATE_RUN),
-                git_file(paths.METRICS_DIR / "promotion.json"),
                 *plot_data("confusion", "roc", "pr", "training_curves", "recall_by_model"),
             ),
-            metrics=(git_file(paths.METRICS_DIR / "evaluate.json"),),
-            sidecar=str(paths.EVALUATE_RUN),
             upstream=(
                 str(paths.PREPARE_RUN),
                 str(paths.HEAD_RUN),

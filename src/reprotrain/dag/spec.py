@@ -150,6 +150,69 @@ def training(name: str, model: Path, history: Path, run_file: Path, **kw: Any) -
     )
 
 
+def export_stage(
+    kind: str,
+    folder: Path,
+    run_file: Path,
+    *,
+    params: tuple[str, ...],
+    reads: tuple[str, ...],
+    upstream: tuple[str, ...],
+) -> Stage:
+    """An export stage: its formats folder and sidecar, and metrics/export.json (the same
+    file for every kind: evaluate attaches it to the registered version)."""
+    return Stage(
+        "export",
+        params=params,
+        reads=reads,
+        outs=(Output(str(folder)), sidecar(run_file)),
+        metrics=(git_file(paths.EXPORT_METRICS),),
+        sidecar=str(run_file),
+        upstream=upstream,
+        kind=kind,
+    )
+
+
+#: What every kind's evaluate reads from params.yaml (the gate, the registry, the card's
+#: data lines); a kind adds its own sections.
+EVALUATE_PARAMS = (
+    "seed",
+    "runtime",
+    "evaluate",
+    "tracking.registered_model",
+    "data.source",
+    "data.sha256",
+)
+
+
+def evaluate_stage(
+    kind: str,
+    *,
+    params: tuple[str, ...],
+    reads: tuple[str, ...],
+    outs: tuple[Output, ...],
+    upstream: tuple[str, ...],
+) -> Stage:
+    """An evaluate stage: the kind's own params (after :data:`EVALUATE_PARAMS`) and outputs
+    (plots), plus what every kind's evaluate writes: the model card, the promotion decision,
+    the run sidecar and metrics/evaluate.json."""
+    return Stage(
+        "evaluate",
+        params=(*EVALUATE_PARAMS, *params),
+        reads=(*reads, str(paths.EXPORT_METRICS)),
+        outs=(
+            *outs,
+            git_file(paths.MODEL_CARD),
+            sidecar(paths.EVALUATE_RUN),
+            git_file(paths.METRICS_DIR / "promotion.json"),
+        ),
+        metrics=(git_file(paths.METRICS_DIR / "evaluate.json"),),
+        sidecar=str(paths.EVALUATE_RUN),
+        upstream=upstream,
+        kind=kind,
+    )
+
+
 #: fetch's params: shared by every kind (one script snapshots any source).
 FETCH_PARAMS = (
     "data.kind",
