@@ -19,7 +19,7 @@ def _days(n: int, start: str = "2021-01-01") -> list[str]:
 
 def _csv(tmp: Path, rows: list[tuple], header: str = "date,value") -> pd.DataFrame:
     text = header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
-    return read_source(write_csv(tmp / "s.csv", text))
+    return read_source(write_csv(tmp / "s.csv", text)).frame
 
 
 def _clean(frame: pd.DataFrame, max_gap: int = 2):

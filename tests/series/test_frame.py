@@ -69,10 +69,18 @@ def test_reading_a_bom_and_bad_bytes(tmp_path) -> None:
     from reprotrain.series.frame import read_source
 
     (tmp_path / "bom.csv").write_bytes("\ufefftime,y\n2021-01-01,1\n".encode())
-    assert list(read_source(tmp_path / "bom.csv").columns) == ["time", "y"]
-    (tmp_path / "latin.csv").write_bytes("time,y\n2021-01-01,caf\xe9\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin.csv: cannot read it as a table \("):
-        read_source(tmp_path / "latin.csv")
+    assert list(read_source(tmp_path / "bom.csv").frame.columns) == ["time", "y"]
+    # a row that is not UTF-8 is quarantined (the table kind's reader), the rest read
+    latin = "time,y\n2021-01-01,1\n2021-01-02,caf\xe9\n2021-01-03,3\n".encode("latin-1")
+    (tmp_path / "latin.csv").write_bytes(latin)
+    got = read_source(tmp_path / "latin.csv")
+    assert got.frame.index.tolist() == [2, 4]
+    assert [(r.line, r.reason.split(" (")[0]) for r in got.rejected] == [
+        (3, "malformed row: undecodable bytes")
+    ]
+    (tmp_path / "latin_header.csv").write_bytes("t\xe9,y\n2021-01-01,1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin_header.csv: the header row is not UTF-8"):
+        read_source(tmp_path / "latin_header.csv")
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match=r"bad.parquet: cannot read it as a table"):
         read_source(tmp_path / "bad.parquet")

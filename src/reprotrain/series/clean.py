@@ -3,6 +3,8 @@
 The rules, in order (each one's count goes to ``stats.json``, quarantined rows to
 ``quarantine.csv`` with their reason; docs/series.md):
 
+0. a row that cannot be split into the header's fields (:func:`.frame.read_source`) is
+   quarantined as it is read;
 1. a timestamp that does not parse: its row is quarantined;
 2. a timestamp that occurs more than once: every row of it is quarantined (which one is
    right cannot be known; the step becomes a gap, rule 5);
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +34,7 @@ from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import BaseOffset
 
 from reprotrain.errors import DataError
-from reprotrain.series.frame import Roles, parse_times, to_numbers
+from reprotrain.series.frame import MALFORMED, Rejected, Roles, parse_times, to_numbers
 
 log = logging.getLogger(__name__)
 
@@ -196,31 +199,42 @@ def fill_gaps(raw: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray, di
 
 
 def _quarantine_times(
-    text: pd.Series, times: pd.Series
+    text: pd.Series, times: pd.Series, lines: np.ndarray
 ) -> tuple[np.ndarray, list[Problem], Counter[str]]:
     """Rules 1 and 2: the mask of rows kept and the quarantined ones."""
     problems: list[Problem] = []
     reasons: Counter[str] = Counter()
     bad = times.isna().to_numpy()
     for i in np.flatnonzero(bad):
-        problems.append(Problem(int(i) + 2, str(text.iloc[i]), f"{UNPARSEABLE} {text.iloc[i]!r}"))
+        problems.append(
+            Problem(int(lines[i]), str(text.iloc[i]), f"{UNPARSEABLE} {text.iloc[i]!r}")
+        )
     reasons[UNPARSEABLE] = int(bad.sum())
     dup = times.duplicated(keep=False).to_numpy() & ~bad
     sizes = times[dup].value_counts()
     for i in np.flatnonzero(dup):
         t = times.iloc[i]
         problems.append(
-            Problem(int(i) + 2, str(text.iloc[i]), f"{DUPLICATE} {t.isoformat()} ({sizes[t]} rows)")
+            Problem(
+                int(lines[i]), str(text.iloc[i]), f"{DUPLICATE} {t.isoformat()} ({sizes[t]} rows)"
+            )
         )
     reasons[DUPLICATE] = int(dup.sum())
     return ~bad & ~dup, problems, reasons
 
 
-def clean(frame: pd.DataFrame, roles: Roles, max_gap: int) -> Cleaned:
-    """Apply the module's rules to the source rows of ``frame``."""
-    text = frame[roles.time].astype("string")
+def clean(
+    frame: pd.DataFrame, roles: Roles, max_gap: int, rejected: Sequence[Rejected] = ()
+) -> Cleaned:
+    """Apply the module's rules to the source rows of ``frame`` (indexed by their line in
+    the file, as :func:`.frame.read_source` gives them); ``rejected``: the rows the reading
+    quarantined (rule 0), reported with the others."""
+    lines = frame.index.to_numpy()
+    text = frame[roles.time].astype("string").reset_index(drop=True)
     times = parse_times(frame[roles.time]).reset_index(drop=True)
-    keep, problems, reasons = _quarantine_times(text.reset_index(drop=True), times)
+    keep, problems, reasons = _quarantine_times(text, times, lines)
+    problems += [Problem(r.line, "", r.reason) for r in rejected]
+    reasons[MALFORMED] = len(rejected)
     channels = []
     non_numeric, missing_values = {}, {}
     for name in roles.channels:
@@ -238,8 +252,8 @@ def clean(frame: pd.DataFrame, roles: Roles, max_gap: int) -> Cleaned:
     if len(kept) < 3:
         raise DataError(
             f"only {len(kept)} rows with a usable, unique timestamp in {roles.time!r} "
-            f"({len(frame)} rows; {len(problems)} quarantined, see quarantine.csv): a series "
-            "needs many more"
+            f"({len(frame) + len(rejected)} rows; {len(problems)} quarantined, see "
+            "quarantine.csv): a series needs many more"
         )
     order = kept[np.argsort(times.to_numpy()[kept], kind="stable")]
     t_sorted = pd.DatetimeIndex(times.to_numpy()[order])
@@ -264,7 +278,7 @@ def clean(frame: pd.DataFrame, roles: Roles, max_gap: int) -> Cleaned:
         if taken[p]:
             problems.append(
                 Problem(
-                    int(row) + 2,
+                    int(lines[row]),
                     str(text.iloc[row]),
                     f"{IRREGULAR} {t_sorted[r].isoformat()}: its nearest "
                     f"step {grid[p].isoformat()} already has a row",
@@ -277,7 +291,7 @@ def clean(frame: pd.DataFrame, roles: Roles, max_gap: int) -> Cleaned:
         moved += int(not exact[r])
     values, interpolated, gaps = fill_gaps(raw, max_gap)
     counts = {
-        "rows": len(frame),
+        "rows": len(frame) + len(rejected),
         "steps": len(grid),
         "quarantined": {k: int(v) for k, v in sorted(reasons.items()) if v},
         "non_numeric": non_numeric,

@@ -27,6 +27,7 @@ import pandas as pd
 
 from reprotrain.config_kinds import ColumnsConfig
 from reprotrain.errors import ConfigError, DataError
+from reprotrain.tables import reading
 
 log = logging.getLogger(__name__)
 
@@ -73,26 +74,75 @@ def find_source(raw_dir: Path) -> Path:
     return files[0]
 
 
-def read_source(path: Path) -> pd.DataFrame:
+#: The quarantine reason of a row that cannot be split into the header's fields (a wrong
+#: field count, an unclosed quote, bytes that are not UTF-8).
+MALFORMED = "malformed row"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A source row quarantined before any column is looked at: its line (header = 1) and
+    why, with an excerpt of it."""
+
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source file's usable rows, indexed by their line in the file (the header is line
+    1; a quoted field may span lines), and the rows it quarantined as :data:`MALFORMED`."""
+
+    frame: pd.DataFrame
+    rejected: tuple[Rejected, ...] = ()
+
+
+def read_source(path: Path) -> Source:
     """Every column as text (CSV/TSV) or as stored (Parquet): parsing is :mod:`clean`'s, so
-    that a bad value is counted, not turned into an exception or a silent NaN here."""
-    name = path.name.lower()
+    that a bad value is counted, not turned into an exception or a silent NaN here.
+
+    CSV and TSV rows are split by the table kind's reader (:mod:`reprotrain.tables.reading`,
+    the csv module): a row whose field count is not the header's is quarantined with its
+    line, the rest used (pandas would fail the whole file on one extra field, and pad a
+    short row with NaN silently)."""
+    path = Path(path)
+    if not reading.is_parquet(path):
+        return _read_text(path)
     try:
-        if name.endswith((".parquet", ".pq")):
-            return pd.read_parquet(path)
-        sep = "\t" if name.endswith(".tsv") else ","
-        # utf-8-sig: a BOM (spreadsheet exports) is not part of the first column's name
-        return pd.read_csv(
-            path,
-            sep=sep,
-            dtype=str,
-            keep_default_na=False,
-            skipinitialspace=True,
-            encoding="utf-8-sig",
-        )
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read it as a table ({first})") from None
+    frame.index = pd.RangeIndex(2, len(frame) + 2)
+    return Source(frame)
+
+
+def _read_text(path: Path) -> Source:
+    names = _deduplicated(reading.header(path))
+    lines: list[int] = []
+    cells: list[tuple[str, ...]] = []
+    rejected: list[Rejected] = []
+    for chunk in reading.iter_chunks(path):
+        for row in chunk:
+            if row.cells is None:
+                excerpt = f": {row.excerpt!r}" if row.excerpt else ""
+                rejected.append(Rejected(row.line, f"{MALFORMED}: {row.problem}{excerpt}"))
+            else:
+                lines.append(row.line)
+                cells.append(row.cells)
+    frame = pd.DataFrame(cells, columns=names, index=pd.Index(lines, dtype="int64"), dtype=str)
+    return Source(frame, tuple(rejected))
+
+
+def _deduplicated(names: list[str]) -> list[str]:
+    """A repeated column name gets ``.1``, ``.2``, … (as pandas names them)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        n = seen.get(name, 0)
+        seen[name] = n + 1
+        out.append(name if n == 0 else f"{name}.{n}")
+    return out
 
 
 def numeric_share(col: pd.Series) -> float:

@@ -26,7 +26,7 @@ from reprotrain.data import tfrecords
 from reprotrain.errors import DataError
 from reprotrain.series import cuts as cutting
 from reprotrain.series.clean import Cleaned, clean
-from reprotrain.series.frame import Roles, find_source, infer_roles, read_source
+from reprotrain.series.frame import Rejected, Roles, find_source, infer_roles, read_source
 from reprotrain.series.windows import (
     INTERPOLATED,
     PERIOD,
@@ -183,6 +183,16 @@ def _report(stats: dict[str, Any], out_dir: Path) -> None:
         log.info("prepare: cuts: %s", changed["note"])
 
 
+def _no_rows(source: Path, rejected: tuple[Rejected, ...]) -> str:
+    if not rejected:
+        return f"{source}: no rows (a series needs one row per time step)"
+    first = rejected[0]
+    return (
+        f"{source}: no usable row, all {len(rejected)} are malformed (line {first.line}: "
+        f"{first.reason}); check the delimiter and the header row"
+    )
+
+
 @timed("data")
 def prepare(
     raw_dir: Path,
@@ -195,11 +205,11 @@ def prepare(
     update the cuts ledger ``cuts_file`` (None: cut from scratch, record nothing). Returns
     the stats written as ``stats.json``."""
     source = find_source(Path(raw_dir))
-    frame = read_source(source)
-    if frame.empty:
-        raise DataError(f"{source}: no rows (a series needs one row per time step)")
-    roles = infer_roles(frame, columns)
-    cleaned = clean(frame, roles, cfg.max_gap)
+    read = read_source(source)
+    if read.frame.empty:
+        raise DataError(_no_rows(source, read.rejected))
+    roles = infer_roles(read.frame, columns)
+    cleaned = clean(read.frame, roles, cfg.max_gap, read.rejected)
     previous = cutting.read_ledger(cuts_file) if cuts_file is not None else None
     decision = cutting.decide(
         previous,
