@@ -21,7 +21,6 @@ from reprotrain import dag, paths, runtime, tracking
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
 from reprotrain.data import tfrecords
-from reprotrain.fsio import atomic_write_json
 from reprotrain.serving import export, samples
 
 STAGE = "export"
@@ -58,15 +57,7 @@ def main() -> int:
         with tracking.stage_run(
             SPEC, params, Path.cwd(), environment=runtime.environment_info(info)
         ) as run:
-            report = job.verify(test_images, test_labels)
-            atomic_write_json(paths.EXPORT_METRICS, report)
-            run.log_metrics(export.flat_metrics(report))
-            run.set_tags(
-                {"reprotrain.export.shipped": ",".join(export.shipped_formats(report)) or "none"}
-            )
-            run.log_artifact(paths.EXPORT_METRICS)
-            for name, row in export.shipped_formats(report).items():
-                run.log_artifact(Path(row["path"]), artifact_path=f"export/{name}")
+            export.publish(run, job.verify(test_images, test_labels), paths.EXPORT_METRICS)
     return 0
 
 

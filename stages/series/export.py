@@ -15,10 +15,9 @@ from pathlib import Path
 from reprotrain import dag, paths, runtime, tracking
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
-from reprotrain.fsio import atomic_write_json
 from reprotrain.series import export, windows
 from reprotrain.series import model as series_model
-from reprotrain.serving.export import flat_metrics, shipped_formats
+from reprotrain.serving.export import publish
 
 SPEC = dag.stage("export", "series")
 
@@ -43,13 +42,7 @@ def main() -> int:
             max_diff=params.series.export_max_diff,
             latency_samples=params.export.latency_samples,
         )
-        atomic_write_json(paths.EXPORT_METRICS, report)
-        run.log_metrics(flat_metrics(report))
-        shipped = shipped_formats(report)
-        run.set_tags({"reprotrain.export.shipped": ",".join(shipped) or "none"})
-        run.log_artifact(paths.EXPORT_METRICS)
-        for name, row in shipped.items():
-            run.log_artifact(Path(row["path"]), artifact_path=f"export/{name}")
+        publish(run, report, paths.EXPORT_METRICS)
     return 0
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from reprotrain import dag, paths, runtime, tracking
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
-from reprotrain.fsio import atomic_write_json
 from reprotrain.serving import export
 from reprotrain.tables import export as table_export
 from reprotrain.tables import inference
@@ -48,13 +47,7 @@ def main() -> int:
             (test.inputs, test.y),
             params.export,
         )
-        atomic_write_json(paths.EXPORT_METRICS, report)
-        run.log_metrics(export.flat_metrics(report))
-        shipped = export.shipped_formats(report)
-        run.set_tags({"reprotrain.export.shipped": ",".join(shipped) or "none"})
-        run.log_artifact(paths.EXPORT_METRICS)
-        for name, row in shipped.items():
-            run.log_artifact(Path(row["path"]), artifact_path=f"export/{name}")
+        export.publish(run, report, paths.EXPORT_METRICS)
     return 0
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from reprotrain.config import ExportConfig
-from reprotrain.fsio import atomic_write_bytes
+from reprotrain.fsio import atomic_write_bytes, atomic_write_json
 from reprotrain.serving.conversion_process import Conversions
 from reprotrain.serving.converters import export_saved_model
 from reprotrain.serving.formats import FILENAMES, KERAS_FORMATS, SAVED_MODEL
@@ -202,3 +202,16 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
         if key in keras_row:
             out[f"export.keras.{key}"] = float(keras_row[key])
     return out
+
+
+def publish(run: Any, report: dict[str, Any], metrics_file: Path) -> None:
+    """Write the report to ``metrics_file`` and give it to the stage's MLflow ``run``: its
+    numbers as metrics, the shipped formats as a tag, the report and each shipped format's
+    files as artifacts (``export/<format>``). Every kind's export stage ends with this."""
+    atomic_write_json(metrics_file, report)
+    run.log_metrics(flat_metrics(report))
+    shipped = shipped_formats(report)
+    run.set_tags({"reprotrain.export.shipped": ",".join(shipped) or "none"})
+    run.log_artifact(metrics_file)
+    for name, row in shipped.items():
+        run.log_artifact(Path(row["path"]), artifact_path=f"export/{name}")
