@@ -33,6 +33,7 @@ from reprotrain.reports.figures import (
     plot_grad_cam,
     plot_reliability,
 )
+from reprotrain.reports.markdown import reproduce_section, table
 
 #: Also importable from here (the card's statistics and figures, as callers used them).
 __all__ = [
@@ -85,12 +86,6 @@ def _ci(lo_hi: tuple[float, float]) -> str:
     return f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines
-
-
 def _param(params: Mapping[str, Any], dotted: str) -> Any:
     node: Any = params
     for part in dotted.split("."):
@@ -134,7 +129,7 @@ def render_card(card: CardData) -> str:  # noqa: PLR0915  (the card's sections, 
         "",
     ]
     splits = card.stats.get("splits", {})
-    out += _table(
+    out += table(
         ["split", *card.labels, "total"],
         [
             [s, *(splits[s].get("classes", {}).get(c, 0) for c in card.labels), splits[s]["total"]]
@@ -143,7 +138,7 @@ def render_card(card: CardData) -> str:  # noqa: PLR0915  (the card's sections, 
         ],
     )
     out += ["", "## Training", ""]
-    out += _table(
+    out += table(
         ["setting", "value"],
         [
             [
@@ -186,7 +181,7 @@ def render_card(card: CardData) -> str:  # noqa: PLR0915  (the card's sections, 
         ["log loss", _pct(m.get("loss")), ""],
         ["ECE (calibration error)", _pct(m.get("ece")), ""],
     ]
-    out += _table(["metric", "value", "95% interval"], rows)
+    out += table(["metric", "value", "95% interval"], rows)
     out += ["", "Per class (recall interval: Wilson over the class's test images):", ""]
     per_class = m.get("per_class", {})
     rows = []
@@ -204,10 +199,10 @@ def render_card(card: CardData) -> str:  # noqa: PLR0915  (the card's sections, 
                 pc.get("support", support),
             ]
         )
-    out += _table(["class", "precision", "recall", "recall 95%", "F1", "support"], rows)
+    out += table(["class", "precision", "recall", "recall 95%", "F1", "support"], rows)
     out += ["", "Confusion matrix (rows: actual, columns: predicted):", ""]
     cm = confusion_matrix(y_true, y_pred, k)
-    out += _table(
+    out += table(
         ["actual \\ predicted", *card.labels],
         [[name, *cm[i].tolist()] for i, name in enumerate(card.labels)],
     )
@@ -232,7 +227,7 @@ def render_card(card: CardData) -> str:  # noqa: PLR0915  (the card's sections, 
     out += ["", "## Promotion gate", ""]
     if card.promotion:
         p = card.promotion
-        out += _table(
+        out += table(
             ["", "value"],
             [
                 ["decision", "promoted" if p.get("promoted") else "not promoted"],
@@ -291,20 +286,13 @@ def render_card(card: CardData) -> str:  # noqa: PLR0915  (the card's sections, 
             ]
             for name, r in formats.items()
         ]
-        out += _table(["format", "accuracy", "agreement", "size", "latency/image", "shipped"], rows)
+        out += table(["format", "accuracy", "agreement", "size", "latency/image", "shipped"], rows)
     else:
         out += ["No export report (metrics/export.json missing)."]
 
     out += [
         "",
-        "## Reproduce",
-        "",
-        f"MLflow run: `{card.run_id}`",
-        "",
-        "```",
-        card.reproduce,
-        "```",
-        "",
+        *reproduce_section(card.run_id, card.reproduce),
     ]
     return "\n".join(out)
 
@@ -322,7 +310,7 @@ def finetune_paragraph(gain: Mapping[str, Any] | None) -> list[str]:
     t = gain["mcnemar"]
     line = str(gain["summary"])
     out += [line[:1].upper() + line[1:], ""]
-    out += _table(
+    out += table(
         ["model", "test accuracy", "95% interval"],
         [
             ["head only", _pct(gain["head_accuracy"]), _ci(tuple(gain["head_ci"])) + " Wilson"],

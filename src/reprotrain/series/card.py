@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reprotrain import fsio
+from reprotrain.reports.markdown import reproduce_section, table
 
 FIGURES_DIR = "model_card"
 
@@ -41,12 +42,6 @@ def _f(x: Any, digits: int = 4) -> str:
     return "n/a" if x is None else f"{float(x):.{digits}g}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines
-
-
 def _accuracy(report: Mapping[str, Any]) -> list[str]:
     rows = [("**model**", *(_f(report[k]) for k in ("mae", "rmse", "mase", "smape")))]
     for name, fig in report["baselines"].items():
@@ -61,7 +56,7 @@ def _accuracy(report: Mapping[str, Any]) -> list[str]:
         f"train period (season {report['mase_season']}, scale {_f(report['mase_scale'])}): the "
         f"model {verdict} the seasonal-naive forecast (MASE {_f(report['mase'])}).",
         "",
-        *_table(("", "MAE", "RMSE", "MASE", "sMAPE %"), rows),
+        *table(("", "MAE", "RMSE", "MASE", "sMAPE %"), rows),
         "",
         "MAE by horizon step: " + ", ".join(_f(x, 3) for x in report["by_step"]["mae"]) + ".",
         "",
@@ -87,7 +82,7 @@ def _intervals(report: Mapping[str, Any]) -> list[str]:
         "Split-conformal on the val period (per step, the finite-sample-corrected quantile of "
         "|residual|); coverage measured on the test period.",
         "",
-        *_table(("nominal", "test coverage", "half-width step 1 … last", "val windows"), rows),
+        *table(("nominal", "test coverage", "half-width step 1 … last", "val windows"), rows),
         "",
     ]
 
@@ -120,7 +115,7 @@ def _exports(export: Mapping[str, Any] | None) -> list[str]:
     return [
         "## Exports",
         "",
-        *_table(("format", "ships", "max |Δ| vs Keras", "MAE ratio", "size", "latency ms"), rows),
+        *table(("format", "ships", "max |Δ| vs Keras", "MAE ratio", "size", "latency ms"), rows),
         "",
     ]
 
@@ -145,7 +140,7 @@ def render(card: SeriesCard) -> str:
         lines += ["## Figures", ""]
         lines += [f"![{f.stem}]({FIGURES_DIR}/{f.name})" for f in card.figures]
         lines.append("")
-    lines += [f"Reproduce: `python -m reprotrain reproduce {card.run_id}`", ""]
+    lines += reproduce_section(card.run_id, f"python -m reprotrain reproduce {card.run_id}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reprotrain.fsio import atomic_path
+from reprotrain.reports.markdown import reproduce_section, table
 
 
 @dataclass
@@ -47,15 +48,6 @@ def _num(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    def cell(c: Any) -> str:
-        return str(c).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
 def _schema_section(card: TableCard) -> list[str]:
     s = card.schema
     rows = [
@@ -75,7 +67,7 @@ def _schema_section(card: TableCard) -> list[str]:
         "The model takes the raw columns (a dict keyed by column name; preprocessing inside "
         "it, adapted on the train split only):",
         "",
-        *_table(["role", "columns"], rows),
+        *table(["role", "columns"], rows),
     ]
 
 
@@ -83,14 +75,14 @@ def _metrics_section(card: TableCard) -> list[str]:
     m = card.metrics
     keys = ["accuracy", "loss", "macro_f1", "weighted_f1", "roc_auc", "average_precision", "ece"]
     keys += [k for k in m if k.startswith("top_")]
-    out = ["## Test metrics", "", *_table(["metric", "value"], [[k, _num(m.get(k))] for k in keys])]
+    out = ["## Test metrics", "", *table(["metric", "value"], [[k, _num(m.get(k))] for k in keys])]
     per_class = m.get("per_class") or {}
     if per_class:
         rows = [
             [name, _num(r["precision"]), _num(r["recall"]), _num(r["f1"]), r["support"]]
             for name, r in per_class.items()
         ]
-        out += ["", *_table(["class", "precision", "recall", "f1", "support"], rows)]
+        out += ["", *table(["class", "precision", "recall", "f1", "support"], rows)]
     return out
 
 
@@ -103,7 +95,7 @@ def _gain_section(card: TableCard) -> list[str]:
         *out,
         g["summary"] + ".",
         "",
-        *_table(
+        *table(
             ["model", "test accuracy", "95% interval"],
             [
                 ["classical baseline", _num(g["baseline_accuracy"]), _ci(g["baseline_ci"])],
@@ -128,7 +120,7 @@ def _importance_section(card: TableCard) -> list[str]:
     if not card.importance:
         return [*out, "Not measured."]
     rows = [[r["column"], r["role"], f"{r['drop']:+.4f} ± {r['std']:.4f}"] for r in card.importance]
-    return [*out, *_table(["column", "role", "accuracy drop"], rows)]
+    return [*out, *table(["column", "role", "accuracy drop"], rows)]
 
 
 def _worst_section(card: TableCard) -> list[str]:
@@ -136,7 +128,7 @@ def _worst_section(card: TableCard) -> list[str]:
     if not card.worst:
         return [*out[:2], "None: every test row was classified correctly."]
     header = list(card.worst[0])
-    return [*out, *_table(header, [[_num(r.get(h)) for h in header] for r in card.worst])]
+    return [*out, *table(header, [[_num(r.get(h)) for h in header] for r in card.worst])]
 
 
 def _gate_section(card: TableCard) -> list[str]:
@@ -158,7 +150,7 @@ def _gate_section(card: TableCard) -> list[str]:
         ["comparable", p.get("comparable")],
         ["reason", p.get("reason", "")],
     ]
-    return [*out, *_table(["", "value"], rows)]
+    return [*out, *table(["", "value"], rows)]
 
 
 def _export_section(card: TableCard) -> list[str]:
@@ -175,7 +167,7 @@ def _export_section(card: TableCard) -> list[str]:
         ]
         for name, r in formats.items()
     ]
-    return [*out, *_table(["format", "accuracy", "agreement", "shipped"], rows)]
+    return [*out, *table(["format", "accuracy", "agreement", "shipped"], rows)]
 
 
 def render_card(card: TableCard) -> str:
@@ -203,14 +195,7 @@ def render_card(card: TableCard) -> str:
     ):
         lines += [*section(card), ""]
     lines += [
-        "## Reproduce",
-        "",
-        f"MLflow run: `{card.run_id}`",
-        "",
-        "```",
-        card.reproduce,
-        "```",
-        "",
+        *reproduce_section(card.run_id, card.reproduce),
     ]
     return "\n".join(lines)
 
