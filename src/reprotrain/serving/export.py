@@ -48,7 +48,7 @@ from reprotrain.serving.verdict import (
 )
 from reprotrain.timing import timed
 
-__all__ = ["ModelExport", "export_and_verify", "flat_metrics", "shipped_formats"]
+__all__ = ["ModelExport", "export_and_verify", "flat_metrics", "publish", "shipped_formats"]
 
 logger = logging.getLogger(__name__)
 
