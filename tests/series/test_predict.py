@@ -4,7 +4,10 @@ model's name."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import pytest
 from reprotrain.commands import predict as image_predict
 from reprotrain.series import model as series_model
 from reprotrain.series import predict, serving
+from tests.conftest import run
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +72,32 @@ def test_exit_codes(model_file: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         predict.main([str(model_file)])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_as_a_process_csv_json_and_a_short_history(model_file: Path, tmp_path: Path) -> None:
+    """``python -m reprotrain predict`` as a user runs it: the module entry point, the
+    dispatch by the model's name, the output written and the exit code, in a real process
+    (the in-process tests above cannot see a traceback printed or an exit code lost)."""
+    history = _csv(tmp_path)
+    cmd = [sys.executable, "-m", "reprotrain", "predict", str(model_file)]
+    as_csv = run([*cmd, str(history)], tmp_path)
+    out = pd.read_csv(io.StringIO(as_csv.stdout))
+    assert list(out.columns) == ["step", "time", "forecast", "lower_95", "upper_95"]
+    assert out["step"].tolist() == [1, 2]
+    assert out["time"].tolist() == ["2024-03-05T00:00:00", "2024-03-06T00:00:00"]
+    assert (out["lower_95"] <= out["forecast"]).all() and (out["forecast"] <= out["upper_95"]).all()
+    target = tmp_path / "out.json"
+    as_json = run([*cmd, str(history), "--format", "json", "-o", str(target)], tmp_path)
+    assert as_json.stdout == ""
+    doc = json.loads(target.read_text())
+    assert doc["model"] == "series_gru" and [r["step"] for r in doc["forecast"]] == [1, 2]
+    np.testing.assert_allclose([r["forecast"] for r in doc["forecast"]], out["forecast"], rtol=1e-6)
+
+    short = run([*cmd, str(_csv(tmp_path, 3))], tmp_path, check=False)
+    assert short.returncode == 1 and short.stdout == ""
+    assert "Traceback" not in short.stderr
+    # besides INFO log lines (the timing summary), the reason in one line
+    lines = [x for x in short.stderr.splitlines() if not re.match(r"[\d:]+ INFO ", x)]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "has 3 rows; the model needs the last 5" in lines[0]
