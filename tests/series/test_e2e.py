@@ -256,6 +256,48 @@ def test_second_run_meets_the_champion_in_the_paired_gate(
         assert ("champion v1" in p["reason"]) and p["promoted"] == (p["alias"] == "champion")
 
 
+def test_a_champion_with_another_horizon_is_not_comparable(
+    project: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real champion in the project's SQLite registry that forecasts another horizon (the
+    current champion's model, registered again with the horizon it would have under
+    ``series.horizon: 8``: what evaluate reads is the version's tags), then the real evaluate
+    stage script: "not comparable", naming that version, registered without an alias, and
+    the registry's aliases as they were. The alias is given back afterwards."""
+    from reprotrain import tracking
+    from reprotrain.tracking.tags import VTAG_INPUTS, VTAG_KIND
+
+    proj = project["root"]
+    # create_model_version resolves the models:/m-... source through the default client
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.default_uri(proj))
+    client = project_client(proj)
+    previous = dict(client.get_registered_model(NAME).aliases)
+    template = max(client.search_model_versions(f"name='{NAME}'"), key=lambda v: int(v.version))
+    inputs = {**json.loads(template.tags[VTAG_INPUTS]), "horizon": 2 * HORIZON}
+    other = client.create_model_version(
+        NAME,
+        template.source,
+        run_id=template.run_id,
+        tags={VTAG_KIND: "series", VTAG_INPUTS: json.dumps(inputs, sort_keys=True)},
+    )
+    client.set_registered_model_alias(NAME, "champion", other.version)
+    before = dict(client.get_registered_model(NAME).aliases)
+    try:
+        proc = run([sys.executable, "stages/series/evaluate.py"], proj, project["env"])
+        assert "Traceback" not in proc.stderr
+        p = _json(proj / "metrics" / "promotion.json")
+        assert p["comparable"] is False and p["promoted"] is False and p["alias"] is None
+        assert p["champion_version"] == int(other.version)
+        assert p["reason"].startswith(f"not comparable: champion v{other.version} takes other")
+        assert f'"horizon": {2 * HORIZON}' in p["reason"]
+        assert p["version"] == int(other.version) + 1
+        assert dict(client.get_registered_model(NAME).aliases) == before
+        assert client.get_model_version(NAME, str(p["version"])).aliases == []
+    finally:
+        for alias, version in previous.items():
+            client.set_registered_model_alias(NAME, alias, version)
+
+
 def test_nothing_crashed_and_stages_ran(project: dict[str, Any]) -> None:
     out = project["first"].stdout + project["first"].stderr
     for stage in ("prepare", "train", "export", "evaluate"):
