@@ -18,73 +18,22 @@ import logging
 from reprotrain import paths
 from reprotrain.cli import run_main
 from reprotrain.config import load_params
-from reprotrain.data.fetch import SnapshotState, fetch
-from reprotrain.data.origin import ArchiveLimits
-from reprotrain.data.quarantine import FETCH_REPORT
+from reprotrain.data.fetch import SnapshotState, fetch_source, quarantine_note, summary
 
 log = logging.getLogger("reprotrain.stages.fetch")
 
 #: fetch's record of each snapshotted file's source stamp (size, mtime, inode, ctime): not
 #: data, so outside data/raw, beside the digest cache.
 SYNC_STATE = paths.RAW_DIGEST_CACHE.with_name("raw-sources.json")
-#: Quarantined entries shown in the log (all of them are in the report).
-SHOWN = 10
 
 
 def main() -> int:
-    params = load_params()
-    data = params.data
-    limits = ArchiveLimits(
-        max_gb=data.archive_max_gb,
-        max_ratio=data.archive_max_ratio,
-        max_members=data.archive_max_members,
-    )
-    if data.kind != "images":
-        from reprotrain.data.file_fetch import fetch_file
-
-        result = fetch_file(
-            data.source, paths.RAW_DIR, mirror=data.mirror, sha256=data.sha256, limits=limits
-        )
-        log.info(
-            "fetch: %s source %s → %s (%s), digest %s",
-            data.kind,
-            result.origin,
-            paths.RAW_DIR,
-            "unchanged" if result.unchanged else "copied",
-            result.digest,
-        )
-        return 0
-    result = fetch(
-        data.source,
-        paths.RAW_DIR,
-        mirror=data.mirror,
-        sha256=data.sha256,
-        state=SnapshotState(digest_cache=paths.RAW_DIGEST_CACHE, sync_state=SYNC_STATE),
-        limits=limits,
-    )
-    log.info(
-        "fetch: %s source %s → %s: %d files (%d copied, %d unchanged, %d removed), digest %s",
-        result.kind,
-        result.origin,
-        paths.RAW_DIR,
-        result.files,
-        result.copied,
-        result.unchanged,
-        result.removed,
-        result.digest,
-    )
-    if result.quarantined:
-        shown = "\n".join(f"  {q.path}: {q.reason}" for q in result.quarantined[:SHOWN])
-        more = len(result.quarantined) - SHOWN
-        log.warning(
-            "fetch left out %d entr%s of the source, listed in %s (prepare quarantines them):"
-            "\n%s%s",
-            len(result.quarantined),
-            "y" if len(result.quarantined) == 1 else "ies",
-            paths.RAW_DIR / FETCH_REPORT,
-            shown,
-            f"\n  ... and {more} more" if more > 0 else "",
-        )
+    data = load_params().data
+    state = SnapshotState(digest_cache=paths.RAW_DIGEST_CACHE, sync_state=SYNC_STATE)
+    result = fetch_source(data, paths.RAW_DIR, state)
+    log.info("%s", summary(result, data.kind, paths.RAW_DIR))
+    if note := quarantine_note(result, paths.RAW_DIR):  # what the source brought, left out
+        log.warning("%s", note)
     return 0
 
 

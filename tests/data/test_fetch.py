@@ -364,3 +364,30 @@ def test_a_fetch_killed_mid_sync_leaves_the_old_snapshot_whole(tmp_path: Path) -
     new = fetch(str(src), raw)
     assert new.copied == n and new.digest == tree_digest(src)
     assert not list(raw.parent.glob(".raw.tmp-*"))  # the killed run's staging is gone
+
+
+def test_summary_and_quarantine_note_say_what_was_snapshotted() -> None:
+    """The stage's log lines: a file kind's one file, an image tree's counts, and the
+    left-out entries (the first SHOWN, then how many more)."""
+    from reprotrain.data.fetch import SHOWN, FetchResult, quarantine_note, summary
+    from reprotrain.data.quarantine import Quarantined
+
+    raw = Path("data/raw")
+    one = FetchResult("url", "/m/t.csv", 1, 0, 0, "d1", unchanged=1)
+    assert (
+        summary(one, "table", raw)
+        == "fetch: table source /m/t.csv → data/raw (unchanged), digest d1"
+    )
+    assert quarantine_note(one, raw) is None
+    left = tuple(Quarantined(f"cats/{i}.jpg", "a link") for i in range(SHOWN + 2))
+    tree = FetchResult("directory", "/src", 9, 4, 1, "d2", unchanged=5, quarantined=left)
+    assert summary(tree, "images", raw) == (
+        "fetch: directory source /src → data/raw: 9 files (4 copied, 5 unchanged, 1 removed), "
+        "digest d2"
+    )
+    note = quarantine_note(tree, raw)
+    assert note.startswith(
+        f"fetch left out {SHOWN + 2} entries of the source, listed in "
+        "data/raw/.fetch-quarantine.csv (prepare quarantines them):\n  cats/0.jpg: a link\n"
+    )
+    assert note.count("a link") == SHOWN and note.endswith("\n  ... and 2 more")

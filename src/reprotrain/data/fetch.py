@@ -26,6 +26,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reprotrain.data.csv_source import snapshot_manifest
 from reprotrain.data.listing import Listing, check_no_empty_dirs, list_files, walk
@@ -36,15 +37,29 @@ from reprotrain.data.origin import (
     resolve_origin,
     source_kind,
 )
-from reprotrain.data.quarantine import Quarantined
+from reprotrain.data.quarantine import FETCH_REPORT, Quarantined
 from reprotrain.data.sync import read_stamps, sync_tree
 from reprotrain.errors import DataError
 from reprotrain.fsio import atomic_write_json, file_sha256
 from reprotrain.timing import timed
 
+if TYPE_CHECKING:
+    from reprotrain.config import DataConfig
+
 log = logging.getLogger(__name__)
 
-__all__ = ["FetchResult", "SnapshotState", "fetch", "tree_digest"]
+__all__ = [
+    "FetchResult",
+    "SnapshotState",
+    "fetch",
+    "fetch_source",
+    "quarantine_note",
+    "summary",
+    "tree_digest",
+]
+
+#: Quarantined entries :func:`quarantine_note` shows (all of them are in the report).
+SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -173,6 +188,51 @@ def fetch(
         digest,
         counts.unchanged,
         counts.quarantined,
+    )
+
+
+def fetch_source(data: DataConfig, dst: Path, state: SnapshotState) -> FetchResult:
+    """The fetch stage: ``data.source`` snapshotted into ``dst`` as ``data.kind`` needs it
+    (an image tree, :func:`fetch`; one table or series file,
+    :func:`reprotrain.data.file_fetch.fetch_file`), within ``data.archive_max_*``."""
+    limits = ArchiveLimits(
+        max_gb=data.archive_max_gb,
+        max_ratio=data.archive_max_ratio,
+        max_members=data.archive_max_members,
+    )
+    if data.kind != "images":
+        from reprotrain.data.file_fetch import fetch_file  # it imports this module
+
+        return fetch_file(data.source, dst, mirror=data.mirror, sha256=data.sha256, limits=limits)
+    return fetch(
+        data.source, dst, mirror=data.mirror, sha256=data.sha256, state=state, limits=limits
+    )
+
+
+def summary(result: FetchResult, data_kind: str, dst: Path) -> str:
+    """The stage's one line on what was snapshotted (a file kind's file, or the tree)."""
+    if data_kind != "images":
+        how = "unchanged" if result.unchanged else "copied"
+        return f"fetch: {data_kind} source {result.origin} → {dst} ({how}), digest {result.digest}"
+    return (
+        f"fetch: {result.kind} source {result.origin} → {dst}: {result.files} files "
+        f"({result.copied} copied, {result.unchanged} unchanged, {result.removed} removed), "
+        f"digest {result.digest}"
+    )
+
+
+def quarantine_note(result: FetchResult, dst: Path, shown: int = SHOWN) -> str | None:
+    """The warning on what the source brought that was left out (the first ``shown``; the
+    report in ``dst`` lists them all); None when nothing was."""
+    left_out = result.quarantined
+    if not left_out:
+        return None
+    lines = "\n".join(f"  {q.path}: {q.reason}" for q in left_out[:shown])
+    more = len(left_out) - shown
+    return (
+        f"fetch left out {len(left_out)} entr{'y' if len(left_out) == 1 else 'ies'} of the "
+        f"source, listed in {dst / FETCH_REPORT} (prepare quarantines them):\n{lines}"
+        + (f"\n  ... and {more} more" if more > 0 else "")
     )
 
 

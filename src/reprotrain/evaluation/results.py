@@ -1,7 +1,8 @@
 """What evaluate writes for people and for DVC: ``metrics/evaluate.json`` (the fine-tuned
 model's metrics at the top level, the head's and the baseline's beside them), the plot CSVs
 and PNGs, per-class recall by model and one prediction row per test image; and what the
-model card is made of (:func:`card_fields`), gathered from the same scores."""
+model card is made of (:func:`card_fields`), gathered from the same scores
+(:func:`score_models`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from reprotrain.evaluation import compare, gain, plots
 from reprotrain.evaluation.metrics import plot_inputs
 from reprotrain.evaluation.predictions import SplitPredictions
 from reprotrain.evaluation.rows import prediction_rows
+from reprotrain.evaluation.scoring import ModelScorer
 from reprotrain.evaluation.testset import TestSet
 from reprotrain.fsio import atomic_write_json
 
@@ -22,6 +24,20 @@ from reprotrain.fsio import atomic_write_json
 Scores = Mapping[str, tuple[dict[str, Any], SplitPredictions]]
 #: The training histories evaluate reads (the timeline plot, the card's epochs), by stage.
 HISTORIES = (("train_head", paths.HEAD_HISTORY), ("finetune", paths.FINETUNED_HISTORY))
+#: The PNGs (the DVC plots' CSVs are in ``paths.PLOTS_DIR``; MLflow shows these as images).
+IMAGES_DIR = paths.PLOTS_DIR / "images"
+
+
+def score_models(scorer: ModelScorer, finetuned: Any, params: Params) -> Scores:
+    """The candidate (the fine-tuned model, already loaded: the card reads it), the head and
+    the from-scratch baseline on the test split, in that order."""
+    return {
+        "finetuned": scorer.evaluate(
+            paths.FINETUNED_MODEL, model=finetuned, worst_k=params.evaluate.worst_examples
+        ),
+        "head": scorer.evaluate(paths.HEAD_MODEL, image_size=params.model.image_size),
+        "baseline": scorer.evaluate(paths.BASELINE_MODEL, image_size=params.baseline.image_size),
+    }
 
 
 def metrics_report(scores: Scores) -> dict[str, Any]:
@@ -40,11 +56,11 @@ def metrics_report(scores: Scores) -> dict[str, Any]:
 def write_results(
     scores: Scores,
     labels: Sequence[str],
-    histories: Sequence[tuple[str, Path]],
     *,
     metrics_file: Path,
-    plots_dir: Path,
-    images_dir: Path,
+    histories: Sequence[tuple[str, Path]] = HISTORIES,
+    plots_dir: Path = paths.PLOTS_DIR,
+    images_dir: Path = IMAGES_DIR,
 ) -> dict[str, Any]:
     """Write every evaluation output; returns the metrics report."""
     report = metrics_report(scores)

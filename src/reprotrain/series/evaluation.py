@@ -12,13 +12,18 @@ stage stops with the fix.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from reprotrain.config import Params, to_dict
 from reprotrain.errors import DataError
 from reprotrain.series import baselines, conformal, metrics
+
+#: The figures the card shows, in its order (``series.plots.write_plots``' keys).
+CARD_FIGURES = ("forecast", "error_by_step", "residuals")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,21 @@ def test_forecasts(
 def train_values(series: Any, meta: Any) -> np.ndarray:
     """The target over the train period (MASE's in-sample scale)."""
     return series.loc[series["period"] == "train", meta.target].to_numpy(np.float64)
+
+
+def score(
+    test: Any,
+    model_forecasts: np.ndarray,
+    series: Any,
+    meta: Any,
+    season: int,
+    intervals: dict[str, Any],
+) -> tuple[TestForecasts, dict[str, Any]]:
+    """The test windows' forecasts (:func:`test_forecasts`) and the report on them, MASE
+    scaled by the train period's seasonal differences."""
+    scored = test_forecasts(test, model_forecasts, series, meta, season)
+    scale, used = metrics.mase_scale(train_values(series, meta), season)
+    return scored, report(scored, scale, used, intervals)
 
 
 def report(
@@ -141,3 +161,18 @@ def windows_digest(test: Any) -> str:
     h.update(np.ascontiguousarray(test.y, np.float32).tobytes())
     h.update(np.ascontiguousarray(test.times).astype("datetime64[ns]").view(np.int64).tobytes())
     return h.hexdigest()
+
+
+def card_fields(
+    params: Params, promotion: Mapping[str, Any], export: Mapping[str, Any] | None, run_id: str
+) -> dict[str, Any]:
+    """The model card's fields (``series.card.SeriesCard``'s) that come from the params, the
+    registry's decision and the export report rather than from the scores."""
+    return {
+        "registered_model": promotion["registered_model"],
+        "params": to_dict(params)["series"],
+        "promotion": promotion,
+        "export": export,
+        "data_source": params.data.source,
+        "run_id": run_id,
+    }

@@ -16,15 +16,30 @@ next windows' too), so the paired error differences are autocorrelated up to lag
 sums those autocovariances, and HLN's factor with a Student-t reference keeps the test's size
 right on the few dozen windows a test period holds.
 
-Pure: numpy and scipy only, no tracking.
+:func:`decide_promotion` is the whole series decision, pure (numpy, scipy and the shared
+policy of :mod:`reprotrain.evaluation.decision`; no tracking): a champion of another kind,
+window or horizon is not comparable; otherwise the rule above gives a verdict and the policy
+every kind shares (reproduction, DVC experiment, review mode) turns it into the registry's
+move. ``series.promotion`` snapshots the champion, forecasts with it, calls this and applies
+the result with one registry call.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from reprotrain.evaluation.decision import (
+    ChampionSnapshot,
+    Policy,
+    PromotionDecision,
+    apply_policy,
+    comparability_problem,
+    not_comparable,
+)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -114,3 +129,53 @@ def _paired_verdict(
     if ours <= theirs:
         return True, f"no significant difference from {who}; lower or equal error ({figures})"
     return False, f"no significant difference from {who}; higher error ({figures})"
+
+
+@dataclass(frozen=True)
+class Forecaster:
+    """The challenger as the series decision sees it: its test MASE, the scale MASE divides
+    by (so that the champion's errors on the same windows give its MASE), its per-window
+    errors, what it takes (``series.evaluation.inputs_tag``) and its horizon."""
+
+    mase: float
+    mase_scale: float
+    errors: np.ndarray  # [n] mean absolute error per test window
+    inputs: str
+    horizon: int
+
+
+def champion_problem(champion: ChampionSnapshot, challenger: Forecaster) -> str | None:
+    """Why ``champion`` cannot be compared with ``challenger`` (another kind, window or
+    horizon); None when it can, and its forecasts of the same windows are needed."""
+    return comparability_problem(champion, (), 0, "series", challenger.inputs)
+
+
+def decide_promotion(
+    challenger: Forecaster,
+    champion: ChampionSnapshot | None,
+    champion_errors: np.ndarray | None,
+    policy: Policy,
+) -> PromotionDecision:
+    """The registry's next move for the new forecaster. ``champion_errors``: the champion's
+    per-window errors on the challenger's windows, required when it is comparable. The
+    decision's ``champion_accuracy`` is the champion's MASE on those windows."""
+    version = champion.version if champion is not None else None
+    problem = champion_problem(champion, challenger) if champion is not None else None
+    if problem is not None:
+        return not_comparable(problem, version, policy)
+    if champion is not None and champion_errors is None:
+        raise ValueError("the champion must be scored on the same test windows first")
+    champion_mase = None
+    if champion_errors is not None:
+        champion_mase = float(np.asarray(champion_errors).mean() / challenger.mase_scale)
+    stats = decide(
+        challenger.mase,
+        challenger.errors,
+        champion_errors,
+        horizon=challenger.horizon,
+        alpha=policy.rule.alpha,
+        champion_version=version,
+    )
+    stats["champion_mase"] = champion_mase
+    promoted, reason = bool(stats["promoted"]), str(stats["reason"])
+    return apply_policy(stats, promoted, reason, version, champion_mase, policy)

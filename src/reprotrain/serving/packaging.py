@@ -1,14 +1,15 @@
-"""Logging the photo model to MLflow so that it runs where reprotrain is not installed.
+"""Logging a model to MLflow as a pyfunc that runs where reprotrain is not installed.
 
-Why a module of its own: what the served model does (:mod:`reprotrain.serving.pyfunc`) is
-imported inside the serving container; how it is packaged (which modules travel as
-``code_paths``, its signature, its pinned requirements, the warnings MLflow raises about
-choices settled on purpose) runs only in the evaluate stage, which logs it. Nothing here is
-packaged itself.
+Why a module of its own: what a served model does (:mod:`reprotrain.serving.pyfunc`,
+``tables.serving``, ``series.serving``) is imported inside the serving container; how it
+is packaged runs only in the evaluate stage, which logs it. Nothing here is packaged itself.
 
-:func:`log_photo_model` logs the ``.keras`` file and ``labels.json`` as artifacts, the
-normalisation settings and the serving limits as ``model_config`` and the few modules the
-served model imports (:data:`SERVED_MODULES`) as ``code_paths``.
+:func:`log_pyfunc` is the one logger every kind uses: the files and JSON documents as
+artifacts, the few modules the served model imports as ``code_paths``, the signature, the
+pinned requirements, and the warnings MLflow raises about choices settled on purpose
+hidden. A kind says only what differs (:class:`PyfuncModel`); :func:`log_photo_model` is
+the image kind's: the ``.keras`` file and ``labels.json``, the normalisation settings and
+the serving limits as ``model_config``, :data:`SERVED_MODULES` as ``code_paths``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,12 @@ def _package_dir() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def stage_code(dest: Path) -> Path:
-    """Copy :data:`SERVED_MODULES` into ``dest/reprotrain`` (the ``code_paths`` entry)."""
+def stage_code(dest: Path, modules: Sequence[str] = SERVED_MODULES) -> Path:
+    """Copy ``modules`` (relative to the package; default :data:`SERVED_MODULES`) into
+    ``dest/reprotrain``, the ``code_paths`` entry."""
     src = _package_dir()
     out = Path(dest) / "reprotrain"
-    for rel in SERVED_MODULES:
+    for rel in modules:
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, target)
@@ -129,6 +131,53 @@ def requirements() -> list[str]:
     return reqs
 
 
+@dataclass(frozen=True)
+class PyfuncModel:
+    """What one kind's served model is made of; :func:`log_pyfunc` does the rest."""
+
+    name: str  # the artifact path on the run (photo_model, table_model, forecaster)
+    python_model: Any  # the ``mlflow.pyfunc.PythonModel`` instance
+    modules: Sequence[str]  # reprotrain modules it imports, relative to the package
+    signature: Any
+    #: Artifacts already on disk, by key (the ``.keras`` file).
+    files: Mapping[str, Path | str] = field(default_factory=dict)
+    #: Artifacts written for the log, by key: (file name, text) (``labels.json``).
+    texts: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    model_config: Mapping[str, Any] | None = None
+    registered_model_name: str | None = None
+
+
+def log_pyfunc(run: Any, model: PyfuncModel) -> str:
+    """Log ``model`` on ``run`` (a ``StageRun`` or a run id; the active run when it is that
+    one, else resumed for the log); return its model URI."""
+    run_id = run if isinstance(run, str) else run.run_id
+    active = mlflow.active_run()
+    with tempfile.TemporaryDirectory(prefix="reprotrain-pyfunc-") as tmp:
+        tmp_path = Path(tmp)
+        artifacts = {key: str(path) for key, path in model.files.items()}
+        for key, (file_name, text) in model.texts.items():
+            (tmp_path / file_name).write_text(text, encoding="utf-8")
+            artifacts[key] = str(tmp_path / file_name)
+        kwargs = dict(
+            name=model.name,
+            python_model=model.python_model,
+            artifacts=artifacts,
+            code_paths=[str(stage_code(tmp_path / "code", model.modules))],
+            model_config=dict(model.model_config) if model.model_config is not None else None,
+            signature=model.signature,
+            pip_requirements=requirements(),
+            registered_model_name=model.registered_model_name,
+        )
+        with _settled_warnings_hidden():
+            if active is not None and active.info.run_id == run_id:
+                info = mlflow.pyfunc.log_model(**kwargs)
+            else:
+                with mlflow.start_run(run_id=run_id, nested=active is not None):
+                    info = mlflow.pyfunc.log_model(**kwargs)
+    logger.info("%s logged on run %s: %s", model.name, run_id, info.model_uri)
+    return str(info.model_uri)
+
+
 def log_photo_model(
     run: Any,
     keras_path: Path | str,
@@ -148,28 +197,14 @@ def log_photo_model(
     only to keys the logged config has.
     """
     served_limits = Limits.from_config({**DEFAULT_LIMITS, **(limits or {})})
-    run_id = run if isinstance(run, str) else run.run_id
-    active = mlflow.active_run()
-    with tempfile.TemporaryDirectory(prefix="reprotrain-pyfunc-") as tmp:
-        tmp_path = Path(tmp)
-        code = stage_code(tmp_path / "code")
-        labels_file = tmp_path / "labels.json"
-        labels_file.write_text(json.dumps(list(labels)), encoding="utf-8")
-        kwargs = dict(
-            name=name,
-            python_model=PhotoClassifier(),
-            artifacts={"model": str(keras_path), "labels": str(labels_file)},
-            code_paths=[str(code)],
-            model_config={**photo_input.to_config(), **asdict(served_limits)},
-            signature=signature(),
-            pip_requirements=requirements(),
-            registered_model_name=registered_model_name,
-        )
-        with _settled_warnings_hidden():
-            if active is not None and active.info.run_id == run_id:
-                info = mlflow.pyfunc.log_model(**kwargs)
-            else:
-                with mlflow.start_run(run_id=run_id, nested=active is not None):
-                    info = mlflow.pyfunc.log_model(**kwargs)
-    logger.info("photo model logged on run %s: %s", run_id, info.model_uri)
-    return str(info.model_uri)
+    model = PyfuncModel(
+        name=name,
+        python_model=PhotoClassifier(),
+        modules=SERVED_MODULES,
+        signature=signature(),
+        files={"model": keras_path},
+        texts={"labels": ("labels.json", json.dumps(list(labels)))},
+        model_config={**photo_input.to_config(), **asdict(served_limits)},
+        registered_model_name=registered_model_name,
+    )
+    return log_pyfunc(run, model)

@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 
 from reprotrain.evaluation import plots
-from reprotrain.evaluation.gain import verdict
-from reprotrain.evaluation.gate import mcnemar_exact
-from reprotrain.evaluation.metrics import plot_inputs, wilson_interval
+from reprotrain.evaluation.gain import finetune_gain
+from reprotrain.evaluation.metrics import plot_inputs
 from reprotrain.tables.features import InputSpec
 
 logger = logging.getLogger(__name__)
@@ -104,34 +103,28 @@ def baseline_gain(
 ) -> dict[str, Any]:
     """The network vs the classical baseline on the same test rows: both accuracies with
     Wilson intervals, the difference and the exact McNemar test (paired: only the rows
-    exactly one of them gets right carry information), as ``evaluation.gain`` does for
-    fine-tuning."""
-    y = np.asarray(y_true, dtype=np.int64)
-    base_ok = np.asarray(baseline_pred, dtype=np.int64) == y
-    net_ok = np.asarray(model_pred, dtype=np.int64) == y
-    n = len(y)
-    base_hits, net_hits = int(base_ok.sum()), int(net_ok.sum())
-    base_acc = base_hits / n if n else float("nan")
-    net_acc = net_hits / n if n else float("nan")
-    test = mcnemar_exact(net_ok, base_ok)
-    delta = net_acc - base_acc
-    result = verdict(delta, test["p_better"], test["p_worse"], alpha)
+    exactly one of them gets right carry information). The same comparison as
+    fine-tuning's over the head (:func:`reprotrain.evaluation.gain.finetune_gain`, called
+    with the baseline in the head's place), under the table's names."""
+    g = finetune_gain(y_true, baseline_pred, model_pred, alpha=alpha)
+    test, result, delta = g["mcnemar"], g["verdict"], g["delta"]
     words = {
         "better": "beats",
         "worse": "is worse than",
         "no_gain": "is not significantly better than",
     }
     summary = (
-        f"the network {words[result]} the classical baseline: {100 * base_acc:.1f}% -> "
-        f"{100 * net_acc:.1f}% ({100 * delta:+.1f} points, n = {n}; McNemar p = "
-        f"{test['p_value']:.3g}, {test['challenger_only']} fixed / {test['champion_only']} broken)"
+        f"the network {words[result]} the classical baseline: {100 * g['head_accuracy']:.1f}% "
+        f"-> {100 * g['finetuned_accuracy']:.1f}% ({100 * delta:+.1f} points, n = {g['n']}; "
+        f"McNemar p = {test['p_value']:.3g}, {test['challenger_only']} fixed / "
+        f"{test['champion_only']} broken)"
     )
     return {
-        "n": n,
-        "baseline_accuracy": base_acc,
-        "baseline_ci": list(wilson_interval(base_hits, n)),
-        "model_accuracy": net_acc,
-        "model_ci": list(wilson_interval(net_hits, n)),
+        "n": g["n"],
+        "baseline_accuracy": g["head_accuracy"],
+        "baseline_ci": g["head_ci"],
+        "model_accuracy": g["finetuned_accuracy"],
+        "model_ci": g["finetuned_ci"],
         "delta": delta,
         "mcnemar": test,
         "alpha": alpha,

@@ -28,7 +28,7 @@ from reprotrain.evaluation.decision import (
     PromotionDecision,
     needs_champion_scores,
 )
-from reprotrain.evaluation.gate import CHALLENGER, CHAMPION
+from reprotrain.evaluation.gate import CHALLENGER, CHAMPION, GateRule
 from reprotrain.timing import timed
 from reprotrain.tracking import store
 from reprotrain.tracking.handle import StageRun, store_errors
@@ -64,6 +64,13 @@ def promotion_mode(value: str | None = None) -> str:
             "retraining pull request or `python -m reprotrain promote` moves champion)"
         )
     return mode
+
+
+def run_policy(run: StageRun, gate: str, rule: GateRule, name: str, mode: str) -> Policy:
+    """The decision's policy for this evaluate run: the gate and its thresholds, the mode
+    (:func:`promotion_mode`), and what forbids a move: the run reproduces another
+    (``run.reproduces``), or it is a DVC experiment (``$DVC_EXP_NAME``)."""
+    return Policy(gate, rule, name, mode, run.reproduces, os.environ.get("DVC_EXP_NAME"))
 
 
 def _cause(exc: BaseException) -> str:
