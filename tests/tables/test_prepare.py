@@ -233,6 +233,32 @@ def test_removed_rows_come_back_with_their_split(churn_csv: Path, tmp_path: Path
     assert all(r[3] == "yes" for r in ledger(tmp_path)[1:])
 
 
+def test_decimal_commas_give_the_dot_file_s_ledger(churn_csv: Path, tmp_path: Path) -> None:
+    """churn as a spreadsheet saves it in a decimal-comma locale: ``;``-separated, ``1,5``."""
+    run(churn_csv, tmp_path / "dot")
+    rows = list(csv.reader(churn_csv.open(newline="")))
+    comma = [[c.replace(".", ",") for c in r] for r in rows]
+    assert any("," in c for c in comma[1])
+    semi = tmp_path / "excel.csv"
+    with semi.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f, delimiter=";", lineterminator="\r\n").writerows(comma)
+    stats, out = run(semi, tmp_path / "comma")
+    assert ledger(tmp_path / "comma") == ledger(tmp_path / "dot")
+    assert Schema.load(out).numeric == Schema.load(tmp_path / "dot" / "prepared").numeric
+    assert "total_day_minutes" in stats["decimal_comma"] and stats["quarantined"] == 0
+    dot = records.read_frame(tmp_path / "dot" / "prepared", "test")
+    assert list(records.read_frame(out, "test")["total_day_minutes"]) == list(
+        dot["total_day_minutes"]
+    )
+    # A dot beside the commas is ambiguous: the column is left as written (text).
+    comma[1][comma[0].index("total_day_minutes")] = "1.234,5"
+    with semi.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f, delimiter=";").writerows(comma)
+    stats, out = run(semi, tmp_path / "ambiguous")
+    assert "total_day_minutes" not in stats["decimal_comma"]
+    assert "total_day_minutes" not in Schema.load(out).numeric
+
+
 def test_a_split_column_is_respected(tmp_path: Path) -> None:
     splits = ["train"] * 14 + ["val"] * 3 + ["test"] * 3
     rows = [[f"t{i}", i % 2, s] for i, s in enumerate(splits)]

@@ -49,3 +49,36 @@ def test_canonical_values() -> None:
     assert reading.label_value("1.0") == reading.label_value(1) == "1"
     assert reading.label_value("007") == "007" and reading.label_value(" spam ") == "spam"
     assert math.isnan(float("nan")) and reading.label_value("") is None
+
+
+def test_decimal_commas_read_as_the_same_numbers() -> None:
+    assert reading.comma_number_value("1,5") == reading.number_value("1.5") == 1.5
+    assert reading.comma_number_value(" -0,25 ") == -0.25
+    assert reading.comma_number_value("1,5e3") == 1500.0 and reading.comma_number_value("7") == 7
+    assert reading.comma_number_value("NA") is None
+    for bad in ("1,234,5", "1.234,5", "a,b", ",5"):
+        assert not reading.is_decimal_comma(bad)
+        with pytest.raises(reading.NotANumber):
+            reading.comma_number_value(bad)
+    with pytest.raises(reading.NotANumber):
+        reading.number_value("1,5")  # a column without the decimal comma rule
+
+
+def test_a_column_has_decimal_commas_only_without_dots() -> None:
+    tally = reading.CommaTally()
+    tally.add(["1,5", "2", "3,25"])
+    assert tally.decimal_comma and tally.commas == 2
+    tally.add(["1.234,5"])  # a dot: a thousands separator? ambiguous, left as written
+    assert not tally.decimal_comma
+    words = reading.CommaTally()
+    words.add(["red", "blue, green"])
+    assert not words.decimal_comma
+
+
+def test_only_a_file_not_separated_by_commas_may_have_decimal_commas(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("a,label\n1.5,x\n")
+    (tmp_path / "s.csv").write_text("a;label\n1,5;x\n")
+    (tmp_path / "t.tsv").write_text("a\tlabel\n1,5\tx\n")
+    assert not reading.may_have_decimal_commas(tmp_path / "c.csv")
+    assert reading.may_have_decimal_commas(tmp_path / "s.csv")
+    assert reading.may_have_decimal_commas(tmp_path / "t.tsv")

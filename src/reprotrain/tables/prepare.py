@@ -3,16 +3,19 @@ sharded TFRecords per split, ``stats.json`` and ``labels.json``.
 
 It streams: three passes over the file, none holding more than a chunk of rows.
 
-1. profile each column (:class:`~.schema.ColumnProfile`) → infer the schema;
-2. check each row against the schema (quarantine reasons, :func:`check_row`), compute its
-   ledger key; then drop exact duplicates (one ledger key), quarantine duplicates whose
-   labels conflict (all of them) and classes too small to split, assign splits
-   (:mod:`.ledger`);
+1. profile each column (:class:`~.schema.ColumnProfile`, and its decimal commas:
+   :class:`~.reading.CommaTally`) → infer the schema;
+2. check each row against the schema (quarantine reasons, :class:`~.screening.Checker`),
+   compute its ledger key; then drop exact duplicates (one ledger key), quarantine
+   duplicates whose labels conflict (all of them) and classes too small to split, assign
+   splits (:mod:`.ledger`);
 3. write each kept row to its split's shards, in file order.
 
-No row is held: per row, passes 2 and 3 keep about 21 bytes (key, class and split codes),
-plus the temporaries of sorting and assigning them; memory grows with the ledger, not with
-the file (benchmarks/table_prepare.py).
+Memory is flat in the number of rows: nothing per row stays in RAM. Pass 2's keys, classes
+and given splits, the previous ledger, the de-duplication, the assignment and pass 3's
+split of each row live in a temporary on-disk SQLite database (:mod:`.rowstore`, its page
+cache bounded), read and written a batch at a time; Python keeps per-class counts and the
+quarantined rows' reasons (benchmarks/table_prepare.py measures it).
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from reprotrain.data import tfrecords
 from reprotrain.data.split import Fractions
 from reprotrain.errors import DataError
@@ -33,6 +34,7 @@ from reprotrain.progress import progress
 from reprotrain.tables import ledger as ledgers
 from reprotrain.tables import reading
 from reprotrain.tables.records import SplitWriter, serialize_row
+from reprotrain.tables.rowstore import RowStore
 from reprotrain.tables.schema import (
     LABELS_FILE,
     QUARANTINE_FILE,
@@ -105,9 +107,17 @@ def source_file(raw_dir: Path) -> Path:
 # ------------------------------------------------------------------ pass 1: profile
 
 
-def profile(path: Path, header: Sequence[str], label: str) -> tuple[dict[str, ColumnProfile], int]:
-    """Per-column profiles and the number of data rows (pass 1)."""
+def profile(
+    path: Path, header: Sequence[str], label: str
+) -> tuple[dict[str, ColumnProfile], int, frozenset[str]]:
+    """Per-column profiles, the number of data rows and the columns read with a decimal
+    comma (pass 1). A decimal-comma column's comma values count as numbers."""
     profiles = {name: ColumnProfile(name) for name in header if name != label}
+    commas = (
+        {name: reading.CommaTally() for name in profiles}
+        if reading.may_have_decimal_commas(path)
+        else {}
+    )
     rows = 0
     with progress(None, "prepare: profile columns", unit="rows") as bar:
         for chunk in reading.iter_chunks(path):
@@ -118,8 +128,14 @@ def profile(path: Path, header: Sequence[str], label: str) -> tuple[dict[str, Co
                     continue
                 values = [v for c in cells if (v := reading.text_value(c[i])) is not None]
                 profiles[name].add(values, sum(map(reading.is_number, values)))
+                if commas:
+                    commas[name].add(values)
             bar.update(len(chunk))
-    return profiles, rows
+    decimal = frozenset(n for n, t in commas.items() if t.decimal_comma)
+    for name in decimal:
+        p = profiles[name]
+        profiles[name] = replace(p, numbers=p.numbers + commas[name].commas)
+    return profiles, rows, decimal
 
 
 # ------------------------------------------------------------------ pass 2: check rows
@@ -140,34 +156,31 @@ def check_coverage(counts: dict[str, Any], names: Sequence[str]) -> None:
 
 
 def write_shards(
-    path: Path,
-    out: Path,
-    schema: Schema,
-    plan: tuple[np.ndarray, np.ndarray, list[str]],
-    options: Options,
-    s: Scan,
+    path: Path, out: Path, checker: Checker, options: Options, s: Scan
 ) -> tuple[dict[str, list[dict]], int]:
-    """Write each kept row to its split (pass 3); (shard index, truncated texts)."""
-    splits, keys, header = plan
-    checker = Checker(schema, header)
+    """Write each kept row to its split (pass 3): the store gives the kept rows' keys and
+    splits in file order, beside the file's rows. (shard index, truncated texts)."""
+    schema = checker.schema
     ids = {name: schema.labels.index(name) for name in schema.labels}
-    totals = np.bincount(splits[splits >= 0], minlength=len(SPLITS))
+    totals = dict(s.store.con.execute("SELECT split, COUNT(*) FROM items GROUP BY split"))
     writers = [
-        SplitWriter(out, sp, int(totals[i]), options.shard_size) for i, sp in enumerate(SPLITS)
+        SplitWriter(out, sp, int(totals.get(i, 0)), options.shard_size)
+        for i, sp in enumerate(SPLITS)
     ]
     truncated, index = 0, 0
     text_at = [checker.inputs.index(c) for c in schema.text]
+    kept = s.store.kept()
+    next_kept, key, code = next(kept, (-1, b"", -1))
     with progress(s.rows, "prepare: write TFRecords", unit="rows") as bar:
         for chunk in reading.iter_chunks(path):
             for row in chunk:
-                if index >= len(splits):
+                if index >= s.rows:
                     raise DataError(f"{path} grew while prepare read it: rerun prepare")
                 if index in s.reasons:
                     s.lines[index] = row.line
                     if index not in s.excerpts and row.cells is not None:
                         s.excerpts[index] = reading.clip(",".join(map(str, row.cells)))
-                code = int(splits[index])
-                if code >= 0:
+                if index == next_kept:
                     values = checker.values(row.cells)
                     label = reading.label_value(row.cells[checker.label])
                     truncated += sum(
@@ -178,13 +191,10 @@ def write_shards(
                     by_name = dict(zip(checker.inputs, values, strict=True))
                     by_name[schema.label] = label
                     data = serialize_row(
-                        schema,
-                        by_name,
-                        label_id=ids[label],
-                        row=row.line,
-                        key=ledgers.key_hex(keys[index]),
+                        schema, by_name, label_id=ids[label], row=row.line, key=key.hex()
                     )
                     writers[code].write(data)
+                    next_kept, key, code = next(kept, (-1, b"", -1))
                 index += 1
             bar.update(len(chunk))
     name_conflicts(s)
@@ -209,76 +219,76 @@ def prepare_table(
     header = reading.header(path)
     check_columns(header, options.columns)
     label = find_label(header, options.columns.label)
-    profiles, total = profile(path, header, label)
+    profiles, total, decimal = profile(path, header, label)
+    if decimal:
+        log.info("read with a decimal comma: %s", ", ".join(sorted(decimal)))
     draft = infer_schema(
         header, profiles, options.columns, max_categories=options.max_categories, labels=()
     )
-    s = scan(path, header, draft, total)
-    keys = np.frombuffer(s.keys, dtype=ledgers.KEY_DTYPE)  # a view: no copy
-    labels = np.frombuffer(s.labels, np.int32)
-    kept = dedupe(s, keys, labels)
-    index = drop_small_classes(s, kept.index, labels)
-    if not len(index):
-        raise DataError(
-            f"{path}: no usable row ({len(s.reasons)} quarantined): see the reasons above"
-        )
-    names = sorted({n for n, c in s.names.items() if c in set(labels[index].tolist())})
-    if len(names) < 2:
-        raise DataError(
-            f"{path}: the label column {draft.label!r} has one class ({names[0]!r}) in its "
-            f"{len(index)} usable rows: nothing to learn; check data.columns.label"
-        )
-    schema = replace(draft, labels=tuple(names))
-    recode = np.full(len(s.names) + 1, -1, np.int32)
-    for n, c in s.names.items():
-        if n in names:
-            recode[c] = names.index(n)
-    item_labels = recode[labels[index]]
-    assignment = ledgers.assign(
-        keys[index],
-        item_labels,
-        names,
-        np.frombuffer(s.given, np.int8)[index],
-        ledgers.read_ledger(ledger_path),
-        seed=options.seed,
-        fractions=Fractions(options.val_fraction, options.test_fraction, options.test_from_val),
-    )
-    counts = ledgers.split_counts(assignment.splits, item_labels, names)
-    check_coverage(counts, names)
-    splits = np.full(s.rows, -1, np.int8)
-    splits[index] = assignment.splits
-    changes = schema_changes(previous_schema(last_schema), schema)
-    for change in changes:
-        log.warning("schema changed since the last prepare: %s", change)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        shards, truncated = write_shards(path, tmp, schema, (splits, keys, header), options, s)
-        tfrecords.write_shard_index(tmp, shards)
-        schema.save(tmp / SCHEMA_FILE)
-        atomic_write_json(tmp / LABELS_FILE, list(names))
-        atomic_write_text(tmp / QUARANTINE_FILE, quarantine_csv(s))
-        stats = {
-            "source": path.name,
-            "rows_read": s.rows,
-            "rows": len(index),
-            "splits": counts,
-            "quarantined": len(s.reasons),
-            "quarantined_by_reason": reason_counts(s),
-            "duplicates": kept.duplicates,
-            "conflicting_duplicates": kept.conflicting,
-            "truncated_texts": truncated,
-            "sequence_length": options.sequence_length,
-            "roles": schema.roles(),
-            "inferred": list(schema.inferred),
-            "schema_changes": changes,
-            "ledger": assignment.report(),
-        }
-        atomic_write_json(tmp / STATS_FILE, stats)
-    ledgers.write_ledger(ledger_path, assignment.ledger)
+    decimal = frozenset(c for c in decimal if c in draft.numeric)
+    with RowStore(options.seed) as store:
+        s = scan(path, header, Checker(draft, header, decimal), total, store)
+        kept = dedupe(s)
+        schema = replace(draft, labels=_classes(path, draft, s))
+        store.set_names(s.names)
+        previous = ledgers.read_ledger(ledger_path, store)
+        log.debug("%d rows in the previous ledger %s", previous, ledger_path)
+        fractions = Fractions(options.val_fraction, options.test_fraction, options.test_from_val)
+        assignment = ledgers.assign(store, fractions=fractions)
+        counts = ledgers.split_counts(store, schema.labels)
+        check_coverage(counts, schema.labels)
+        changes = schema_changes(previous_schema(last_schema), schema)
+        for change in changes:
+            log.warning("schema changed since the last prepare: %s", change)
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir(parents=True)
+            checker = Checker(schema, header, decimal)
+            shards, truncated = write_shards(path, tmp, checker, options, s)
+            tfrecords.write_shard_index(tmp, shards)
+            schema.save(tmp / SCHEMA_FILE)
+            atomic_write_json(tmp / LABELS_FILE, list(schema.labels))
+            atomic_write_text(tmp / QUARANTINE_FILE, quarantine_csv(s))
+            stats = {
+                "source": path.name,
+                "rows_read": s.rows,
+                "rows": sum(v["total"] for v in counts.values()),
+                "splits": counts,
+                "quarantined": len(s.reasons),
+                "quarantined_by_reason": reason_counts(s),
+                "duplicates": kept.duplicates,
+                "conflicting_duplicates": kept.conflicting,
+                "truncated_texts": truncated,
+                "sequence_length": options.sequence_length,
+                "roles": schema.roles(),
+                "inferred": list(schema.inferred),
+                "decimal_comma": sorted(decimal),
+                "schema_changes": changes,
+                "ledger": assignment.report(),
+            }
+            atomic_write_json(tmp / STATS_FILE, stats)
+        ledgers.write_ledger(ledger_path, store)
     ledgers.log_report(assignment, ledger_path)
     schema.save(last_schema)
     log_summary(stats)
     return stats
+
+
+def _classes(path: Path, draft: Schema, s: Scan) -> tuple[str, ...]:
+    """The classes that get rows, sorted (the rows of classes too small to split are
+    quarantined); a DataError when fewer than two are left."""
+    sizes = drop_small_classes(s)
+    if not sizes:
+        raise DataError(
+            f"{path}: no usable row ({len(s.reasons)} quarantined): see the reasons above"
+        )
+    inverse = {c: n for n, c in s.names.items()}
+    names = sorted(inverse[c] for c in sizes)
+    if len(names) < 2:
+        raise DataError(
+            f"{path}: the label column {draft.label!r} has one class ({names[0]!r}) in its "
+            f"{sum(sizes.values())} usable rows: nothing to learn; check data.columns.label"
+        )
+    return tuple(names)
 
 
 #: Share of quarantined rows above which prepare warns that the file itself may be wrong.

@@ -11,6 +11,15 @@ What counts as the same value (and so as the same row, see :mod:`.ledger`): text
 surrounding whitespace stripped and its line endings made ``\\n``; the usual missing-value
 spellings (pandas' defaults: ``""``, ``NA``, ``N/A``, ``NaN``, ``null``, ``None``, …) are
 missing; a number is its float value (``1.50``, ``1.5`` and ``15e-1`` are the same).
+
+Decimal commas (a spreadsheet's export in many European locales: ``;``-separated, ``1,5``):
+in a file whose delimiter is not a comma, a column is read with a decimal comma when some of
+its values are numbers written ``digits,digits`` (an exponent allowed) and none of its
+values holds a dot (:class:`CommaTally`). Then ``1,5`` is the number 1.5, the same value
+(and row key) as ``1.5`` elsewhere. A dot beside the commas (``1.234,5``, or ``1.5`` next to
+``2,5``) could be a thousands separator: such a column is left as written (its comma
+values are not numbers), and so is a value with two commas. In a comma-separated file a
+comma is never a decimal point (it would have split the cell).
 """
 
 from __future__ import annotations
@@ -122,6 +131,41 @@ def is_number(text: str) -> bool:
     return True
 
 
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+(?:[eE][+-]?\d+)?")
+
+
+def is_decimal_comma(text: str) -> bool:
+    """A number written with a decimal comma (``1,5``, ``-0,25``, ``1,5e3``)."""
+    return "," in text and _DECIMAL_COMMA.fullmatch(text.strip()) is not None
+
+
+def comma_number_value(value: Any) -> float | None:
+    """:func:`number_value` of a cell of a decimal-comma column (``1,5`` → 1.5)."""
+    if value.__class__ is str and "," in value:
+        if not is_decimal_comma(value):
+            raise NotANumber(value.strip())
+        value = value.replace(",", ".")
+    return number_value(value)
+
+
+@dataclass
+class CommaTally:
+    """What pass 1 learns about a column's decimal commas (see the module docstring)."""
+
+    commas: int = 0  # values that are numbers written with a decimal comma
+    dots: bool = False  # a value holds a dot
+
+    def add(self, values: list[str]) -> None:
+        """Count a chunk's non-missing cells (canonical text)."""
+        if not self.dots:
+            self.dots = any("." in v for v in values)
+        self.commas += sum(1 for v in values if is_decimal_comma(v))
+
+    @property
+    def decimal_comma(self) -> bool:
+        return self.commas > 0 and not self.dots
+
+
 def label_value(value: Any) -> str | None:
     """A label cell as its class name: canonical text, an integral number without its
     ``.0`` (a re-export that writes ``1.0`` for ``1`` keeps the class)."""
@@ -158,7 +202,7 @@ def header(path: Path) -> list[str]:
         return unnamed([str(n).strip() for n in _parquet(path).schema_arrow.names])
     with _open_text(path) as f:
         try:
-            names = next(csv.reader(f, delimiter=_delimiter(path)))
+            names = next(csv.reader(f, delimiter=delimiter(path)))
         except StopIteration:
             raise DataError(f"{path} is empty: expected a header row of column names") from None
         except (csv.Error, UnicodeError) as exc:
@@ -177,7 +221,7 @@ def unnamed(names: list[str]) -> list[str]:
     return [n if n else f"column_{i}" for i, n in enumerate(names, start=1)]
 
 
-def _delimiter(path: Path) -> str:
+def delimiter(path: Path) -> str:
     """Tab for ``.tsv``; else a comma, unless the header line has none and holds a
     semicolon, tab or pipe (a CSV saved by a spreadsheet in a comma-decimal locale)."""
     if path.name.lower().endswith((".tsv", ".tsv.gz")):
@@ -223,10 +267,10 @@ def iter_chunks(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[list[Row]]
 
 
 def _csv_rows(path: Path) -> Iterator[Row]:
-    width, delimiter = len(header(path)), _delimiter(path)
+    width, sep = len(header(path)), delimiter(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a huge text is a row, not an error
     with _open_text(path) as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        reader = csv.reader(f, delimiter=sep)
         end, first = 0, True
         while True:
             start = end + 1
@@ -260,3 +304,9 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
         for cells in zip(*columns.values(), strict=True):
             line += 1
             yield Row(line, cells)
+
+
+def may_have_decimal_commas(path: Path) -> bool:
+    """A text file whose delimiter is not a comma (Parquet has typed numbers)."""
+    path = Path(path)
+    return not is_parquet(path) and delimiter(path) != ","

@@ -11,18 +11,18 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from reprotrain.progress import progress
 from reprotrain.tables import ledger as ledgers
 from reprotrain.tables import reading
+from reprotrain.tables.rowstore import BATCH, Row, RowStore
 from reprotrain.tables.schema import SPLITS, Schema
 
 log = logging.getLogger(__name__)
@@ -41,38 +41,51 @@ SMALL_CLASS = "class too small"
 
 @dataclass
 class Scan:
-    """Pass 2's result: one entry per data row, in file order."""
+    """Pass 2's result: the rows (keys, classes, given splits) in ``store``, on disk; in
+    RAM only what the quarantine reports, keyed by row index (from 0, file order)."""
 
-    # Compact arrays (a million rows: ~21 MB), not lists of Python ints.
+    store: RowStore
     rows: int = 0
-    keys: bytearray = field(default_factory=bytearray)
-    labels: array = field(default_factory=lambda: array("i"))  # codes into names; -1: none
-    given: array = field(default_factory=lambda: array("b"))  # split codes, -1: none given
-    names: dict[str, int] = field(default_factory=dict)
+    names: dict[str, int] = field(default_factory=dict)  # class name → code
     reasons: dict[int, str] = field(default_factory=dict)  # row index → reason
     excerpts: dict[int, str] = field(default_factory=dict)
     lines: dict[int, int] = field(default_factory=dict)  # of the quarantined rows only
     #: Groups of rows with the same features and different labels (row indices, classes).
-    conflicts: list[tuple[np.ndarray, list[str]]] = field(default_factory=list)
+    conflicts: list[tuple[list[int], list[str]]] = field(default_factory=list)
+    pending: list[Row] = field(default_factory=list)  # rows not yet in the store
 
-    def add(self, key: bytes, label: str | None, given: int) -> None:
+    def add(self, key: bytes | None, label: str | None, given: int) -> None:
+        """One row (key None: it cannot be used)."""
+        code = None if label is None else self.names.setdefault(label, len(self.names))
+        self.pending.append((self.rows, None if code is None else key, code, given))
         self.rows += 1
-        self.keys += key
-        self.labels.append(-1 if label is None else self.names.setdefault(label, len(self.names)))
-        self.given.append(given)
+        if len(self.pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.add_rows(self.pending)
+        self.pending = []
 
 
 class Checker:
     """The per-row checks of a schema, with the column positions resolved once."""
 
-    def __init__(self, schema: Schema, header: Sequence[str]) -> None:
+    def __init__(
+        self, schema: Schema, header: Sequence[str], decimal_comma: Collection[str] = ()
+    ) -> None:
         pos = {name: i for i, name in enumerate(header)}
         self.schema = schema
         self.label = pos[schema.label]
         self.split = pos[schema.split] if schema.split else None
         self.inputs = sorted(schema.inputs)  # the key's order: by name
         self.at = [pos[c] for c in self.inputs]
-        self.numeric = [c in schema.numeric for c in self.inputs]
+        # How each numeric input is read (None: not numeric).
+        self.numeric = [
+            (reading.comma_number_value if c in decimal_comma else reading.number_value)
+            if c in schema.numeric
+            else None
+            for c in self.inputs
+        ]
         self.text_only = bool(schema.text) and not (schema.numeric or schema.categorical)
 
     def values(self, cells: Sequence[Any]) -> list[str | float | None]:
@@ -80,9 +93,9 @@ class Checker:
         the column in its message."""
         out: list[str | float | None] = []
         for name, i, numeric in zip(self.inputs, self.at, self.numeric, strict=True):
-            if numeric:
+            if numeric is not None:
                 try:
-                    out.append(reading.number_value(cells[i]))
+                    out.append(numeric(cells[i]))
                 except reading.NotANumber as exc:
                     raise reading.NotANumber(f"{NOT_A_NUMBER} {name!r}: {exc}") from None
             else:
@@ -113,25 +126,24 @@ class Checker:
         return None, ledgers.row_key(self.inputs, values), label, given
 
 
-def scan(path: Path, header: Sequence[str], schema: Schema, total: int) -> Scan:
-    """Check every row and compute its key (pass 2)."""
-    checker = Checker(schema, header)
-    out = Scan()
-    empty = bytes(ledgers.KEY_BYTES)
+def scan(path: Path, header: Sequence[str], checker: Checker, total: int, store: RowStore) -> Scan:
+    """Check every row and compute its key (pass 2); the rows go to ``store``."""
+    out = Scan(store)
     with progress(total, "prepare: check rows", unit="rows") as bar:
         for chunk in reading.iter_chunks(path):
             for row in chunk:
                 index = out.rows
                 if row.cells is None:
-                    reason, key, label, given = row.problem, empty, None, ledgers.NONE
+                    reason, key, label, given = row.problem, b"", None, ledgers.NONE
                     out.excerpts[index] = row.excerpt
                 else:
                     reason, key, label, given = checker.check(row.cells)
-                out.add(key or empty, None if reason else label, given)
+                out.add(None if reason else key, None if reason else label, given)
                 if reason:
                     out.reasons[index] = reason
                     out.lines[index] = row.line
             bar.update(len(chunk))
+    out.flush()
     return out
 
 
@@ -140,80 +152,61 @@ def scan(path: Path, header: Sequence[str], schema: Schema, total: int) -> Scan:
 
 @dataclass(frozen=True)
 class Kept:
-    """The rows that get a split: one per ledger key."""
+    """How many rows get a split (``items`` in the store: one per ledger key)."""
 
-    index: np.ndarray  # row indices (first occurrence of each key), file order
+    items: int
     duplicates: int  # rows dropped as exact duplicates of a kept row
     conflicting: int  # rows quarantined as duplicates with another label
 
 
-def dedupe(s: Scan, keys: np.ndarray, labels: np.ndarray) -> Kept:
+def dedupe(s: Scan) -> Kept:
     """Keep the first row of each key; quarantine every row of a key whose labels differ.
 
-    Lean on memory (a million rows): one sort of the usable rows' keys, then only the
-    few rows that share a key are looked at."""
-    ok = np.flatnonzero(labels >= 0)
-    if not len(ok):
-        return Kept(ok, 0, 0)
-    order = ok[np.argsort(keys[ok], kind="stable")]  # by key, then file order
-    sorted_keys = keys[order]
-    repeat = np.zeros(len(order), bool)  # the row's key is the previous row's
-    np.equal(sorted_keys[1:], sorted_keys[:-1], out=repeat[1:])
-    del sorted_keys
-    if not repeat.any():
-        return Kept(ok, 0, 0)
-    shared = repeat.copy()  # rows in a group of two or more
-    shared[:-1] |= repeat[1:]
-    pos = np.flatnonzero(shared)
-    group = np.cumsum(~repeat[pos])  # group number of each shared row
-    rows = order[pos]
-    drop = np.zeros(len(labels), bool)
-    drop[rows[repeat[pos]]] = True  # every duplicate but the first
-    conflicting = duplicates = 0
+    Done by the store (one ``GROUP BY`` on disk); Python sees only the conflicting rows."""
+    items = s.store.keep_first()
     inverse = {v: k for k, v in s.names.items()}
-    bounds = np.flatnonzero(np.diff(group)) + 1
-    for members in np.split(rows, bounds):
-        classes = sorted({inverse[int(labels[i])] for i in members})
-        if len(classes) == 1:
-            duplicates += len(members) - 1
-            continue
-        members = np.sort(members)
-        drop[members] = True
-        for i in members:  # the lines are known in pass 3: see name_conflicts
-            s.reasons[int(i)] = CONFLICT
-        s.conflicts.append((members, classes))
-        conflicting += len(members)
-    return Kept(ok[~drop[ok]], duplicates, conflicting)
+    conflicting = 0
+    for _, group in groupby(s.store.conflicting(), key=itemgetter(0)):
+        members = [(idx, code) for _, idx, code in group]
+        classes = sorted({inverse[code] for _, code in members})
+        rows = [idx for idx, _ in members]
+        for i in rows:  # the lines are known in pass 3: see name_conflicts
+            s.reasons[i] = CONFLICT
+        s.conflicts.append((rows, classes))
+        conflicting += len(rows)
+    return Kept(items, s.store.usable() - conflicting - items, conflicting)
 
 
 def name_conflicts(s: Scan) -> None:
     """Each conflicting duplicate's reason names the lines of the others (pass 3 has
     recorded every quarantined row's line)."""
     for members, classes in s.conflicts:
-        lines = [s.lines[int(i)] for i in members]
+        lines = [s.lines[i] for i in members]
         for i, line in zip(members, lines, strict=True):
             others = ", ".join(str(x) for x in lines if x != line)[:60]
-            s.reasons[int(i)] = f"{CONFLICT}: same features as line(s) {others}, labels {classes}"
+            s.reasons[i] = f"{CONFLICT}: same features as line(s) {others}, labels {classes}"
 
 
-def drop_small_classes(s: Scan, kept: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Quarantine the rows of classes with fewer than one row per split."""
-    sizes = Counter(labels[kept].tolist())
-    small = {c for c, n in sizes.items() if n < MIN_CLASS_ROWS}
+def drop_small_classes(s: Scan) -> dict[int, int]:
+    """Quarantine the rows of classes with fewer than one row per split; the sizes of
+    the classes kept (code → items)."""
+    sizes = s.store.class_sizes()
+    small = sorted(c for c, n in sizes.items() if n < MIN_CLASS_ROWS)
     if not small:
-        return kept
+        return sizes
     inverse = {v: k for k, v in s.names.items()}
-    for i in kept[np.isin(labels[kept], list(small))]:
-        c = int(labels[i])
-        s.reasons[int(i)] = (
-            f"{SMALL_CLASS}: {inverse[c]!r} has {sizes[c]} usable row(s), fewer than one per split"
-        )
+    for c in small:
+        for i in s.store.drop_classes([c]):
+            s.reasons[i] = (
+                f"{SMALL_CLASS}: {inverse[c]!r} has {sizes[c]} usable row(s), fewer than one "
+                "per split"
+            )
     log.warning(
         "class(es) %s have fewer than %d usable rows (one per split): their rows are quarantined",
         ", ".join(sorted(inverse[c] for c in small)),
         MIN_CLASS_ROWS,
     )
-    return kept[~np.isin(labels[kept], list(small))]
+    return {c: n for c, n in sizes.items() if c not in small}
 
 
 def longer_than(text: Any, n: int) -> bool:
