@@ -362,6 +362,66 @@ def table_pipeline(data: Mapping[str, Any]) -> str:
     return markdown_table(header, rows) + "\n\n" + _source("table_pipeline", data)
 
 
+def redesign(data: Mapping[str, Any]) -> str:
+    """Issue 22's before/after proof (``benchmarks/redesign.py``): the quick start on fresh
+    clones of both commits, alternating, same recipe; timings, then which outputs differ."""
+    commits = {side: str(c)[:7] for side, c in data.get("commits", {}).items()}
+    runs = data.get("runs", [])
+    setup = data.get("setup", {})
+    head = ["run", "commit", "`make setup` s", "`make repro` s (set up)", "no-op `dvc repro` s"]
+    head += ["load before → after"]
+    rows = [
+        [
+            f"{r['side']} {r['round']}",
+            commits.get(r["side"]),
+            _num(setup.get(r["side"], {}).get("make_setup_s"), 1) if r["round"] == 1 else None,
+            _num(r.get("repro_s"), 1),
+            _num(r.get("noop_dvc_repro_s"), 1),
+            f"{r['load_average_before'][0]:.1f} → {r['load_average_after'][0]:.1f}",
+        ]
+        for r in runs
+    ]
+    summary = data.get("summary", {})
+    ratios = ", ".join(f"{x:.3f}" for x in summary.get("repro_ratio_after_vs_before", []))
+    metrics = summary.get("metrics", {})
+    ledger = summary.get("ledger", {})
+    out = [markdown_table(head, rows)]
+    out.append(
+        f"\nAfter ÷ before, `make repro` by round: {ratios} (median "
+        f"{_num(summary.get('repro_ratio_median'), 3)}, target {summary.get('target')}). "
+        f"Metrics identical: {len(metrics.get('identical', []))} keys, different: "
+        f"{len(metrics.get('different', {}))}; split ledger identical on the shared columns: "
+        f"{_num(ledger.get('identical_on_shared_columns'))}. Params aligned to before's: "
+        + (", ".join(f"`{k}`" for k in data.get("params_aligned", {})) or "none")
+        + "."
+    )
+    outside = summary.get("outside_stages", {})
+    if outside:
+        medians = outside.get("median_outside_s", {})
+        out.append(
+            f"\nOutside the stages' own time (DVC, writing dvc.yaml, each stage process's exit), "
+            f"median: before {_num(medians.get('before'), 1, ' s')}, after "
+            f"{_num(medians.get('after'), 1, ' s')} (+{_num(outside.get('extra_s_after'), 1)} s, "
+            f"{_num(100 * outside.get('extra_share_of_before_repro', 0), 1)}% of before's "
+            "`make repro`)."
+        )
+    by_note: dict[str, list[str]] = {}
+    for key, d in metrics.get("different", {}).items():
+        by_note.setdefault(d.get("explained") or "**unexplained**", []).append(f"`{key}`")
+    if by_note:
+        diff_rows = [
+            [
+                len(keys),
+                ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else ""),
+                note,
+            ]
+            for note, keys in by_note.items()
+        ]
+        out.append("\n" + markdown_table(["keys", "metrics that differ", "why"], diff_rows))
+    out.append("\n" + _source("redesign", data))
+    return "\n".join(out)
+
+
 def _stage_order(stage: str) -> int:
     order = ("fetch", "prepare", "train", "baseline", "export", "evaluate")
     return order.index(stage) if stage in order else len(order)
@@ -379,6 +439,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "table_training": table_training,
     "table_pipeline": table_pipeline,
     "series_training": series_training,
+    "redesign": redesign,
 }
 
 
