@@ -161,7 +161,7 @@ def pipeline_stage(proj: Path, cfg: Any, seed: int = 42) -> dict[str, Any]:
     clock = EpochClock()
     with tempfile.TemporaryDirectory() as ckpt:
         result = training.train(
-            model, train, val, cfg, info, checkpoint_dir=Path(ckpt), epoch_hook=clock.tick
+            model, train, val, cfg, info, training.RunOptions(Path(ckpt), epoch_hook=clock.tick)
         )
     test = load_split(Path("data/table/prepared"), "test", data.schema)
     probs = inference.predict_probs(model, test.inputs, data.spec)

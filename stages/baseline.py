@@ -48,15 +48,9 @@ def main() -> int:
             counts["trainable_params"],
         )
         stage.run.set_tags({"reprotrain.architecture": cfg.architecture})
+        run, weights, augment = stage.fit_options(), data.class_weight, data.augment_in_model
         result = training.train(
-            model,
-            data.train,
-            data.val,
-            cfg,
-            info,
-            class_weight=data.class_weight,
-            augment=data.augment_in_model,
-            **stage.fit_options(),
+            model, data.train, data.val, cfg, info, run, class_weight=weights, augment=augment
         )
         stage.finish(model, result, counts)
     return 0

@@ -25,14 +25,21 @@ def main() -> int:
     with stage_io.training_stage(SPEC, params, info, digests=[data.digest]) as stage:
         with info.strategy.scope():
             model = transfer.build_model(params.model, len(data.labels), cfg.dropout)
-        fit = dict(class_weight=data.class_weight, **stage.fit_options())
+        run, weights = stage.fit_options(), data.class_weight
         if cached:  # features of unaugmented images: nothing to augment in the step
             result = training.train_head_cached(
-                model, data.train, data.val, cfg, info, seed=params.seed, **fit
+                model, data.train, data.val, cfg, info, run, seed=params.seed, class_weight=weights
             )
         else:
             result = training.train(
-                model, data.train, data.val, cfg, info, augment=data.augment_in_model, **fit
+                model,
+                data.train,
+                data.val,
+                cfg,
+                info,
+                run,
+                class_weight=weights,
+                augment=data.augment_in_model,
             )
         stage.run.set_tags({"reprotrain.feature_cache": cached})
         stage.finish(model, result, {"feature_cache": cached, **stage_io.trainable_counts(model)})

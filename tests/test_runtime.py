@@ -121,10 +121,11 @@ MIRRORED = textwrap.dedent(
     cfg = TrainHeadConfig(epochs=1, batch_size=8, feature_cache="off")
     tmp = Path(tempfile.mkdtemp())
     r = training.train(model, tiny_dataset(x, y), tiny_dataset(x, y), cfg, info,
-                       checkpoint_dir=tmp / "c")
+                       training.RunOptions(tmp / "c"))
     try:
         training.train(model, tiny_dataset(x, y), tiny_dataset(x, y),
-                       dataclasses.replace(cfg, loop="custom"), info, checkpoint_dir=tmp / "d")
+                       dataclasses.replace(cfg, loop="custom"), info,
+                       training.RunOptions(tmp / "d"))
         custom = "ran"
     except ConfigError as exc:
         custom = str(exc)

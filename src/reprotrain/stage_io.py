@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 from reprotrain import fsio, paths, runtime
 from reprotrain.dag import Stage, param_values
 from reprotrain.errors import ConfigError, DataError
-from reprotrain.models.loading import save_model
+from reprotrain.models.loading import load_model, save_model
 from reprotrain.timing import timed
 
 if TYPE_CHECKING:
     from reprotrain.config import AugmentConfig, Params, PipelineConfig, TrainConfig
     from reprotrain.runtime import RuntimeInfo
     from reprotrain.training import TrainResult
+    from reprotrain.training.options import RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,18 @@ def load_transfer_data(
     )
 
 
+def load_head_model(params: Params, num_classes: int, info: RuntimeInfo) -> Any:
+    """train_head's ``models/head.keras`` under ``info``'s strategy, for finetune to go on
+    training; a missing or mismatched file stops with the fix (rerun train_head)."""
+    return load_model(
+        paths.HEAD_MODEL,
+        num_classes=num_classes,
+        image_size=params.model.image_size,
+        strategy=info.strategy,
+        hint="rerun train_head (dvc repro train_head)",
+    )
+
+
 def write_history(result: TrainResult, path: Path) -> None:
     """``{"epoch": [1, 2, ...], "loss": [...], "val_accuracy": [...], ...}``, atomically."""
     fsio.atomic_write_json(path, result.history)
@@ -252,15 +265,20 @@ class TrainingStage:
         self.tensorboard_dir = paths.TENSORBOARD_DIR / self.name
         self.checkpoint_dir = paths.CHECKPOINTS_DIR / self.name
 
-    def fit_options(self) -> dict[str, Any]:
-        """The ``training.train`` keywords every training stage passes alike: resumable
+    def fit_options(self) -> RunOptions:
+        """The run options every training stage passes ``training.train`` alike: resumable
         checkpoints, TensorBoard scalars, per-epoch metrics to the run."""
-        return {
-            "checkpoint_dir": self.checkpoint_dir,
-            "tensorboard_dir": self.tensorboard_dir,
-            "resume_key": self.resume_key,
-            "epoch_hook": lambda epoch, metrics: self.run.log_metrics(metrics, step=epoch),
-        }
+        from reprotrain.training.options import RunOptions
+
+        return RunOptions(
+            checkpoint_dir=self.checkpoint_dir,
+            tensorboard_dir=self.tensorboard_dir,
+            resume_key=self.resume_key,
+            epoch_hook=self._log_epoch,
+        )
+
+    def _log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.run.log_metrics(metrics, step=epoch)
 
     def finish(
         self, model: Any, result: TrainResult, extra: Mapping[str, Any] | None = None

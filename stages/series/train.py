@@ -45,7 +45,7 @@ def main() -> int:
             model = series_training.build_model(cfg, meta, train)
         stage.run.set_tags({"reprotrain.series.model": cfg.model})
         result = training.train(
-            model, train_ds, val_ds, cfg, info, regression=cfg.loss, **stage.fit_options()
+            model, train_ds, val_ds, cfg, info, stage.fit_options(), regression=cfg.loss
         )
         forecast = series_training.forecast_config(model, meta, val, cfg.intervals)
         config_file = serving.config_path(paths.SERIES_MODEL)

@@ -52,7 +52,7 @@ def main() -> int:
         )
         stage.run.set_tags({"reprotrain.table.api": model.name})
         result = training.train(
-            model, train, val, cfg, info, class_weight=data.class_weight, **stage.fit_options()
+            model, train, val, cfg, info, stage.fit_options(), class_weight=data.class_weight
         )
         stage.finish(model, result, {"params": model.count_params(), "train_rows": len(data.train)})
     return 0

@@ -145,8 +145,9 @@ def test_trains_with_both_loops(arch: str, loop: str, tmp_path: Path) -> None:
         val_ds,
         cfg,
         info,
-        checkpoint_dir=tmp_path / "ckpt",
-        epoch_hook=lambda epoch, metrics: seen.append(epoch),
+        training.RunOptions(
+            tmp_path / "ckpt", epoch_hook=lambda epoch, metrics: seen.append(epoch)
+        ),
     )
     assert result.epochs_run == len(seen) >= 1
     assert any((a != b).any() for a, b in zip(before, model.get_weights(), strict=True))

@@ -87,10 +87,9 @@ def train_tiny(
         tiny_dataset(xv, yv),
         cfg,
         info,
-        checkpoint_dir=checkpoint_dir,
-        tensorboard_dir=tensorboard_dir,
-        epoch_hook=hook,
-        resume_key=resume_key,
+        training.RunOptions(
+            checkpoint_dir, tensorboard_dir=tensorboard_dir, resume_key=resume_key, epoch_hook=hook
+        ),
     )
     return model, result
 

@@ -44,10 +44,8 @@ def _fit(tmp: Path, cfg: SeriesConfig, hook=None, key: str = "k"):
         val_ds,
         cfg,
         info,
-        checkpoint_dir=tmp / "ckpt",
+        training.RunOptions(tmp / "ckpt", resume_key=key, epoch_hook=hook),
         regression=cfg.loss,
-        resume_key=key,
-        epoch_hook=hook,
     )
     return model, result
 
@@ -134,7 +132,7 @@ def test_class_weights_are_refused_and_config_written(tmp_path: Path) -> None:
             ds,
             SeriesConfig(epochs=1),
             info,
-            checkpoint_dir=tmp_path / "c",
+            training.RunOptions(tmp_path / "c"),
             class_weight={0: 2.0},
             regression="mse",
         )

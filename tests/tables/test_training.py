@@ -51,7 +51,7 @@ def _fit(churn, tmp: Path, cfg, api="functional", class_weight=None):
     )
     val_ds = make_dataset(inference.feed(model, inputs, spec), y, batch_size=cfg.batch_size)
     result = training.train(
-        model, train_ds, val_ds, cfg, info, checkpoint_dir=tmp, class_weight=class_weight
+        model, train_ds, val_ds, cfg, info, training.RunOptions(tmp), class_weight=class_weight
     )
     return model, result
 
@@ -84,9 +84,8 @@ def test_a_rerun_resumes_after_the_last_finished_epoch(churn, tmp_path) -> None:
     info = runtime.configure(RuntimeConfig(), SEED)
     model = tm.build(spec, 2, inputs, cfg, "functional")
     ds = make_dataset(inference.feed(model, inputs, spec), y, batch_size=32)
-    training.train(model, ds, ds, cfg, info, checkpoint_dir=tmp_path / "r", resume_key="k")
+    run = training.RunOptions(tmp_path / "r", resume_key="k")
+    training.train(model, ds, ds, cfg, info, run)
     again = tm.build(spec, 2, inputs, cfg, "functional")
-    result = training.train(
-        again, ds, ds, _cfg(epochs=3), info, checkpoint_dir=tmp_path / "r", resume_key="k"
-    )
+    result = training.train(again, ds, ds, _cfg(epochs=3), info, run)
     assert result.initial_epoch == 2 and result.history["epoch"] == [1, 2, 3]

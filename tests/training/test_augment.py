@@ -73,7 +73,7 @@ def _fit(train: list[Path], val: list[Path], tmp: Path, placement: str) -> keras
         val_ds,
         HEAD,
         info,
-        checkpoint_dir=tmp / "ckpt",
+        training.RunOptions(tmp / "ckpt"),
         augment=augment,
     )
     return model

@@ -93,10 +93,12 @@ def _fit_once(data, tmp: Path):
         tiny_dataset(xv, yv),
         HEAD,
         info,
-        checkpoint_dir=tmp / "ckpt",
-        tensorboard_dir=tmp / "tb",
-        epoch_hook=lambda e, m: calls.append((e, m)),
-        resume_key="k",
+        training.RunOptions(
+            tmp / "ckpt",
+            tensorboard_dir=tmp / "tb",
+            resume_key="k",
+            epoch_hook=lambda e, m: calls.append((e, m)),
+        ),
     )
     return model, result, calls
 
@@ -163,10 +165,12 @@ def test_class_weight_and_custom_loop(data, tmp_path: Path) -> None:
             val,
             dataclasses.replace(cfg, loop=loop, clip_norm=0.5),
             info,
-            checkpoint_dir=tmp_path / name,
-            tensorboard_dir=tmp_path / f"tb-{name}",
+            training.RunOptions(
+                tmp_path / name,
+                tensorboard_dir=tmp_path / f"tb-{name}",
+                epoch_hook=(lambda e, m: calls.append(e)) if loop == "custom" else None,
+            ),
             class_weight=cw,
-            epoch_hook=(lambda e, m: calls.append(e)) if loop == "custom" else None,
         )
     loss = {name: r.history["loss"][0] for name, r in results.items()}
     assert loss["fit"] == pytest.approx(2 * loss["plain"], rel=1e-5)
@@ -184,7 +188,12 @@ def test_feature_cache_path_same_architecture(data, tmp_path: Path) -> None:
     x, y, xv, yv = data
     info, plain = _setup()
     training.train(
-        plain, _train_ds(x, y), tiny_dataset(xv, yv), HEAD, info, checkpoint_dir=tmp_path / "p"
+        plain,
+        _train_ds(x, y),
+        tiny_dataset(xv, yv),
+        HEAD,
+        info,
+        training.RunOptions(tmp_path / "p"),
     )
     info, cached = _setup()
     base_before = [w.copy() for w in transfer.get_base(cached).get_weights()]
@@ -196,8 +205,8 @@ def test_feature_cache_path_same_architecture(data, tmp_path: Path) -> None:
         tiny_dataset(xv, yv),
         cfg,
         info,
+        training.RunOptions(tmp_path / "c"),
         seed=SEED,
-        checkpoint_dir=tmp_path / "c",
     )
     assert result.extra["feature_cache"] is True
     assert _arch(cached) == _arch(plain)
@@ -228,7 +237,7 @@ def test_finetune_keeps_batchnorm_statistics(data, tmp_path: Path) -> None:
     frozen = base.get_layer("Conv1").get_weights()[0].copy()
     cfg = FinetuneConfig(epochs=1, batch_size=8, learning_rate=0.01, unfreeze_top=12)
     training.train(
-        model, _train_ds(x, y), tiny_dataset(xv, yv), cfg, info, checkpoint_dir=tmp_path / "c"
+        model, _train_ds(x, y), tiny_dataset(xv, yv), cfg, info, training.RunOptions(tmp_path / "c")
     )
     for bn in bns:
         np.testing.assert_array_equal(bn.moving_mean.numpy(), stats[bn.name][0])
@@ -263,7 +272,13 @@ def test_keep_start_weights_when_no_epoch_beats_them(data, tmp_path: Path) -> No
     cfg = dataclasses.replace(HEAD, epochs=5, learning_rate=0.05, early_stopping_patience=2)
     train_ds, val_ds = _train_ds(x, 1 - y), tiny_dataset(xv, yv)
     result = training.train(
-        model, train_ds, val_ds, cfg, info, checkpoint_dir=tmp_path / "c", keep_start_if_better=True
+        model,
+        train_ds,
+        val_ds,
+        cfg,
+        info,
+        training.RunOptions(tmp_path / "c"),
+        keep_start_if_better=True,
     )
     assert result.best_epoch == 0
     # Patience counts from the starting weights: two epochs that do not beat them stop it.

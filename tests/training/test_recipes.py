@@ -105,7 +105,7 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_in_fit_and_the_custom_loo
             )
             ds = tiny_dataset(x, y, batch_size=8)
             result = training.train(
-                model, ds, ds, cfg, info, checkpoint_dir=tmp_path / f"{loop}{smoothing}"
+                model, ds, ds, cfg, info, training.RunOptions(tmp_path / f"{loop}{smoothing}")
             )
             losses[loop, smoothing] = result.history["loss"][0]
     target = np.full((8, k), eps / k) + (1 - eps) * np.eye(k)[y]

@@ -187,9 +187,7 @@ def test_a_resumed_run_trains_what_an_uninterrupted_one_trains(
             val_ds,
             dataclasses.replace(CFG, loop=loop),
             info,
-            checkpoint_dir=ckpt,
-            epoch_hook=hook,
-            resume_key="k",
+            training.RunOptions(ckpt, resume_key="k", epoch_hook=hook),
         )
         return model, result
 

@@ -6,16 +6,26 @@ Wilson intervals (:func:`reprotrain.evaluation.metrics.wilson_interval`), the di
 and the exact McNemar test of the promotion gate (:func:`reprotrain.evaluation.gate.
 mcnemar_exact`) -- paired, because both models see the same images, so only the images
 exactly one of them gets right carry information.
+
+The finetune stage's side: the test split it measures on (:func:`test_split`) and
+:func:`vs_head` on the two models' predictions.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from reprotrain.evaluation.gate import mcnemar_exact
 from reprotrain.evaluation.metrics import wilson_interval
+
+if TYPE_CHECKING:
+    from reprotrain.config import Params
+    from reprotrain.evaluation.predictions import EvalSplit
+
+logger = logging.getLogger(__name__)
 
 #: Significance of the finetune stage's report: the gate's default (``evaluate.alpha``), fixed
 #: so that a change of the gate's level does not rerun fine-tuning.
@@ -92,3 +102,33 @@ def summary_line(gain: dict[str, Any]) -> str:
     if gain["verdict"] == "worse":
         return f"fine-tuning is worse than the head: {stats}; {TRY}"
     return f"fine-tuning added nothing significant: {stats}; {TRY}"
+
+
+def test_split(params: Params, batch_size: int) -> EvalSplit | None:
+    """The prepared test split that finetune scores the head and the fine-tuned model on
+    (decoded once, read from memory the second time), or None when it is empty."""
+    from reprotrain import paths
+    from reprotrain.data import tfrecords
+    from reprotrain.evaluation.predictions import EvalSplit
+
+    files = tfrecords.verify_shards(paths.PREPARED_DIR, "test")
+    if not files:
+        logger.info("no test split: metrics/finetune.json has no vs_head")
+        return None
+    return EvalSplit(files, params.pipeline, batch_size=batch_size, seed=params.seed)
+
+
+def vs_head(head: Any, finetuned: Any, *, kept_head: bool) -> dict[str, Any]:
+    """:func:`finetune_gain` at :data:`ALPHA` of two models' predictions on the same split
+    (``SplitPredictions``: ``y_true`` and ``probs``), for metrics/finetune.json's
+    ``vs_head``, its summary logged. ``kept_head``: no epoch beat the head, so
+    ``finetuned`` is the head."""
+    out = finetune_gain(
+        head.y_true,
+        head.probs.argmax(axis=1),
+        finetuned.probs.argmax(axis=1),
+        alpha=ALPHA,
+        kept_head=kept_head,
+    )
+    logger.info("%s", out["summary"])
+    return out

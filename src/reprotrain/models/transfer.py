@@ -165,3 +165,23 @@ def trainable_summary(model: Any) -> dict[str, Any]:
         "trainable_params": count(model.trainable_weights),
         "non_trainable_params": count(model.non_trainable_weights),
     }
+
+
+def unfreeze_for_finetuning(model: Any, n: int) -> dict[str, Any]:
+    """:func:`unfreeze_top` for the finetune stage: logs what now trains and returns it as
+    the run's tags (layer count, names, trainable parameters), so a run in MLflow says
+    which layers its numbers come from."""
+    names = unfreeze_top(model, n)
+    params = trainable_summary(model)["trainable_params"]
+    logger.info(
+        "finetune: %d trainable base layers (top %d, BatchNorm frozen), %d trainable params: %s",
+        len(names),
+        n,
+        params,
+        ", ".join(names) or "-",
+    )
+    return {
+        "reprotrain.trainable_layer_count": len(names),
+        "reprotrain.trainable_layers": ",".join(names),
+        "reprotrain.trainable_params": params,
+    }

@@ -1,10 +1,12 @@
 """Training: compile, fit (or a GradientTape loop), resumable state, the feature cache.
 
 ``loop`` trains, ``augment`` wraps a model to augment inside the train step, ``checkpoints``
-keeps the resumable state (atomic backups, best weights, merged history), ``callbacks``
-commits it each epoch, ``tensorboard_logs`` writes the TensorBoard scalars,
-``feature_cache`` trains a head on features computed once. Stage plumbing (reading prepared
-data, writing outputs) is in :mod:`reprotrain.stage_io`.
+keeps the resumable state (atomic backups, best weights, merged history; ``weights_writer``
+writes their weights files), ``callbacks`` commits it each epoch, ``tensorboard_logs``
+writes the TensorBoard scalars, ``feature_cache`` trains a head on features computed once;
+``options`` holds a run's :class:`RunOptions` (backup, TensorBoard logs, resume key,
+per-epoch hook). Stage plumbing (reading prepared data, writing outputs) is in
+:mod:`reprotrain.stage_io`.
 """
 
 from reprotrain.training.augment import AugmentingModel
@@ -31,6 +33,7 @@ from reprotrain.training.loop import (
     shard_across_workers,
     train,
 )
+from reprotrain.training.options import RunOptions
 from reprotrain.training.tensorboard_logs import ScalarTensorBoard
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "CheckpointStore",
     "EpochCommitter",
     "EpochHook",
+    "RunOptions",
     "ScalarTensorBoard",
     "TrainResult",
     "WorkerCheckpointStore",

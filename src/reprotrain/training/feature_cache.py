@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +19,8 @@ from reprotrain.errors import ConfigError, DataError
 from reprotrain.models import transfer
 from reprotrain.runtime import RuntimeInfo
 from reprotrain.timing import timed
-from reprotrain.training.callbacks import EpochHook
 from reprotrain.training.loop import TrainResult, compile_model, train
+from reprotrain.training.options import RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -82,19 +81,16 @@ def extract_features(model: Any, *datasets: Any) -> list[tuple[np.ndarray, np.nd
 
 
 @timed("train")
-def train_head_cached(  # noqa: PLR0913  (training.train's options plus the seed)
+def train_head_cached(  # noqa: PLR0913  (training.train's arguments plus the seed)
     model: Any,
     train_ds: Any,
     val_ds: Any,
     cfg: TrainHeadConfig,
     info: RuntimeInfo,
+    run: RunOptions,
     *,
     seed: int,
-    checkpoint_dir: Path,
-    tensorboard_dir: Path | None = None,
     class_weight: Mapping[int, float] | None = None,
-    epoch_hook: EpochHook | None = None,
-    resume_key: str | None = None,
 ) -> TrainResult:
     """Train only the head on features computed once, then put it on the full model.
 
@@ -109,12 +105,9 @@ def train_head_cached(  # noqa: PLR0913  (training.train's options plus the seed
         model.get_layer(transfer.OUTPUT_NAME).get_weights(),
         cfg,
         info,
+        run,
         seed=seed,
-        checkpoint_dir=checkpoint_dir,
-        tensorboard_dir=tensorboard_dir,
         class_weight=class_weight,
-        epoch_hook=epoch_hook,
-        resume_key=resume_key,
     )
     transfer.copy_head_weights(head, model)
     # The full model is what gets saved and fine-tuned: compile it like the plain path.
@@ -129,15 +122,16 @@ def fit_head(
     initial: list[np.ndarray],
     cfg: TrainHeadConfig,
     info: RuntimeInfo,
+    run: RunOptions,
     *,
     seed: int,
-    **fit: Any,
+    class_weight: Mapping[int, float] | None = None,
 ) -> tuple[Any, TrainResult]:
     """A head-only model trained on pooled ``(x_train, y_train, x_val, y_val)`` features.
 
     It starts from ``initial`` (the full model's Dense weights, so both training paths start
-    from the same point); ``fit`` are :func:`train`'s keywords. Also what each trial of
-    ``reprotrain tune`` trains.
+    from the same point) and is trained by :func:`train` with ``run`` and ``class_weight``.
+    Also what each trial of ``reprotrain tune`` trains.
     """
     x_train, y_train, x_val, y_val = features
     with info.strategy.scope():
@@ -150,4 +144,4 @@ def fit_head(
         .prefetch(tf.data.AUTOTUNE)
     )
     val_feats = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(cfg.batch_size)
-    return head, train(head, train_feats, val_feats, cfg, info, **fit)
+    return head, train(head, train_feats, val_feats, cfg, info, run, class_weight=class_weight)

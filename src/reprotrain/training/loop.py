@@ -45,6 +45,7 @@ from reprotrain.training.iterators import (
     skip_iterators,
 )
 from reprotrain.training.optim import make_optimizer
+from reprotrain.training.options import RunOptions
 from reprotrain.training.tensorboard_logs import (
     ScalarTensorBoard,
     backfill_tensorboard,
@@ -178,24 +179,24 @@ def discard_checkpoint(checkpoint_dir: Path) -> None:
 
 
 @timed("train")
-def train(  # noqa: PLR0913  (keyword-only run options, each defaulted: stage_io.fit_options() fills the stage's)
+def train(  # noqa: PLR0913  (the model, its datasets, config, runtime and run options; the task's keywords)
     model: Any,
     train_ds: Any,
     val_ds: Any,
     cfg: TrainConfig,
     info: RuntimeInfo,
+    run: RunOptions,
     *,
-    checkpoint_dir: Path,
-    tensorboard_dir: Path | None = None,
     class_weight: Mapping[int, float] | None = None,
-    epoch_hook: EpochHook | None = None,
-    resume_key: str | None = None,
-    compile: bool = True,
-    keep_start_if_better: bool = False,
     augment: AugmentConfig | None = None,
+    keep_start_if_better: bool = False,
     regression: str | None = None,
+    compile: bool = True,
 ) -> TrainResult:
     """Train ``model`` per ``cfg`` (``loop: fit|custom``) and return the merged history.
+
+    ``run``: the backup, TensorBoard logs, resume key and per-epoch hook
+    (:class:`RunOptions`, a stage's ``fit_options()``).
 
     ``regression``: the loss of a regression task (``mse``|``mae``, see
     :func:`compile_model`); ``class_weight`` must then be None.
@@ -207,7 +208,7 @@ def train(  # noqa: PLR0913  (keyword-only run options, each defaulted: stage_io
     Multi-worker (``info.num_workers > 1``): the datasets are sharded across workers
     (:func:`shard_across_workers`); only the chief writes the backup and TensorBoard logs.
 
-    The kept (best) weights are in ``model`` when this returns. ``checkpoint_dir`` keeps
+    The kept (best) weights are in ``model`` when this returns. ``run.checkpoint_dir`` keeps
     the resumable state until the caller has saved its outputs and calls
     :func:`discard_checkpoint`, so a kill between the two loses no training.
 
@@ -215,14 +216,6 @@ def train(  # noqa: PLR0913  (keyword-only run options, each defaulted: stage_io
     and keep them if no epoch reaches a lower val_loss, so fine-tuning can never hand on a
     model that is worse on validation than the one it started from.
     """
-    options = _RunOptions(
-        class_weight=class_weight,
-        epoch_hook=epoch_hook,
-        resume_key=resume_key,
-        compile=compile,
-        keep_start_if_better=keep_start_if_better,
-        regression=regression,
-    )
     if regression is not None and class_weight:
         raise ConfigError("class_weight applies to classification only, not to a regression")
     if info.num_workers > 1:
@@ -230,15 +223,26 @@ def train(  # noqa: PLR0913  (keyword-only run options, each defaulted: stage_io
     if augment is not None:
         with info.strategy.scope():
             model = AugmentingModel(model, augment)
+    tensorboard_dir = run.tensorboard_dir
     if info.is_chief:
-        store = CheckpointStore(checkpoint_dir)
+        store = CheckpointStore(run.checkpoint_dir)
     else:  # multi-worker, not the chief: reads the chief's backup, writes no shared file
-        store, tensorboard_dir = WorkerCheckpointStore(checkpoint_dir), None
+        store, tensorboard_dir = WorkerCheckpointStore(run.checkpoint_dir), None
     # Logged beside the backup (DVC deletes the output folder before a rerun), published
     # to ``tensorboard_dir`` at the end: a resumed run keeps the killed run's logs.
     live_logs = store.dir / TENSORBOARD if tensorboard_dir is not None else None
+    task = _Task(
+        store=store,
+        live_logs=live_logs,
+        epoch_hook=run.epoch_hook,
+        resume_key=run.resume_key,
+        class_weight=class_weight,
+        compile=compile,
+        keep_start_if_better=keep_start_if_better,
+        regression=regression,
+    )
     try:
-        result = _train(model, train_ds, val_ds, cfg, info, store, live_logs, options)
+        result = _train(model, train_ds, val_ds, cfg, info, task)
     finally:
         store.close()
     if tensorboard_dir is not None and live_logs is not None:
@@ -247,27 +251,24 @@ def train(  # noqa: PLR0913  (keyword-only run options, each defaulted: stage_io
 
 
 @dataclass(frozen=True)
-class _RunOptions:
-    """:func:`train`'s options that :func:`_train` acts on (see train's docstring)."""
+class _Task:
+    """What :func:`_train` acts on besides the model, data, config and runtime: the backup
+    and live logs :func:`train` opened, and its options (see train's docstring)."""
 
-    class_weight: Mapping[int, float] | None
+    store: CheckpointStore
+    live_logs: Path | None
     epoch_hook: EpochHook | None
     resume_key: str | None
+    class_weight: Mapping[int, float] | None
     compile: bool
     keep_start_if_better: bool
     regression: str | None
 
 
-def _train(  # noqa: PLR0913  (the run's data, config, runtime, backup and logs, then its options)
-    model: Any,
-    train_ds: Any,
-    val_ds: Any,
-    cfg: TrainConfig,
-    info: RuntimeInfo,
-    store: CheckpointStore,
-    tensorboard_dir: Path | None,
-    opts: _RunOptions,
+def _train(
+    model: Any, train_ds: Any, val_ds: Any, cfg: TrainConfig, info: RuntimeInfo, opts: _Task
 ) -> TrainResult:
+    store, tensorboard_dir = opts.store, opts.live_logs
     class_weight, epoch_hook, regression = opts.class_weight, opts.epoch_hook, opts.regression
     keep_start_if_better = opts.keep_start_if_better
     store.prepare(opts.resume_key)

@@ -123,10 +123,9 @@ def train_head_trial(
         feats.head_init,
         cfg,
         info,
+        training.RunOptions(checkpoint_dir, epoch_hook=epoch_hook),
         seed=params.seed,
-        checkpoint_dir=checkpoint_dir,
         class_weight=stage_io.class_weights(cfg.class_weight, feats.labels, feats.counts),
-        epoch_hook=epoch_hook,
     )
 
 
@@ -157,9 +156,8 @@ def finetune_trial(
             data.val,
             params.finetune,
             info,
-            checkpoint_dir=checkpoint_dir,
+            training.RunOptions(checkpoint_dir, epoch_hook=epoch_hook),
             class_weight=class_weight,
-            epoch_hook=epoch_hook,
             keep_start_if_better=True,
             augment=data.augment_in_model,
         )
