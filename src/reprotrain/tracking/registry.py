@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reprotrain.errors import TrackingError
-from reprotrain.evaluation import gate as promotion
+from reprotrain.evaluation.gate import CHAMPION
 from reprotrain.tracking import lineage, store
 from reprotrain.tracking.resolve import (
     CACHE_RECORD,
@@ -122,12 +122,12 @@ def get_champion(client: Any, name: str, uri: str, consequence: str) -> Any | No
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, promotion.CHAMPION)
+        return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as exc:
         if is_missing_alias(exc):
             return None
         raise TrackingError(
-            f"could not look up {name}@{promotion.CHAMPION} in {uri} ({exc.error_code}: "
+            f"could not look up {name}@{CHAMPION} in {uri} ({exc.error_code}: "
             f"{' '.join(str(exc.message).split())[:300]}); {consequence}"
         ) from None
 
@@ -176,7 +176,7 @@ def set_champion(
     now = champion_version(client, name, uri, "champion not moved")
     if now != previous:
         raise ChampionMoved(name, version, previous, now)
-    client.set_registered_model_alias(name, promotion.CHAMPION, str(version))
+    client.set_registered_model_alias(name, CHAMPION, str(version))
     tags = {
         VTAG_PROMOTED_BY: by,
         VTAG_PROMOTED_AT: _now(),
@@ -269,7 +269,7 @@ def rollback(uri: str, name: str, reason: str, by: str | None = None) -> dict[st
     now = champion_version(client, name, uri, "champion not moved")
     if now != int(current.version):
         raise ChampionMoved(name, int(prev), int(current.version), now)
-    client.set_registered_model_alias(name, promotion.CHAMPION, prev)
+    client.set_registered_model_alias(name, CHAMPION, prev)
     _audit(
         client, name, f"{when} champion v{current.version} → v{prev} (rollback) by {by}: {reason}"
     )
