@@ -13,11 +13,17 @@ in this process, on the prepared windows:
   callbacks) divided by the seed's script (``Input → LSTM(64) → Dense(horizon)``, ``fit`` on
   the window arrays in memory), the same epochs and batch size, both with validation each
   epoch, under the same TensorFlow settings (``runtime.configure``: op determinism, seeds),
-  so the ratio measures the stage's code path. ``--rounds`` rounds, the two interleaved;
-  each side's fastest epoch after its first (warm-up). Target ≥ 0.9.
-
-Timings on a shared machine are noisy (other processes only add time): hence the fastest
-epoch of interleaved rounds rather than a median of one run each.
+  so the ratio measures the stage's code path. Steady state, the same for both sides: the
+  first epoch of each run (tracing, compiling) is left out, and a run's speed is the median
+  of its other epochs. ``--rounds`` rounds, the two interleaved (which goes first
+  alternates); the ratio is the median of the rounds' ratios, each of two runs made back
+  to back, so a burst of other work on the machine moves both sides of one round at most.
+  ``plain_keras``/``pipeline`` are each side's median run. Target ≥ 0.9.
+  ``pipeline_vs_plain_cpu``: the same ratio of windows per CPU second of the process (see
+  ``EpochClock``), the steadier number when the machine is busy.
+- ``backup_write_ms``: one epoch's backup weights file of the trained co2 model, written by
+  Keras' ``model.save_weights`` and by the backup's ``training.weights_writer`` (the same
+  file without Keras' object-graph walk), median of 20 writes each.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,22 +93,37 @@ def whole_run(work: Path, source: Path) -> tuple[Path, dict[str, Any]]:
 
 
 class EpochClock:
-    """Wall time of each epoch (fit's callback, or training.train's epoch hook)."""
+    """Wall and CPU time of each epoch (fit's callback, or training.train's epoch hook).
+
+    The process's CPU time (all its threads) is the work an epoch took, which other
+    processes on a shared machine barely change; wall time also counts the waits (disk
+    syncs) and whatever else ran meanwhile.
+    """
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.cpu: list[float] = []
         self._last = time.perf_counter()
+        self._last_cpu = time.process_time()
 
     def tick(self, *_: Any) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.times.append(now - self._last)
-        self._last = now
+        self.cpu.append(cpu - self._last_cpu)
+        self._last, self._last_cpu = now, cpu
 
-    def per_second(self, n: int) -> float:
-        """Windows per second of the least-disturbed epoch after the first (warm-up): on a
-        shared machine other processes only ever add time to an epoch."""
-        steady = self.times[1:] or self.times
-        return n / min(steady)
+    def per_second(self, n: int, times: list[float] | None = None) -> float:
+        """Windows per second of the median epoch after the first (warm-up: tracing)."""
+        times = self.times if times is None else times
+        steady = times[1:] or times
+        return n / statistics.median(steady)
+
+    def speeds(self, n: int) -> dict[str, Any]:
+        return {
+            "windows_per_second": round(self.per_second(n), 1),
+            "windows_per_cpu_second": round(self.per_second(n, self.cpu), 1),
+            "epoch_s": [round(t, 3) for t in self.times],
+        }
 
 
 def plain_script(train: Any, val: Any, cfg: Any) -> dict[str, Any]:
@@ -128,10 +150,7 @@ def plain_script(train: Any, val: Any, cfg: Any) -> dict[str, Any]:
         verbose=0,
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=clock.tick)],
     )
-    return {
-        "windows_per_second": round(clock.per_second(len(train)), 1),
-        "epoch_s": [round(t, 3) for t in clock.times],
-    }
+    return clock.speeds(len(train))
 
 
 def pipeline_stage(proj: Path, train: Any, val: Any, cfg: Any, meta: Any) -> dict[str, Any]:
@@ -154,15 +173,44 @@ def pipeline_stage(proj: Path, train: Any, val: Any, cfg: Any, meta: Any) -> dic
             val_ds,
             cfg,
             info,
-            checkpoint_dir=Path(ckpt),
+            training.RunOptions(Path(ckpt), epoch_hook=clock.tick),
             regression=cfg.loss,
-            epoch_hook=clock.tick,
         )
-    return {
-        "windows_per_second": round(clock.per_second(len(train)), 1),
-        "epoch_s": [round(t, 3) for t in clock.times],
-        "epochs_run": result.epochs_run,
-    }
+    return {**clock.speeds(len(train)), "epochs_run": result.epochs_run}
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median speed (the upper median of an even number)."""
+    ranked = sorted(runs, key=lambda r: r["windows_per_second"])
+    return ranked[len(ranked) // 2]
+
+
+def backup_write_ms(train: Any, cfg: Any, meta: Any, writes: int = 20) -> dict[str, float]:
+    """Milliseconds to write one epoch's backup weights file of the co2 model (optimizer
+    built), by Keras' ``save_weights`` and by the backup's ``WeightsWriter``: medians."""
+    from reprotrain import runtime, training
+    from reprotrain.config import RuntimeConfig
+    from reprotrain.series import training as series_training
+    from reprotrain.training.weights_writer import WeightsWriter
+
+    info = runtime.configure(RuntimeConfig(), 42)
+    model = series_training.build_model(cfg, meta, train)
+    training.compile_model(model, cfg, info, regression=cfg.loss)
+    ds = series_training.in_memory_dataset(train.x, train.y, shuffle=False, batch_size=32, seed=0)
+    model.fit(ds.take(2), epochs=1, verbose=0)
+    writer = WeightsWriter()
+    times: dict[str, list[float]] = {"keras_save_weights": [], "weights_writer": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "epoch.weights.h5"
+        for _ in range(writes):
+            for name, save in (
+                ("keras_save_weights", model.save_weights),
+                ("weights_writer", lambda p: writer.save(model, p)),
+            ):
+                start = time.perf_counter()
+                save(path)
+                times[name].append(time.perf_counter() - start)
+    return {name: round(1000 * statistics.median(t), 1) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="skip dvc repro: reuse --work's project and result"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of each")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="reprotrain-series-bench-"))
@@ -195,11 +243,18 @@ def main(argv: list[str] | None = None) -> int:
 
     runtime.configure(RuntimeConfig(), 42)  # the same TF settings for both sides
     plains, pipes = [], []
-    for _ in range(args.rounds):
-        plains.append(plain_script(train, val, cfg))
+    for i in range(args.rounds):
+        first_plain = i % 2 == 0
+        if first_plain:
+            plains.append(plain_script(train, val, cfg))
         pipes.append(pipeline_stage(proj, train, val, cfg, meta))
-    plain = max(plains, key=lambda r: r["windows_per_second"])
-    pipe = max(pipes, key=lambda r: r["windows_per_second"])
+        if not first_plain:
+            plains.append(plain_script(train, val, cfg))
+    ratios, cpu_ratios = (
+        [b[key] / a[key] for a, b in zip(plains, pipes, strict=True)]
+        for key in ("windows_per_second", "windows_per_cpu_second")
+    )
+    plain, pipe = _median_run(plains), _median_run(pipes)
     result = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -218,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": cfg.batch_size,
             "plain_keras": plain,
             "pipeline": pipe,
-            "pipeline_vs_plain": round(pipe["windows_per_second"] / plain["windows_per_second"], 3),
+            "pipeline_vs_plain": round(statistics.median(ratios), 3),
+            "ratios_by_round": [round(r, 3) for r in ratios],
+            "pipeline_vs_plain_cpu": round(statistics.median(cpu_ratios), 3),
+            "cpu_ratios_by_round": [round(r, 3) for r in cpu_ratios],
+            "backup_write_ms": backup_write_ms(train, cfg, meta),
             "target": 0.9,
         },
         "whole_run": run,
