@@ -149,10 +149,12 @@ def _fill(
     """(split code, row) of a pool's new rows, in their seeded order: each to the split
     furthest below its target (ties: test, then val, then train), as the image ledger does."""
     allowed = [s for s in ("test", "val", "train") if s in pool_splits(pool)]
-    rank = {s: -i for i, s in enumerate(allowed)}
     codes = {s: SPLITS.index(s) for s in allowed}
     for row in new:
-        best = max(allowed, key=lambda s: (targets[s] - counts[s], rank[s]))
+        best, gap = allowed[0], targets[allowed[0]] - counts[allowed[0]]
+        for split in allowed[1:]:  # a tie keeps the earlier split
+            if targets[split] - counts[split] > gap:
+                best, gap = split, targets[split] - counts[split]
         counts[best] += 1
         yield codes[best], row
 

@@ -127,7 +127,7 @@ def profile(
                 if name == label:
                     continue
                 values = [v for c in cells if (v := reading.text_value(c[i])) is not None]
-                profiles[name].add(values, sum(map(reading.is_number, values)))
+                profiles[name].add(values, reading.count_numbers(values))
                 if commas:
                     commas[name].add(values)
             bar.update(len(chunk))
@@ -162,7 +162,7 @@ def write_shards(
     splits in file order, beside the file's rows. (shard index, truncated texts)."""
     schema = checker.schema
     ids = {name: schema.labels.index(name) for name in schema.labels}
-    totals = dict(s.store.con.execute("SELECT split, COUNT(*) FROM items GROUP BY split"))
+    totals = s.store.split_totals()
     writers = [
         SplitWriter(out, sp, int(totals.get(i, 0)), options.shard_size)
         for i, sp in enumerate(SPLITS)

@@ -30,7 +30,7 @@ import io
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,7 @@ def text_value(value: Any) -> str | None:
     return text_value(str(value))
 
 
+_INFINITIES = (math.inf, -math.inf)
 _LEADING_ZERO = re.compile(r"[+-]?0\d")  # a code such as 007 stays as written
 
 
@@ -129,6 +130,19 @@ def is_number(text: str) -> bool:
     except NotANumber:
         return False
     return True
+
+
+def count_numbers(texts: Iterable[str]) -> int:
+    """How many of ``texts`` (present cells) :func:`is_number` accepts; one loop, as
+    pass 1 counts every cell of every column."""
+    n = 0
+    for text in texts:
+        try:
+            number = float(text)
+        except ValueError:
+            continue
+        n += number not in _INFINITIES
+    return n
 
 
 _DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+(?:[eE][+-]?\d+)?")

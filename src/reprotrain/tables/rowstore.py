@@ -168,6 +168,10 @@ class RowStore:
         """(row index, key, split code) of every item, in file order."""
         yield from self._stream("SELECT idx, key, split FROM items ORDER BY idx")
 
+    def split_totals(self) -> dict[int, int]:
+        """Items per split code."""
+        return dict(self.con.execute("SELECT split, COUNT(*) FROM items GROUP BY split"))
+
     def split_counts(self) -> list[tuple[int, str, int]]:
         """(split code, class name, items)."""
         return self.con.execute(

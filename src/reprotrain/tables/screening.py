@@ -94,6 +94,13 @@ class Checker:
         out: list[str | float | None] = []
         for name, i, numeric in zip(self.inputs, self.at, self.numeric, strict=True):
             if numeric is not None:
+                try:  # the hot path (every numeric cell, twice): a plain finite number
+                    number = float(cells[i])
+                    if number - number == 0.0:  # not NaN (missing) nor ±inf (not a number)
+                        out.append(number)
+                        continue
+                except (ValueError, TypeError):
+                    pass
                 try:
                     out.append(numeric(cells[i]))
                 except reading.NotANumber as exc:
