@@ -403,7 +403,9 @@ def redesign(data: Mapping[str, Any]) -> str:
             f"median: before {_num(medians.get('before'), 1, ' s')}, after "
             f"{_num(medians.get('after'), 1, ' s')} (+{_num(outside.get('extra_s_after'), 1)} s, "
             f"{_num(100 * outside.get('extra_share_of_before_repro', 0), 1)}% of before's "
-            "`make repro`)."
+            "`make repro`); the stages' own totals, after ÷ before by round: "
+            + ", ".join(f"{x:.3f}" for x in summary.get("stage_sum_ratio_after_vs_before", []))
+            + "."
         )
     by_note: dict[str, list[str]] = {}
     for key, d in metrics.get("different", {}).items():
