@@ -1,9 +1,9 @@
 """Training: compile, fit (or a GradientTape loop), resumable state, the feature cache.
 
 ``loop`` trains, ``augment`` wraps a model to augment inside the train step, ``checkpoints``
-keeps the resumable state (atomic backups, best weights, merged history; ``weights_writer``
-writes their weights files), ``callbacks`` commits it each epoch, ``tensorboard_logs``
-writes the TensorBoard scalars, ``feature_cache`` trains a head on features computed once;
+keeps the resumable state (atomic backups, best weights, merged history), ``callbacks``
+commits it each epoch, ``tensorboard_logs`` writes the TensorBoard scalars, ``feature_cache``
+trains a head on features computed once;
 ``options`` holds a run's :class:`RunOptions` (backup, TensorBoard logs, resume key,
 per-epoch hook). Stage plumbing (reading prepared data, writing outputs) is in
 :mod:`reprotrain.stage_io`.

@@ -5,9 +5,8 @@ Why our own backup instead of ``keras.callbacks.BackupAndRestore``: Keras writes
 in place (``latest.weights.h5`` + ``training_metadata.json``), so a SIGKILL during the write
 leaves a half-written HDF5 file that every later run fails to open (h5py's "bad object
 header version number"), and the two files can disagree. Here each finished epoch writes
-one ``epoch-NNNN.weights.h5`` (weights + optimizer state, the file ``save_weights`` writes,
-by :class:`~reprotrain.training.weights_writer.WeightsWriter`; via ``reprotrain.fsio``:
-temporary file, then rename) and then commits ``state.json`` atomically (a :class:`BackupRecord`),
+one ``epoch-NNNN.weights.h5`` (weights + optimizer state, via ``reprotrain.fsio``: temporary
+file, then rename) and then commits ``state.json`` atomically (a :class:`BackupRecord`),
 which names the epoch files to resume from and the best epoch's file. A backup proven
 unreadable (its bytes read, but they are not the weights: truncated, garbage, another model)
 is discarded with a warning and training restarts from epoch 1; a failure that may pass (an
@@ -37,7 +36,6 @@ import tensorflow as tf
 
 from reprotrain import fsio
 from reprotrain.errors import ModelError
-from reprotrain.training.weights_writer import WeightsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +141,6 @@ class CheckpointStore:
 
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
-        self.writer = WeightsWriter()  # save_weights' file, without its walk each epoch
 
     def prepare(self, key: str | None) -> None:
         """Keep only a valid backup of a run with the same inputs ``key``."""
@@ -206,7 +203,7 @@ class CheckpointStore:
 
     def save_epoch(self, model: Any, epoch: int) -> None:
         with fsio.atomic_path(self.dir / epoch_file(epoch)) as tmp:
-            self.writer.save(model, tmp)
+            model.save_weights(tmp)
 
     def close(self) -> None:
         """Nothing to release (the backup stays until :func:`discard_checkpoint`)."""
@@ -259,7 +256,7 @@ class WorkerCheckpointStore(CheckpointStore):
         model.load_weights(own if own.is_file() else self.dir / epoch_file(epoch))
 
     def save_epoch(self, model: Any, epoch: int) -> None:
-        self.writer.save(model, self.scratch / epoch_file(epoch))
+        model.save_weights(self.scratch / epoch_file(epoch))
 
     def commit(self, state: BackupRecord) -> None:
         keep = {epoch_file(state.done - 1), epoch_file(state.best_epoch)}
