@@ -143,14 +143,20 @@ def test_import_sets_no_environment() -> None:
 @pytest.mark.parametrize(("user_value", "expected"), [(None, "bfc"), ("false", "malloc")])
 def test_stage_process_gets_the_bfc_allocator(user_value: str | None, expected: str) -> None:
     """As a stage script: TensorFlow imported at the top, then ``run_main``; the allocator
-    is TensorFlow's answer (``runtime.cpu_allocator``), the user's own setting wins."""
+    is TensorFlow's answer (``runtime.cpu_allocator``), the user's own setting wins.
+
+    With oneDNN on (TensorFlow's default on CPUs with AVX-512), TensorFlow's CPU allocator
+    is its oneDNN one, a BFC allocator that ignores the variable; oneDNN is turned off here so
+    that the variable counts on every machine."""
     code = (
         "import tensorflow\n"
         "from reprotrain import runtime\n"
         "from reprotrain.cli import run_main\n"
         "run_main(lambda: print(runtime.cpu_allocator()))\n"
     )
-    env = {} if user_value is None else {"TF_CPU_ALLOCATOR_USE_BFC": user_value}
+    env = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    if user_value is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = user_value
     proc = _python(code, **env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected

@@ -311,7 +311,8 @@ def cpu_allocator() -> str:
 
     Asked of TensorFlow rather than read from ``TF_CPU_ALLOCATOR_USE_BFC``: the variable only
     counts if it was set before the process's first op, and only the BFC allocator keeps the
-    statistics ``get_memory_info`` reports.
+    statistics ``get_memory_info`` reports. With oneDNN on (TensorFlow's default on CPUs
+    with AVX-512), the CPU allocator is oneDNN's, a BFC allocator, whatever the variable says.
     """
     import tensorflow as tf
 
