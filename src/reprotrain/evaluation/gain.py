@@ -96,7 +96,10 @@ def summary_line(gain: dict[str, Any]) -> str:
         f"{t['challenger_only']} fixed / {t['champion_only']} broken)"
     )
     if gain.get("kept_head"):
-        return f"fine-tuning added nothing: no epoch beat the head on validation, kept it; {TRY}"
+        return (
+            "fine-tuning added nothing: no epoch beat the head on validation, kept it (usual "
+            f"when the head is already near its ceiling, as on photos close to ImageNet's); {TRY}"
+        )
     if gain["verdict"] == "better":
         return f"fine-tuning beat the head: {stats}"
     if gain["verdict"] == "worse":
