@@ -22,6 +22,11 @@ STAMP := .venv/.synced-$(TF_EXTRA)$(foreach e,$(EXTRAS),-$(e))
 RUN := $(UV) run --frozen $(EXTRA_FLAGS)
 UI_PORT ?= 5000
 PYTEST_ARGS ?=
+# TensorFlow's C++ info and warning lines (CPU features, oneDNN) off in every process make
+# starts, unless you set it: TensorFlow reads it once, at its import, which a stage script
+# does before reprotrain's own process set-up runs (cli.PROCESS_ENV sets it only for the
+# processes a stage starts).
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 # Two pytest-xdist workers (one per core on the 2-core CI machine); one module per worker at
 # a time, so module fixtures are built once (tests/conftest.py groups them).
 TEST_WORKERS ?= 2
