@@ -3,38 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
-from reprotrain.errors import DataError
 from reprotrain.tables import reading
-
-
-def test_rows_carry_the_line_they_start_on(tmp_path: Path) -> None:
-    path = tmp_path / "t.csv"
-    path.write_bytes(b'\xef\xbb\xbftext,label\r\n"two\r\nlines",a\r\n\r\nplain,b\r\nx,y,z\r\n')
-    assert reading.header(path) == ["text", "label"]  # the BOM is not part of the name
-    rows = [r for chunk in reading.iter_chunks(path, chunk_rows=2) for r in chunk]
-    assert [r.line for r in rows] == [2, 5, 6]
-    assert rows[0].cells == ("two\r\nlines", "a") and rows[1].cells == ("plain", "b")
-    assert rows[2].cells is None and rows[2].problem.startswith("3 fields")
-
-
-def test_tsv_and_empty_files(tmp_path: Path) -> None:
-    tsv = tmp_path / "t.tsv"
-    tsv.write_text("a\tlabel\n1,5\tx\n")
-    assert [r.cells for c in reading.iter_chunks(tsv) for r in c] == [("1,5", "x")]
-    semi = tmp_path / "s.csv"
-    semi.write_text("a;label\n1,5;x\n")
-    assert reading.header(semi) == ["a", "label"]
-    assert [r.cells for c in reading.iter_chunks(semi) for r in c] == [("1,5", "x")]
-    index = tmp_path / "i.csv"
-    index.write_text(",text,label\n0,a,x\n")  # pandas' to_csv with its index
-    assert reading.header(index) == ["column_1", "text", "label"]
-    (tmp_path / "e.csv").write_text("")
-    with pytest.raises(DataError, match="empty"):
-        reading.header(tmp_path / "e.csv")
 
 
 def test_canonical_values() -> None:
@@ -73,12 +45,3 @@ def test_a_column_has_decimal_commas_only_without_dots() -> None:
     words = reading.CommaTally()
     words.add(["red", "blue, green"])
     assert not words.decimal_comma
-
-
-def test_only_a_file_not_separated_by_commas_may_have_decimal_commas(tmp_path: Path) -> None:
-    (tmp_path / "c.csv").write_text("a,label\n1.5,x\n")
-    (tmp_path / "s.csv").write_text("a;label\n1,5;x\n")
-    (tmp_path / "t.tsv").write_text("a\tlabel\n1,5\tx\n")
-    assert not reading.may_have_decimal_commas(tmp_path / "c.csv")
-    assert reading.may_have_decimal_commas(tmp_path / "s.csv")
-    assert reading.may_have_decimal_commas(tmp_path / "t.tsv")

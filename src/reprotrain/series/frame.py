@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from reprotrain.config_kinds import ColumnsConfig
+from reprotrain.data import row_reader
 from reprotrain.errors import ConfigError, DataError
-from reprotrain.tables import reading
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,12 @@ def read_source(path: Path) -> Source:
     """Every column as text (CSV/TSV) or as stored (Parquet): parsing is :mod:`clean`'s, so
     that a bad value is counted, not turned into an exception or a silent NaN here.
 
-    CSV and TSV rows are split by the table kind's reader (:mod:`reprotrain.tables.reading`,
+    CSV and TSV rows are split by the shared row reader (:mod:`reprotrain.data.row_reader`,
     the csv module): a row whose field count is not the header's is quarantined with its
     line, the rest used (pandas would fail the whole file on one extra field, and pad a
     short row with NaN silently)."""
     path = Path(path)
-    if not reading.is_parquet(path):
+    if not row_reader.is_parquet(path):
         return _read_text(path)
     try:
         frame = pd.read_parquet(path)
@@ -118,11 +118,11 @@ def read_source(path: Path) -> Source:
 
 
 def _read_text(path: Path) -> Source:
-    names = _deduplicated(reading.header(path))
+    names = _deduplicated(row_reader.header(path))
     lines: list[int] = []
     cells: list[tuple[str, ...]] = []
     rejected: list[Rejected] = []
-    for chunk in reading.iter_chunks(path):
+    for chunk in row_reader.iter_chunks(path):
         for row in chunk:
             if row.cells is None:
                 excerpt = f": {row.excerpt!r}" if row.excerpt else ""

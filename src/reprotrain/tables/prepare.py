@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from reprotrain.data import tfrecords
+from reprotrain.data import row_reader, tfrecords
 from reprotrain.data.split import Fractions
 from reprotrain.errors import DataError
 from reprotrain.fsio import atomic_path, atomic_write_json, atomic_write_text
@@ -115,12 +115,12 @@ def profile(
     profiles = {name: ColumnProfile(name) for name in header if name != label}
     commas = (
         {name: reading.CommaTally() for name in profiles}
-        if reading.may_have_decimal_commas(path)
+        if row_reader.may_have_decimal_commas(path)
         else {}
     )
     rows = 0
     with progress(None, "prepare: profile columns", unit="rows") as bar:
-        for chunk in reading.iter_chunks(path):
+        for chunk in row_reader.iter_chunks(path):
             cells = [r.cells for r in chunk if r.cells is not None]
             rows += len(chunk)
             for i, name in enumerate(header):
@@ -172,14 +172,14 @@ def write_shards(
     kept = s.store.kept()
     next_kept, key, code = next(kept, (-1, b"", -1))
     with progress(s.rows, "prepare: write TFRecords", unit="rows") as bar:
-        for chunk in reading.iter_chunks(path):
+        for chunk in row_reader.iter_chunks(path):
             for row in chunk:
                 if index >= s.rows:
                     raise DataError(f"{path} grew while prepare read it: rerun prepare")
                 if index in s.reasons:
                     s.lines[index] = row.line
                     if index not in s.excerpts and row.cells is not None:
-                        s.excerpts[index] = reading.clip(",".join(map(str, row.cells)))
+                        s.excerpts[index] = row_reader.clip(",".join(map(str, row.cells)))
                 if index == next_kept:
                     values = checker.values(row.cells)
                     label = reading.label_value(row.cells[checker.label])
@@ -216,7 +216,7 @@ def prepare_table(
     ``stats.json``). ``last_schema``: the previous prepare's schema (compared, then
     replaced), kept beside the ledger because DVC deletes ``out_dir`` before a run."""
     path = source_file(raw_dir)
-    header = reading.header(path)
+    header = row_reader.header(path)
     check_columns(header, options.columns)
     label = find_label(header, options.columns.label)
     profiles, total, decimal = profile(path, header, label)

@@ -19,6 +19,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from reprotrain.data import row_reader
 from reprotrain.progress import progress
 from reprotrain.tables import ledger as ledgers
 from reprotrain.tables import reading
@@ -137,7 +138,7 @@ def scan(path: Path, header: Sequence[str], checker: Checker, total: int, store:
     """Check every row and compute its key (pass 2); the rows go to ``store``."""
     out = Scan(store)
     with progress(total, "prepare: check rows", unit="rows") as bar:
-        for chunk in reading.iter_chunks(path):
+        for chunk in row_reader.iter_chunks(path):
             for row in chunk:
                 index = out.rows
                 if row.cells is None:
