@@ -96,3 +96,21 @@ def test_text_and_usage_errors(trained, monkeypatch, capsys):
         )
         == 0
     )
+
+
+def test_semicolon_file_with_decimal_commas(trained, monkeypatch, capsys):
+    """A spreadsheet's export in a comma-decimal locale (``;``, ``12,5``): split and read as
+    prepare reads it, so each row is predicted as the same row with ``12.5``."""
+    root = trained["root"]
+    model, spec, _ = trained["mixed"]
+    rows = trained["frame"].head(5).copy()
+    rows["hour"] = rows["hour"] + 0.5
+    rows.to_csv(root / "semi.csv", index=False, sep=";", decimal=",")
+    assert ",5;web" in (root / "semi.csv").read_text()
+    monkeypatch.chdir(root / "mixed")
+    assert main([str(root / "mixed.keras"), str(root / "semi.csv")]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert [a.get("error") for a in answers] == [None] * 5
+    probs = np.array([[a["probabilities"][c] for c in LABELS] for a in answers])
+    expected = inference.predict_probs(model, features.model_inputs(rows, spec), spec)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)

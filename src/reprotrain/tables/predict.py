@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reprotrain.data import row_reader
 from reprotrain.errors import DataError, ModelError, ReprotrainError
+from reprotrain.tables import reading
 from reprotrain.tables.features import InputSpec
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,40 @@ def labels_and_inputs(model_arg: str, keras_path: Path, labels_file: Path | None
     return labels, spec
 
 
+def _read_text_table(path: Path, spec: InputSpec) -> Any:
+    """A CSV/TSV file of rows, split as prepare splits it (``row_reader.delimiter``: a
+    ``;``, tab or pipe file too). In a file not separated by commas, a numeric column that
+    prepare's rule says is written with decimal commas (``reading.CommaTally``) is read as
+    numbers, so ``1,5`` is predicted as 1.5 as it was trained on."""
+    import pandas as pd
+
+    sep = row_reader.delimiter(path)
+    if sep == ",":
+        return pd.read_csv(path, sep=sep, keep_default_na=True)
+    frame = pd.read_csv(path, sep=sep, keep_default_na=True, dtype=str)
+    for column in spec.numeric:
+        if column in frame:
+            frame[column] = _decimal_commas(frame[column])
+    return frame
+
+
+def _decimal_commas(cells: Any) -> Any:
+    """``cells`` with ``1,5`` read as 1.5 when the column is a decimal-comma one; a value
+    that is not a number stays as written (its row gets its error)."""
+    tally = reading.CommaTally()
+    tally.add([t for t in map(reading.text_value, cells) if t is not None])
+    if not tally.decimal_comma:
+        return cells
+
+    def value(cell: Any) -> Any:
+        try:
+            return reading.comma_number_value(cell)
+        except reading.NotANumber:
+            return cell
+
+    return cells.map(value)
+
+
 def read_rows(paths: Sequence[str], texts: Sequence[str], spec: InputSpec) -> Any:
     """The rows to predict: every file's rows in order (with ``source`` and ``row``), then
     each ``--text``."""
@@ -118,8 +154,7 @@ def read_rows(paths: Sequence[str], texts: Sequence[str], spec: InputSpec) -> An
             if path.suffix.lower() in (".parquet", ".pq"):
                 frame = pd.read_parquet(path)
             else:
-                sep = "\t" if path.suffix.lower() == ".tsv" else ","
-                frame = pd.read_csv(path, sep=sep, keep_default_na=True)
+                frame = _read_text_table(path, spec)
         except Exception as exc:
             raise DataError(
                 f"{path}: cannot read it as a table ({type(exc).__name__}: {exc})"
