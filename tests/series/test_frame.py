@@ -84,3 +84,23 @@ def test_reading_a_bom_and_bad_bytes(tmp_path) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match=r"bad.parquet: cannot read it as a table"):
         read_source(tmp_path / "bad.parquet")
+
+
+def test_semicolon_file_with_decimal_commas_reads_the_same_numbers(tmp_path) -> None:
+    """A spreadsheet's export in a comma-decimal locale: the same series as the dot file."""
+    from reprotrain.series.frame import read_source
+
+    dots = tmp_path / "dots.csv"
+    dots.write_text("week,demand,temp\n2021-01-04,1.5,-0.25\n2021-01-11,2,\n2021-01-18,3.75,1e3\n")
+    semi = tmp_path / "semi.csv"
+    semi.write_text("week;demand;temp\n2021-01-04;1,5;-0,25\n2021-01-11;2;\n2021-01-18;3,75;1e3\n")
+    a, b = read_source(dots), read_source(semi)
+    assert b.decimal_comma == ("demand", "temp") and a.decimal_comma == ()
+    for name in ("demand", "temp"):
+        assert to_numbers(b.frame[name])[0].tolist() == pytest.approx(
+            to_numbers(a.frame[name])[0].tolist(), nan_ok=True
+        )
+    # A dot beside the commas could be a thousands separator: left as written (not numbers).
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("week;demand\n2021-01-04;1.234,5\n2021-01-11;2,5\n")
+    assert read_source(mixed).decimal_comma == ()

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from reprotrain.data import decimal_comma
 from reprotrain.tables import reading
 
 
@@ -29,7 +30,7 @@ def test_decimal_commas_read_as_the_same_numbers() -> None:
     assert reading.comma_number_value("1,5e3") == 1500.0 and reading.comma_number_value("7") == 7
     assert reading.comma_number_value("NA") is None
     for bad in ("1,234,5", "1.234,5", "a,b", ",5"):
-        assert not reading.is_decimal_comma(bad)
+        assert not decimal_comma.is_decimal_comma(bad)
         with pytest.raises(reading.NotANumber):
             reading.comma_number_value(bad)
     with pytest.raises(reading.NotANumber):
@@ -37,11 +38,11 @@ def test_decimal_commas_read_as_the_same_numbers() -> None:
 
 
 def test_a_column_has_decimal_commas_only_without_dots() -> None:
-    tally = reading.CommaTally()
+    tally = decimal_comma.CommaTally()
     tally.add(["1,5", "2", "3,25"])
     assert tally.decimal_comma and tally.commas == 2
     tally.add(["1.234,5"])  # a dot: a thousands separator? ambiguous, left as written
     assert not tally.decimal_comma
-    words = reading.CommaTally()
+    words = decimal_comma.CommaTally()
     words.add(["red", "blue, green"])
     assert not words.decimal_comma

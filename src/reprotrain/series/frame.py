@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from reprotrain.config_kinds import ColumnsConfig
-from reprotrain.data import row_reader
+from reprotrain.data import decimal_comma, row_reader
 from reprotrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ class Source:
 
     frame: pd.DataFrame
     rejected: tuple[Rejected, ...] = ()
+    #: Columns written with a decimal comma (``1,5``), read as numbers with a dot.
+    decimal_comma: tuple[str, ...] = ()
 
 
 def read_source(path: Path) -> Source:
@@ -131,7 +133,22 @@ def _read_text(path: Path) -> Source:
                 lines.append(row.line)
                 cells.append(row.cells)
     frame = pd.DataFrame(cells, columns=names, index=pd.Index(lines, dtype="int64"), dtype=str)
-    return Source(frame, tuple(rejected))
+    commas = _decimal_comma_columns(frame) if row_reader.delimiter(path) != "," else ()
+    for name in commas:
+        frame[name] = frame[name].map(decimal_comma.to_dot)
+    return Source(frame, tuple(rejected), commas)
+
+
+def _decimal_comma_columns(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The columns of a file not separated by commas that the decimal-comma rule
+    (:mod:`reprotrain.data.decimal_comma`) says are written ``1,5``."""
+    out = []
+    for name in frame.columns:
+        tally = decimal_comma.CommaTally()
+        tally.add([v.strip() for v in frame[name] if v.strip()])
+        if tally.decimal_comma:
+            out.append(str(name))
+    return tuple(out)
 
 
 def _deduplicated(names: list[str]) -> list[str]:

@@ -249,6 +249,7 @@ def prepare(
             "covariates": list(roles.covariates),
             "unused": list(roles.unused),
         },
+        "decimal_comma": list(read.decimal_comma),
         "window": cfg.window,
         "horizon": cfg.horizon,
         "max_gap": cfg.max_gap,

@@ -22,6 +22,8 @@ from reprotrain.tables.serving import DEFAULT_MAX_ROWS, TableClassifier
 SERVED_MODULES = (
     "__init__.py",
     "errors.py",
+    "data/__init__.py",
+    "data/decimal_comma.py",
     "tables/__init__.py",
     "tables/features.py",
     "tables/reading.py",

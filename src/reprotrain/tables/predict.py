@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reprotrain.data import row_reader
+from reprotrain.data import decimal_comma, row_reader
 from reprotrain.errors import DataError, ModelError, ReprotrainError
 from reprotrain.tables import reading
 from reprotrain.tables.features import InputSpec
@@ -109,7 +109,7 @@ def labels_and_inputs(model_arg: str, keras_path: Path, labels_file: Path | None
 def _read_text_table(path: Path, spec: InputSpec) -> Any:
     """A CSV/TSV file of rows, split as prepare splits it (``row_reader.delimiter``: a
     ``;``, tab or pipe file too). In a file not separated by commas, a numeric column that
-    prepare's rule says is written with decimal commas (``reading.CommaTally``) is read as
+    prepare's rule says is written with decimal commas (``decimal_comma.CommaTally``) is read as
     numbers, so ``1,5`` is predicted as 1.5 as it was trained on."""
     import pandas as pd
 
@@ -126,7 +126,7 @@ def _read_text_table(path: Path, spec: InputSpec) -> Any:
 def _decimal_commas(cells: Any) -> Any:
     """``cells`` with ``1,5`` read as 1.5 when the column is a decimal-comma one; a value
     that is not a number stays as written (its row gets its error)."""
-    tally = reading.CommaTally()
+    tally = decimal_comma.CommaTally()
     tally.add([t for t in map(reading.text_value, cells) if t is not None])
     if not tally.decimal_comma:
         return cells

@@ -4,7 +4,7 @@ sharded TFRecords per split, ``stats.json`` and ``labels.json``.
 It streams: three passes over the file, none holding more than a chunk of rows.
 
 1. profile each column (:class:`~.schema.ColumnProfile`, and its decimal commas:
-   :class:`~.reading.CommaTally`) → infer the schema;
+   :class:`~.decimal_comma.CommaTally`) → infer the schema;
 2. check each row against the schema (quarantine reasons, :class:`~.screening.Checker`),
    compute its ledger key; then drop exact duplicates (one ledger key), quarantine
    duplicates whose labels conflict (all of them) and classes too small to split, assign
@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from reprotrain.data import row_reader, tfrecords
+from reprotrain.data import decimal_comma, row_reader, tfrecords
 from reprotrain.data.split import Fractions
 from reprotrain.errors import DataError
 from reprotrain.fsio import atomic_path, atomic_write_json, atomic_write_text
@@ -114,7 +114,7 @@ def profile(
     comma (pass 1). A decimal-comma column's comma values count as numbers."""
     profiles = {name: ColumnProfile(name) for name in header if name != label}
     commas = (
-        {name: reading.CommaTally() for name in profiles}
+        {name: decimal_comma.CommaTally() for name in profiles}
         if row_reader.may_have_decimal_commas(path)
         else {}
     )

@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
+
+from reprotrain.data.decimal_comma import is_decimal_comma
 
 #: Spellings of a missing value (pandas' ``read_csv`` defaults).
 MISSING = frozenset(
@@ -111,14 +112,6 @@ def count_numbers(texts: Iterable[str]) -> int:
     return n
 
 
-_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+(?:[eE][+-]?\d+)?")
-
-
-def is_decimal_comma(text: str) -> bool:
-    """A number written with a decimal comma (``1,5``, ``-0,25``, ``1,5e3``)."""
-    return "," in text and _DECIMAL_COMMA.fullmatch(text.strip()) is not None
-
-
 def comma_number_value(value: Any) -> float | None:
     """:func:`number_value` of a cell of a decimal-comma column (``1,5`` → 1.5)."""
     if value.__class__ is str and "," in value:
@@ -126,24 +119,6 @@ def comma_number_value(value: Any) -> float | None:
             raise NotANumber(value.strip())
         value = value.replace(",", ".")
     return number_value(value)
-
-
-@dataclass
-class CommaTally:
-    """What pass 1 learns about a column's decimal commas (see the module docstring)."""
-
-    commas: int = 0  # values that are numbers written with a decimal comma
-    dots: bool = False  # a value holds a dot
-
-    def add(self, values: list[str]) -> None:
-        """Count a chunk's non-missing cells (canonical text)."""
-        if not self.dots:
-            self.dots = any("." in v for v in values)
-        self.commas += sum(1 for v in values if is_decimal_comma(v))
-
-    @property
-    def decimal_comma(self) -> bool:
-        return self.commas > 0 and not self.dots
 
 
 def label_value(value: Any) -> str | None:
