@@ -8,6 +8,7 @@ from its public URL, as on a user's machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -511,6 +512,23 @@ def project_client(root: Path, store: str = "mlruns") -> Any:
 
 
 TRACKING_ENV = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "REPROTRAIN_REPRODUCES")
+#: What MLflow and DVC export into ``os.environ`` once a test gave them a store or a root.
+MLFLOW_EXPORTS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT")
+
+
+@contextlib.contextmanager
+def no_mlflow_exports() -> Iterator[None]:
+    """None of :data:`MLFLOW_EXPORTS` inherited inside, and the caller's values back after
+    (a module fixture cannot use ``monkeypatch``; MLflow exports the URIs it was given)."""
+    saved = {k: os.environ.pop(k, None) for k in MLFLOW_EXPORTS}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def params_project(root: Path) -> Path:

@@ -6,7 +6,6 @@ description; nothing is attached when export has not run."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from reprotrain import dag, tracking
 from reprotrain.config import load_params
 from reprotrain.evaluation import publication
 from reprotrain.tracking.lineage import write_sidecar
-from tests.conftest import enter_project, params_project
+from tests.conftest import enter_project, no_mlflow_exports, params_project
 
 NAME = "published"
 REPORT = {
@@ -36,15 +35,9 @@ REPORT = {
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT")
-    saved = {k: os.environ.get(k) for k in names}
-    root = enter_project(params_project(tmp_path / "proj"), monkeypatch)
-    yield root
-    for k, v in saved.items():  # MLflow exports the URIs it was given: leave none behind
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with no_mlflow_exports():
+        root = enter_project(params_project(tmp_path / "proj"), monkeypatch)
+        yield root
 
 
 @pytest.mark.slow

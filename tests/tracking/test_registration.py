@@ -4,7 +4,6 @@ a compare-and-set, and every outcome recorded on the version, the run and its pi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import keras
@@ -20,7 +19,7 @@ from reprotrain.models import transfer
 from reprotrain.paths import split_files
 from reprotrain.tracking import registration
 from reprotrain.tracking import registry as reg
-from tests.conftest import params_project
+from tests.conftest import no_mlflow_exports, params_project
 from tests.evaluation.test_predictions import write_prepared
 from tests.models.tiny import tiny_arrays, tiny_model_cfg
 
@@ -33,23 +32,17 @@ pytestmark = pytest.mark.slow
 def world(tmp_path_factory: pytest.TempPathFactory):
     """A project with a store, two tiny models that differ (b has halved weights), and a
     12-image test split both are scored on."""
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT")
-    saved = {k: os.environ.pop(k, None) for k in names}
-    root = params_project(tmp_path_factory.mktemp("registration") / "proj")
-    keras.utils.set_random_seed(0)
-    model = transfer.build_model(tiny_model_cfg(), len(LABELS), 0.0)
-    model.save(root / "a.keras")
-    model.set_weights([w * 0.5 for w in model.get_weights()])
-    model.save(root / "b.keras")
-    x, y = tiny_arrays(12)
-    files = split_files(write_prepared(root / "prepared", x, y, list(LABELS)), "test")
-    split = EvalSplit(files, PipelineConfig(), batch_size=4, seed=0, expected=12)
-    yield root, load_params(root / "params.yaml"), split
-    for k, v in saved.items():  # MLflow exports the URIs it was given: leave none behind
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with no_mlflow_exports():
+        root = params_project(tmp_path_factory.mktemp("registration") / "proj")
+        keras.utils.set_random_seed(0)
+        model = transfer.build_model(tiny_model_cfg(), len(LABELS), 0.0)
+        model.save(root / "a.keras")
+        model.set_weights([w * 0.5 for w in model.get_weights()])
+        model.save(root / "b.keras")
+        x, y = tiny_arrays(12)
+        files = split_files(write_prepared(root / "prepared", x, y, list(LABELS)), "test")
+        split = EvalSplit(files, PipelineConfig(), batch_size=4, seed=0, expected=12)
+        yield root, load_params(root / "params.yaml"), split
 
 
 def _client(root: Path):

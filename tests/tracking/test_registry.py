@@ -33,6 +33,7 @@ from reprotrain.tracking import registry as reg
 from tests.conftest import (
     free_port,
     http_server,
+    no_mlflow_exports,
     params_project,
     project_client,
     subprocess_env,
@@ -139,21 +140,15 @@ def _register(root: Path, model: Path, labels: list[str], digest: str, split, **
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, test_split):
     """A project root with a store, a saved colour model, and four registered versions."""
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT")
-    saved = {k: os.environ.pop(k, None) for k in names}
-    root = params_project(tmp_path_factory.mktemp("registry") / "proj")
-    model_path = _colour_model(root / "model.keras")
-    model = keras.saving.load_model(model_path)
-    results = [
-        _register(root, model_path, LABELS, digest, test_split, accuracy=acc)
-        for digest, acc in (("d1", 0.8), ("d1", 0.7), ("d2", 0.95), ("d2", 0.4))
-    ]
-    yield root, model, results
-    for k, v in saved.items():  # MLflow exports the URIs it was given: leave none behind
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with no_mlflow_exports():
+        root = params_project(tmp_path_factory.mktemp("registry") / "proj")
+        model_path = _colour_model(root / "model.keras")
+        model = keras.saving.load_model(model_path)
+        results = [
+            _register(root, model_path, LABELS, digest, test_split, accuracy=acc)
+            for digest, acc in (("d1", 0.8), ("d1", 0.7), ("d2", 0.95), ("d2", 0.4))
+        ]
+        yield root, model, results
 
 
 @pytest.mark.slow
