@@ -215,6 +215,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "series_training": report_kinds.series_training,
     "redesign": report_kinds.redesign,
     "process_exit": report_kinds.process_exit,
+    "export_overlap": report_kinds.export_overlap,
 }
 
 

@@ -246,3 +246,30 @@ def process_exit(data: Mapping[str, Any]) -> str:
         + "\n\n"
         + _source("process_exit", data)
     )
+
+
+def export_overlap(data: Mapping[str, Any]) -> str:
+    """The image export stage overlapped (``ModelExport``) and in a row
+    (``benchmarks/export_overlap.py``)."""
+    medians, rounds = data.get("median_s", {}), data.get("seconds", {})
+    rows = [
+        [
+            "in a row (data loaded, then `export_and_verify`)",
+            _num(medians.get("sequential"), 1),
+            ", ".join(f"{t:.1f}" for t in rounds.get("sequential", [])),
+            "1",
+        ],
+        [
+            "overlapped (`ModelExport` entered first, as the stage runs)",
+            _num(medians.get("overlapped"), 1),
+            ", ".join(f"{t:.1f}" for t in rounds.get("overlapped", [])),
+            _num(data.get("overlapped_vs_sequential"), 3),
+        ],
+    ]
+    return (
+        f"The export stage's wall seconds, median of {data.get('rounds')} alternating rounds:"
+        "\n\n"
+        + markdown_table(["export stage", "median s", "rounds s", "ratio"], rows)
+        + "\n\n"
+        + _source("export_overlap", data)
+    )

@@ -7,8 +7,9 @@ calibrates int8). Writes models/export/ and metrics/export.json: per format the 
 agreement with the Keras model's top-1 labels, file size, median batch-1 latency on this
 CPU, and whether it ships (export.min_agreement, export.max_accuracy_drop). A format that
 fails its check, or whose converter fails or is not installed, is reported, not fatal
-(docs/exports.md). ≈ 45 s on 2 CPU cores for the default model with the TFLite formats; ONNX
-adds ≈ 11 CPU-seconds of conversion in the second process (measured on a loaded machine).
+(docs/exports.md). The conversions run in a second process started first, so that they
+overlap this one's loading (serving.export.ModelExport; what that saves:
+benchmarks/export_overlap.py).
 """
 
 from __future__ import annotations

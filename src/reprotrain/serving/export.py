@@ -56,7 +56,9 @@ logger = logging.getLogger(__name__)
 class ModelExport:
     """Export one ``.keras`` model to every format in ``cfg.formats`` and verify each.
 
-    Three steps, so a stage can put its other work in the gaps:
+    Three steps, so a stage can put its other work in the gaps (the one speed arrangement
+    of the export stage, kept because it saves more than a tenth of it:
+    ``benchmarks/export_overlap.py``; :func:`export_and_verify` runs them in a row):
 
     - entering starts the conversion process (:class:`Conversions`), whose
       TensorFlow import then overlaps the stage's own;
