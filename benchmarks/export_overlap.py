@@ -14,15 +14,16 @@ alternate which goes first. The figure is each process's wall time, start to end
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+try:
+    from benchmarks.alternating import alternate, write_result
+except ModuleNotFoundError:  # run as a script: python benchmarks/export_overlap.py
+    from alternating import alternate, write_result  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "export_overlap.json"
@@ -84,29 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("project", type=Path, help="a project after dvc repro")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    times: dict[str, list[float]] = {"overlapped": [], "sequential": []}
-    for i in range(args.rounds):
-        ways = ("overlapped", "sequential") if i % 2 == 0 else ("sequential", "overlapped")
-        for way in ways:
-            times[way].append(round(run_once(way, args.project), 2))
-            print(f"round {i + 1}: {way} {times[way][-1]:.1f} s", file=sys.stderr)
-    medians = {way: round(statistics.median(t), 2) for way, t in times.items()}
-    data = {
-        "what": "the image export stage's wall seconds, overlapped (as it runs) and in a row",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        },
-        "rounds": args.rounds,
-        "seconds": times,
-        "median_s": medians,
-        "overlapped_vs_sequential": round(medians["overlapped"] / medians["sequential"], 3),
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(medians))
+    times = alternate(
+        ("overlapped", "sequential"), args.rounds, lambda way: run_once(way, args.project)
+    )
+    write_result(
+        RESULTS,
+        "the image export stage's wall seconds, overlapped (as it runs) and in a row",
+        times,
+        "overlapped_vs_sequential",
+    )
     return 0
 
 

@@ -16,16 +16,17 @@ alternate the two ways so that both see the same machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+try:
+    from benchmarks.alternating import alternate, write_result
+except ModuleNotFoundError:  # run as a script: python benchmarks/process_exit.py
+    from alternating import alternate, write_result  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "process_exit.json"
@@ -69,30 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
-    times: dict[str, list[float]] = {"sys_exit": [], "exit_process": []}
     with tempfile.TemporaryDirectory(prefix="reprotrain-exit-") as tmp:
-        for i in range(args.rounds):
-            ways = ("sys_exit", "exit_process") if i % 2 == 0 else ("exit_process", "sys_exit")
-            for way in ways:
-                times[way].append(round(exit_seconds(way, Path(tmp)), 3))
-                print(f"round {i + 1}: {way} {times[way][-1]:.2f} s", file=sys.stderr)
-    medians = {way: round(statistics.median(t), 2) for way, t in times.items()}
-    data = {
-        "what": "seconds from the end of a stage-like process's work to the process's end",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        },
-        "rounds": args.rounds,
-        "seconds": times,
-        "median_s": medians,
-        "exit_process_vs_sys_exit": round(medians["exit_process"] / medians["sys_exit"], 3),
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data["median_s"]))
+        times = alternate(
+            ("sys_exit", "exit_process"), args.rounds, lambda way: exit_seconds(way, Path(tmp))
+        )
+    write_result(
+        RESULTS,
+        "seconds from the end of a stage-like process's work to the process's end",
+        times,
+        "exit_process_vs_sys_exit",
+    )
     return 0
 
 
