@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -200,9 +201,32 @@ def _state(proj: Path, stage: str) -> dict | None:
         return None
 
 
-def _repro_killed(proj: Path, env: dict, stage: str, done: int, delay: float, log: Path) -> int:
-    """Start `dvc repro <stage>`; once ``stage`` has committed ``done`` epochs wait ``delay``
-    s, then SIGKILL the whole process group. Returns the committed epochs at the kill."""
+@dataclass(frozen=True)
+class Kill:
+    """Where a killed run stopped: its committed epochs, and how long one of its epochs took
+    (None when the run committed fewer than two epochs of its own)."""
+
+    done: int
+    epoch_seconds: float | None
+
+
+def _repro_killed(
+    proj: Path,
+    env: dict,
+    stage: str,
+    done: int,
+    log: Path,
+    within: float = 0.0,
+    epoch_seconds: float | None = None,
+) -> Kill:
+    """Start `dvc repro <stage>`; once ``stage`` has committed ``done`` epochs wait ``within``
+    of an epoch, then SIGKILL the whole process group.
+
+    The wait is a fraction of an epoch as this run timed it (else ``epoch_seconds``, else no
+    wait): a fixed delay can outlast the remaining epochs on a fast machine, and then the run
+    finishes unkilled."""
+    before = (_state(proj, stage) or {}).get("done", 0)
+    seen: dict[int, float] = {}  # epoch committed by this run -> when it was first seen
     with log.open("w") as out:
         proc = subprocess.Popen(
             ["dvc", "repro", stage],
@@ -215,17 +239,26 @@ def _repro_killed(proj: Path, env: dict, stage: str, done: int, delay: float, lo
         try:
             deadline = time.monotonic() + 900
             while (s := _state(proj, stage)) is None or s["done"] < done:
+                if s is not None and s["done"] > before:
+                    seen.setdefault(s["done"], time.monotonic())
                 assert proc.poll() is None, f"dvc repro ended early:\n{log.read_text()[-4000:]}"
                 assert time.monotonic() < deadline, "timed out waiting for the epoch"
                 time.sleep(0.05)
-            time.sleep(delay)
+            seen.setdefault(s["done"], time.monotonic())
+            time.sleep(within * (_epoch_seconds(seen) or epoch_seconds or 0.0))
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     state = _state(proj, stage)
-    assert state is not None
-    return state["done"]
+    assert state is not None, f"{stage} finished before the kill:\n{log.read_text()[-4000:]}"
+    return Kill(state["done"], _epoch_seconds(seen))
+
+
+def _epoch_seconds(seen: dict[int, float]) -> float | None:
+    """Seconds per epoch from when each committed epoch was first seen (None below two)."""
+    first, last = min(seen), max(seen)
+    return (seen[last] - seen[first]) / (last - first) if last > first else None
 
 
 def _val_accuracy(proj: Path, model_path: Path) -> float:
@@ -291,12 +324,20 @@ def test_sigkill_during_finetune_resumes_and_keeps_the_best(tmp_path: Path) -> N
     )
     env = subprocess_env()
     rng = random.Random(1234)
-    kills = []
     # 1: right after epoch 2's state is committed (at an epoch boundary, as in the issue).
-    kills.append(_repro_killed(proj, env, "finetune", 2, 0.0, tmp_path / "repro1.log"))
-    # 2: at a random moment inside the epoch after the next one (the rerun resumes first).
-    delay = rng.uniform(0.0, 1.5)
-    kills.append(_repro_killed(proj, env, "finetune", kills[0] + 1, delay, tmp_path / "repro2.log"))
+    first = _repro_killed(proj, env, "finetune", 2, tmp_path / "repro1.log")
+    # 2: at a random moment inside the epoch after the next one (the rerun resumes first),
+    # timed by the first run's epochs.
+    second = _repro_killed(
+        proj,
+        env,
+        "finetune",
+        first.done + 1,
+        tmp_path / "repro2.log",
+        within=rng.uniform(0.0, 0.8),
+        epoch_seconds=first.epoch_seconds,
+    )
+    kills = [first.done, second.done]
     repro2 = (tmp_path / "repro2.log").read_text()
     assert f"resuming an interrupted run after epoch {kills[0]}/" in repro2, repro2[-4000:]
     assert "Traceback" not in repro2
@@ -311,8 +352,8 @@ def test_sigkill_during_train_head_without_feature_cache(tmp_path: Path) -> None
     )
     env = subprocess_env()
     done = _repro_killed(
-        proj, env, "train_head", 1, random.Random(99).uniform(0.0, 1.0), tmp_path / "r1.log"
-    )
+        proj, env, "train_head", 2, tmp_path / "r1.log", within=random.Random(99).uniform(0.0, 0.8)
+    ).done
     _finish(proj, env, "train_head", done)
     _check_kept_model(proj, "train_head", "head", [done])
 
@@ -331,11 +372,11 @@ def test_sigkill_with_the_feature_cache_and_during_baseline_resumes(tmp_path: Pa
                 "early_stopping_patience": 30,
                 "reduce_lr_patience": 30,
             },
-            "baseline": {"epochs": 3, "early_stopping_patience": 3},
+            "baseline": {"epochs": 4, "early_stopping_patience": 4},
         },
     )
     env = subprocess_env()
-    done = _repro_killed(proj, env, "train_head", 2, 0.0, tmp_path / "head.log")
+    done = _repro_killed(proj, env, "train_head", 2, tmp_path / "head.log").done
     assert done < 30, "train_head finished before the kill"
     out = _finish(proj, env, "train_head", done)
     assert "feature cache" in out
@@ -343,8 +384,8 @@ def test_sigkill_with_the_feature_cache_and_during_baseline_resumes(tmp_path: Pa
     assert json.loads((proj / "metrics" / "train_head.json").read_text())["feature_cache"]
 
     done = _repro_killed(
-        proj, env, "baseline", 1, random.Random(7).uniform(0.0, 0.5), tmp_path / "base.log"
-    )
+        proj, env, "baseline", 2, tmp_path / "base.log", within=random.Random(7).uniform(0.0, 0.5)
+    ).done
     _finish(proj, env, "baseline", done)
     _check_kept_model(proj, "baseline", "baseline", [done])
 
