@@ -1,5 +1,6 @@
-"""The table train stage SIGKILLed after an epoch, for real: the stage script as a process on
-a small churn project, killed once its first epoch's backup is committed, then rerun. It
+"""The table train stage killed after an epoch, for real: the stage script as a process on
+a small churn project, SIGKILLed (or SIGTERMed, as ``kill`` or a CI timeout does) once its
+first epoch's backup is committed, then rerun. It
 resumes where the backup ends (no epoch trained twice: one history record and one
 TensorBoard step per epoch), saves the model and history, records the resume in its MLflow
 run and marks the killed run KILLED: what tests/test_chaos.py checks for the image stages
@@ -74,8 +75,10 @@ def _done(proj: Path) -> int:
         return 0
 
 
-def _train_killed_after_first_epoch(proj: Path, env: dict[str, str], log: Path) -> int:
-    """The train stage, SIGKILLed (its whole process group) as soon as its backup holds an
+def _train_killed_after_first_epoch(
+    proj: Path, env: dict[str, str], log: Path, sig: signal.Signals
+) -> int:
+    """The train stage, sent ``sig`` (its whole process group) as soon as its backup holds an
     epoch; the epochs committed at the kill."""
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -89,19 +92,32 @@ def _train_killed_after_first_epoch(proj: Path, env: dict[str, str], log: Path) 
                 time.sleep(0.02)  # polling the file, not waiting for a moment
         finally:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+                os.killpg(proc.pid, sig)
+            proc.wait(timeout=120)
+    # SIGKILL ends it at once; SIGTERM is caught and ends it as Ctrl-C does (exit code 130).
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), proc.returncode
     return _done(proj)
 
 
-def test_a_sigkilled_table_train_stage_resumes(tmp_path: Path, churn_csv: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_killed_table_train_stage_resumes(
+    tmp_path: Path, churn_csv: Path, sig: signal.Signals
+) -> None:
     proj = _prepared_project(tmp_path / "proj", churn_csv)
     env = subprocess_env()
 
-    done = _train_killed_after_first_epoch(proj, env, tmp_path / "killed.log")
+    log = tmp_path / "killed.log"
+    done = _train_killed_after_first_epoch(proj, env, log, sig)
     assert 1 <= done < EPOCHS, "train finished before the kill"
     assert not (proj / paths.TABLE_MODEL).exists()
+    if sig == signal.SIGTERM:  # caught: one line says what is kept and how to go on
+        killed = log.read_text()
+        assert "Traceback" not in killed, killed[-4000:]
+        assert (
+            f"training interrupted: every finished epoch is kept in {STATE.parent}; rerun the "
+            "stage (dvc repro) to resume"
+        ) in killed, killed[-4000:]
+        assert killed.rstrip().endswith("interrupted")
 
     again = run(TRAIN, proj, env)
     out = again.stdout + again.stderr

@@ -243,6 +243,15 @@ def train(  # noqa: PLR0913  (the model, its datasets, config, runtime and run o
     )
     try:
         result = _train(model, train_ds, val_ds, cfg, info, task)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (tracking.process): say what survives and how to go on.
+        if info.is_chief:
+            logger.warning(
+                "training interrupted: every finished epoch is kept in %s; rerun the stage "
+                "(dvc repro) to resume after the last one, or delete that folder to start over",
+                store.dir,
+            )
+        raise
     finally:
         store.close()
     if tensorboard_dir is not None and live_logs is not None:
