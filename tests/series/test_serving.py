@@ -83,7 +83,7 @@ def test_the_pyfunc_answers_rows_or_an_invalid_parameter_error(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_exports_are_rescored_and_int8_is_a_reasoned_row(tmp_path: Path) -> None:
-    """SavedModel and TFLite float32 re-scored on windows against Keras; tflite_int8 is
+    """SavedModel, TFLite float32 and ONNX re-scored on windows against Keras; tflite_int8 is
     reported as not shipped with the reason, not a failure (serving formats of the kind)."""
     from reprotrain.series import export
 
@@ -98,12 +98,12 @@ def test_exports_are_rescored_and_int8_is_a_reasoned_row(tmp_path: Path) -> None
         tmp_path / "export",
         x,
         y,
-        ["saved_model", "tflite_float32", "tflite_int8"],
+        ["saved_model", "tflite_float32", "onnx", "tflite_int8"],
         max_diff=0.01,
         latency_samples=2,
     )
     rows = report["formats"]
-    for name in ("saved_model", "tflite_float32"):
+    for name in ("saved_model", "tflite_float32", "onnx"):
         assert rows[name]["shipped"] and rows[name]["max_abs_diff"] < 1e-3, rows[name]
         assert rows[name]["size_bytes"] > 0 and rows[name]["latency_ms"] > 0
     assert not rows["tflite_int8"]["shipped"] and "no fixed range" in rows["tflite_int8"]["reason"]

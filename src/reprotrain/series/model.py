@@ -2,14 +2,15 @@
 
 Why the normalisation lives inside the model: the saved ``.keras`` file then takes the values
 as they are recorded and returns forecasts in the same units, so serving, predict and the
-exports need no statistics file that could drift from the weights. The input
-``Normalization`` holds each channel's train mean and variance (target first, then the
-covariates); the output is de-normalised by a ``Rescaling`` of the train statistics and, with
-``anchor: last`` (the default), added to the last observed target: the network learns the
-change over the horizon, so a trend that leaves the train range (co2) is followed instead of
-being clipped by saturated recurrent units; its input is then the target's change from the
-last value too (:func:`_relative_target`). ``anchor: mean`` is the seed's level forecast
-(train mean + std × output) on the normalised levels.
+exports need no statistics file that could drift from the weights. The input layer
+``normalise`` holds each channel's train mean and standard deviation (target first, then the
+covariates) as a ``Rescaling`` (:func:`_normalise`); the output is de-normalised by a
+``Rescaling`` of the train statistics and, with ``anchor: last`` (the default), added to the
+last observed target: the network learns the change over the horizon, so a trend that leaves
+the train range (co2) is followed instead of being clipped by saturated recurrent units; its
+input is then the target's change from the last value too (:func:`_relative_target`).
+``anchor: mean`` is the seed's level forecast (train mean + std × output) on the normalised
+levels.
 
 Models are named ``series_<model>``: ``predict`` dispatches on the ``series`` prefix.
 """
@@ -110,6 +111,27 @@ def _core(name: str, window: int, channels: int, units: int) -> Any:
     return core
 
 
+def _normalise(stats: Scaling) -> Any:
+    """``(x - mean) / std`` per channel, as ``Normalization`` computes it (the std floored
+    at Keras' epsilon), written as a ``Rescaling`` by ``1/std`` with offset ``-mean/std``.
+
+    Why not ``Normalization(mean=..., variance=...)``: it keeps the given statistics as
+    tensors captured by the traced function, and tf2onnx turns those into graph inputs the
+    ONNX model then asks for (``Required inputs (['.../normalise_1/Sub/y:0', ...]) are
+    missing``): the forecaster could not ship as ONNX. A ``Rescaling``'s factors are
+    constants in the graph, and the ``.keras`` file still holds them.
+    """
+    import keras
+
+    std = np.maximum(np.sqrt(np.asarray(stats.variance, np.float64)), keras.backend.epsilon())
+    mean = np.asarray(stats.mean, np.float64)
+    return keras.layers.Rescaling(
+        scale=(1.0 / std).astype(np.float32).tolist(),
+        offset=(-mean / std).astype(np.float32).tolist(),
+        name="normalise",
+    )
+
+
 def _relative_target(norm: Any, stats: Scaling, channels: int) -> Any:
     """The target channel as its change from the window's last value, in units of the
     train's one-step change (the covariates stay as normalised).
@@ -145,7 +167,7 @@ def build(
     *,
     units: int = 64,
 ) -> Any:
-    """``Input(window, channels)`` → Normalization → ``name``'s core → Dense(horizon) →
+    """``Input(window, channels)`` → normalise → ``name``'s core → Dense(horizon) →
     de-normalisation (see the module docstring): a Functional ``series_<name>`` model."""
     import keras
 
@@ -155,9 +177,7 @@ def build(
             f"model has {channels} channels and horizon {horizon}: rerun prepare and train"
         )
     inputs = keras.Input((window, channels), name="history")
-    norm = keras.layers.Normalization(
-        axis=-1, mean=stats.mean.tolist(), variance=stats.variance.tolist(), name="normalise"
-    )(inputs)
+    norm = _normalise(stats)(inputs)
     if stats.anchor == "last":
         norm = _relative_target(norm, stats, channels)
     features = _core(name, window, channels, units)(norm)
