@@ -215,14 +215,20 @@ def save_outputs(
         save_model(model, tmp)
     write_history(result, history_path)
     fsio.atomic_write_json(metrics_path, metrics)
-    logger.info(
-        "saved %s: val_accuracy=%.4f (epoch %d), best val_accuracy=%.4f",
-        model_path,
-        metrics.get("val_accuracy", math.nan),
-        result.best_epoch,
-        metrics.get("best_val_accuracy", math.nan),
-    )
+    logger.info("saved %s: %s", model_path, kept_line(metrics, result.best_epoch))
     return metrics
+
+
+def kept_line(metrics: Mapping[str, Any], best_epoch: int) -> str:
+    """What the saved model scored, for the log: val_accuracy and the best seen for a
+    classifier; val_loss (the kept epoch's, the lowest) for a regression, which has no
+    accuracy to print."""
+    if "val_accuracy" in metrics:
+        return (
+            f"val_accuracy={metrics['val_accuracy']:.4f} (epoch {best_epoch}), best "
+            f"val_accuracy={metrics.get('best_val_accuracy', math.nan):.4f}"
+        )
+    return f"val_loss={metrics.get('val_loss', math.nan):.4g} (epoch {best_epoch}, the lowest)"
 
 
 def trainable_counts(model: Any) -> dict[str, int]:
