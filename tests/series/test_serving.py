@@ -51,7 +51,15 @@ def test_last_window_rows_in_time_order_and_future_times() -> None:
         (lambda f: f.head(4), "has 4 rows; the model needs the last 6"),
         (lambda f: f.drop(columns="price"), "lacks column(s) 'price'"),
         (lambda f: f.assign(sales=f["sales"].where(f.index != 6)), "missing or not a number"),
-        (lambda f: f.drop(index=5), "not consecutive MS steps"),
+        (
+            lambda f: f.drop(index=5),
+            "not consecutive MS steps ending at 2020-08-01 00:00:00 (missing: 2020-06-01 00:00:00)",
+        ),
+        (lambda f: pd.concat([f, f.tail(1)]), "(repeated: 2020-08-01 00:00:00)"),
+        (
+            lambda f: f.assign(month=[*f["month"][:-1], "2020-08-15"]),
+            "(not on the MS grid: 2020-08-15 00:00:00)",
+        ),
         (lambda f: f.assign(month=["x"] * len(f)), "is not a timestamp"),
         (lambda f: f.assign(price="cheap"), "'price' is missing or not a number"),
     ],

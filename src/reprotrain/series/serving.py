@@ -149,12 +149,38 @@ def _check_steps(times: pd.Series, cfg: ForecastConfig) -> None:
     expected = pd.date_range(end=times.iloc[-1], periods=cfg.window, freq=cfg.frequency)
     got = pd.DatetimeIndex(times.to_numpy())
     if len(expected) != len(got) or not (expected == got).all():
-        at = next((str(g) for g, e in zip(got, expected, strict=False) if g != e), str(got[0]))
         raise HistoryError(
             f"the last {cfg.window} rows are not consecutive {cfg.frequency} steps ending at "
-            f"{times.iloc[-1]} (first mismatch at {at}); send one row per step, no gaps or "
-            "duplicates"
+            f"{times.iloc[-1]} ({_step_problem(got, expected)}); send one row per step, no "
+            "gaps or duplicates"
         )
+
+
+def _step_problem(got: pd.DatetimeIndex, expected: pd.DatetimeIndex) -> str:
+    """What keeps ``got`` from being ``expected``, by timestamp: repeated ones, then those
+    off the frequency's grid (through the newest), then missing steps: what a client has
+    to fix. Only called on the error path."""
+
+    def shown(stamps: pd.Index) -> str:
+        listed = ", ".join(str(t) for t in stamps[:3])
+        return listed + (f" and {len(stamps) - 3} more" if len(stamps) > 3 else "")
+
+    repeated = got[got.duplicated()].unique()
+    if len(repeated):
+        return f"repeated: {shown(repeated)}"
+    last, freq = got[-1], expected.freqstr
+    if expected[-1] != last:  # the newest itself is between two steps
+        return f"not on the {freq} grid: {shown(got[-1:])}"
+    off_grid = got[[not _on_grid(t, last, freq) for t in got]]
+    if len(off_grid):
+        return f"not on the {freq} grid: {shown(off_grid)}"
+    return f"missing: {shown(expected.difference(got))}"
+
+
+def _on_grid(stamp: pd.Timestamp, last: pd.Timestamp, freq: str) -> bool:
+    """Whether whole ``freq`` steps lead from ``stamp`` to ``last``."""
+    steps = pd.date_range(start=stamp, end=last, freq=freq)
+    return len(steps) > 0 and steps[0] == stamp and steps[-1] == last
 
 
 def future_times(last: pd.Timestamp, cfg: ForecastConfig) -> pd.DatetimeIndex:
