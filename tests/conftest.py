@@ -520,15 +520,10 @@ MLFLOW_EXPORTS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT")
 def no_mlflow_exports() -> Iterator[None]:
     """None of :data:`MLFLOW_EXPORTS` inherited inside, and the caller's values back after
     (a module fixture cannot use ``monkeypatch``; MLflow exports the URIs it was given)."""
-    saved = {k: os.environ.pop(k, None) for k in MLFLOW_EXPORTS}
-    try:
+    from reprotrain.tracking.process import scoped_environ  # the tracking package, lazily
+
+    with scoped_environ(**dict.fromkeys(MLFLOW_EXPORTS)):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def params_project(root: Path) -> Path:

@@ -34,19 +34,23 @@ def interrupt_on_sigterm() -> Any:
 
 
 @contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Set environment variables for one block, then restore exactly what was there: MLflow
-    reads these knobs from the environment, not from arguments."""
+def scoped_environ(**values: str | None) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for one block, then restore exactly
+    what was there: MLflow reads these knobs from the environment, not from arguments."""
     saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    _apply(values)
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _apply(saved)
+
+
+def _apply(values: dict[str, str | None]) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def sampling_interval(seconds: float) -> AbstractContextManager[None]:
@@ -54,13 +58,13 @@ def sampling_interval(seconds: float) -> AbstractContextManager[None]:
     when ``start_run`` creates it; set it only for that call (a user's
     ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` wins)."""
     name = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
-    return _environ(**{name: os.environ.get(name, str(seconds))})
+    return scoped_environ(**{name: os.environ.get(name, str(seconds))})
 
 
 def no_http_retries() -> AbstractContextManager[None]:
     """MLflow retries a failing HTTP call for minutes; when the server is known to be down,
     the calls that close a run get one short try."""
-    return _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
+    return scoped_environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
 
 
 def server_down(uri: str) -> str | None:
