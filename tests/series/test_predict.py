@@ -74,6 +74,26 @@ def test_exit_codes(model_file: Path, tmp_path: Path, capsys) -> None:
     assert exit_info.value.code == 2
 
 
+def test_a_semicolon_history_with_decimal_commas_is_read_as_prepare_reads_it(
+    model_file: Path, tmp_path: Path, capsys
+) -> None:
+    """A history saved as the training source often is (``;``, ``1,5``) gives the forecast
+    of the same values written with dots; a row that cannot be split names its line."""
+    history = _csv(tmp_path)
+    assert predict.main([str(model_file), str(history)]) == 0
+    expected = capsys.readouterr().out
+    frame = pd.read_csv(history)
+    european = tmp_path / "history_eu.csv"
+    european.write_text(frame.to_csv(sep=";", index=False, decimal=","))
+    assert "," in european.read_text().splitlines()[1]  # the values are written 99,0…
+    assert predict.main([str(model_file), str(european)]) == 0
+    assert capsys.readouterr().out == expected
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text(european.read_text() + "2024-03-05;1;2\n")
+    assert predict.main([str(model_file), str(ragged)]) == 1
+    assert re.search(r"ragged\.csv:9: malformed row.*fix the row", capsys.readouterr().err)
+
+
 @pytest.mark.slow
 def test_as_a_process_csv_json_and_a_short_history(model_file: Path, tmp_path: Path) -> None:
     """``python -m reprotrain predict`` as a user runs it: the module entry point, the

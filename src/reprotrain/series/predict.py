@@ -3,7 +3,8 @@
 ``reprotrain.commands.predict`` hands a model whose Keras name starts with ``series`` here
 (``argv`` as given, the model first). MODEL is a ``.keras`` file (its forecast config is the
 ``model.forecast.json`` train wrote beside it) or a registry URI (``models:/NAME@champion``;
-the config is the ``forecast.json`` logged with it). The history is a CSV with the time
+the config is the ``forecast.json`` logged with it). The history is a table file read as prepare
+reads its source (CSV, TSV, a ``;``/tab/pipe file with decimal commas, Parquet) with the time
 column, the target and the covariates, as in the training source; its last ``window`` rows
 are used. The forecast (step, time, forecast, ``lower_<L>``/``upper_<L>`` per interval
 level) goes to stdout or ``--output``, as CSV or JSON (``--format``).
@@ -59,15 +60,23 @@ def find_config(model_path: Path) -> Path:
 
 
 def read_history(path: str) -> Any:
-    """The history CSV as a table (a DataError names the problem)."""
-    import pandas as pd
+    """The history file as a table, read as prepare reads its source
+    (:func:`reprotrain.series.frame.read_source`): CSV, TSV, a ``;``/tab/pipe file with
+    decimal commas, or Parquet. A row that cannot be split is a DataError naming its line:
+    one history is one forecast, so no row of it is dropped."""
+    from reprotrain.series.frame import read_source
 
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"history file not found: {path}")
     try:
-        return pd.read_csv(path)
-    except FileNotFoundError:
-        raise DataError(f"history file not found: {path}") from None
+        source = read_source(file)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+        raise DataError(f"{path}: not a readable table ({exc})") from None
+    if source.rejected:
+        bad = source.rejected[0]
+        raise DataError(f"{path}:{bad.line}: {bad.reason}; fix the row and run again")
+    return source.frame.reset_index(drop=True)
 
 
 def render(rows: list[dict[str, Any]], fmt: str, model: str) -> str:
