@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +85,10 @@ def _mlflow_globals_kept() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+#: The model ``Project.predict`` uses by default, by ``data.kind``.
+KIND_MODELS = {"table": paths.TABLE_MODEL, "series": paths.SERIES_MODEL}
 
 
 @dataclass(frozen=True)
@@ -251,31 +255,46 @@ class Project:
 
     def predict(
         self,
-        inputs: str | Path | Sequence[str | Path],
-        model: str | Path = paths.FINETUNED_MODEL,
+        inputs: Any,
+        model: str | Path | None = None,
         *,
         top_k: int = 3,
         batch_size: int = 32,
     ) -> Any:
-        """Classify image files and folders (walked recursively) with ``model``: a
-        ``.keras`` path relative to the project, or ``models:/NAME@alias`` /
-        ``models:/NAME/VERSION``. A pandas DataFrame, one row per file: ``path``,
-        ``label``, ``confidence``, ``top_k`` (a list of ``{label, probability}``) and
-        ``error`` (the reason a file could not be used; the others are still predicted),
-        normalised exactly as ``python -m reprotrain predict`` does."""
+        """Predict with ``model`` (a ``.keras`` path relative to the project, or
+        ``models:/NAME@alias`` / ``models:/NAME/VERSION``; default: the project's kind's
+        model), as ``python -m reprotrain predict`` does, dispatched by the model's kind.
+        A pandas DataFrame:
+
+        - images: ``inputs`` files and folders (walked recursively); one row per file:
+          ``path``, ``label``, ``confidence``, ``top_k`` (``{label, probability}`` list),
+          ``error`` (why a file could not be used; the others are still predicted).
+        - table: ``inputs`` a DataFrame of rows or CSV/Parquet paths; one row per input row:
+          ``source``, ``row``, ``label``, ``confidence``, ``probabilities``, ``error``.
+        - series: ``inputs`` the history (a DataFrame or a file); one row per step:
+          ``step``, ``time``, ``forecast``, ``lower_<L>``/``upper_<L>``.
+        """
         import pandas as pd
 
         from reprotrain.commands import labels as class_labels
         from reprotrain.commands import predict as cmd
         from reprotrain.models.loading import load_model
 
-        spec = str(model)
+        spec = str(model or KIND_MODELS.get(self.params.data.kind, paths.FINETUNED_MODEL))
         registry_uri = spec.startswith(cmd.REGISTRY_PREFIXES)
         if registry_uri:
             with _mlflow_globals_kept():
                 path = cmd.model_file(spec, self.root)
         else:
             path = cmd.model_file(str(self.root / spec), self.root)
+        kind = cmd.model_kind(path)
+        if kind == "table":
+            return pd.DataFrame(self._predict_rows(spec, path, inputs, batch_size))
+        if kind == "series":
+            from reprotrain.series.predict import forecast
+
+            history = self._path(inputs) if isinstance(inputs, str | Path) else inputs
+            return pd.DataFrame(forecast(path, history)[0])
         keras_model = load_model(path, hint="pass a .keras model saved by reprotrain")
         n = int(keras_model.output_shape[-1])
         labels = class_labels.class_names(*self._labels_source(spec, registry_uri, path, n))
@@ -292,6 +311,20 @@ class Project:
         results += [{"path": p, "error": "no such file or directory"} for p in found.missing]
         columns = ["path", "label", "confidence", "top_k", "error"]
         return pd.DataFrame([{c: r.get(c) for c in columns} for r in results], columns=columns)
+
+    def _predict_rows(self, spec: str, path: Path, inputs: Any, batch_size: int) -> list:
+        """A table model's answers for a DataFrame or CSV/Parquet files (the columns and
+        classes: the registered model's, else this project's prepared schema)."""
+        from reprotrain.tables import predict as rows
+
+        schema = self.root / paths.TABLE_PREPARED / "schema.json"
+        labels, inputs_spec = rows.labels_and_inputs(spec, path, schema)
+        if hasattr(inputs, "columns"):  # a DataFrame
+            frame = rows.dataframe_rows(inputs)
+        else:
+            batch = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+            frame = rows.read_rows([str(self._path(p)) for p in batch], [], inputs_spec)
+        return rows.predict_frame(path, labels, inputs_spec, frame, batch_size)
 
     def _path(self, p: str | Path) -> Path:
         """A user's path: as given if absolute or existing, else relative to the project."""

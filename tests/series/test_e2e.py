@@ -195,6 +195,24 @@ def test_predict_from_csv(
     np.testing.assert_allclose(served["forecast"], [r["forecast"] for r in rows], rtol=1e-5)
 
 
+def test_the_python_api_forecasts_a_dataframe_or_a_file(
+    project: dict[str, Any], tmp_path: Path
+) -> None:
+    """``Project.predict`` in a series project: the project's forecaster by default, the
+    history as a DataFrame or a file path, the rows the command writes."""
+    from reprotrain.api import Project
+    from reprotrain.series.serving import HistoryError
+
+    history, frame = _history(project, tmp_path)
+    api = Project(project["root"])
+    rows = api.predict(frame)
+    assert rows["step"].tolist() == list(range(1, HORIZON + 1))
+    assert {"time", "forecast", "lower_95", "upper_95"} <= set(rows.columns)
+    pd.testing.assert_frame_equal(api.predict(history), rows)
+    with pytest.raises(HistoryError, match=f"needs the last {WINDOW}"):
+        api.predict(frame.head(WINDOW - 1))
+
+
 def _post(url: str, frame: pd.DataFrame) -> tuple[int, Any]:
     body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
     req = urllib.request.Request(

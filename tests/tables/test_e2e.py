@@ -249,6 +249,34 @@ def test_predict_from_a_csv_gives_the_numbers_of_predictions_csv(
         )
 
 
+def test_the_python_api_predicts_rows_of_a_dataframe_or_a_file(project) -> None:
+    """``Project.predict`` in a table project: the project's model by default, a DataFrame
+    (its index as ``row``) or a CSV path, the numbers of predictions.csv, a bad row as that
+    row's error."""
+    from reprotrain.api import Project
+
+    r = project["runs"][SETS[-1]]  # the project's current set (the switch back)
+    labels = [c.removeprefix("prob_") for c in r["predictions"].columns if c.startswith("prob_")]
+    expected = r["predictions"][[f"prob_{c}" for c in labels]].to_numpy()
+    api = Project(project["root"])
+    frame = pd.read_csv(r["rows"])
+    answers = api.predict(frame)
+    assert list(answers.columns[:2]) == ["source", "row"] and set(answers["source"]) == {
+        "dataframe"
+    }
+    assert answers["row"].tolist() == frame.index.tolist() and answers["error"].isna().all()
+    np.testing.assert_allclose(_probs(answers.to_dict("records"), labels), expected, atol=1e-5)
+    from_file = api.predict(r["rows"], model="models/table/model.keras")
+    np.testing.assert_allclose(_probs(from_file.to_dict("records"), labels), expected, atol=1e-5)
+    numeric = json.loads((project["root"] / "data/table/prepared/schema.json").read_text())
+    column = numeric["numeric"][0]
+    bad = frame.head(2).astype({column: object})
+    bad.loc[bad.index[0], column] = "lots"
+    answers = api.predict(bad)
+    assert f"column {column!r}: 'lots' is not a number" in answers["error"].iloc[0]
+    assert pd.isna(answers["error"].iloc[1]) and answers["label"].iloc[1] in labels
+
+
 def test_served_over_http_per_row_errors(project) -> None:
     """All three versions served at once by ``mlflow models serve``: each answers its test
     rows as predictions.csv says; a bad cell is that row's error, the others predicted."""

@@ -59,7 +59,7 @@ def find_config(model_path: Path) -> Path:
     )
 
 
-def read_history(path: str) -> Any:
+def read_history(path: str | Path) -> Any:
     """The history file as a table, read as prepare reads its source
     (:func:`reprotrain.series.frame.read_source`): CSV, TSV, a ``;``/tab/pipe file with
     decimal commas, or Parquet. A row that cannot be split is a DataError naming its line:
@@ -90,20 +90,19 @@ def render(rows: list[dict[str, Any]], fmt: str, model: str) -> str:
     return buf.getvalue()
 
 
-def forecast(model_spec: str, history_path: str) -> tuple[list[dict[str, Any]], str]:
-    """The forecast rows for a history file, and the model's name."""
+def forecast(model_path: Path, history: str | Any) -> tuple[list[dict[str, Any]], str]:
+    """The forecast rows for a history (a file's path, or a DataFrame of its rows), and the
+    model's name."""
     import numpy as np
 
-    from reprotrain.commands.predict import model_file
     from reprotrain.series import model as series_model
     from reprotrain.series.serving import ForecastConfig, forecast_rows, history_window
 
-    model_path = model_file(model_spec)
     try:
         cfg = ForecastConfig.read(find_config(model_path))
     except DataError as exc:  # the model's own file: a model error, not bad input
         raise ModelError(str(exc)) from None
-    frame = read_history(history_path)
+    frame = read_history(history) if isinstance(history, str | Path) else history
     x, last = history_window(frame, cfg)  # before loading TensorFlow: bad input fails fast
     model = series_model.load(model_path, hint="pass a series model saved by reprotrain")
     series_model.check_shape(model, cfg.window, len(cfg.channels), cfg.horizon)
@@ -115,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Forecast and write it; the exit code (module docstring)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        rows, name = forecast(args.model, args.history)
+        from reprotrain.commands.predict import model_file
+
+        rows, name = forecast(model_file(args.model), args.history)
     except DataError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_FAILED_INPUT

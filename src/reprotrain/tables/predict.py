@@ -183,6 +183,34 @@ def read_rows(paths: Sequence[str], texts: Sequence[str], spec: InputSpec) -> An
     return pd.concat(frames, ignore_index=True)
 
 
+def dataframe_rows(frame: Any) -> Any:
+    """A caller's DataFrame as :func:`read_rows` frames its files' rows (source
+    ``dataframe``, ``row`` the frame's index)."""
+    rows = frame.reset_index(drop=False).rename(columns={"index": "__row__"})
+    if "__row__" not in rows:  # a named index
+        rows = frame.reset_index(drop=True)
+        rows.insert(0, "__row__", list(frame.index))
+    rows.insert(0, "__source__", "dataframe")
+    return rows
+
+
+def predict_frame(
+    keras_path: Path, labels: Sequence[str], spec: InputSpec, frame: Any, batch_size: int
+) -> list[dict[str, Any]]:
+    """Each row's answer (``source``, ``row``, then the served model's label, confidence,
+    probabilities and error) for the rows :func:`read_rows` or :func:`dataframe_rows` made;
+    a ModelError if ``keras_path`` is no table model."""
+    from reprotrain.tables import inference
+    from reprotrain.tables.serving import predict_rows
+
+    model = inference.load(keras_path, num_classes=len(labels), hint="pass a table model")
+    answers = predict_rows(model, list(labels), spec, frame, batch_size)
+    return [
+        {"source": src, "row": row.item() if hasattr(row, "item") else row, **answer}
+        for src, row, answer in zip(frame["__source__"], frame["__row__"], answers, strict=True)
+    ]
+
+
 def _csv(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -216,19 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReprotrainError as exc:
         logger.error("%s", exc)
         return 2
-    from reprotrain.tables import inference
-    from reprotrain.tables.serving import predict_rows
-
     try:
-        model = inference.load(keras_path, num_classes=len(labels), hint="pass a table model")
+        results = predict_frame(keras_path, labels, spec, frame, args.batch_size)
     except ReprotrainError as exc:
         logger.error("%s", exc)
         return 2
-    answers = predict_rows(model, labels, spec, frame, args.batch_size)
-    results = [
-        {"source": src, "row": int(row), **answer}
-        for src, row, answer in zip(frame["__source__"], frame["__row__"], answers, strict=True)
-    ]
     failed = [r for r in results if r["error"]]
     for r in failed:
         logger.error("%s:%s: %s", r["source"], r["row"], r["error"])
