@@ -280,9 +280,10 @@ def test_the_python_api_predicts_rows_of_a_dataframe_or_a_file(project) -> None:
 def test_served_over_http_per_row_errors(project) -> None:
     """All three versions served at once by ``mlflow models serve``: each answers its test
     rows as predictions.csv says; a bad cell is that row's error, the others predicted."""
-    env = dict(
-        project["env"], MLFLOW_TRACKING_URI=f"sqlite:///{project['root'] / 'mlruns/mlflow.db'}"
-    )
+    # The project's store as the servers' registry too: a registry URI that an earlier
+    # in-process test exported (MLflow does) must not send the lookups elsewhere.
+    uri = f"sqlite:///{project['root'] / 'mlruns/mlflow.db'}"
+    env = dict(project["env"], MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri)
     with ExitStack() as stack:
         urls = {}
         for name in SETS:
