@@ -72,19 +72,17 @@ def _mlflow_globals_kept() -> Iterator[None]:
     process and wrong for a notebook that has its own MLflow work."""
     import mlflow
 
+    from reprotrain.tracking.process import scoped_environ
+
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    env = {k: os.environ.get(k) for k in names}
     tracking_uri, registry_uri = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(registry_uri)
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # Outermost, so the variables are put back after set_*_uri below has exported its own.
+    with scoped_environ(**{k: os.environ.get(k) for k in names}):
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(registry_uri)
 
 
 #: The model ``Project.predict`` uses by default, by ``data.kind``.

@@ -186,10 +186,8 @@ def read_rows(paths: Sequence[str], texts: Sequence[str], spec: InputSpec) -> An
 def dataframe_rows(frame: Any) -> Any:
     """A caller's DataFrame as :func:`read_rows` frames its files' rows (source
     ``dataframe``, ``row`` the frame's index)."""
-    rows = frame.reset_index(drop=False).rename(columns={"index": "__row__"})
-    if "__row__" not in rows:  # a named index
-        rows = frame.reset_index(drop=True)
-        rows.insert(0, "__row__", list(frame.index))
+    rows = frame.reset_index(drop=True)
+    rows.insert(0, "__row__", list(frame.index))
     rows.insert(0, "__source__", "dataframe")
     return rows
 
